@@ -1,0 +1,28 @@
+//! One module per command; each returns the process exit code.
+
+mod dry;
+mod validate;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{Args, Command};
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Validate(a) => validate::run(&a),
+        Command::Dry(a) => dry::run(&a),
+        Command::Schema => {
+            let schema = trellis_spec::schema::dag_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads a workflow file, naming it in the error.
+pub fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}

@@ -1,0 +1,32 @@
+//! How problems and results are shown to a person or a program.
+
+use std::io::IsTerminal;
+
+use trellis_spec::diag::{self, Problem};
+
+/// Exit code for invalid input: a bad file, bad params, bad flags.
+pub const EXIT_INVALID: u8 = 2;
+
+/// Renders problems for stderr, with colours when it is a terminal.
+pub fn problems(name: &str, source: &str, problems: &[Problem]) -> String {
+    if std::io::stderr().is_terminal() {
+        let handler = miette::GraphicalReportHandler::new();
+        diag::render_with(&handler, name, source, problems)
+    } else {
+        diag::render_plain(name, source, problems)
+    }
+}
+
+/// One problem as a JSON object, for `--json`.
+pub fn problem_json(name: &str, source: &str, p: &Problem) -> serde_json::Value {
+    let (line, column) = p.line_col(source);
+    serde_json::json!({
+        "file": name,
+        "line": line,
+        "column": column,
+        "severity": if p.warning { "warning" } else { "error" },
+        "code": p.code.as_str(),
+        "message": p.message,
+        "help": p.help,
+    })
+}
