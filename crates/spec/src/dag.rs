@@ -21,13 +21,18 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
         (Some(name), _) => name,
         (None, Some(name)) => name.to_string(),
         (None, None) => {
+            // The first key, not the whole document: a long sub-DAG would fill the screen.
+            let span = match &doc.value {
+                Value::Map(entries) => entries.first().map_or(doc.span, |(k, _)| k.span),
+                _ => doc.span,
+            };
             cx.push(
                 Problem::error(
                     Code::MissingField,
-                    doc.span,
+                    span,
                     "a sub-DAG document needs a `name`",
                 )
-                .label("this document")
+                .label("this document has no `name`")
                 .help("add `name: <name>` so that `call:` can refer to it"),
             );
             String::new()

@@ -174,7 +174,8 @@ pub fn decode_run(cx: &mut Cx, doc: &Node, default_name: &str) -> Option<Dag> {
             .filter_map(|(k, v)| task(cx, k, v))
             .collect::<Vec<_>>(),
         Some(n) => {
-            cx.push(Problem::error(Code::WrongType, n.span, format!("`tasks` must be a mapping of task id → task, found {}", n.type_name())).help("the list form with `class` is an obsolete daggy format; key each task by its id"));
+            let key = obj.key("tasks").map_or(n.span, |k| k.span);
+            cx.push(Problem::error(Code::WrongType, key, format!("`tasks` must be a mapping of task id → task, found {}", n.type_name())).label(format!("this is {}", n.type_name())).help("the list form with `class` is an obsolete daggy format; key each task by its id"));
             return None;
         }
         None => {

@@ -92,8 +92,9 @@ fn unknown_step(dag: &Dag, name: &str, span: Span, what: &str) -> Problem {
             problem.help(format!("did you mean `{best}`?"))
         }
         _ => {
-            let all: Vec<&str> = dag.steps.iter().map(|s| s.name.as_str()).collect();
-            problem.help(format!("steps in this DAG: {}", all.join(", ")))
+            let all: Vec<&str> = dag.steps.iter().take(12).map(|s| s.name.as_str()).collect();
+            let more = if dag.steps.len() > 12 { ", ..." } else { "" };
+            problem.help(format!("steps in this DAG: {}{more}", all.join(", ")))
         }
     }
 }
@@ -148,6 +149,28 @@ fn router_edges(
 }
 
 fn cycle_problem(dag: &Dag, metas: &[StepMeta], cycle: &[usize]) -> Problem {
+    if let [only] = cycle {
+        let step = &dag.steps[*only];
+        let meta = &metas[*only];
+        let own = |d: &str| d == step.name || step.id.as_deref() == Some(d);
+        let Some((_, span)) = meta.depends.iter().find(|(d, _)| own(d)) else {
+            return Problem::error(
+                Code::Cycle,
+                meta.name_span,
+                format!("step `{}` routes to itself", step.name),
+            )
+            .label("on the cycle")
+            .help("a router cannot list itself as a target");
+        };
+        return Problem::error(
+            Code::Cycle,
+            *span,
+            format!("step `{}` depends on itself", step.name),
+        )
+        .label("a step cannot wait for itself")
+        .related(meta.name_span, "the step")
+        .help("remove this entry from `depends`");
+    }
     let names: Vec<String> = cycle
         .iter()
         .map(|&i| format!("`{}`", dag.steps[i].name))

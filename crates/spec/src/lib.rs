@@ -49,10 +49,15 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, Vec<Problem>> {
         return Err(vec![json_problem(text, &e)]);
     }
     let docs = yaml::parse(text).map_err(|e| {
-        vec![
-            Problem::error(Code::Syntax, e.span, format!("invalid YAML: {}", e.message))
-                .label("the parser stopped here"),
-        ]
+        let problem = Problem::error(Code::Syntax, e.span, format!("invalid YAML: {}", e.message))
+            .label("the parser stopped here");
+        vec![if e.message.contains("quoted scalar") {
+            problem
+                .label("this quoted string")
+                .help("check that the quote opened here is closed")
+        } else {
+            problem
+        }]
     })?;
     let stem = default_name(name);
     let mut cx = Cx::default();
@@ -69,8 +74,11 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, Vec<Problem>> {
         (Format::Daggy, Some((first, _))) => daggy::decode_run(&mut cx, first, &stem),
         (Format::Dagu, Some((first, rest))) => decode_documents(&mut cx, first, rest, &stem),
     };
-    let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
+    let (mut errors, mut warnings): (Vec<Problem>, Vec<Problem>) =
         cx.problems.into_iter().partition(|p| !p.warning);
+    // In file order, as a reader goes through it (stable: ties keep decoding order).
+    errors.sort_by_key(|p| p.span.offset);
+    warnings.sort_by_key(|p| p.span.offset);
     match dag {
         Some(dag) if errors.is_empty() => Ok(Loaded { dag, warnings }),
         _ => Err(errors.into_iter().chain(warnings).collect()),

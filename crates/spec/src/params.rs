@@ -235,16 +235,45 @@ fn check_default(cx: &mut Cx, node: &Node, def: &ParamDef) {
         value: default.clone(),
     };
     if let Err(errors) = params::resolve(&spec, &[token], &regex_match) {
+        let span = default_node(node, name).map_or(node.span, |n| n.span);
         for e in errors {
             cx.push(
                 Problem::error(
                     Code::InvalidParam,
-                    node.span,
+                    span,
                     format!("default of param `{name}` is invalid: {}", e.message),
                 )
-                .label("declared here"),
+                .label("this default"),
             );
         }
+    }
+}
+
+/// The node that gives param `name` its default, in any of the `params:` shapes.
+fn default_node<'n>(node: &'n Node, name: &str) -> Option<&'n Node> {
+    let in_map = |n: &'n Node| match &n.value {
+        Value::Map(_) if n.get("name").and_then(Node::as_str) == Some(name) => n.get("default"),
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.scalar_text().as_deref() == Some(name))
+            .map(|(_, v)| v),
+        _ => None,
+    };
+    match &node.value {
+        Value::Seq(items) => items.iter().find_map(|item| match &item.value {
+            Value::Map(_) => in_map(item),
+            _ => item
+                .scalar_text()
+                .filter(|t| t.split('=').next().map(str::trim) == Some(name))
+                .map(|_| item),
+        }),
+        Value::Map(_) => match node.get("properties") {
+            Some(props) if node.get("type").and_then(Node::as_str) == Some("object") => {
+                props.get(name).map(|p| p.get("default").unwrap_or(p))
+            }
+            _ => in_map(node),
+        },
+        _ => None,
     }
 }
 

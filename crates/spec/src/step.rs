@@ -153,6 +153,7 @@ pub fn decode_step(
         let step = Step::command(default_name, text);
         return Some((step, meta(node.span)));
     }
+    let before = cx.problems.len();
     let expanded;
     let node = match crate::step_types::expand(cx, node, scx.step_types) {
         Some(n) => {
@@ -206,7 +207,11 @@ pub fn decode_step(
         .then(|| crate::dag::log_output(cx, &obj));
     step.mail_on_error = obj.bool(cx, "mail_on_error").unwrap_or(false);
     scx.defaults.apply(&mut step, &obj);
-    check_nothing_to_run(cx, &step, node.span);
+    // A misspelt `command` or an unknown `type` already has its own error; "nothing to run"
+    // would only repeat it.
+    if cx.problems[before..].iter().all(|p| p.warning) {
+        check_nothing_to_run(cx, &step, name_span);
+    }
     let mut meta = meta(name_span);
     if let Some(dep) = obj.get("depends") {
         meta.depends = depends(cx, dep);
@@ -256,11 +261,11 @@ fn executor(cx: &mut Cx, obj: &Obj) -> Option<ExecutorConfig> {
         .map(Node::to_json)
         .unwrap_or(serde_json::Value::Null);
     let (kind, node) = if let Some(node) = obj.get("executor") {
-        if let Some(t) = obj.key("type") {
+        if let (Some(t), Some(e)) = (obj.key("type"), obj.key("executor")) {
             cx.push(
                 Problem::error(
                     Code::Conflict,
-                    node.span,
+                    e.span,
                     "`executor` and `type` both set the step type",
                 )
                 .related(t.span, "type set here")
@@ -328,7 +333,7 @@ fn action(cx: &mut Cx, obj: &Obj, executor: &Option<ExecutorConfig>, span: Span)
     }
     let exec = obj.get("exec");
     let (command, script) = (obj.get("command"), obj.string(cx, "script"));
-    if let Some(exec_node) = exec {
+    if let (Some(exec_node), Some(exec_key)) = (exec, obj.key("exec")) {
         for other in ["command", "script"] {
             if let Some(k) = obj.key(other) {
                 cx.push(
@@ -337,7 +342,7 @@ fn action(cx: &mut Cx, obj: &Obj, executor: &Option<ExecutorConfig>, span: Span)
                         k.span,
                         format!("`exec` and `{other}` cannot be used together"),
                     )
-                    .related(exec_node.span, "exec given here")
+                    .related(exec_key.span, "exec given here")
                     .help("`exec` runs a program without a shell; use one or the other"),
                 );
             }

@@ -126,6 +126,7 @@ impl Node {
 pub fn parse(source: &str) -> Result<Vec<Node>, SyntaxError> {
     let offsets = CharOffsets::new(source);
     let mut builder = Builder {
+        source,
         offsets: &offsets,
         anchors: HashMap::new(),
         nodes: 0,
@@ -157,6 +158,7 @@ pub fn parse(source: &str) -> Result<Vec<Node>, SyntaxError> {
 }
 
 struct Builder<'a> {
+    source: &'a str,
     offsets: &'a CharOffsets,
     anchors: HashMap<usize, Node>,
     nodes: usize,
@@ -279,9 +281,10 @@ impl Builder<'_> {
             let (event, span) = self.next(parser)?;
             match event {
                 Event::SequenceEnd => {
+                    let last = items.last().map(|n: &Node| n.span.offset + n.span.len);
                     return Ok(Node {
                         value: Value::Seq(items),
-                        span: self.join(start, span),
+                        span: self.join(start, span, last),
                     });
                 }
                 Event::StreamEnd => {
@@ -302,13 +305,15 @@ impl Builder<'_> {
         depth: usize,
     ) -> Result<Node, SyntaxError> {
         let mut entries: Vec<(Node, Node)> = Vec::new();
+        // End of the last entry as written (merged entries live elsewhere in the file).
+        let mut last: Option<usize> = None;
         loop {
             let (event, span) = self.next(parser)?;
             let key = match event {
                 Event::MappingEnd => {
                     return Ok(Node {
                         value: Value::Map(entries),
-                        span: self.join(start, span),
+                        span: self.join(start, span, last),
                     });
                 }
                 Event::StreamEnd => {
@@ -321,6 +326,7 @@ impl Builder<'_> {
             };
             let (event, span) = self.next(parser)?;
             let value = self.node(parser, event, span, depth + 1)?;
+            last = Some((key.span.offset + key.span.len).max(value.span.offset + value.span.len));
             if key.as_str() == Some("<<") {
                 merge_into(&mut entries, value);
                 continue;
@@ -336,12 +342,17 @@ impl Builder<'_> {
         }
     }
 
-    /// A span from the start of `start` to the end of the closing event.
-    fn join(&self, start: Span, end: YSpan) -> Span {
-        let end = self
-            .offsets
-            .byte(end.end.index())
-            .max(start.offset + start.len);
+    /// A span from the start of `start` to the end of the collection: the closing `]` or `}`
+    /// of a flow collection, or the end of the last item of a block collection (whose end
+    /// event sits at the next token, possibly lines further down).
+    fn join(&self, start: Span, end: YSpan, last: Option<usize>) -> Span {
+        let close = self.offsets.byte(end.start.index());
+        let flow = matches!(self.source.as_bytes().get(close), Some(b']' | b'}'));
+        let end = match (flow, last) {
+            (false, Some(last)) => last,
+            _ => self.offsets.byte(end.end.index()),
+        }
+        .max(start.offset + start.len);
         Span {
             offset: start.offset,
             len: end - start.offset,
