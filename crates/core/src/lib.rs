@@ -11,5 +11,6 @@ pub mod duration;
 pub mod graph;
 pub mod model;
 pub mod params;
+pub mod status;
 
 pub use model::*;

@@ -18,9 +18,15 @@ fn chain(n: usize) -> String {
 fn graph(n: usize) -> String {
     let mut s = String::from("name: graph\ntype: graph\nenv:\n  - A: 1\nsteps:\n");
     for i in 0..n {
-        let _ = write!(s, "  - name: s{i}\n    command: echo ${{A}} {i}\n    output: OUT_{i}\n");
+        let _ = write!(
+            s,
+            "  - name: s{i}\n    command: echo ${{A}} {i}\n    output: OUT_{i}\n"
+        );
         if i > 0 {
-            let deps: Vec<String> = [i - 1, i / 2, i / 3].iter().map(|d| format!("s{d}")).collect();
+            let deps: Vec<String> = [i - 1, i / 2, i / 3]
+                .iter()
+                .map(|d| format!("s{d}"))
+                .collect();
             let _ = writeln!(s, "    depends: [{}]", deps.join(", "));
         }
     }

@@ -305,6 +305,8 @@ impl Builder<'_> {
         depth: usize,
     ) -> Result<Node, SyntaxError> {
         let mut entries: Vec<(Node, Node)> = Vec::new();
+        // Which entries came from a merge key: a key written in this mapping overrides them.
+        let mut merged: Vec<bool> = Vec::new();
         // End of the last entry as written (merged entries live elsewhere in the file).
         let mut last: Option<usize> = None;
         loop {
@@ -329,16 +331,23 @@ impl Builder<'_> {
             last = Some((key.span.offset + key.span.len).max(value.span.offset + value.span.len));
             if key.as_str() == Some("<<") {
                 merge_into(&mut entries, value);
+                merged.resize(entries.len(), true);
                 continue;
             }
-            if key.scalar_text().is_some() && entries.iter().any(|(k, _)| k.value == key.value) {
-                let name = key.scalar_text().unwrap_or_default();
+            let existing = entries.iter().position(|(k, _)| k.value == key.value);
+            if let (Some(i), Some(name)) = (existing, key.scalar_text()) {
+                if merged[i] {
+                    entries[i] = (key, value);
+                    merged[i] = false;
+                    continue;
+                }
                 return Err(SyntaxError {
                     message: format!("duplicate key `{name}`"),
                     span: key.span,
                 });
             }
             entries.push((key, value));
+            merged.push(false);
         }
     }
 
@@ -360,7 +369,8 @@ impl Builder<'_> {
     }
 }
 
-/// YAML merge keys (`<<: *base`): keys already present win over merged ones.
+/// YAML merge keys (`<<: *base`): keys already present win over merged ones (and keys
+/// written after the merge replace merged ones, in `mapping`).
 fn merge_into(entries: &mut Vec<(Node, Node)>, value: Node) {
     let sources = match value.value {
         Value::Map(_) => vec![value],
@@ -495,6 +505,26 @@ mod tests {
         assert_eq!(
             &src[steps.span.offset..steps.span.offset + steps.span.len],
             "[x]"
+        );
+    }
+
+    #[test]
+    fn block_collections_end_at_their_last_item() {
+        let src = "steps:\n  - name: a\n    retry:\n      limit: 1\n\n  - name: b\nnext: 1\n";
+        let doc = &parse(src).unwrap()[0];
+        let steps = doc.get("steps").unwrap();
+        let text = |n: &Node| &src[n.span.offset..n.span.offset + n.span.len];
+        assert!(text(steps).ends_with("name: b"), "{:?}", text(steps));
+        let Value::Seq(items) = &steps.value else {
+            panic!("steps is not a list")
+        };
+        assert_eq!(text(&items[0]), "name: a\n    retry:\n      limit: 1");
+        assert_eq!(text(items[0].get("retry").unwrap()), "limit: 1");
+        let flow = &parse("a: {x: 1, y: [2, 3] }\n").unwrap()[0];
+        assert_eq!(
+            &"a: {x: 1, y: [2, 3] }\n"[flow.get("a").unwrap().span.offset..]
+                [..flow.get("a").unwrap().span.len],
+            "{x: 1, y: [2, 3] }"
         );
     }
 

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 fn corpus(kind: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance").join(kind);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/conformance")
+        .join(kind);
     if dir.is_dir() {
         Some(dir)
     } else {
@@ -25,9 +27,12 @@ fn dagu_corpus_loads_or_is_rejected_as_expected() {
     for (case, exp) in expected.as_object().unwrap() {
         let file = exp["file"].as_str().unwrap();
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        let outcome = trellis_spec::load_str(file, &text).map_err(|p| format!("{p:?}")).and_then(|l| {
-            trellis_spec::resolve_params(&l.dag, exp["params"].as_str(), &[]).map_err(|e| format!("{e:?}"))
-        });
+        let outcome = trellis_spec::load_str(file, &text)
+            .map_err(|p| format!("{p:?}"))
+            .and_then(|l| {
+                trellis_spec::resolve_params(&l.dag, exp["params"].as_str(), &[])
+                    .map_err(|e| format!("{e:?}"))
+            });
         let must_reject = exp["exit"].as_i64() == Some(2);
         match (&outcome, must_reject) {
             (Ok(_), true) => wrong.push(format!("{case}: loaded, but must be rejected")),
@@ -61,8 +66,14 @@ fn daggy_corpus_loads_or_is_rejected_as_documented() {
         }
     }
     let messages = |file: &str| -> String {
-        let problems = load(file).err().unwrap_or_else(|| panic!("{file} must be rejected"));
-        problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("\n")
+        let problems = load(file)
+            .err()
+            .unwrap_or_else(|| panic!("{file} must be rejected"));
+        problems
+            .iter()
+            .map(|p| p.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     assert!(messages("daggyr__agent__big_job.json").contains("`children` inside `details`"));
     assert!(messages("daggyr__ssh__job.json").contains("`tasks` must be a mapping"));

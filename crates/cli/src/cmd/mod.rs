@@ -1,6 +1,7 @@
 //! One module per command; each returns the process exit code.
 
 mod dry;
+mod run;
 mod validate;
 
 use std::path::Path;
@@ -14,6 +15,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Validate(a) => validate::run(&a),
         Command::Dry(a) => dry::run(&a),
+        Command::Start(a) => run::start(&a),
+        Command::Status(a) => run::status(&a),
         Command::Schema => {
             let schema = trellis_spec::schema::dag_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

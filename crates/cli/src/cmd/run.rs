@@ -1,0 +1,227 @@
+//! `trellis start` and `trellis status`: run a DAG in the foreground, show a stored run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use trellis_core::Dag;
+use trellis_core::status::{RunRecord, Status, StepRecord};
+use trellis_engine::{Engine, Options, RunRequest};
+use trellis_executor::Local;
+use trellis_store::{Attempt, Entry, FileStore, Store};
+
+use crate::cli::{StartArgs, StatusArgs};
+use crate::report;
+
+/// `TRELLIS_HOME`, else `$XDG_DATA_HOME/trellis`, else `~/.local/share/trellis`.
+pub fn home() -> PathBuf {
+    if let Some(home) = std::env::var_os("TRELLIS_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("trellis");
+    }
+    let user = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    user.join(".local/share/trellis")
+}
+
+/// Loads a workflow, printing its problems; `None` means invalid input (exit 2).
+fn load(path: &Path) -> anyhow::Result<Option<Dag>> {
+    let name = path.display().to_string();
+    let text = super::read(path)?;
+    match trellis_spec::load_str(&name, &text) {
+        Ok(loaded) => Ok(Some(loaded.dag)),
+        Err(problems) => {
+            eprint!("{}", report::problems(&name, &text, &problems));
+            Ok(None)
+        }
+    }
+}
+
+pub fn start(args: &StartArgs) -> anyhow::Result<ExitCode> {
+    let Some(dag) = load(&args.file)? else {
+        return Ok(ExitCode::from(report::EXIT_INVALID));
+    };
+    let params = match trellis_spec::resolve_params(&dag, args.params.as_deref(), &args.positional)
+    {
+        Ok(values) => values,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {}: {e}", args.file.display());
+            }
+            return Ok(ExitCode::from(report::EXIT_INVALID));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let record = runtime.block_on(async {
+        let store = Arc::new(Progress {
+            inner: FileStore::new(&home()),
+            quiet: args.quiet,
+        });
+        let dags_dir = args.file.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        });
+        let opts = Options {
+            dags_dir,
+            base_env: std::env::vars().collect(),
+        };
+        let engine = Engine::new(store, Arc::new(Local), opts);
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_signal.cancel();
+            }
+        });
+        let run_id = args
+            .run_id
+            .clone()
+            .unwrap_or_else(trellis_engine::new_run_id);
+        let req = RunRequest {
+            dag: &dag,
+            locals: &dag.local_dags,
+            params,
+            run_id,
+            parent: None,
+        };
+        engine.run(req, cancel).await
+    })?;
+    if !args.quiet {
+        eprintln!("run {} {} ({})", record.run_id, record.status, dag.name);
+        if let Some(error) = &record.error {
+            eprintln!("error: {error}");
+        }
+    }
+    Ok(ExitCode::from(record.status.exit_code()))
+}
+
+/// A store that also prints each step as it settles.
+struct Progress {
+    inner: FileStore,
+    quiet: bool,
+}
+
+impl Store for Progress {
+    fn create_attempt(
+        &self,
+        dag: &str,
+        run_id: &str,
+        parent: Option<&Attempt>,
+    ) -> trellis_store::Result<Attempt> {
+        self.inner.create_attempt(dag, run_id, parent)
+    }
+
+    fn append(&self, attempt: &Attempt, entry: &Entry) -> trellis_store::Result<()> {
+        if !self.quiet
+            && !attempt.dir.to_string_lossy().contains("/children/")
+            && let Entry::Step { step, .. } | Entry::Handler { step, .. } = entry
+            && (step.status.is_final() || step.status == Status::Running)
+        {
+            eprintln!("  {:<20} {}", step.name, step.status);
+        }
+        self.inner.append(attempt, entry)
+    }
+
+    fn latest(&self, dag: &str) -> trellis_store::Result<Option<RunRecord>> {
+        self.inner.latest(dag)
+    }
+
+    fn find(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<RunRecord>> {
+        self.inner.find(dag, run_id)
+    }
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let name = dag_name(&args.target)?;
+    let store = FileStore::new(&home());
+    let found = match &args.run_id {
+        Some(id) => store.find(&name, id)?,
+        None => store.latest(&name)?,
+    };
+    let Some(mut run) = found else {
+        eprintln!("no runs of {name}");
+        return Ok(ExitCode::from(1));
+    };
+    mark_dead(&mut run);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&run))?);
+    } else {
+        print_status(&run);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A file path names its DAG (by `name:` or stem); anything else is a DAG name.
+fn dag_name(target: &str) -> anyhow::Result<String> {
+    let path = Path::new(target);
+    if path.is_file() {
+        let text = super::read(path)?;
+        return Ok(match trellis_spec::load_str(target, &text) {
+            Ok(l) => l.dag.name,
+            Err(_) => trellis_spec::default_name(target),
+        });
+    }
+    trellis_store::check_name(target)
+        .with_context(|| format!("{target} is neither a file nor a DAG name"))?;
+    Ok(target.to_string())
+}
+
+/// A run recorded as running whose process is gone died without finishing.
+fn mark_dead(run: &mut RunRecord) {
+    let alive = run
+        .pid
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    if !run.status.is_final() && !alive {
+        run.status = Status::Failed;
+        run.error = Some("process died".into());
+    }
+}
+
+fn step_json(s: &StepRecord) -> Value {
+    json!({
+        "name": s.name, "status": s.status, "exit_code": s.exit_code, "retry_count": s.retry_count,
+        "output": s.output, "started_at": s.started_at, "finished_at": s.finished_at,
+        "worker_id": s.worker_id, "error": s.error,
+    })
+}
+
+/// The `status --json` contract.
+pub fn status_json(run: &RunRecord) -> Value {
+    let handlers: serde_json::Map<String, Value> = run
+        .handlers
+        .iter()
+        .map(|(k, v)| (k.clone(), step_json(v)))
+        .collect();
+    json!({
+        "name": run.name, "run_id": run.run_id, "status": run.status,
+        "steps": run.steps.iter().map(step_json).collect::<Vec<_>>(),
+        "handlers": handlers, "outputs": run.outputs, "error": run.error,
+        "params": run.params, "started_at": run.started_at, "finished_at": run.finished_at,
+    })
+}
+
+fn print_status(run: &RunRecord) {
+    println!("{} run {}: {}", run.name, run.run_id, run.status);
+    for s in run.steps.iter().chain(run.handlers.values()) {
+        let code = s
+            .exit_code
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default();
+        println!("  {:<24} {}{code}", s.name, s.status);
+    }
+    if let Some(e) = &run.error {
+        println!("error: {e}");
+    }
+}

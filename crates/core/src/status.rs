@@ -1,0 +1,171 @@
+//! Run and step statuses, the record of a run that stores keep, and Dagu's rules for the
+//! final status of a run.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// Status of a run or a step; names and meanings follow Dagu.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    NotStarted,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Aborted,
+    Skipped,
+    PartiallySucceeded,
+    Waiting,
+    Retrying,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::NotStarted => "not_started",
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Aborted => "aborted",
+            Status::Skipped => "skipped",
+            Status::PartiallySucceeded => "partially_succeeded",
+            Status::Waiting => "waiting",
+            Status::Retrying => "retrying",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// A status from which the step or run will not move on its own.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            Status::NotStarted | Status::Queued | Status::Running | Status::Retrying
+        )
+    }
+
+    /// Exit code of `trellis start` for a run that ended this way.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Succeeded | Status::PartiallySucceeded => 0,
+            _ => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one step within a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub retry_count: u32,
+    pub done_count: u32,
+    /// The captured output variable's value, when the step has `output: VAR`.
+    pub output: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub worker_id: Option<String>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub error: Option<String>,
+    /// The step failed but `continue_on` let the run go on.
+    pub continued: bool,
+    /// Child runs started by a `call` step.
+    pub children: Vec<String>,
+}
+
+/// Everything a store keeps about one attempt of a run. Each update appends a whole record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub name: String,
+    pub run_id: String,
+    pub attempt_id: String,
+    pub status: Status,
+    pub steps: Vec<StepRecord>,
+    pub handlers: IndexMap<String, StepRecord>,
+    pub outputs: IndexMap<String, String>,
+    pub params: Vec<String>,
+    pub error: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub pid: Option<u32>,
+    pub root: Option<String>,
+    pub parent: Option<String>,
+    pub log_file: Option<String>,
+}
+
+/// Dagu's final-status rule for a run whose steps have all settled.
+///
+/// Failed (without continue_on) wins; then waiting; the run is partially succeeded only
+/// when a step failed under continue_on (or a child run partially succeeded) and at least
+/// one step succeeded — a lone continued failure is still a failure.
+pub fn final_status(steps: &[StepRecord]) -> Status {
+    let any = |f: &dyn Fn(&StepRecord) -> bool| steps.iter().any(f);
+    if any(&|s| matches!(s.status, Status::Failed) && !s.continued) {
+        return Status::Failed;
+    }
+    if any(&|s| s.status == Status::Aborted) {
+        return Status::Aborted;
+    }
+    if any(&|s| s.status == Status::Cancelled) {
+        return Status::Cancelled;
+    }
+    if any(&|s| s.status == Status::Waiting) {
+        return Status::Waiting;
+    }
+    let continued_failure = any(&|s| s.status == Status::Failed && s.continued);
+    let succeeded = any(&|s| s.status == Status::Succeeded);
+    if any(&|s| s.status == Status::PartiallySucceeded) || (continued_failure && succeeded) {
+        return Status::PartiallySucceeded;
+    }
+    if continued_failure {
+        return Status::Failed;
+    }
+    Status::Succeeded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(status: Status, continued: bool) -> StepRecord {
+        StepRecord {
+            status,
+            continued,
+            ..StepRecord::default()
+        }
+    }
+
+    #[test]
+    fn partial_success_needs_a_success_too() {
+        let ok = step(Status::Succeeded, false);
+        let cont = step(Status::Failed, true);
+        assert_eq!(
+            final_status(&[cont.clone(), ok.clone()]),
+            Status::PartiallySucceeded
+        );
+        assert_eq!(final_status(&[cont]), Status::Failed);
+        assert_eq!(
+            final_status(&[ok.clone(), step(Status::Skipped, false)]),
+            Status::Succeeded
+        );
+        assert_eq!(
+            final_status(&[ok, step(Status::Failed, false)]),
+            Status::Failed
+        );
+        assert_eq!(
+            final_status(&[step(Status::Waiting, false)]),
+            Status::Waiting
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Variable expansion inside commands, conditions and outputs: `${VAR}`, `${VAR.json.path}`,
+//! `${VAR:0:5}`, `${step.output}`, `${step.output.key}`, `${step.exitCode}`,
+//! `${step.stdout}`, and (where no shell will do it) bare `$VAR` and `$1`.
+
+use indexmap::IndexMap;
+use serde_json::Value;
+
+/// What a finished step exposes to later steps.
+#[derive(Clone, Debug, Default)]
+pub struct StepVars {
+    pub output: Option<String>,
+    pub fields: Option<Value>,
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Everything `${...}` can refer to.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub vars: IndexMap<String, String>,
+    pub steps: IndexMap<String, StepVars>,
+    pub positional: Vec<String>,
+}
+
+impl Scope {
+    /// Expands `${...}` forms we can resolve; unknown ones stay for the shell. With `bare`,
+    /// `$VAR` and `$1` are expanded too (for conditions, which no shell sees).
+    pub fn expand(&self, text: &str, bare: bool) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(inner) = after
+                .strip_prefix('{')
+                .and_then(|a| a.find('}').map(|end| &a[..end]))
+            {
+                match self.lookup(inner) {
+                    Some(v) => out.push_str(&v),
+                    None => out.push_str(&rest[pos..pos + inner.len() + 3]),
+                }
+                rest = &after[inner.len() + 2..];
+                continue;
+            }
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..len];
+            let positional = name.chars().next().is_some_and(|c| c.is_ascii_digit());
+            let value = if positional {
+                name.parse::<usize>()
+                    .ok()
+                    .and_then(|n| self.positional.get(n.wrapping_sub(1)).cloned())
+            } else if bare {
+                self.vars.get(name).cloned()
+            } else {
+                None
+            };
+            match (value, len) {
+                (Some(v), _) => out.push_str(&v),
+                _ => out.push_str(&rest[pos..pos + 1 + len]),
+            }
+            rest = &after[len..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn lookup(&self, inner: &str) -> Option<String> {
+        if let Some((name, slice)) = inner.split_once(':') {
+            return self.lookup(name).map(|v| substring(&v, slice));
+        }
+        if let Ok(n) = inner.parse::<usize>() {
+            return self.positional.get(n.wrapping_sub(1)).cloned();
+        }
+        if let Some(v) = self.vars.get(inner) {
+            return Some(v.clone());
+        }
+        let (head, path) = inner.split_once('.')?;
+        // A variable wins over a step id of the same name, where its JSON has the path.
+        let from_var = self
+            .vars
+            .get(head)
+            .and_then(|v| json_path(&serde_json::from_str(v).ok()?, path));
+        if from_var.is_some() {
+            return from_var;
+        }
+        let step = self.steps.get(head)?;
+        match path {
+            "output" => step
+                .output
+                .clone()
+                .or_else(|| step.fields.as_ref().map(Value::to_string)),
+            "exitCode" | "exit_code" => step.exit_code.map(|c| c.to_string()),
+            "stdout" => Some(step.stdout.clone()),
+            "stderr" => Some(step.stderr.clone()),
+            _ => {
+                let sub = path.strip_prefix("output.")?;
+                let from_fields = step.fields.as_ref().and_then(|f| json_path(f, sub));
+                from_fields.or_else(|| {
+                    json_path(&serde_json::from_str(step.output.as_deref()?).ok()?, sub)
+                })
+            }
+        }
+    }
+}
+
+/// `a.b.0.c` into a JSON value; strings come back unquoted.
+pub fn json_path(value: &Value, path: &str) -> Option<String> {
+    let mut cur = value;
+    for key in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|k| !k.is_empty())
+    {
+        cur = match cur {
+            Value::Object(map) => map.get(key)?,
+            Value::Array(items) => items.get(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(match cur {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// `${VAR:offset:length}` in characters.
+fn substring(value: &str, slice: &str) -> String {
+    let mut parts = slice.split(':');
+    let start = parts
+        .next()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let len = parts.next().and_then(|s| s.trim().parse::<usize>().ok());
+    let chars = value.chars().skip(start);
+    match len {
+        Some(n) => chars.take(n).collect(),
+        None => chars.collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_every_form() {
+        let mut scope = Scope::default();
+        scope
+            .vars
+            .insert("CONFIG".into(), r#"{"host":"h","port":80}"#.into());
+        scope.vars.insert("DATA".into(), "hello world".into());
+        scope.steps.insert(
+            "build".into(),
+            StepVars {
+                exit_code: Some(3),
+                output: Some(r#"{"v":"1.2"}"#.into()),
+                ..StepVars::default()
+            },
+        );
+        scope.positional = vec!["first".into()];
+        assert_eq!(scope.expand("${CONFIG.host}:${CONFIG.port}", false), "h:80");
+        assert_eq!(scope.expand("${DATA:0:5}", false), "hello");
+        assert_eq!(
+            scope.expand("${build.exitCode} ${build.output.v}", false),
+            "3 1.2"
+        );
+        assert_eq!(
+            scope.expand("$1 ${UNKNOWN} $HOME", false),
+            "first ${UNKNOWN} $HOME"
+        );
+        assert_eq!(scope.expand("$DATA!", true), "hello world!");
+    }
+}

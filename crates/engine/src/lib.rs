@@ -1,0 +1,479 @@
+//! The run driver: executes one DAG run over an [`Executor`] and reports every change to a
+//! [`Store`]. It never writes run files itself, so the same driver runs inside `trellis
+//! start` today and inside a remote worker later.
+//!
+//! Semantics follow Dagu: a failed dependency aborts its dependents, a skipped one skips
+//! them (unless `continue_on`), handlers run at the end with `DAG_RUN_STATUS`, sub-DAG calls
+//! are runs of their own nested under the parent.
+
+mod expand;
+mod step;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use trellis_core::params::ParamValue;
+use trellis_core::status::{RunRecord, Status, StepRecord, final_status};
+use trellis_core::{Dag, Output, Step};
+use trellis_executor::Executor;
+use trellis_store::{Attempt, Entry, Store};
+
+pub use expand::{Scope, StepVars};
+
+/// Settings shared by every run the engine drives.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Directory of the DAG file, where `call:` looks for `<name>.yaml`.
+    pub dags_dir: Option<PathBuf>,
+    /// Environment inherited by every step (typically the caller's).
+    pub base_env: Vec<(String, String)>,
+}
+
+/// Drives runs. Cheap to clone.
+pub struct Engine<S, E> {
+    store: Arc<S>,
+    exec: Arc<E>,
+    opts: Options,
+}
+
+impl<S, E> Clone for Engine<S, E> {
+    fn clone(&self) -> Self {
+        Engine {
+            store: self.store.clone(),
+            exec: self.exec.clone(),
+            opts: self.opts.clone(),
+        }
+    }
+}
+
+/// A run to start.
+pub struct RunRequest<'a> {
+    pub dag: &'a Dag,
+    /// Local sub-DAGs visible to `call:` (the root file's later documents).
+    pub locals: &'a [Dag],
+    pub params: Vec<ParamValue>,
+    pub run_id: String,
+    pub parent: Option<&'a Attempt>,
+}
+
+/// One step's settled result, sent back to the run loop.
+pub(crate) struct Done {
+    index: usize,
+    record: StepRecord,
+    vars: StepVars,
+    /// Router decisions: steps to skip.
+    skip: Vec<String>,
+}
+
+impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
+    pub fn new(store: Arc<S>, exec: Arc<E>, opts: Options) -> Self {
+        Engine { store, exec, opts }
+    }
+
+    /// [`Engine::run`] as a boxed `Send` future, for sub-DAG runs (async recursion).
+    pub fn run_boxed<'a>(
+        &'a self,
+        req: RunRequest<'a>,
+        cancel: CancellationToken,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<RunRecord, trellis_store::Error>> + Send + 'a>,
+    > {
+        Box::pin(self.run(req, cancel))
+    }
+
+    /// Runs a DAG to the end (or until `cancel`) and returns its final record.
+    pub async fn run(
+        &self,
+        req: RunRequest<'_>,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, trellis_store::Error> {
+        let attempt = self
+            .store
+            .create_attempt(&req.dag.name, &req.run_id, req.parent)?;
+        let mut run = initial_record(&req, &attempt);
+        self.store
+            .append(&attempt, &Entry::Snapshot(Box::new(run.clone())))?;
+        let scope = initial_scope(&req, &run, &attempt);
+        let mut ctx = RunCtx {
+            engine: self.clone(),
+            dag: req.dag.clone(),
+            locals: req.locals.to_vec(),
+            attempt,
+            scope,
+            cancel,
+        };
+        let outcome = ctx.drive(&mut run).await;
+        run.status = outcome;
+        ctx.handlers(&mut run).await;
+        run.finished_at = Some(now());
+        self.store
+            .append(&ctx.attempt, &Entry::Snapshot(Box::new(run.clone())))?;
+        Ok(run)
+    }
+}
+
+fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
+    RunRecord {
+        name: req.dag.name.clone(),
+        run_id: req.run_id.clone(),
+        attempt_id: attempt.attempt_id.clone(),
+        status: Status::Running,
+        steps: req
+            .dag
+            .steps
+            .iter()
+            .map(|s| StepRecord {
+                name: s.name.clone(),
+                ..StepRecord::default()
+            })
+            .collect(),
+        params: req
+            .params
+            .iter()
+            .map(|p| {
+                if p.positional {
+                    p.value.clone()
+                } else {
+                    format!("{}={}", p.name, p.value)
+                }
+            })
+            .collect(),
+        started_at: Some(now()),
+        pid: Some(std::process::id()),
+        parent: req.parent.map(|p| p.run_id.clone()),
+        log_file: Some(attempt.log_dir.join("run.log").display().to_string()),
+        ..RunRecord::default()
+    }
+}
+
+fn initial_scope(req: &RunRequest, run: &RunRecord, attempt: &Attempt) -> Scope {
+    let mut scope = Scope::default();
+    for p in &req.params {
+        if p.positional {
+            scope.positional.push(p.value.clone());
+        } else {
+            scope.vars.insert(p.name.clone(), p.value.clone());
+        }
+    }
+    let named: serde_json::Map<String, serde_json::Value> = req
+        .params
+        .iter()
+        .filter(|p| !p.positional)
+        .map(|p| (p.name.clone(), p.value.clone().into()))
+        .collect();
+    let json = serde_json::Value::Object(named).to_string();
+    for (k, v) in [
+        ("DAG_NAME", req.dag.name.clone()),
+        ("DAG_RUN_ID", req.run_id.clone()),
+        ("DAG_RUN_LOG_FILE", run.log_file.clone().unwrap_or_default()),
+        ("DAGU_PARAMS_JSON", json.clone()),
+        ("DAG_PARAMS_JSON", json),
+        ("DAG_RUN_WORK_DIR", attempt.dir.display().to_string()),
+    ] {
+        scope.vars.insert(k.into(), v);
+    }
+    for (k, v) in &req.dag.env {
+        let value = scope.expand(v, true);
+        scope.vars.insert(k.clone(), value);
+    }
+    scope
+}
+
+pub(crate) fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// The state of one run while it is driven.
+pub(crate) struct RunCtx<S, E> {
+    engine: Engine<S, E>,
+    dag: Dag,
+    locals: Vec<Dag>,
+    attempt: Attempt,
+    scope: Scope,
+    cancel: CancellationToken,
+}
+
+impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
+    fn save_step(&self, run: &RunRecord, index: usize) {
+        let entry = Entry::Step {
+            index,
+            step: run.steps[index].clone(),
+        };
+        let _ = self.engine.store.append(&self.attempt, &entry);
+    }
+
+    /// Preconditions, init handler, delay, then the steps. Returns the run's status.
+    async fn drive(&mut self, run: &mut RunRecord) -> Status {
+        let pre = self.dag.preconditions.clone();
+        if let Err(reason) = step::check_conditions(self, &pre).await {
+            run.error = Some(format!("precondition not met: {reason}"));
+            return Status::Aborted;
+        }
+        if let Some(init) = self.dag.handlers.init.clone() {
+            let rec = self
+                .run_handler(run, "onInit", &init, Status::Running)
+                .await;
+            if matches!(
+                rec.status,
+                Status::Failed | Status::Aborted | Status::Cancelled
+            ) {
+                run.error = Some(format!(
+                    "init handler failed: {}",
+                    rec.error.unwrap_or_default()
+                ));
+                return Status::Aborted;
+            }
+        }
+        if let Some(delay) = self.dag.delay_sec.filter(|d| *d > 0) {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(delay)) => {}
+                _ = self.cancel.cancelled() => return Status::Cancelled,
+            }
+        }
+        let timeout = self
+            .dag
+            .timeout_sec
+            .filter(|t| *t > 0)
+            .map(std::time::Duration::from_secs);
+        let cancel = self.cancel.clone();
+        let timer = tokio::spawn(async move {
+            if let Some(t) = timeout {
+                tokio::time::sleep(t).await;
+                cancel.cancel();
+            }
+        });
+        self.run_steps(run).await;
+        timer.abort();
+        let status = final_status(&run.steps);
+        if timeout.is_some() && self.cancel.is_cancelled() && status == Status::Cancelled {
+            run.error = Some("dag timed out".into());
+            return Status::Failed;
+        }
+        if run.error.is_none() {
+            run.error = first_error(run);
+        }
+        status
+    }
+
+    /// Starts every step whose dependencies settled, until none can start.
+    async fn run_steps(&mut self, run: &mut RunRecord) {
+        let index: HashMap<String, usize> = self
+            .dag
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let limit = self
+            .dag
+            .max_active_steps
+            .filter(|m| *m > 0)
+            .unwrap_or(u32::MAX) as usize;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+        let mut running = 0usize;
+        let mut skip_by_router: Vec<String> = Vec::new();
+        loop {
+            for i in 0..self.dag.steps.len() {
+                if running >= limit || run.steps[i].status != Status::NotStarted {
+                    continue;
+                }
+                match self.readiness(run, i, &index, &skip_by_router) {
+                    Ready::Wait => continue,
+                    Ready::Settle(status) => {
+                        run.steps[i].status = status;
+                        self.save_step(run, i);
+                    }
+                    Ready::Go => {
+                        run.steps[i].status = Status::Running;
+                        run.steps[i].started_at = Some(now());
+                        self.save_step(run, i);
+                        running += 1;
+                        step::spawn(self, i, tx.clone());
+                    }
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let Some(done) = rx.recv().await else { break };
+            running -= 1;
+            self.settle(run, done, &mut skip_by_router);
+        }
+    }
+
+    fn settle(&mut self, run: &mut RunRecord, done: Done, skip: &mut Vec<String>) {
+        let step = &self.dag.steps[done.index];
+        if let (Some(Output::Variable(var)), Some(value)) = (&step.output, &done.vars.output)
+            && (matches!(
+                done.record.status,
+                Status::Succeeded | Status::PartiallySucceeded | Status::Waiting
+            ) || done.record.continued)
+        {
+            self.scope.vars.insert(var.clone(), value.clone());
+            run.outputs.insert(var.clone(), value.clone());
+        }
+        let key = step.id.clone().unwrap_or_else(|| step.name.clone());
+        self.scope.steps.insert(key, done.vars.clone());
+        if step.id.is_some() {
+            self.scope.steps.insert(step.name.clone(), done.vars);
+        }
+        skip.extend(done.skip);
+        run.steps[done.index] = done.record;
+        self.save_step(run, done.index);
+    }
+
+    fn readiness(
+        &self,
+        run: &RunRecord,
+        i: usize,
+        index: &HashMap<String, usize>,
+        skip: &[String],
+    ) -> Ready {
+        if self.cancel.is_cancelled() {
+            return Ready::Settle(Status::Cancelled);
+        }
+        let step = &self.dag.steps[i];
+        let mut skipped = skip.contains(&step.name);
+        for dep in &step.depends {
+            let Some(&d) = index.get(dep) else { continue };
+            let (rec, dstep) = (&run.steps[d], &self.dag.steps[d]);
+            match rec.status {
+                Status::Succeeded | Status::PartiallySucceeded => {}
+                Status::Failed if rec.continued => {}
+                Status::Skipped if dstep.continue_on.skipped => {}
+                Status::Skipped => skipped = true,
+                Status::Failed | Status::Aborted => return Ready::Settle(Status::Aborted),
+                Status::Cancelled => return Ready::Settle(Status::Cancelled),
+                _ => return Ready::Wait,
+            }
+        }
+        if skipped {
+            Ready::Settle(Status::Skipped)
+        } else {
+            Ready::Go
+        }
+    }
+
+    /// success/failure/abort by outcome, then exit; wait when the run is waiting.
+    async fn handlers(&mut self, run: &mut RunRecord) {
+        let handlers = self.dag.handlers.clone();
+        let status = run.status;
+        let by_outcome = match status {
+            Status::Succeeded | Status::PartiallySucceeded => {
+                handlers.success.as_deref().map(|s| ("onSuccess", s))
+            }
+            Status::Failed => handlers.failure.as_deref().map(|s| ("onFailure", s)),
+            Status::Aborted | Status::Cancelled => {
+                handlers.abort.as_deref().map(|s| ("onAbort", s))
+            }
+            Status::Waiting => handlers.wait.as_deref().map(|s| ("onWait", s)),
+            _ => None,
+        };
+        let aborted_by_precondition = status == Status::Aborted
+            && run
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("precondition"));
+        if aborted_by_precondition {
+            return;
+        }
+        if let Some((name, step)) = by_outcome {
+            self.run_handler(run, name, step, status).await;
+        }
+        if let Some(exit) = handlers.exit.as_deref() {
+            self.run_handler(run, "onExit", exit, status).await;
+        }
+    }
+
+    async fn run_handler(
+        &mut self,
+        run: &mut RunRecord,
+        name: &str,
+        step: &Step,
+        status: Status,
+    ) -> StepRecord {
+        let mut step = step.clone();
+        step.name = name.to_string();
+        self.scope
+            .vars
+            .insert("DAG_RUN_STATUS".into(), status.as_str().into());
+        let waiting: Vec<&str> = run
+            .steps
+            .iter()
+            .filter(|s| s.status == Status::Waiting)
+            .map(|s| s.name.as_str())
+            .collect();
+        self.scope
+            .vars
+            .insert("DAG_WAITING_STEPS".into(), waiting.join(","));
+        let done = step::execute(self.snapshot(), step.clone(), usize::MAX).await;
+        let mut rec = done.record;
+        rec.name = name.to_string();
+        if let (Some(Output::Variable(_)), Some(value)) = (&step.output, &done.vars.output) {
+            rec.output = Some(value.clone());
+        }
+        run.handlers.insert(handler_key(name).into(), rec.clone());
+        let _ = self.engine.store.append(
+            &self.attempt,
+            &Entry::Handler {
+                name: handler_key(name).into(),
+                step: rec.clone(),
+            },
+        );
+        rec
+    }
+
+    /// What a step task needs, detached from `self` so tasks can run concurrently.
+    fn snapshot(&self) -> Arc<StepEnv<S, E>> {
+        Arc::new(StepEnv {
+            engine: self.engine.clone(),
+            dag: self.dag.clone(),
+            locals: self.locals.clone(),
+            attempt: self.attempt.clone(),
+            scope: self.scope.clone(),
+            cancel: self.cancel.clone(),
+        })
+    }
+}
+
+/// The read-only context a step runs in.
+pub(crate) struct StepEnv<S, E> {
+    engine: Engine<S, E>,
+    dag: Dag,
+    locals: Vec<Dag>,
+    attempt: Attempt,
+    scope: Scope,
+    cancel: CancellationToken,
+}
+
+enum Ready {
+    Wait,
+    Settle(Status),
+    Go,
+}
+
+fn handler_key(node: &str) -> &'static str {
+    match node {
+        "onInit" => "on_init",
+        "onSuccess" => "on_success",
+        "onFailure" => "on_failure",
+        "onAbort" => "on_abort",
+        "onExit" => "on_exit",
+        _ => "on_wait",
+    }
+}
+
+fn first_error(run: &RunRecord) -> Option<String> {
+    run.steps
+        .iter()
+        .find(|s| s.status == Status::Failed && !s.continued)
+        .and_then(|s| s.error.clone().map(|e| format!("step {}: {e}", s.name)))
+}
+
+/// Names a run id: UUIDv7, time-ordered.
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,664 @@
+//! Running one step: preconditions, the process (with retries and repeats), outputs,
+//! sub-DAG calls and routers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use trellis_core::status::{Status, StepRecord};
+use trellis_core::{Action, Condition, Output, OutputField, OutputSource, Step};
+use trellis_executor::{Executor, Outcome, ProcessSpec};
+use trellis_store::{Store, safe_name};
+
+use crate::expand::{StepVars, json_path};
+use crate::{Done, RunCtx, RunRequest, StepEnv, now};
+
+pub(crate) fn spawn<S: Store + 'static, E: Executor + 'static>(
+    ctx: &RunCtx<S, E>,
+    index: usize,
+    tx: mpsc::UnboundedSender<Done>,
+) {
+    let env = ctx.snapshot();
+    let step = ctx.dag.steps[index].clone();
+    tokio::spawn(async move {
+        let done = execute(env, step, index).await;
+        let _ = tx.send(done);
+    });
+}
+
+/// Runs a step to its settled state.
+pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
+    env: Arc<StepEnv<S, E>>,
+    step: Step,
+    index: usize,
+) -> Done {
+    let mut record = StepRecord {
+        name: step.name.clone(),
+        started_at: Some(now()),
+        ..StepRecord::default()
+    };
+    let base = env.attempt.log_dir.join(safe_name(&step.name));
+    let (stdout, stderr) = (base.with_extension("out"), base.with_extension("err"));
+    record.stdout = Some(stdout.display().to_string());
+    record.stderr = Some(stderr.display().to_string());
+    let mut vars = StepVars {
+        stdout: stdout.display().to_string(),
+        stderr: stderr.display().to_string(),
+        ..StepVars::default()
+    };
+    let mut skip = Vec::new();
+    if let Err(reason) = check_conditions_env(&env, &step.preconditions).await {
+        record.status = Status::Skipped;
+        record.error = Some(format!("precondition not met: {reason}"));
+        record.finished_at = Some(now());
+        return Done {
+            index,
+            record,
+            vars,
+            skip,
+        };
+    }
+    let result = match &step.action {
+        Action::Call(_) => crate::step::call(&env, &step, &mut record).await,
+        Action::Router { value, routes } => {
+            skip = route(&env, value, routes);
+            Ok(0)
+        }
+        Action::Noop => Ok(0),
+        _ => run_with_policies(&env, &step, &stdout, &stderr, &mut record).await,
+    };
+    finish(
+        &env,
+        &step,
+        result,
+        &mut record,
+        &mut vars,
+        &stdout,
+        &stderr,
+    );
+    record.finished_at = Some(now());
+    Done {
+        index,
+        record,
+        vars,
+        skip,
+    }
+}
+
+fn finish<S, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    result: Result<i32, String>,
+    record: &mut StepRecord,
+    vars: &mut StepVars,
+    stdout: &Path,
+    stderr: &Path,
+) {
+    let max = env.dag.max_output_size as usize;
+    if record.output.is_none() && !matches!(step.action, Action::Call(_)) {
+        vars.output = Some(read_capped(stdout, max).trim().to_string());
+    } else {
+        vars.output = record.output.clone();
+    }
+    match result {
+        Ok(code) => {
+            record.exit_code = Some(code);
+            vars.exit_code = Some(code);
+            if record.status != Status::PartiallySucceeded {
+                record.status = Status::Succeeded;
+            }
+        }
+        Err(error) => {
+            let code = record.exit_code;
+            vars.exit_code = code;
+            record.status = Status::Failed;
+            record.error = Some(error);
+            let c = &step.continue_on;
+            let out = vars.output.clone().unwrap_or_default();
+            let by_output = c.output.iter().any(|p| matches(p, &out));
+            record.continued =
+                c.failure || code.is_some_and(|code| c.exit_codes.contains(&code)) || by_output;
+            if record.continued && c.mark_success {
+                record.status = Status::Succeeded;
+                record.continued = false;
+            }
+        }
+    }
+    if let Some(Output::Fields(fields)) = &step.output {
+        match capture_fields(
+            env,
+            step,
+            fields,
+            &out_text(stdout, max),
+            &out_text(stderr, max),
+        ) {
+            Ok(v) => vars.fields = Some(v),
+            Err(e) => {
+                record.status = Status::Failed;
+                record.error = Some(e);
+            }
+        }
+    }
+    if let Some(Output::Variable(_)) = &step.output {
+        record.output = vars.output.clone();
+    }
+    if step.approval.is_some() && record.status == Status::Succeeded {
+        record.status = Status::Waiting;
+    }
+}
+
+fn out_text(path: &Path, max: usize) -> String {
+    read_capped(path, max)
+}
+
+/// Reads at most `max` bytes of a log file (the output cap), never the whole file.
+fn read_capped(path: &Path, max: usize) -> String {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    let _ = file.take(max as u64).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn matches(pattern: &str, text: &str) -> bool {
+    match pattern.strip_prefix("re:") {
+        Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(text)),
+        None => text.contains(pattern),
+    }
+}
+
+fn capture_fields<S, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    fields: &indexmap::IndexMap<String, OutputField>,
+    stdout: &str,
+    stderr: &str,
+) -> Result<Value, String> {
+    let mut out = serde_json::Map::new();
+    for (key, field) in fields {
+        let value = match field {
+            OutputField::Literal(v) => expand_json(env, v),
+            OutputField::Capture {
+                from,
+                path,
+                decode,
+                select,
+            } => {
+                let text = match from {
+                    OutputSource::Stdout => stdout.to_string(),
+                    OutputSource::Stderr => stderr.to_string(),
+                    OutputSource::File => {
+                        let rel = env.scope.expand(path.as_deref().unwrap_or_default(), true);
+                        let dir = step
+                            .working_dir
+                            .clone()
+                            .map(PathBuf::from)
+                            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+                        std::fs::read_to_string(dir.join(&rel))
+                            .map_err(|e| format!("output `{key}`: cannot read {rel}: {e}"))?
+                    }
+                };
+                let decoded = match decode {
+                    trellis_core::OutputDecode::Json => serde_json::from_str(&text)
+                        .map_err(|e| format!("output `{key}`: not JSON: {e}"))?,
+                    _ => Value::String(text.trim().to_string()),
+                };
+                match select {
+                    Some(path) => select_json(&decoded, path)
+                        .ok_or_else(|| format!("output `{key}`: `{path}` selects nothing"))?,
+                    None => decoded,
+                }
+            }
+        };
+        out.insert(key.clone(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+fn select_json(value: &Value, path: &str) -> Option<Value> {
+    let mut cur = value;
+    for key in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|k| !k.is_empty())
+    {
+        cur = match cur {
+            Value::Object(m) => m.get(key)?,
+            Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}
+
+fn expand_json<S, E>(env: &StepEnv<S, E>, v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(env.scope.expand(s, true)),
+        Value::Array(items) => Value::Array(items.iter().map(|i| expand_json(env, i)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), expand_json(env, v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Runs the process with retry_policy and repeat_policy. Ok(exit code) on success.
+async fn run_with_policies<S: Store + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    stdout: &Path,
+    stderr: &Path,
+    record: &mut StepRecord,
+) -> Result<i32, String> {
+    let mut result = run_once(env, step, stdout, stderr, record).await;
+    if let Some(retry) = &step.retry_policy {
+        let mut interval = retry.interval_sec;
+        while result.is_err() {
+            let code = record.exit_code;
+            let retriable =
+                retry.exit_codes.is_empty() || code.is_some_and(|c| retry.exit_codes.contains(&c));
+            if record.retry_count >= retry.limit || !retriable || env.cancel.is_cancelled() {
+                break;
+            }
+            wait(env, interval).await;
+            if let Some(b) = retry.backoff {
+                interval = (interval * b).min(retry.max_interval_sec.unwrap_or(f64::MAX));
+            }
+            record.retry_count += 1;
+            result = run_once(env, step, stdout, stderr, record).await;
+        }
+    }
+    record.done_count = 1;
+    if let Some(repeat) = &step.repeat_policy {
+        let mut interval = repeat.interval_sec;
+        loop {
+            if repeat.limit.is_some_and(|l| record.done_count >= l) || env.cancel.is_cancelled() {
+                break;
+            }
+            let hit = match (&repeat.condition, repeat.exit_codes.is_empty()) {
+                (Some(c), _) => check_condition(env, c).await.is_ok(),
+                (None, false) => record
+                    .exit_code
+                    .is_some_and(|c| repeat.exit_codes.contains(&c)),
+                (None, true) => result.is_ok(),
+            };
+            let again = match repeat.mode {
+                trellis_core::RepeatMode::While => hit,
+                trellis_core::RepeatMode::Until => !hit,
+            };
+            if !again {
+                break;
+            }
+            wait(env, interval).await;
+            if let Some(b) = repeat.backoff {
+                interval = (interval * b).min(repeat.max_interval_sec.unwrap_or(f64::MAX));
+            }
+            result = run_once(env, step, stdout, stderr, record).await;
+            record.done_count += 1;
+        }
+    }
+    result
+}
+
+async fn wait<S, E>(env: &StepEnv<S, E>, secs: f64) {
+    if secs > 0.0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+            _ = env.cancel.cancelled() => {}
+        }
+    }
+}
+
+/// One attempt: each command line in turn, stopping at the first failure.
+async fn run_once<S: Store + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    stdout: &Path,
+    stderr: &Path,
+    record: &mut StepRecord,
+) -> Result<i32, String> {
+    let _ = std::fs::remove_file(stdout);
+    let _ = std::fs::remove_file(stderr);
+    let specs = process_specs(env, step, stdout, stderr)?;
+    let mut code = 0;
+    for spec in specs {
+        let outcome = env.engine.exec.run(spec, env.cancel.clone()).await;
+        record.exit_code = outcome.exit_code();
+        match outcome {
+            Outcome::Exited(0) => code = 0,
+            Outcome::Exited(c) => return Err(with_stderr(format!("exit status {c}"), stderr)),
+            Outcome::Signaled(s) => {
+                return Err(with_stderr(format!("killed by signal {s}"), stderr));
+            }
+            Outcome::TimedOut => {
+                return Err(format!(
+                    "step timed out after {}s",
+                    step.timeout_sec.unwrap_or(0)
+                ));
+            }
+            Outcome::Cancelled => return Err("cancelled".into()),
+            Outcome::SpawnFailed(e) => return Err(e),
+        }
+    }
+    Ok(code)
+}
+
+fn with_stderr(message: String, stderr: &Path) -> String {
+    let text = read_capped(stderr, 64 * 1024);
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    if tail.is_empty() {
+        message
+    } else {
+        format!(
+            "{message}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+fn process_specs<S, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    stdout: &Path,
+    stderr: &Path,
+) -> Result<Vec<ProcessSpec>, String> {
+    let shell = step.shell.clone().or_else(|| env.dag.shell.clone());
+    let (sh, sh_args) = shell
+        .map(|s| (s.program, s.args))
+        .unwrap_or_else(|| ("sh".into(), Vec::new()));
+    let base = |program: String, args: Vec<String>| ProcessSpec {
+        program,
+        args,
+        env: process_env(env, step, stdout, stderr),
+        working_dir: step
+            .working_dir
+            .clone()
+            .or_else(|| env.dag.working_dir.clone())
+            .map(|d| PathBuf::from(env.scope.expand(&d, true))),
+        stdout: stdout.to_path_buf(),
+        stderr: stderr.to_path_buf(),
+        timeout: step.timeout_sec.filter(|t| *t > 0).map(Duration::from_secs),
+        stop_signal: step
+            .signal_on_stop
+            .as_deref()
+            .and_then(trellis_executor::parse_signal)
+            .unwrap_or(Signal::SIGTERM),
+        grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
+    };
+    Ok(match &step.action {
+        Action::Commands { commands } => commands
+            .iter()
+            .map(|c| {
+                let mut args = sh_args.clone();
+                args.extend(["-c".to_string(), env.scope.expand(c, false)]);
+                base(sh.clone(), args)
+            })
+            .collect(),
+        Action::Exec { program, args } => vec![base(
+            env.scope.expand(program, true),
+            args.iter().map(|a| env.scope.expand(a, true)).collect(),
+        )],
+        Action::Script { script, program } => {
+            let path = env
+                .attempt
+                .dir
+                .join(format!("{}.script", safe_name(&step.name)));
+            std::fs::write(&path, env.scope.expand(script, false))
+                .map_err(|e| format!("cannot write script: {e}"))?;
+            let file = path.display().to_string();
+            match program {
+                Some(p) => {
+                    let mut words = p.split_whitespace().map(String::from);
+                    let prog = words.next().unwrap_or_else(|| "sh".into());
+                    vec![base(prog, words.chain([file]).collect())]
+                }
+                None if step.shell.is_none()
+                    && env.dag.shell.is_none()
+                    && script.starts_with("#!") =>
+                {
+                    let mut words = script.lines().next().unwrap_or_default()[2..]
+                        .split_whitespace()
+                        .map(String::from);
+                    let prog = words.next().unwrap_or_else(|| "sh".into());
+                    vec![base(prog, words.chain([file]).collect())]
+                }
+                None => vec![base(sh, sh_args.into_iter().chain([file]).collect())],
+            }
+        }
+        _ => Vec::new(),
+    })
+}
+
+fn process_env<S, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    stdout: &Path,
+    stderr: &Path,
+) -> Vec<(String, String)> {
+    let mut vars: indexmap::IndexMap<String, String> =
+        env.engine.opts.base_env.iter().cloned().collect();
+    for (k, v) in &env.scope.vars {
+        vars.insert(k.clone(), v.clone());
+    }
+    let mut scope = env.scope.clone();
+    for (k, v) in &step.env {
+        let value = scope.expand(v, true);
+        scope.vars.insert(k.clone(), value.clone());
+        vars.insert(k.clone(), value);
+    }
+    vars.insert("DAG_RUN_STEP_NAME".into(), step.name.clone());
+    vars.insert(
+        "DAG_RUN_STEP_STDOUT_FILE".into(),
+        stdout.display().to_string(),
+    );
+    vars.insert(
+        "DAG_RUN_STEP_STDERR_FILE".into(),
+        stderr.display().to_string(),
+    );
+    vars.into_iter().collect()
+}
+
+pub(crate) async fn check_conditions<S: Store + 'static, E: Executor + 'static>(
+    ctx: &RunCtx<S, E>,
+    conditions: &[Condition],
+) -> Result<(), String> {
+    check_conditions_env(&ctx.snapshot(), conditions).await
+}
+
+async fn check_conditions_env<S: Store + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    conditions: &[Condition],
+) -> Result<(), String> {
+    for c in conditions {
+        check_condition(env, c).await?;
+    }
+    Ok(())
+}
+
+/// With `expected`, compares the expanded condition; without, runs it as a command.
+async fn check_condition<S: Store + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    c: &Condition,
+) -> Result<(), String> {
+    let held = match &c.expected {
+        Some(expected) => {
+            let got = env.scope.expand(&c.condition, true);
+            let want = env.scope.expand(expected, true);
+            match want.strip_prefix("re:") {
+                Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(&got)),
+                None => got == want,
+            }
+        }
+        None => {
+            let dir = env.attempt.dir.join("conditions");
+            let _ = std::fs::create_dir_all(&dir);
+            let (out, err) = (dir.join("out"), dir.join("err"));
+            let probe = Step::command("precondition", c.condition.clone());
+            let specs = process_specs(env, &probe, &out, &err).unwrap_or_default();
+            let mut ok = true;
+            for spec in specs {
+                ok &= env.engine.exec.run(spec, env.cancel.clone()).await == Outcome::Exited(0);
+            }
+            ok
+        }
+    };
+    if held != c.negate {
+        Ok(())
+    } else {
+        Err(format!("`{}`", c.condition))
+    }
+}
+
+fn route<S, E>(env: &StepEnv<S, E>, value: &str, routes: &[trellis_core::Route]) -> Vec<String> {
+    let value = env.scope.expand(value, true);
+    let exact = routes.iter().position(|r| r.pattern == value);
+    let chosen = exact.or_else(|| {
+        routes.iter().position(|r| {
+            r.pattern
+                .strip_prefix("re:")
+                .is_some_and(|re| regex::Regex::new(re).is_ok_and(|x| x.is_match(&value)))
+        })
+    });
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != chosen)
+        .flat_map(|(_, r)| r.targets.clone())
+        .collect()
+}
+
+/// A `call` step: one child run, or one per `parallel` item.
+async fn call<S: Store + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    record: &mut StepRecord,
+) -> Result<i32, String> {
+    let Action::Call(call) = &step.action else {
+        return Ok(0);
+    };
+    let name = env.scope.expand(&call.dag, true);
+    let child = find_dag(env, &name)
+        .ok_or_else(|| format!("sub-DAG `{name}` not found (no document or file named {name})"))?;
+    let items: Vec<String> = match &call.parallel {
+        None => vec![env.scope.expand(&call.params, true)],
+        Some(p) => parallel_items(env, &p.items)?,
+    };
+    let limit = call
+        .parallel
+        .as_ref()
+        .map_or(1, |p| p.max_concurrent as usize);
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let mut tasks = Vec::new();
+    for params in items {
+        let (engine, child, locals, parent, cancel, sem) = (
+            env.engine.clone(),
+            child.clone(),
+            env.locals.clone(),
+            env.attempt.clone(),
+            env.cancel.clone(),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let values = trellis_spec::resolve_params(&child, Some(&params), &[]).map_err(|e| {
+                e.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let req = RunRequest {
+                dag: &child,
+                locals: &locals,
+                params: values,
+                run_id: crate::new_run_id(),
+                parent: Some(&parent),
+            };
+            engine
+                .run_boxed(req, cancel)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.map_err(|e| e.to_string())??);
+    }
+    record.children = results.iter().map(|r| r.run_id.clone()).collect();
+    let outputs: Vec<Value> = results
+        .iter()
+        .map(|r| serde_json::to_value(&r.outputs).unwrap_or_default())
+        .collect();
+    let value = match (&call.parallel, outputs.first()) {
+        (None, Some(o)) => serde_json::json!({"name": name, "outputs": o}),
+        _ => serde_json::json!({"name": name, "outputs": outputs}),
+    };
+    record.output = Some(value.to_string());
+    let statuses: Vec<Status> = results.iter().map(|r| r.status).collect();
+    if statuses.iter().all(|s| *s == Status::Succeeded) {
+        Ok(0)
+    } else if statuses
+        .iter()
+        .all(|s| matches!(s, Status::Succeeded | Status::PartiallySucceeded))
+    {
+        record.status = Status::PartiallySucceeded;
+        Ok(0)
+    } else {
+        let bad = results
+            .iter()
+            .find(|r| !matches!(r.status, Status::Succeeded | Status::PartiallySucceeded));
+        Err(format!(
+            "sub-DAG `{name}` {}: {}",
+            bad.map_or("failed", |r| r.status.as_str()),
+            bad.and_then(|r| r.error.clone()).unwrap_or_default()
+        ))
+    }
+}
+
+fn parallel_items<S, E>(
+    env: &StepEnv<S, E>,
+    items: &trellis_core::ParallelItems,
+) -> Result<Vec<String>, String> {
+    let list = match items {
+        trellis_core::ParallelItems::List(list) => list.clone(),
+        trellis_core::ParallelItems::Variable(v) => {
+            let text = env.scope.expand(v, true);
+            serde_json::from_str::<Vec<Value>>(&text)
+                .map_err(|e| format!("parallel items `{v}` is not a JSON array: {e}"))?
+        }
+    };
+    Ok(list
+        .into_iter()
+        .map(|item| match item {
+            Value::String(s) if s.contains('=') => s,
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", json_path(v, "").unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => format!("ITEM={}", json_path(&other, "").unwrap_or_default()),
+        })
+        .collect())
+}
+
+fn find_dag<S, E>(env: &StepEnv<S, E>, name: &str) -> Option<trellis_core::Dag> {
+    if let Some(d) = env.locals.iter().find(|d| d.name == name) {
+        return Some(d.clone());
+    }
+    let dir = env.engine.opts.dags_dir.clone()?;
+    for ext in ["yaml", "yml"] {
+        let path = dir.join(format!("{name}.{ext}"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return trellis_spec::load_str(&path.display().to_string(), &text)
+                .ok()
+                .map(|l| l.dag);
+        }
+    }
+    None
+}

@@ -1,0 +1,227 @@
+//! Runs one step's process. The [`Executor`] trait is the seam between the run driver and
+//! where work happens: [`Local`] starts a process group on this machine. Docker (a
+//! container per step, reattached by container id), Kubernetes (a Job per step, by job
+//! name), Slurm (`sbatch`, by job id), SSH and HTTP implement the same trait later: each
+//! turns a [`ProcessSpec`] into an [`Outcome`], streaming output to the given log files.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// What to run and where its output goes.
+#[derive(Clone, Debug)]
+pub struct ProcessSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    /// The complete environment of the process (nothing is inherited beyond this).
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    /// Log files, appended to (a multi-command step writes several processes into one).
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub timeout: Option<Duration>,
+    /// Signal sent to the process group on timeout or cancel, before SIGKILL.
+    pub stop_signal: Signal,
+    /// Time between the stop signal and SIGKILL.
+    pub grace: Duration,
+}
+
+/// How a process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    /// Killed by a signal it did not handle.
+    Signaled(i32),
+    TimedOut,
+    Cancelled,
+    /// It never started (no such program, bad working dir, ...).
+    SpawnFailed(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Exited(code) => Some(*code),
+            Outcome::Signaled(sig) => Some(128 + sig),
+            _ => None,
+        }
+    }
+}
+
+/// Something that can run a [`ProcessSpec`] to completion.
+pub trait Executor: Send + Sync {
+    fn run(
+        &self,
+        spec: ProcessSpec,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = Outcome> + Send;
+}
+
+/// Runs each step as its own process group on this machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Local;
+
+fn append(path: &PathBuf) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Executor for Local {
+    async fn run(&self, spec: ProcessSpec, cancel: CancellationToken) -> Outcome {
+        let (stdout, stderr) = match (append(&spec.stdout), append(&spec.stderr)) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
+                return Outcome::SpawnFailed(format!("cannot open log file: {e}"));
+            }
+        };
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &spec.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => return Outcome::SpawnFailed(format!("{}: {e}", spec.program)),
+        };
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let timeout = async {
+            match spec.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = tokio::select! {
+            status = child.wait() => return wait_outcome(status),
+            _ = timeout => Outcome::TimedOut,
+            _ = cancel.cancelled() => Outcome::Cancelled,
+        };
+        // Stop the whole group: the step's shell and everything it started.
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, spec.stop_signal);
+            if tokio::time::timeout(spec.grace, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        stopped
+    }
+}
+
+fn wait_outcome(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => Outcome::Exited(code),
+            (None, Some(sig)) => Outcome::Signaled(sig),
+            _ => Outcome::Exited(-1),
+        },
+        Err(e) => Outcome::SpawnFailed(e.to_string()),
+    }
+}
+
+/// Parses `SIGTERM`, `TERM` or `15`.
+pub fn parse_signal(text: &str) -> Option<Signal> {
+    if let Ok(n) = text.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let name = if text.starts_with("SIG") {
+        text.to_string()
+    } else {
+        format!("SIG{text}")
+    };
+    name.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, script: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            working_dir: None,
+            stdout: dir.join("out"),
+            stderr: dir.join("err"),
+            timeout: None,
+            stop_signal: Signal::SIGTERM,
+            grace: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn captures_output_and_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let got = Local
+            .run(
+                spec(dir.path(), "echo hi; echo oops >&2; exit 3"),
+                CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(got, Outcome::Exited(3));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out")).unwrap(),
+            "hi\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("err")).unwrap(),
+            "oops\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "trap '' TERM; sleep 30 & echo $! > pid; wait");
+        s.timeout = Some(Duration::from_millis(300));
+        s.working_dir = Some(dir.path().to_path_buf());
+        assert_eq!(
+            Local.run(s, CancellationToken::new()).await,
+            Outcome::TimedOut
+        );
+        let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild `sleep` was in the group, so it dies too (a zombie counts as dead).
+        // Signal delivery is asynchronous: allow it a moment, checking the kernel's view.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert!(!alive(), "sleep {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn missing_program_reports_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "");
+        s.program = "/nonexistent/tool".into();
+        match Local.run(s, CancellationToken::new()).await {
+            Outcome::SpawnFailed(msg) => assert!(msg.contains("No such file"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Where runs live. [`Store`] is what the engine and CLI talk to; [`FileStore`] is the
+//! embedded backend under `TRELLIS_HOME`, in Dagu's layout:
+//! `data/dag-runs/<dag>/dag-runs/YYYY/MM/DD/dag-run_<ts>_<id>/attempt_<ts>_<id>/status.jsonl`.
+//!
+//! A run is an append-only log: a full snapshot when the attempt starts and ends, and one
+//! line per step change in between, so an update costs one short append, not a rewrite.
+//! Each line is written whole with one `write` call; a torn last line (a kill mid-write) is
+//! ignored on read, so a stored run is always readable.
+
+mod file;
+
+pub use file::FileStore;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use trellis_core::status::{RunRecord, StepRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid name `{0}`: use letters, digits, `-`, `_` and `.`")]
+    InvalidName(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One line of a run's log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    Snapshot(Box<RunRecord>),
+    Step { index: usize, step: StepRecord },
+    Handler { name: String, step: StepRecord },
+}
+
+impl Entry {
+    /// Folds this entry into the state read so far.
+    pub fn apply(self, state: &mut Option<RunRecord>) {
+        match (self, state) {
+            (Entry::Snapshot(record), state) => *state = Some(*record),
+            (Entry::Step { index, step }, Some(run)) => {
+                if let Some(slot) = run.steps.get_mut(index) {
+                    *slot = step;
+                }
+            }
+            (Entry::Handler { name, step }, Some(run)) => {
+                run.handlers.insert(name, step);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An attempt being written: where its status and logs go.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub run_id: String,
+    pub attempt_id: String,
+}
+
+/// Storage of runs. Implementations must make `append` atomic per entry.
+pub trait Store: Send + Sync {
+    /// Creates the directories of a new run attempt. `parent` nests a child run under it.
+    fn create_attempt(&self, dag: &str, run_id: &str, parent: Option<&Attempt>) -> Result<Attempt>;
+    fn append(&self, attempt: &Attempt, entry: &Entry) -> Result<()>;
+    /// The most recent top-level run of a DAG.
+    fn latest(&self, dag: &str) -> Result<Option<RunRecord>>;
+    /// A top-level run by id.
+    fn find(&self, dag: &str, run_id: &str) -> Result<Option<RunRecord>>;
+}
+
+/// Accepts names that are safe as one path component.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_. ".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// A DAG or step name turned into one safe path component.
+pub fn safe_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match cleaned.as_str() {
+        "" | "." | ".." => "_".to_string(),
+        _ => cleaned,
+    }
+}
