@@ -40,8 +40,8 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
         started_at: Some(now()),
         ..StepRecord::default()
     };
-    let base = env.attempt.log_dir.join(safe_name(&step.name));
-    let (stdout, stderr) = (base.with_extension("out"), base.with_extension("err"));
+    let safe = safe_name(&step.name);
+    let (stdout, stderr) = (env.attempt.log_dir.join(format!("{safe}.out")), env.attempt.log_dir.join(format!("{safe}.err")));
     record.stdout = Some(stdout.display().to_string());
     record.stderr = Some(stderr.display().to_string());
     let mut vars = StepVars {
@@ -59,6 +59,7 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
             record,
             vars,
             skip,
+            generated: Vec::new(),
         };
     }
     let result = match &step.action {
@@ -67,6 +68,7 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
             skip = route(&env, value, routes);
             Ok(0)
         }
+        _ if step.executor.is_some() => Err(unsupported_type(&step)),
         Action::Noop => Ok(0),
         _ => run_with_policies(&env, &step, &stdout, &stderr, &mut record).await,
     };
@@ -79,12 +81,44 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
         &stdout,
         &stderr,
     );
+    if env.cancel.is_cancelled() && record.status == Status::Failed {
+        record.status = Status::Cancelled;
+    }
+    let generated = generate(&env, &step, &mut record, &stdout);
     record.finished_at = Some(now());
     Done {
         index,
         record,
         vars,
         skip,
+        generated,
+    }
+}
+
+/// The step types whose executors are not built yet fail clearly, naming the type, rather
+/// than running their command on the local shell.
+fn unsupported_type(step: &Step) -> String {
+    format!("step type `{}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call and router steps run)", step.executor_kind())
+}
+
+/// A Daggy generator's stdout becomes new steps; a bad document fails the generator.
+fn generate<S, E>(env: &StepEnv<S, E>, step: &Step, record: &mut StepRecord, stdout: &Path) -> Vec<Step> {
+    if !step.generator || record.status != Status::Succeeded {
+        return Vec::new();
+    }
+    let text = read_capped(stdout, env.dag.max_output_size as usize);
+    match trellis_spec::generated_steps(&env.dag, &text) {
+        Ok(steps) if steps.iter().any(|s| env.dag.steps.iter().any(|o| o.name == s.name)) => {
+            record.status = Status::Failed;
+            record.error = Some("generator produced a task whose name is already taken".into());
+            Vec::new()
+        }
+        Ok(steps) => steps,
+        Err(e) => {
+            record.status = Status::Failed;
+            record.error = Some(e);
+            Vec::new()
+        }
     }
 }
 

@@ -126,6 +126,29 @@ static DETAILS: &[crate::decode::Field] = &[
     ),
 ];
 
+/// Where a Daggy run's parameters are kept on the loaded [`Dag`].
+pub const PARAMETERS_KEY: &str = "daggy_parameters";
+
+/// Turns a generator's stdout (a JSON map of task id → task) into steps, expanded with the
+/// run's parameters. The caller wires them after the generator.
+pub fn generated_steps(dag: &Dag, stdout: &str) -> Result<Vec<Step>, String> {
+    let docs = crate::yaml::parse(stdout).map_err(|e| format!("generator output is not JSON: {}", e.message))?;
+    let Some(Node { value: Value::Map(entries), .. }) = docs.first() else {
+        return Err("generator output must be a JSON object of task id → task".into());
+    };
+    let mut cx = Cx::default();
+    let tasks: Vec<Task> = entries.iter().filter_map(|(k, v)| task(&mut cx, k, v)).collect();
+    if let Some(p) = cx.problems.iter().find(|p| !p.warning) {
+        return Err(format!("generator output: {}", p.message));
+    }
+    let params: IndexMap<String, Vec<String>> = dag
+        .executor_defaults
+        .get(PARAMETERS_KEY)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    Ok(expand_all(&tasks, &params))
+}
+
 /// One task after reading, before expansion.
 struct Task {
     id: String,
@@ -189,6 +212,9 @@ pub fn decode_run(cx: &mut Cx, doc: &Node, default_name: &str) -> Option<Dag> {
     };
     check_edges(cx, &obj, &tasks);
     dag.steps = expand_all(&tasks, &run_params);
+    // Kept for generator tasks, whose output is expanded with the run's parameters.
+    let params = serde_json::to_value(&run_params).unwrap_or_default();
+    dag.executor_defaults.insert(PARAMETERS_KEY.into(), params);
     Some(dag)
 }
 

@@ -10,6 +10,7 @@ mod dag;
 mod daggy;
 mod decode;
 pub mod diag;
+pub use daggy::generated_steps;
 mod fields;
 mod graph;
 mod params;
