@@ -30,6 +30,124 @@ pub enum Command {
     Start(StartArgs),
     /// Show the latest (or a given) run of a workflow.
     Status(StatusArgs),
+    /// Stop a running run: its steps get the stop signal, the run ends cancelled.
+    Stop(RunTarget),
+    /// Run again, in a new attempt of the same run id, the steps that did not succeed
+    /// (or, with --step, that step and everything after it).
+    Retry(RetryArgs),
+    /// Stop a run if it is running, then start the DAG again with the same params as a
+    /// new run.
+    Restart(RunTarget),
+    /// List the runs of a DAG, newest first.
+    History(HistoryArgs),
+    /// Print a step's log.
+    Logs(LogsArgs),
+    /// Put a run in a queue for the scheduler; prints its run id.
+    Enqueue(EnqueueArgs),
+    /// Take a queued run out of its queue; it is recorded as aborted.
+    Dequeue(DequeueArgs),
+    /// Delete finished runs (and their logs) older than the retention period.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunTarget {
+    /// A workflow file, or a DAG name.
+    #[arg(value_name = "FILE|NAME")]
+    pub target: String,
+    /// A specific run instead of the latest.
+    #[arg(short, long, value_name = "ID")]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// A workflow file, or a DAG name (the stored definition is used).
+    #[arg(value_name = "FILE|NAME")]
+    pub target: String,
+    /// The run to retry.
+    #[arg(short, long, value_name = "ID")]
+    pub run_id: String,
+    /// Re-run this step and everything that depends on it.
+    #[arg(short, long, value_name = "NAME")]
+    pub step: Option<String>,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// A workflow file, or a DAG name.
+    #[arg(value_name = "FILE|NAME")]
+    pub target: String,
+    /// How many runs to show.
+    #[arg(short, long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print the runs as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// A workflow file, or a DAG name.
+    #[arg(value_name = "FILE|NAME")]
+    pub target: String,
+    /// The step whose log to print (handlers are onInit, onSuccess, ...).
+    #[arg(short, long, value_name = "NAME")]
+    pub step: String,
+    /// A specific run instead of the latest.
+    #[arg(short, long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Print stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Keep printing as the step writes, until it ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    /// Workflow file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Parameters: "KEY=value KEY2='two words' positional".
+    #[arg(short, long, value_name = "PARAMS")]
+    pub params: Option<String>,
+    /// Run id to use instead of a new UUIDv7.
+    #[arg(short, long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Queue name (default: the DAG's `queue`, else its name).
+    #[arg(short = 'u', long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Higher starts first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DequeueArgs {
+    /// Queue name.
+    #[arg(value_name = "QUEUE")]
+    pub queue: String,
+    /// The queued run to remove.
+    #[arg(short, long, value_name = "ID")]
+    pub run_id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CleanupArgs {
+    /// Only this workflow file or DAG name (default: every DAG).
+    #[arg(value_name = "FILE|NAME")]
+    pub target: Option<String>,
+    /// Keep runs that ended within this many days.
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: u32,
+    /// Show what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]

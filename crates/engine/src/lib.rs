@@ -57,6 +57,15 @@ pub struct RunRequest<'a> {
     pub params: Vec<ParamValue>,
     pub run_id: String,
     pub parent: Option<&'a Attempt>,
+    /// Set for `retry`: the same run id, a new attempt that keeps what already succeeded.
+    pub retry: Option<Retry>,
+}
+
+/// What a retry starts from.
+pub struct Retry {
+    pub previous: RunRecord,
+    /// Re-run this step and everything after it; `None` re-runs what did not succeed.
+    pub from_step: Option<String>,
 }
 
 /// One step's settled result, sent back to the run loop.
@@ -92,13 +101,20 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
         req: RunRequest<'_>,
         cancel: CancellationToken,
     ) -> Result<RunRecord, trellis_store::Error> {
-        let attempt = self
-            .store
-            .create_attempt(&req.dag.name, &req.run_id, req.parent)?;
+        let attempt = match &req.retry {
+            Some(_) => self.store.retry_attempt(&req.dag.name, &req.run_id)?,
+            None => self
+                .store
+                .create_attempt(&req.dag.name, &req.run_id, req.parent)?,
+        };
+        self.store.save_definition(&attempt, req.dag)?;
         let mut run = initial_record(&req, &attempt);
         self.store
             .append(&attempt, &Entry::Snapshot(Box::new(run.clone())))?;
-        let scope = initial_scope(&req, &run, &attempt);
+        let mut scope = initial_scope(&req, &run, &attempt);
+        if let Some(retry) = &req.retry {
+            keep_settled(req.dag, retry, &mut run, &mut scope);
+        }
         let mut ctx = RunCtx {
             engine: self.clone(),
             dag: req.dag.clone(),
@@ -183,6 +199,80 @@ fn initial_scope(req: &RunRequest, run: &RunRecord, attempt: &Attempt) -> Scope 
         scope.vars.insert(k.clone(), value);
     }
     scope
+}
+
+/// Copies the steps a retry keeps (and what they published) from the previous attempt.
+fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &mut Scope) {
+    let rerun = rerun_set(dag, retry);
+    for (i, step) in dag.steps.iter().enumerate() {
+        let Some(prev) = retry.previous.steps.iter().find(|s| s.name == step.name) else {
+            continue;
+        };
+        if rerun.contains(&i) {
+            continue;
+        }
+        run.steps[i] = prev.clone();
+        if let (Some(Output::Variable(var)), Some(value)) = (&step.output, &prev.output) {
+            scope.vars.insert(var.clone(), value.clone());
+            run.outputs.insert(var.clone(), value.clone());
+        }
+        let vars = StepVars {
+            output: prev.output.clone(),
+            fields: None,
+            exit_code: prev.exit_code,
+            stdout: prev.stdout.clone().unwrap_or_default(),
+            stderr: prev.stderr.clone().unwrap_or_default(),
+        };
+        scope
+            .steps
+            .insert(step.id.clone().unwrap_or_else(|| step.name.clone()), vars);
+    }
+}
+
+/// Steps a retry runs again: the named step and its dependents, or every step that did
+/// not succeed and everything downstream of those.
+fn rerun_set(dag: &Dag, retry: &Retry) -> std::collections::HashSet<usize> {
+    let ok = |name: &str| {
+        retry.previous.steps.iter().any(|s| {
+            s.name == name
+                && matches!(
+                    s.status,
+                    Status::Succeeded | Status::Skipped | Status::PartiallySucceeded
+                )
+        })
+    };
+    let mut set: std::collections::HashSet<usize> = dag
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| match &retry.from_step {
+            Some(from) => &s.name == from,
+            None => !ok(&s.name),
+        })
+        .map(|(i, _)| i)
+        .collect();
+    // Steps are in dependency order after loading, so one pass reaches every dependent.
+    let order = trellis_core::graph::Graph::new(
+        dag.steps.len(),
+        dag.steps.iter().enumerate().flat_map(|(i, s)| {
+            s.depends
+                .iter()
+                .filter_map(move |d| dag.steps.iter().position(|x| &x.name == d).map(|j| (j, i)))
+        }),
+    )
+    .topo_order()
+    .unwrap_or_default();
+    for i in order {
+        if dag.steps[i].depends.iter().any(|d| {
+            dag.steps
+                .iter()
+                .position(|x| &x.name == d)
+                .is_some_and(|j| set.contains(&j))
+        }) {
+            set.insert(i);
+        }
+    }
+    set
 }
 
 pub(crate) fn now() -> String {
@@ -274,7 +364,9 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
         let mut skip_by_router: Vec<String> = Vec::new();
         loop {
             while running < limit {
-                let Some(i) = graph.ready.pop_front() else { break };
+                let Some(i) = graph.ready.pop_front() else {
+                    break;
+                };
                 if run.steps[i].status != Status::NotStarted {
                     continue;
                 }
@@ -325,15 +417,29 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
             if step.depends.is_empty() {
                 step.depends.push(parent.clone());
             }
-            run.steps.push(StepRecord { name: step.name.clone(), ..StepRecord::default() });
+            run.steps.push(StepRecord {
+                name: step.name.clone(),
+                ..StepRecord::default()
+            });
             self.dag.steps.push(step);
         }
-        let leaves: Vec<String> = self.dag.steps[first..].iter().filter(|s| !self.dag.steps[first..].iter().any(|o| o.depends.contains(&s.name))).map(|s| s.name.clone()).collect();
+        let leaves: Vec<String> = self.dag.steps[first..]
+            .iter()
+            .filter(|s| {
+                !self.dag.steps[first..]
+                    .iter()
+                    .any(|o| o.depends.contains(&s.name))
+            })
+            .map(|s| s.name.clone())
+            .collect();
         for &child in &children {
             self.dag.steps[child].depends.extend(leaves.iter().cloned());
         }
         *graph = Links::rebuild(&self.dag, run, graph);
-        let _ = self.engine.store.append(&self.attempt, &Entry::Snapshot(Box::new(run.clone())));
+        let _ = self
+            .engine
+            .store
+            .append(&self.attempt, &Entry::Snapshot(Box::new(run.clone())));
     }
 
     fn settle(&mut self, run: &mut RunRecord, done: Done, skip: &mut Vec<String>) {
@@ -492,26 +598,42 @@ struct Links {
 
 impl Links {
     fn new(dag: &Dag, run: &RunRecord) -> Links {
-        let index: HashMap<String, usize> = dag.steps.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
-        let mut links = Links { dependents: vec![Vec::new(); dag.steps.len()], remaining: vec![0; dag.steps.len()], ready: Default::default(), index };
+        let index: HashMap<String, usize> = dag
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let mut links = Links {
+            dependents: vec![Vec::new(); dag.steps.len()],
+            remaining: vec![0; dag.steps.len()],
+            ready: Default::default(),
+            index,
+        };
         for (i, step) in dag.steps.iter().enumerate() {
             for dep in &step.depends {
                 if let Some(&d) = links.index.get(dep) {
                     links.dependents[d].push(i);
-                    if run.steps[d].status == Status::NotStarted || run.steps[d].status == Status::Running {
+                    if run.steps[d].status == Status::NotStarted
+                        || run.steps[d].status == Status::Running
+                    {
                         links.remaining[i] += 1;
                     }
                 }
             }
         }
-        links.ready = (0..dag.steps.len()).filter(|&i| links.remaining[i] == 0).collect();
+        links.ready = (0..dag.steps.len())
+            .filter(|&i| links.remaining[i] == 0)
+            .collect();
         links
     }
 
     /// After steps were added: recount, keeping steps already queued.
     fn rebuild(dag: &Dag, run: &RunRecord, old: &Links) -> Links {
         let mut links = Links::new(dag, run);
-        links.ready.retain(|i| *i >= old.remaining.len() || old.ready.contains(i));
+        links
+            .ready
+            .retain(|i| *i >= old.remaining.len() || old.ready.contains(i));
         links
     }
 
@@ -529,8 +651,11 @@ impl Links {
 /// `max_active_steps`, capped so a huge fan-out cannot exhaust file descriptors: each
 /// running step holds a few (log files, pipes), so allow a quarter of the soft limit.
 fn step_limit(max_active_steps: Option<u32>) -> usize {
-    let configured = max_active_steps.filter(|m| *m > 0).map_or(usize::MAX, |m| m as usize);
-    let fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let configured = max_active_steps
+        .filter(|m| *m > 0)
+        .map_or(usize::MAX, |m| m as usize);
+    let fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
     configured.min((fds / 4).max(8) as usize)
 }
 

@@ -41,7 +41,10 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
         ..StepRecord::default()
     };
     let safe = safe_name(&step.name);
-    let (stdout, stderr) = (env.attempt.log_dir.join(format!("{safe}.out")), env.attempt.log_dir.join(format!("{safe}.err")));
+    let (stdout, stderr) = (
+        env.attempt.log_dir.join(format!("{safe}.out")),
+        env.attempt.log_dir.join(format!("{safe}.err")),
+    );
     record.stdout = Some(stdout.display().to_string());
     record.stderr = Some(stderr.display().to_string());
     let mut vars = StepVars {
@@ -98,17 +101,29 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
 /// The step types whose executors are not built yet fail clearly, naming the type, rather
 /// than running their command on the local shell.
 fn unsupported_type(step: &Step) -> String {
-    format!("step type `{}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call and router steps run)", step.executor_kind())
+    format!(
+        "step type `{}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call and router steps run)",
+        step.executor_kind()
+    )
 }
 
 /// A Daggy generator's stdout becomes new steps; a bad document fails the generator.
-fn generate<S, E>(env: &StepEnv<S, E>, step: &Step, record: &mut StepRecord, stdout: &Path) -> Vec<Step> {
+fn generate<S, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    record: &mut StepRecord,
+    stdout: &Path,
+) -> Vec<Step> {
     if !step.generator || record.status != Status::Succeeded {
         return Vec::new();
     }
     let text = read_capped(stdout, env.dag.max_output_size as usize);
     match trellis_spec::generated_steps(&env.dag, &text) {
-        Ok(steps) if steps.iter().any(|s| env.dag.steps.iter().any(|o| o.name == s.name)) => {
+        Ok(steps)
+            if steps
+                .iter()
+                .any(|s| env.dag.steps.iter().any(|o| o.name == s.name)) =>
+        {
             record.status = Status::Failed;
             record.error = Some("generator produced a task whose name is already taken".into());
             Vec::new()
@@ -613,6 +628,7 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
                 params: values,
                 run_id: crate::new_run_id(),
                 parent: Some(&parent),
+                retry: None,
             };
             engine
                 .run_boxed(req, cancel)

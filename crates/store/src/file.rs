@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use trellis_core::Dag;
 use trellis_core::status::RunRecord;
 
 use crate::{Attempt, Entry, Error, Result, Store, safe_name};
@@ -162,16 +163,167 @@ impl Store for FileStore {
     }
 
     fn find(&self, dag: &str, run_id: &str) -> Result<Option<RunRecord>> {
-        let suffix = format!("_{run_id}");
-        for dir in self.run_dirs(dag)? {
-            if dir
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
-            {
-                return FileStore::read_latest_attempt(&dir);
+        match self.run_dir(dag, run_id)? {
+            Some(dir) => FileStore::read_latest_attempt(&dir),
+            None => Ok(None),
+        }
+    }
+
+    fn retry_attempt(&self, dag: &str, run_id: &str) -> Result<Attempt> {
+        let run_dir = self
+            .run_dir(dag, run_id)?
+            .ok_or_else(|| FileStore::not_found(dag, run_id))?;
+        let now = Timestamp::now();
+        let attempt_id = format!("{:06x}", now.subsec_nanosecond() as u32 & 0xff_ffff);
+        let dir = run_dir.join(format!(
+            "attempt_{}_{attempt_id}",
+            now.strftime("%Y%m%d_%H%M%S_%3fZ")
+        ));
+        let run_name = run_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let log_dir = self
+            .logs
+            .join(safe_name(dag))
+            .join(run_name)
+            .join(format!("attempt_{attempt_id}"));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+        Ok(Attempt {
+            dir,
+            log_dir,
+            run_id: run_id.to_string(),
+            attempt_id,
+        })
+    }
+
+    fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()> {
+        let path = attempt.dir.join("dag.json");
+        let json = serde_json::to_vec(dag).map_err(|e| io(&path)(e.into()))?;
+        write_atomic(&path, &json)
+    }
+
+    fn definition(&self, dag: &str, run_id: &str) -> Result<Option<Dag>> {
+        let Some(run_dir) = self.run_dir(dag, run_id)? else {
+            return Ok(None);
+        };
+        for attempt in sorted_children(&run_dir)?.into_iter().rev() {
+            if let Ok(bytes) = fs::read(attempt.join("dag.json")) {
+                return Ok(serde_json::from_slice(&bytes).ok());
             }
         }
         Ok(None)
+    }
+
+    fn list(&self, dag: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut out = Vec::new();
+        for dir in self.run_dirs(dag)? {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(record) = FileStore::read_latest_attempt(&dir)? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn dag_names(&self) -> Result<Vec<String>> {
+        let root = self.data.join("dag-runs");
+        Ok(sorted_children(&root)?
+            .into_iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn remove(&self, dag: &str, run_id: &str) -> Result<()> {
+        let run_dir = self
+            .run_dir(dag, run_id)?
+            .ok_or_else(|| FileStore::not_found(dag, run_id))?;
+        if let Some(name) = run_dir.file_name() {
+            let logs = self.logs.join(safe_name(dag)).join(name);
+            if logs.exists() {
+                fs::remove_dir_all(&logs).map_err(io(&logs))?;
+            }
+        }
+        fs::remove_dir_all(&run_dir).map_err(io(&run_dir))
+    }
+}
+
+impl FileStore {
+    fn run_dir(&self, dag: &str, run_id: &str) -> Result<Option<PathBuf>> {
+        let suffix = format!("_{run_id}");
+        Ok(self.run_dirs(dag)?.into_iter().find(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        }))
+    }
+
+    fn queue_dir(&self, queue: &str) -> PathBuf {
+        self.data.join("queue").join(safe_name(queue))
+    }
+
+    fn not_found(dag: &str, run_id: &str) -> Error {
+        Error::Io {
+            path: PathBuf::from(format!("{dag}/{run_id}")),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such run"),
+        }
+    }
+}
+
+/// Writes a file whole: to a temporary name, fsync, then rename over the target.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_data().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl crate::Queue for FileStore {
+    fn enqueue(&self, item: &crate::QueueItem) -> Result<()> {
+        crate::check_name(&item.run_id)?;
+        let dir = self.queue_dir(&item.queue);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Names sort in start order: higher priority first (inverted), then time.
+        let rank = i64::from(i32::MAX) - i64::from(item.priority);
+        let stamp = Timestamp::now().as_nanosecond();
+        let path = dir.join(format!("item_{rank:011}_{stamp:020}_{}.json", item.run_id));
+        let json = serde_json::to_vec_pretty(item).map_err(|e| io(&path)(e.into()))?;
+        write_atomic(&path, &json)
+    }
+
+    fn items(&self, queue: &str) -> Result<Vec<crate::QueueItem>> {
+        let dir = self.queue_dir(queue);
+        let mut paths: Vec<PathBuf> = match fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        paths.sort();
+        Ok(paths
+            .iter()
+            .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
+            .collect())
+    }
+
+    fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool> {
+        let dir = self.queue_dir(queue);
+        let suffix = format!("_{run_id}.json");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(false);
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if entry.file_name().to_string_lossy().ends_with(&suffix) {
+                fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -9,11 +9,12 @@
 
 mod file;
 
-pub use file::FileStore;
+pub use file::{FileStore, read_log};
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use trellis_core::Dag;
 use trellis_core::status::{RunRecord, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,40 @@ pub trait Store: Send + Sync {
     fn latest(&self, dag: &str) -> Result<Option<RunRecord>>;
     /// A top-level run by id.
     fn find(&self, dag: &str, run_id: &str) -> Result<Option<RunRecord>>;
+    /// A new attempt of an existing top-level run (for `retry`: same run id).
+    fn retry_attempt(&self, dag: &str, run_id: &str) -> Result<Attempt>;
+    /// Keeps the resolved DAG with the attempt, so a run can be retried without its file.
+    fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()>;
+    /// The DAG a run was started from.
+    fn definition(&self, dag: &str, run_id: &str) -> Result<Option<Dag>>;
+    /// Top-level runs of a DAG, newest first.
+    fn list(&self, dag: &str, limit: usize) -> Result<Vec<RunRecord>>;
+    /// Names of the DAGs that have runs.
+    fn dag_names(&self) -> Result<Vec<String>>;
+    /// Deletes a run with its attempts and logs.
+    fn remove(&self, dag: &str, run_id: &str) -> Result<()>;
+}
+
+/// A run waiting in a queue for the scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueItem {
+    pub queue: String,
+    pub dag_name: String,
+    pub run_id: String,
+    /// The workflow file to run.
+    pub file: String,
+    pub params: Option<String>,
+    pub priority: i32,
+    pub queued_at: String,
+}
+
+/// Queues of runs that the scheduler consumes.
+pub trait Queue: Send + Sync {
+    fn enqueue(&self, item: &QueueItem) -> Result<()>;
+    /// Items of a queue in the order they will start (priority, then FIFO).
+    fn items(&self, queue: &str) -> Result<Vec<QueueItem>>;
+    /// Removes an item; `false` when it was not queued.
+    fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool>;
 }
 
 /// Accepts names that are safe as one path component.

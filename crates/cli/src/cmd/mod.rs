@@ -1,6 +1,8 @@
 //! One module per command; each returns the process exit code.
 
 mod dry;
+mod manage;
+mod queue;
 mod run;
 mod validate;
 
@@ -17,6 +19,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Dry(a) => dry::run(&a),
         Command::Start(a) => run::start(&a),
         Command::Status(a) => run::status(&a),
+        Command::Stop(a) => manage::stop(&a),
+        Command::Retry(a) => manage::retry(&a),
+        Command::Restart(a) => manage::restart(&a),
+        Command::History(a) => manage::history(&a),
+        Command::Logs(a) => manage::logs(&a),
+        Command::Enqueue(a) => queue::enqueue(&a),
+        Command::Dequeue(a) => queue::dequeue(&a),
+        Command::Cleanup(a) => manage::cleanup(&a),
         Command::Schema => {
             let schema = trellis_spec::schema::dag_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

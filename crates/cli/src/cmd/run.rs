@@ -31,7 +31,7 @@ pub fn home() -> PathBuf {
 }
 
 /// Loads a workflow, printing its problems; `None` means invalid input (exit 2).
-fn load(path: &Path) -> anyhow::Result<Option<Dag>> {
+pub fn load(path: &Path) -> anyhow::Result<Option<Dag>> {
     let name = path.display().to_string();
     let text = super::read(path)?;
     match trellis_spec::load_str(&name, &text) {
@@ -57,6 +57,30 @@ pub fn start(args: &StartArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(report::EXIT_INVALID));
         }
     };
+    let dags_dir = args.file.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            p.to_path_buf()
+        }
+    });
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(trellis_engine::new_run_id);
+    let record = execute(&dag, params, run_id, None, dags_dir, args.quiet)?;
+    Ok(ExitCode::from(record.status.exit_code()))
+}
+
+/// Runs a DAG in the foreground; SIGINT and SIGTERM cancel it cleanly.
+pub fn execute(
+    dag: &Dag,
+    params: Vec<trellis_core::params::ParamValue>,
+    run_id: String,
+    retry: Option<trellis_engine::Retry>,
+    dags_dir: Option<PathBuf>,
+    quiet: bool,
+) -> anyhow::Result<RunRecord> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,14 +88,7 @@ pub fn start(args: &StartArgs) -> anyhow::Result<ExitCode> {
     let record = runtime.block_on(async {
         let store = Arc::new(Progress {
             inner: FileStore::new(&home()),
-            quiet: args.quiet,
-        });
-        let dags_dir = args.file.parent().map(|p| {
-            if p.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                p.to_path_buf()
-            }
+            quiet,
         });
         let opts = Options {
             dags_dir,
@@ -81,30 +98,34 @@ pub fn start(args: &StartArgs) -> anyhow::Result<ExitCode> {
         let cancel = CancellationToken::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_signal.cancel();
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
+            on_signal.cancel();
         });
-        let run_id = args
-            .run_id
-            .clone()
-            .unwrap_or_else(trellis_engine::new_run_id);
         let req = RunRequest {
-            dag: &dag,
+            dag,
             locals: &dag.local_dags,
             params,
             run_id,
             parent: None,
+            retry,
         };
         engine.run(req, cancel).await
     })?;
-    if !args.quiet {
+    if !quiet {
         eprintln!("run {} {} ({})", record.run_id, record.status, dag.name);
         if let Some(error) = &record.error {
             eprintln!("error: {error}");
         }
     }
-    Ok(ExitCode::from(record.status.exit_code()))
+    Ok(record)
 }
 
 /// A store that also prints each step as it settles.
@@ -141,6 +162,30 @@ impl Store for Progress {
     fn find(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<RunRecord>> {
         self.inner.find(dag, run_id)
     }
+
+    fn retry_attempt(&self, dag: &str, run_id: &str) -> trellis_store::Result<Attempt> {
+        self.inner.retry_attempt(dag, run_id)
+    }
+
+    fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> trellis_store::Result<()> {
+        self.inner.save_definition(attempt, dag)
+    }
+
+    fn definition(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<Dag>> {
+        self.inner.definition(dag, run_id)
+    }
+
+    fn list(&self, dag: &str, limit: usize) -> trellis_store::Result<Vec<RunRecord>> {
+        self.inner.list(dag, limit)
+    }
+
+    fn dag_names(&self) -> trellis_store::Result<Vec<String>> {
+        self.inner.dag_names()
+    }
+
+    fn remove(&self, dag: &str, run_id: &str) -> trellis_store::Result<()> {
+        self.inner.remove(dag, run_id)
+    }
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
@@ -164,7 +209,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A file path names its DAG (by `name:` or stem); anything else is a DAG name.
-fn dag_name(target: &str) -> anyhow::Result<String> {
+pub fn dag_name(target: &str) -> anyhow::Result<String> {
     let path = Path::new(target);
     if path.is_file() {
         let text = super::read(path)?;
@@ -179,7 +224,7 @@ fn dag_name(target: &str) -> anyhow::Result<String> {
 }
 
 /// A run recorded as running whose process is gone died without finishing.
-fn mark_dead(run: &mut RunRecord) {
+pub fn mark_dead(run: &mut RunRecord) {
     let alive = run
         .pid
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());

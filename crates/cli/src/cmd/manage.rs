@@ -1,0 +1,291 @@
+//! Commands over stored runs: stop, retry, restart, history, logs, cleanup.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use trellis_core::Dag;
+use trellis_core::params::{ParamValue, is_identifier};
+use trellis_core::status::{RunRecord, Status};
+use trellis_store::{FileStore, Store};
+
+use super::run::{dag_name, execute, home, load, mark_dead};
+use crate::cli::{CleanupArgs, HistoryArgs, LogsArgs, RetryArgs, RunTarget};
+
+fn find(store: &FileStore, name: &str, run_id: Option<&str>) -> anyhow::Result<RunRecord> {
+    let found = match run_id {
+        Some(id) => store.find(name, id)?,
+        None => store.latest(name)?,
+    };
+    let mut run = found.with_context(|| {
+        format!(
+            "no run of {name}{}",
+            run_id
+                .map(|id| format!(" with id {id}"))
+                .unwrap_or_default()
+        )
+    })?;
+    mark_dead(&mut run);
+    Ok(run)
+}
+
+/// Asks the process running a run to stop, and waits for it to record the end.
+fn stop_run(store: &FileStore, run: &RunRecord) -> anyhow::Result<Status> {
+    if run.status.is_final() {
+        return Ok(run.status);
+    }
+    let pid = run.pid.context("the run has no process id")?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .context("cannot signal the run's process")?;
+    // The run's own process records the outcome; watch its log until it does.
+    for _ in 0..600 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(mut now) = store.find(&run.name, &run.run_id)? {
+            mark_dead(&mut now);
+            if now.status.is_final() {
+                return Ok(now.status);
+            }
+        }
+    }
+    bail!("run {} did not stop within 60 s", run.run_id)
+}
+
+pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {
+    let store = FileStore::new(&home());
+    let run = find(&store, &dag_name(&args.target)?, args.run_id.as_deref())?;
+    if run.status.is_final() {
+        println!("run {} already ended: {}", run.run_id, run.status);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = stop_run(&store, &run)?;
+    println!("run {} stopped: {status}", run.run_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The params a run was started with, to start it again the same way.
+fn previous_params(run: &RunRecord) -> Vec<ParamValue> {
+    let mut position = 0;
+    run.params
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if is_identifier(k) => ParamValue {
+                name: k.into(),
+                value: v.into(),
+                positional: false,
+            },
+            _ => {
+                position += 1;
+                ParamValue {
+                    name: position.to_string(),
+                    value: p.clone(),
+                    positional: true,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The DAG of a run: the file named on the command line, else the stored definition.
+fn definition(store: &FileStore, target: &str, run: &RunRecord) -> anyhow::Result<Option<Dag>> {
+    if Path::new(target).is_file() {
+        return load(Path::new(target));
+    }
+    Ok(Some(store.definition(&run.name, &run.run_id)?.context(
+        "the run's definition was not stored; pass the workflow file",
+    )?))
+}
+
+fn dags_dir(target: &str) -> Option<std::path::PathBuf> {
+    let path = Path::new(target);
+    path.is_file()
+        .then(|| path.parent().map(|p| p.to_path_buf()).unwrap_or_default())
+}
+
+pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
+    let store = FileStore::new(&home());
+    let previous = find(&store, &dag_name(&args.target)?, Some(&args.run_id))?;
+    if !previous.status.is_final() {
+        bail!(
+            "run {} is still {}; stop it first",
+            previous.run_id,
+            previous.status
+        );
+    }
+    let Some(dag) = definition(&store, &args.target, &previous)? else {
+        return Ok(ExitCode::from(crate::report::EXIT_INVALID));
+    };
+    if let Some(step) = &args.step {
+        if !dag.steps.iter().any(|s| &s.name == step) {
+            bail!("DAG {} has no step named `{step}`", dag.name);
+        }
+    }
+    let params = previous_params(&previous);
+    let retry = trellis_engine::Retry {
+        previous: previous.clone(),
+        from_step: args.step.clone(),
+    };
+    let record = execute(
+        &dag,
+        params,
+        previous.run_id.clone(),
+        Some(retry),
+        dags_dir(&args.target),
+        args.quiet,
+    )?;
+    Ok(ExitCode::from(record.status.exit_code()))
+}
+
+pub fn restart(args: &RunTarget) -> anyhow::Result<ExitCode> {
+    let store = FileStore::new(&home());
+    let previous = find(&store, &dag_name(&args.target)?, args.run_id.as_deref())?;
+    if !previous.status.is_final() {
+        stop_run(&store, &previous)?;
+    }
+    let Some(dag) = definition(&store, &args.target, &previous)? else {
+        return Ok(ExitCode::from(crate::report::EXIT_INVALID));
+    };
+    let record = execute(
+        &dag,
+        previous_params(&previous),
+        trellis_engine::new_run_id(),
+        None,
+        dags_dir(&args.target),
+        false,
+    )?;
+    Ok(ExitCode::from(record.status.exit_code()))
+}
+
+fn duration(run: &RunRecord) -> String {
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match (parse(&run.started_at), parse(&run.finished_at)) {
+        (Some(a), Some(b)) => format!("{:.2}s", b.duration_since(a).as_secs_f64()),
+        _ => "-".into(),
+    }
+}
+
+pub fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
+    let name = dag_name(&args.target)?;
+    let store = FileStore::new(&home());
+    let mut runs = store.list(&name, args.limit)?;
+    runs.iter_mut().for_each(mark_dead);
+    if args.json {
+        let rows: Vec<_> = runs.iter().map(super::run::status_json).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<38} {:<20} {:<32} {:>9}",
+        "RUN ID", "STATUS", "STARTED", "DURATION"
+    );
+    for run in &runs {
+        let started = run.started_at.as_deref().unwrap_or("-");
+        println!(
+            "{:<38} {:<20} {:<32} {:>9}",
+            run.run_id,
+            run.status.as_str(),
+            started,
+            duration(run)
+        );
+    }
+    if runs.is_empty() {
+        eprintln!("no runs of {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let name = dag_name(&args.target)?;
+    let store = FileStore::new(&home());
+    let run = find(&store, &name, args.run_id.as_deref())?;
+    let step = run
+        .steps
+        .iter()
+        .chain(run.handlers.values())
+        .find(|s| s.name == args.step)
+        .with_context(|| format!("run {} has no step named `{}`", run.run_id, args.step))?;
+    let path = if args.stderr {
+        step.stderr.clone()
+    } else {
+        step.stdout.clone()
+    };
+    let Some(path) = path else {
+        bail!("step `{}` has not started, so it has no log", args.step);
+    };
+    let mut out = std::io::stdout().lock();
+    let mut offset = 0u64;
+    loop {
+        offset += copy_from(&path, offset, &mut out)?;
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now = store.find(&name, &run.run_id)?.map(|mut r| {
+            mark_dead(&mut r);
+            r
+        });
+        let step_done = now
+            .as_ref()
+            .and_then(|r| r.steps.iter().find(|s| s.name == args.step))
+            .is_some_and(|s| s.status.is_final());
+        if step_done || now.is_none_or(|r| r.status.is_final()) {
+            copy_from(&path, offset, &mut out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Copies a log file from `offset` to `out`; a missing file has nothing yet.
+fn copy_from(path: &str, offset: u64, out: &mut impl Write) -> anyhow::Result<u64> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(0);
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    out.write_all(&buf)?;
+    out.flush()?;
+    Ok(buf.len() as u64)
+}
+
+pub fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
+    let store = FileStore::new(&home());
+    let cutoff = jiff::Timestamp::now()
+        - jiff::SignedDuration::from_hours(24 * i64::from(args.retention_days));
+    let names = match &args.target {
+        Some(target) => vec![trellis_store::safe_name(&dag_name(target)?)],
+        None => store.dag_names()?,
+    };
+    let mut removed = 0;
+    for name in names {
+        for mut run in store.list(&name, usize::MAX)? {
+            mark_dead(&mut run);
+            let ended = run
+                .finished_at
+                .as_deref()
+                .or(run.started_at.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            if !run.status.is_final() || ended.is_none_or(|t| t >= cutoff) {
+                continue;
+            }
+            if args.dry_run {
+                println!("would remove {} {} ({})", name, run.run_id, run.status);
+            } else {
+                store.remove(&name, &run.run_id)?;
+            }
+            removed += 1;
+        }
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    println!(
+        "{verb} {removed} run(s) older than {} days",
+        args.retention_days
+    );
+    Ok(ExitCode::SUCCESS)
+}
