@@ -117,10 +117,10 @@ pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     let Some(dag) = definition(&store, &args.target, &previous)? else {
         return Ok(ExitCode::from(crate::report::EXIT_INVALID));
     };
-    if let Some(step) = &args.step {
-        if !dag.steps.iter().any(|s| &s.name == step) {
-            bail!("DAG {} has no step named `{step}`", dag.name);
-        }
+    if let Some(step) = &args.step
+        && !dag.steps.iter().any(|s| &s.name == step)
+    {
+        bail!("DAG {} has no step named `{step}`", dag.name);
     }
     let params = previous_params(&previous);
     let retry = trellis_engine::Retry {
