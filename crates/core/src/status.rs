@@ -82,6 +82,9 @@ pub struct StepRecord {
     pub continued: bool,
     /// Child runs started by a `call` step.
     pub children: Vec<String>,
+    /// Things the user should know that are not errors (e.g. output truncated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Everything a store keeps about one attempt of a run. Each update appends a whole record.

@@ -59,6 +59,8 @@ pub struct RunRequest<'a> {
     pub parent: Option<&'a Attempt>,
     /// Set for `retry`: the same run id, a new attempt that keeps what already succeeded.
     pub retry: Option<Retry>,
+    /// Extra variables for every step (a parallel child's `ITEM`).
+    pub env: Vec<(String, String)>,
 }
 
 /// What a retry starts from.
@@ -111,13 +113,13 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
         let mut run = initial_record(&req, &attempt);
         self.store
             .append(&attempt, &Entry::Snapshot(Box::new(run.clone())))?;
-        let mut scope = initial_scope(&req, &run, &attempt);
+        let mut scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
         if let Some(retry) = &req.retry {
             keep_settled(req.dag, retry, &mut run, &mut scope);
         }
         let mut ctx = RunCtx {
             engine: self.clone(),
-            dag: req.dag.clone(),
+            dag: Arc::new(req.dag.clone()),
             locals: req.locals.to_vec(),
             attempt,
             scope,
@@ -168,7 +170,12 @@ fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
     }
 }
 
-fn initial_scope(req: &RunRequest, run: &RunRecord, attempt: &Attempt) -> Scope {
+fn initial_scope(
+    req: &RunRequest,
+    run: &RunRecord,
+    attempt: &Attempt,
+    dags_dir: Option<&std::path::Path>,
+) -> Scope {
     let mut scope = Scope::default();
     for p in &req.params {
         if p.positional {
@@ -194,11 +201,68 @@ fn initial_scope(req: &RunRequest, run: &RunRecord, attempt: &Attempt) -> Scope 
     ] {
         scope.vars.insert(k.into(), v);
     }
+    for (k, v) in &req.env {
+        scope.vars.insert(k.clone(), v.clone());
+    }
+    for file in &req.dag.dotenv {
+        let path = dags_dir.map_or_else(|| PathBuf::from(file), |d| d.join(file));
+        for (k, v) in read_dotenv(&path) {
+            scope.vars.insert(k, v);
+        }
+    }
     for (k, v) in &req.dag.env {
-        let value = scope.expand(v, true);
+        let value = substitute_commands(&scope.expand(v, true));
         scope.vars.insert(k.clone(), value);
     }
     scope
+}
+
+/// `KEY=value` lines of a .env file (`export`, quotes and `#` comments allowed). A missing
+/// file contributes nothing, as in Dagu.
+fn read_dotenv(path: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.strip_prefix("export ").unwrap_or(l).split_once('=')?;
+            let v = v.trim();
+            let unquoted = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), unquoted.to_string()))
+        })
+        .collect()
+}
+
+/// Replaces each `` `command` `` with the command's trimmed stdout, as Dagu does for env
+/// values. A command that fails leaves its text as written.
+pub(crate) fn substitute_commands(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('`') {
+        let Some(len) = rest[start + 1..].find('`') else {
+            break;
+        };
+        let command = &rest[start + 1..start + 1 + len];
+        out.push_str(&rest[..start]);
+        match std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+        {
+            Ok(o) if o.status.success() => out.push_str(String::from_utf8_lossy(&o.stdout).trim()),
+            _ => out.push_str(&rest[start..start + len + 2]),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Copies the steps a retry keeps (and what they published) from the previous attempt.
@@ -282,7 +346,8 @@ pub(crate) fn now() -> String {
 /// The state of one run while it is driven.
 pub(crate) struct RunCtx<S, E> {
     engine: Engine<S, E>,
-    dag: Dag,
+    /// Shared with running step tasks: a snapshot per step must not copy every step.
+    dag: Arc<Dag>,
     locals: Vec<Dag>,
     attempt: Attempt,
     scope: Scope,
@@ -410,9 +475,10 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
     /// Adds the steps a Daggy generator produced: each runs after the generator, and
     /// the generator's dependents wait for them too.
     fn grow(&mut self, run: &mut RunRecord, graph: &mut Links, generator: usize, steps: Vec<Step>) {
-        let parent = self.dag.steps[generator].name.clone();
+        let dag = Arc::make_mut(&mut self.dag);
+        let parent = dag.steps[generator].name.clone();
         let children: Vec<usize> = graph.dependents[generator].clone();
-        let first = self.dag.steps.len();
+        let first = dag.steps.len();
         for mut step in steps {
             if step.depends.is_empty() {
                 step.depends.push(parent.clone());
@@ -421,19 +487,19 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
                 name: step.name.clone(),
                 ..StepRecord::default()
             });
-            self.dag.steps.push(step);
+            dag.steps.push(step);
         }
-        let leaves: Vec<String> = self.dag.steps[first..]
+        let leaves: Vec<String> = dag.steps[first..]
             .iter()
             .filter(|s| {
-                !self.dag.steps[first..]
+                !dag.steps[first..]
                     .iter()
                     .any(|o| o.depends.contains(&s.name))
             })
             .map(|s| s.name.clone())
             .collect();
         for &child in &children {
-            self.dag.steps[child].depends.extend(leaves.iter().cloned());
+            dag.steps[child].depends.extend(leaves.iter().cloned());
         }
         *graph = Links::rebuild(&self.dag, run, graph);
         let _ = self
@@ -581,7 +647,7 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
 /// The read-only context a step runs in.
 pub(crate) struct StepEnv<S, E> {
     engine: Engine<S, E>,
-    dag: Dag,
+    dag: Arc<Dag>,
     locals: Vec<Dag>,
     attempt: Attempt,
     scope: Scope,

@@ -149,6 +149,10 @@ fn finish<S, E>(
     let max = env.dag.max_output_size as usize;
     if record.output.is_none() && !matches!(step.action, Action::Call(_)) {
         vars.output = Some(read_capped(stdout, max).trim().to_string());
+        let size = std::fs::metadata(stdout).map_or(0, |m| m.len());
+        if step.output.is_some() && size > max as u64 {
+            record.notes.push(format!("output truncated to max_output_size ({max} bytes) of {size} bytes; the full stdout is in the log"));
+        }
     } else {
         vars.output = record.output.clone();
     }
@@ -255,6 +259,12 @@ fn capture_fields<S, E>(
                 let decoded = match decode {
                     trellis_core::OutputDecode::Json => serde_json::from_str(&text)
                         .map_err(|e| format!("output `{key}`: not JSON: {e}"))?,
+                    trellis_core::OutputDecode::Yaml => {
+                        let docs = trellis_spec::yaml::parse(&text)
+                            .map_err(|e| format!("output `{key}`: not YAML: {}", e.message))?;
+                        docs.first()
+                            .map_or(Value::Null, trellis_spec::yaml::Node::to_json)
+                    }
                     _ => Value::String(text.trim().to_string()),
                 };
                 match select {
@@ -538,7 +548,7 @@ async fn check_condition<S: Store + 'static, E: Executor + 'static>(
 ) -> Result<(), String> {
     let held = match &c.expected {
         Some(expected) => {
-            let got = env.scope.expand(&c.condition, true);
+            let got = crate::substitute_commands(&env.scope.expand(&c.condition, true));
             let want = env.scope.expand(expected, true);
             match want.strip_prefix("re:") {
                 Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(&got)),
@@ -595,9 +605,9 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
     let name = env.scope.expand(&call.dag, true);
     let child = find_dag(env, &name)
         .ok_or_else(|| format!("sub-DAG `{name}` not found (no document or file named {name})"))?;
-    let items: Vec<String> = match &call.parallel {
-        None => vec![env.scope.expand(&call.params, true)],
-        Some(p) => parallel_items(env, &p.items)?,
+    let items: Vec<(String, String)> = match &call.parallel {
+        None => vec![(env.scope.expand(&call.params, true), String::new())],
+        Some(p) => parallel_items(env, &p.items, &call.params)?,
     };
     let limit = call
         .parallel
@@ -605,7 +615,7 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
         .map_or(1, |p| p.max_concurrent as usize);
     let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
     let mut tasks = Vec::new();
-    for params in items {
+    for (params, item) in items {
         let (engine, child, locals, parent, cancel, sem) = (
             env.engine.clone(),
             child.clone(),
@@ -629,6 +639,11 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
                 run_id: crate::new_run_id(),
                 parent: Some(&parent),
                 retry: None,
+                env: if item.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![("ITEM".to_string(), item)]
+                },
             };
             engine
                 .run_boxed(req, cancel)
@@ -671,10 +686,14 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
     }
 }
 
+/// One child per item: its params, and the item itself (the child's `ITEM`). When the
+/// step has `params`, they are expanded with `${ITEM}` for each item; otherwise a
+/// `K=V ...` string or a map item is the child's params.
 fn parallel_items<S, E>(
     env: &StepEnv<S, E>,
     items: &trellis_core::ParallelItems,
-) -> Result<Vec<String>, String> {
+    params: &str,
+) -> Result<Vec<(String, String)>, String> {
     let list = match items {
         trellis_core::ParallelItems::List(list) => list.clone(),
         trellis_core::ParallelItems::Variable(v) => {
@@ -685,14 +704,23 @@ fn parallel_items<S, E>(
     };
     Ok(list
         .into_iter()
-        .map(|item| match item {
-            Value::String(s) if s.contains('=') => s,
-            Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", json_path(v, "").unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(" "),
-            other => format!("ITEM={}", json_path(&other, "").unwrap_or_default()),
+        .map(|item| {
+            let text = json_path(&item, "").unwrap_or_default();
+            if !params.trim().is_empty() {
+                let mut scope = env.scope.clone();
+                scope.vars.insert("ITEM".into(), text.clone());
+                return (scope.expand(params, true), text);
+            }
+            let own = match &item {
+                Value::String(s) if s.contains('=') => s.clone(),
+                Value::Object(m) => m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", json_path(v, "").unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            (own, text)
         })
         .collect())
 }

@@ -116,16 +116,39 @@ pub fn execute(
             run_id,
             parent: None,
             retry,
+            env: Vec::new(),
         };
         engine.run(req, cancel).await
     })?;
     if !quiet {
         eprintln!("run {} {} ({})", record.run_id, record.status, dag.name);
+        if let Some(step) = record.steps.first() {
+            eprintln!("logs: trellis logs {} --step {:?}", dag.name, step.name);
+        }
         if let Some(error) = &record.error {
             eprintln!("error: {error}");
         }
     }
     Ok(record)
+}
+
+/// `  ✓ build            succeeded   0.21s`
+fn progress_line(step: &StepRecord) -> String {
+    let mark = match step.status {
+        Status::Succeeded => "✓",
+        Status::PartiallySucceeded | Status::Skipped | Status::Waiting => "•",
+        _ => "✗",
+    };
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let took = match (parse(&step.started_at), parse(&step.finished_at)) {
+        (Some(a), Some(b)) => format!("{:>8.2}s", b.duration_since(a).as_secs_f64()),
+        _ => String::new(),
+    };
+    format!(
+        "  {mark} {:<24} {:<20}{took}",
+        step.name,
+        step.status.as_str()
+    )
 }
 
 /// A store that also prints each step as it settles.
@@ -145,12 +168,12 @@ impl Store for Progress {
     }
 
     fn append(&self, attempt: &Attempt, entry: &Entry) -> trellis_store::Result<()> {
-        if !self.quiet
-            && !attempt.dir.to_string_lossy().contains("/children/")
-            && let Entry::Step { step, .. } | Entry::Handler { step, .. } = entry
-            && (step.status.is_final() || step.status == Status::Running)
+        let child = attempt.dir.to_string_lossy().contains("/children/");
+        if let (false, false, Entry::Step { step, .. } | Entry::Handler { step, .. }) =
+            (self.quiet, child, entry)
+            && step.status.is_final()
         {
-            eprintln!("  {:<20} {}", step.name, step.status);
+            eprintln!("{}", progress_line(step));
         }
         self.inner.append(attempt, entry)
     }
@@ -238,7 +261,7 @@ fn step_json(s: &StepRecord) -> Value {
     json!({
         "name": s.name, "status": s.status, "exit_code": s.exit_code, "retry_count": s.retry_count,
         "output": s.output, "started_at": s.started_at, "finished_at": s.finished_at,
-        "worker_id": s.worker_id, "error": s.error,
+        "worker_id": s.worker_id, "error": s.error, "notes": s.notes,
     })
 }
 
