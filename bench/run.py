@@ -8,7 +8,8 @@ relative to the repository root). Build it first:
 
 For each generated workflow it runs `trellis start -q FILE` with a fresh TRELLIS_HOME
 several times and measures wall time and the peak RSS of the trellis process (ru_maxrss
-from wait4: the process's own peak, not its children's). Interleaved with those runs it
+of the trellis process itself; see WRAPPER below for why it is not read by a plain
+os.wait4 on a child of this script). Interleaved with those runs it
 measures the floor: a bash loop that spawns `/usr/bin/true` once per step, sequentially.
 
 Workloads:
@@ -33,8 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,43 +96,59 @@ def workloads(selected: set[str] | None) -> list[Workload]:
 # --- measuring ----------------------------------------------------------------------------
 
 
+# Why a wrapper: `ru_maxrss` from wait4 is the maximum of the process's own peak, its
+# reaped children's peaks, and -- because exec records the replaced address space's
+# high-water mark -- the RSS of whatever process forked it. Spawned straight from this
+# Python process (10-16 MiB resident), even /usr/bin/true reports ~13 MiB. So a small bash
+# forks the measured program: the program starts with bash's few-MiB image, bash reaps it
+# (folding its rusage into bash's RUSAGE_CHILDREN, which survives exec), and bash then
+# execs a reporter that prints RUSAGE_CHILDREN.ru_maxrss -- the wait4 rusage of the
+# program. The program's own children (sh, true) are far smaller than trellis and only
+# inherit trellis's RSS at spawn time, so the figure is trellis's own peak. Wall time is
+# taken by bash around fork+exec+run+reap, the same way for trellis and for the floor.
+WRAPPER = r"""
+s=$EPOCHREALTIME
+"$@" >/dev/null 2>"$BENCH_ERR"
+rc=$?
+e=$EPOCHREALTIME
+exec "$BENCH_PY" -S -c 'import resource, sys; print(*sys.argv[1:], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "$s" "$e" "$rc"
+"""
+
+
 def run_measured(argv: list[str], env: dict[str, str], cwd: str, timeout: float):
     """Runs argv to the end; returns (wall seconds, exit code, ru_maxrss KiB, stderr text)."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
+    with tempfile.NamedTemporaryFile() as err:
+        wrapper_env = dict(env, BENCH_ERR=err.name, BENCH_PY=sys.executable)
         proc = subprocess.Popen(
-            argv,
-            env=env,
+            ["bash", "-c", WRAPPER, "bench-wrapper", *argv],
+            env=wrapper_env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        code = os.waitstatus_to_exitcode(status)
-        proc.returncode = code  # reaped by wait4; keep Popen from waiting again
-        err.seek(0)
-        text = err.read().decode(errors="replace")
-        if timed_out.is_set():
-            text = f"timed out after {timeout:.0f}s\n" + text
-            code = code if code != 0 else -9
-        return wall, code, usage.ru_maxrss, text
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return float("nan"), -9, 0, f"timed out after {timeout:.0f}s"
+        text = Path(err.name).read_text(errors="replace")
+        try:
+            s, e, rc, rss = out.decode().split()
+            wall = float(e.replace(",", ".")) - float(s.replace(",", "."))
+            return wall, int(rc), int(rss), text
+        except ValueError:
+            return float("nan"), -1, 0, f"wrapper printed {out!r}; {text}"
+
+
+def calibrate() -> tuple[int, int]:
+    """ru_maxrss (KiB) of /usr/bin/true via the wrapper and via a direct os.wait4."""
+    _, _, wrapped, _ = run_measured([TRUE], dict(os.environ), "/", 30)
+    pid = os.posix_spawn(TRUE, [TRUE], dict(os.environ))
+    _, _, usage = os.wait4(pid, 0)
+    return wrapped, usage.ru_maxrss
 
 
 def measure(w: Workload, binary: Path, runs: int, work: Path, timeout: float) -> None:
@@ -273,6 +288,12 @@ def main() -> int:
 
     print(f"binary: {binary}", file=sys.stderr)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}", file=sys.stderr)
+    wrapped, direct = calibrate()
+    print(
+        f"rss check: /usr/bin/true peaks at {wrapped} KiB through the wrapper,"
+        f" {direct} KiB by a direct os.wait4 (this Python's RSS leaks into the latter)",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(prefix="trellis-bench-") as tmp:
         work = Path(tmp)
         for w in ws:

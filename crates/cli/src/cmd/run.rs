@@ -11,7 +11,7 @@ use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status, StepRecord};
 use trellis_engine::{Engine, Options, RunRequest};
 use trellis_executor::Local;
-use trellis_store::{Attempt, Entry, FileStore, Store};
+use trellis_store::{FileStore, Store};
 
 use crate::cli::{StartArgs, StatusArgs};
 use crate::report;
@@ -86,10 +86,11 @@ pub fn execute(
         .enable_all()
         .build()?;
     let record = runtime.block_on(async {
-        let store = Arc::new(Progress {
-            inner: FileStore::new(&home()),
+        let store = Arc::new(crate::progress::Progress::new(
+            FileStore::new(&home()),
             quiet,
-        });
+        ));
+        let shown = store.clone();
         let opts = Options {
             dags_dir,
             base_env: std::env::vars().collect(),
@@ -118,7 +119,9 @@ pub fn execute(
             retry,
             env: Vec::new(),
         };
-        engine.run(req, cancel).await
+        let record = engine.run(req, cancel).await;
+        shown.finish();
+        record
     })?;
     if !quiet {
         eprintln!("run {} {} ({})", record.run_id, record.status, dag.name);
@@ -130,85 +133,6 @@ pub fn execute(
         }
     }
     Ok(record)
-}
-
-/// `  ✓ build            succeeded   0.21s`
-fn progress_line(step: &StepRecord) -> String {
-    let mark = match step.status {
-        Status::Succeeded => "✓",
-        Status::PartiallySucceeded | Status::Skipped | Status::Waiting => "•",
-        _ => "✗",
-    };
-    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let took = match (parse(&step.started_at), parse(&step.finished_at)) {
-        (Some(a), Some(b)) => format!("{:>8.2}s", b.duration_since(a).as_secs_f64()),
-        _ => String::new(),
-    };
-    format!(
-        "  {mark} {:<24} {:<20}{took}",
-        step.name,
-        step.status.as_str()
-    )
-}
-
-/// A store that also prints each step as it settles.
-struct Progress {
-    inner: FileStore,
-    quiet: bool,
-}
-
-impl Store for Progress {
-    fn create_attempt(
-        &self,
-        dag: &str,
-        run_id: &str,
-        parent: Option<&Attempt>,
-    ) -> trellis_store::Result<Attempt> {
-        self.inner.create_attempt(dag, run_id, parent)
-    }
-
-    fn append(&self, attempt: &Attempt, entry: &Entry) -> trellis_store::Result<()> {
-        let child = attempt.dir.to_string_lossy().contains("/children/");
-        if let (false, false, Entry::Step { step, .. } | Entry::Handler { step, .. }) =
-            (self.quiet, child, entry)
-            && step.status.is_final()
-        {
-            eprintln!("{}", progress_line(step));
-        }
-        self.inner.append(attempt, entry)
-    }
-
-    fn latest(&self, dag: &str) -> trellis_store::Result<Option<RunRecord>> {
-        self.inner.latest(dag)
-    }
-
-    fn find(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<RunRecord>> {
-        self.inner.find(dag, run_id)
-    }
-
-    fn retry_attempt(&self, dag: &str, run_id: &str) -> trellis_store::Result<Attempt> {
-        self.inner.retry_attempt(dag, run_id)
-    }
-
-    fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> trellis_store::Result<()> {
-        self.inner.save_definition(attempt, dag)
-    }
-
-    fn definition(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<Dag>> {
-        self.inner.definition(dag, run_id)
-    }
-
-    fn list(&self, dag: &str, limit: usize) -> trellis_store::Result<Vec<RunRecord>> {
-        self.inner.list(dag, limit)
-    }
-
-    fn dag_names(&self) -> trellis_store::Result<Vec<String>> {
-        self.inner.dag_names()
-    }
-
-    fn remove(&self, dag: &str, run_id: &str) -> trellis_store::Result<()> {
-        self.inner.remove(dag, run_id)
-    }
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
@@ -246,14 +170,21 @@ pub fn dag_name(target: &str) -> anyhow::Result<String> {
     Ok(target.to_string())
 }
 
-/// A run recorded as running whose process is gone died without finishing.
+/// A run recorded as running whose process is gone died without finishing; so did its
+/// running steps. A queued run has no process yet and is left as it is.
 pub fn mark_dead(run: &mut RunRecord) {
     let alive = run
         .pid
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-    if !run.status.is_final() && !alive {
+    if matches!(run.status, Status::Running | Status::Retrying) && !alive {
         run.status = Status::Failed;
         run.error = Some("process died".into());
+        for step in run.steps.iter_mut().chain(run.handlers.values_mut()) {
+            if matches!(step.status, Status::Running | Status::Retrying) {
+                step.status = Status::Failed;
+                step.error = Some("process died".into());
+            }
+        }
     }
 }
 
