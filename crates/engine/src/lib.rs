@@ -746,6 +746,7 @@ fn first_error(run: &RunRecord) -> Option<String> {
     run.steps
         .iter()
         .find(|s| s.status == Status::Failed && !s.continued)
+        .or_else(|| run.steps.iter().find(|s| s.status == Status::Failed))
         .and_then(|s| s.error.clone().map(|e| format!("step {}: {e}", s.name)))
 }
 

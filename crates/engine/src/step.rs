@@ -177,6 +177,11 @@ fn finish<S, E>(
             if record.continued && c.mark_success {
                 record.status = Status::Succeeded;
                 record.continued = false;
+                let note = format!(
+                    "marked succeeded by continue_on.mark_success after: {}",
+                    record.error.take().unwrap_or_default()
+                );
+                record.notes.push(note);
             }
         }
     }
