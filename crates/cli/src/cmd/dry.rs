@@ -118,7 +118,8 @@ fn describe(step: &Step) -> String {
         Action::Exec { program, args } => format!("exec {program} {}", args.join(" ")),
         Action::Call(call) => format!("call {} {}", call.dag, call.params),
         Action::Router { value, .. } => format!("route on {value}"),
-        Action::Noop => "publish outputs".into(),
+        Action::Noop if step.output.is_some() => "publish outputs".into(),
+        Action::Noop => "nothing (joins its dependencies)".into(),
     };
     match &step.executor {
         Some(e) => format!("[{}] {text}", e.kind),
