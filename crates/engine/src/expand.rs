@@ -2,6 +2,8 @@
 //! `${VAR:0:5}`, `${step.output}`, `${step.output.key}`, `${step.exitCode}`,
 //! `${step.stdout}`, and (where no shell will do it) bare `$VAR` and `$1`.
 
+use std::sync::{Arc, RwLock};
+
 use indexmap::IndexMap;
 use serde_json::Value;
 
@@ -15,15 +17,72 @@ pub struct StepVars {
     pub stderr: String,
 }
 
-/// Everything `${...}` can refer to.
+/// Everything `${...}` can refer to. Clones are cheap: the run's variables and step
+/// results are shared (steps see what has settled so far), and each clone adds its own
+/// local overlay (a step's `env`, a parallel child's `ITEM`). A per-step deep copy would
+/// make a 10 000-step run quadratic.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
-    pub vars: IndexMap<String, String>,
-    pub steps: IndexMap<String, StepVars>,
-    pub positional: Vec<String>,
+    shared: Arc<RwLock<Shared>>,
+    local: IndexMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    vars: IndexMap<String, String>,
+    steps: IndexMap<String, StepVars>,
+    positional: Vec<String>,
 }
 
 impl Scope {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Shared> {
+        self.shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shared> {
+        self.shared
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A variable: the local overlay first, then the run's.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.local
+            .get(name)
+            .cloned()
+            .or_else(|| self.read().vars.get(name).cloned())
+    }
+
+    /// Sets a run-wide variable, seen by every step that starts later.
+    pub fn set_var(&self, name: &str, value: String) {
+        self.write().vars.insert(name.to_string(), value);
+    }
+
+    /// Sets a variable for this clone only.
+    pub fn set_local(&mut self, name: &str, value: String) {
+        self.local.insert(name.to_string(), value);
+    }
+
+    pub fn set_step(&self, key: &str, vars: StepVars) {
+        self.write().steps.insert(key.to_string(), vars);
+    }
+
+    pub fn push_positional(&self, value: String) {
+        self.write().positional.push(value);
+    }
+
+    /// Every variable, run-wide then local (local wins), for a process environment.
+    pub fn all_vars(&self) -> Vec<(String, String)> {
+        let mut all: IndexMap<String, String> = self.read().vars.clone();
+        all.extend(self.local.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all.into_iter().collect()
+    }
+
+    fn positional(&self, n: usize) -> Option<String> {
+        self.read().positional.get(n.wrapping_sub(1)).cloned()
+    }
     /// Expands `${...}` forms we can resolve; unknown ones stay for the shell. With `bare`,
     /// `$VAR` and `$1` are expanded too (for conditions, which no shell sees).
     pub fn expand(&self, text: &str, bare: bool) -> String {
@@ -49,11 +108,9 @@ impl Scope {
             let name = &after[..len];
             let positional = name.chars().next().is_some_and(|c| c.is_ascii_digit());
             let value = if positional {
-                name.parse::<usize>()
-                    .ok()
-                    .and_then(|n| self.positional.get(n.wrapping_sub(1)).cloned())
+                name.parse::<usize>().ok().and_then(|n| self.positional(n))
             } else if bare {
-                self.vars.get(name).cloned()
+                self.var(name)
             } else {
                 None
             };
@@ -72,21 +129,21 @@ impl Scope {
             return self.lookup(name).map(|v| substring(&v, slice));
         }
         if let Ok(n) = inner.parse::<usize>() {
-            return self.positional.get(n.wrapping_sub(1)).cloned();
+            return self.positional(n);
         }
-        if let Some(v) = self.vars.get(inner) {
-            return Some(v.clone());
+        if let Some(v) = self.var(inner) {
+            return Some(v);
         }
         let (head, path) = inner.split_once('.')?;
         // A variable wins over a step id of the same name, where its JSON has the path.
         let from_var = self
-            .vars
-            .get(head)
-            .and_then(|v| json_path(&serde_json::from_str(v).ok()?, path));
+            .var(head)
+            .and_then(|v| json_path(&serde_json::from_str(&v).ok()?, path));
         if from_var.is_some() {
             return from_var;
         }
-        let step = self.steps.get(head)?;
+        let shared = self.read();
+        let step = shared.steps.get(head)?;
         match path {
             "output" => step
                 .output
@@ -147,20 +204,16 @@ mod tests {
 
     #[test]
     fn expands_every_form() {
-        let mut scope = Scope::default();
-        scope
-            .vars
-            .insert("CONFIG".into(), r#"{"host":"h","port":80}"#.into());
-        scope.vars.insert("DATA".into(), "hello world".into());
-        scope.steps.insert(
-            "build".into(),
-            StepVars {
-                exit_code: Some(3),
-                output: Some(r#"{"v":"1.2"}"#.into()),
-                ..StepVars::default()
-            },
-        );
-        scope.positional = vec!["first".into()];
+        let scope = Scope::default();
+        scope.set_var("CONFIG", r#"{"host":"h","port":80}"#.into());
+        scope.set_var("DATA", "hello world".into());
+        let build = StepVars {
+            exit_code: Some(3),
+            output: Some(r#"{"v":"1.2"}"#.into()),
+            ..StepVars::default()
+        };
+        scope.set_step("build", build);
+        scope.push_positional("first".into());
         assert_eq!(scope.expand("${CONFIG.host}:${CONFIG.port}", false), "h:80");
         assert_eq!(scope.expand("${DATA:0:5}", false), "hello");
         assert_eq!(

@@ -36,7 +36,7 @@ pub struct Options {
 pub struct Engine<S, E> {
     store: Arc<S>,
     exec: Arc<E>,
-    opts: Options,
+    opts: Arc<Options>,
 }
 
 impl<S, E> Clone for Engine<S, E> {
@@ -83,7 +83,11 @@ pub(crate) struct Done {
 
 impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
     pub fn new(store: Arc<S>, exec: Arc<E>, opts: Options) -> Self {
-        Engine { store, exec, opts }
+        Engine {
+            store,
+            exec,
+            opts: Arc::new(opts),
+        }
     }
 
     /// [`Engine::run`] as a boxed `Send` future, for sub-DAG runs (async recursion).
@@ -113,14 +117,14 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
         let mut run = initial_record(&req, &attempt);
         self.store
             .append(&attempt, &Entry::Snapshot(Box::new(run.clone())))?;
-        let mut scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
+        let scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
         if let Some(retry) = &req.retry {
-            keep_settled(req.dag, retry, &mut run, &mut scope);
+            keep_settled(req.dag, retry, &mut run, &scope);
         }
         let mut ctx = RunCtx {
             engine: self.clone(),
             dag: Arc::new(req.dag.clone()),
-            locals: req.locals.to_vec(),
+            locals: Arc::new(req.locals.to_vec()),
             attempt,
             scope,
             cancel,
@@ -176,12 +180,12 @@ fn initial_scope(
     attempt: &Attempt,
     dags_dir: Option<&std::path::Path>,
 ) -> Scope {
-    let mut scope = Scope::default();
+    let scope = Scope::default();
     for p in &req.params {
         if p.positional {
-            scope.positional.push(p.value.clone());
+            scope.push_positional(p.value.clone());
         } else {
-            scope.vars.insert(p.name.clone(), p.value.clone());
+            scope.set_var(&p.name, p.value.clone());
         }
     }
     let named: serde_json::Map<String, serde_json::Value> = req
@@ -199,20 +203,20 @@ fn initial_scope(
         ("DAG_PARAMS_JSON", json),
         ("DAG_RUN_WORK_DIR", attempt.dir.display().to_string()),
     ] {
-        scope.vars.insert(k.into(), v);
+        scope.set_var(k, v);
     }
     for (k, v) in &req.env {
-        scope.vars.insert(k.clone(), v.clone());
+        scope.set_var(&k, v.clone());
     }
     for file in &req.dag.dotenv {
         let path = dags_dir.map_or_else(|| PathBuf::from(file), |d| d.join(file));
         for (k, v) in read_dotenv(&path) {
-            scope.vars.insert(k, v);
+            scope.set_var(&k, v);
         }
     }
     for (k, v) in &req.dag.env {
         let value = substitute_commands(&scope.expand(v, true));
-        scope.vars.insert(k.clone(), value);
+        scope.set_var(&k, value);
     }
     scope
 }
@@ -266,7 +270,7 @@ pub(crate) fn substitute_commands(text: &str) -> String {
 }
 
 /// Copies the steps a retry keeps (and what they published) from the previous attempt.
-fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &mut Scope) {
+fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &Scope) {
     let rerun = rerun_set(dag, retry);
     for (i, step) in dag.steps.iter().enumerate() {
         let Some(prev) = retry.previous.steps.iter().find(|s| s.name == step.name) else {
@@ -277,7 +281,7 @@ fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &mut Scope
         }
         run.steps[i] = prev.clone();
         if let (Some(Output::Variable(var)), Some(value)) = (&step.output, &prev.output) {
-            scope.vars.insert(var.clone(), value.clone());
+            scope.set_var(&var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
         let vars = StepVars {
@@ -287,9 +291,7 @@ fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &mut Scope
             stdout: prev.stdout.clone().unwrap_or_default(),
             stderr: prev.stderr.clone().unwrap_or_default(),
         };
-        scope
-            .steps
-            .insert(step.id.clone().unwrap_or_else(|| step.name.clone()), vars);
+        scope.set_step(&step.id.clone().unwrap_or_else(|| step.name.clone()), vars);
     }
 }
 
@@ -348,7 +350,7 @@ pub(crate) struct RunCtx<S, E> {
     engine: Engine<S, E>,
     /// Shared with running step tasks: a snapshot per step must not copy every step.
     dag: Arc<Dag>,
-    locals: Vec<Dag>,
+    locals: Arc<Vec<Dag>>,
     attempt: Attempt,
     scope: Scope,
     cancel: CancellationToken,
@@ -516,13 +518,13 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
                 Status::Succeeded | Status::PartiallySucceeded | Status::Waiting
             ) || done.record.continued)
         {
-            self.scope.vars.insert(var.clone(), value.clone());
+            self.scope.set_var(&var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
         let key = step.id.clone().unwrap_or_else(|| step.name.clone());
-        self.scope.steps.insert(key, done.vars.clone());
+        self.scope.set_step(&key, done.vars.clone());
         if step.id.is_some() {
-            self.scope.steps.insert(step.name.clone(), done.vars);
+            self.scope.set_step(&step.name.clone(), done.vars);
         }
         skip.extend(done.skip);
         self.generated = done.generated;
@@ -602,18 +604,14 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
     ) -> StepRecord {
         let mut step = step.clone();
         step.name = name.to_string();
-        self.scope
-            .vars
-            .insert("DAG_RUN_STATUS".into(), status.as_str().into());
+        self.scope.set_var("DAG_RUN_STATUS", status.as_str().into());
         let waiting: Vec<&str> = run
             .steps
             .iter()
             .filter(|s| s.status == Status::Waiting)
             .map(|s| s.name.as_str())
             .collect();
-        self.scope
-            .vars
-            .insert("DAG_WAITING_STEPS".into(), waiting.join(","));
+        self.scope.set_var("DAG_WAITING_STEPS", waiting.join(","));
         let done = step::execute(self.snapshot(), step.clone(), usize::MAX).await;
         let mut rec = done.record;
         rec.name = name.to_string();
@@ -648,7 +646,7 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
 pub(crate) struct StepEnv<S, E> {
     engine: Engine<S, E>,
     dag: Arc<Dag>,
-    locals: Vec<Dag>,
+    locals: Arc<Vec<Dag>>,
     attempt: Attempt,
     scope: Scope,
     cancel: CancellationToken,

@@ -508,13 +508,13 @@ fn process_env<S, E>(
 ) -> Vec<(String, String)> {
     let mut vars: indexmap::IndexMap<String, String> =
         env.engine.opts.base_env.iter().cloned().collect();
-    for (k, v) in &env.scope.vars {
-        vars.insert(k.clone(), v.clone());
+    for (k, v) in env.scope.all_vars() {
+        vars.insert(k, v);
     }
     let mut scope = env.scope.clone();
     for (k, v) in &step.env {
         let value = scope.expand(v, true);
-        scope.vars.insert(k.clone(), value.clone());
+        scope.set_local(k, value.clone());
         vars.insert(k.clone(), value);
     }
     vars.insert("DAG_RUN_STEP_NAME".into(), step.name.clone());
@@ -713,7 +713,7 @@ fn parallel_items<S, E>(
             let text = json_path(&item, "").unwrap_or_default();
             if !params.trim().is_empty() {
                 let mut scope = env.scope.clone();
-                scope.vars.insert("ITEM".into(), text.clone());
+                scope.set_local("ITEM", text.clone());
                 return (scope.expand(params, true), text);
             }
             let own = match &item {
