@@ -206,7 +206,7 @@ fn initial_scope(
         scope.set_var(k, v);
     }
     for (k, v) in &req.env {
-        scope.set_var(&k, v.clone());
+        scope.set_var(k, v.clone());
     }
     for file in &req.dag.dotenv {
         let path = dags_dir.map_or_else(|| PathBuf::from(file), |d| d.join(file));
@@ -216,7 +216,7 @@ fn initial_scope(
     }
     for (k, v) in &req.dag.env {
         let value = substitute_commands(&scope.expand(v, true));
-        scope.set_var(&k, value);
+        scope.set_var(k, value);
     }
     scope
 }
@@ -281,7 +281,7 @@ fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &Scope) {
         }
         run.steps[i] = prev.clone();
         if let (Some(Output::Variable(var)), Some(value)) = (&step.output, &prev.output) {
-            scope.set_var(&var, value.clone());
+            scope.set_var(var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
         let vars = StepVars {
@@ -518,7 +518,7 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
                 Status::Succeeded | Status::PartiallySucceeded | Status::Waiting
             ) || done.record.continued)
         {
-            self.scope.set_var(&var, value.clone());
+            self.scope.set_var(var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
         let key = step.id.clone().unwrap_or_else(|| step.name.clone());
