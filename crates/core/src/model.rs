@@ -351,19 +351,20 @@ pub struct Step {
     pub description: Option<String>,
     pub action: Action,
     /// `None` for the built-in shell; the executor type and its `with:` otherwise.
-    pub executor: Option<ExecutorConfig>,
+    pub executor: Option<Box<ExecutorConfig>>,
     pub shell: Option<Shell>,
     pub working_dir: Option<String>,
     pub env: EnvList,
-    pub output: Option<Output>,
+    pub output: Option<Box<Output>>,
     pub depends: Vec<String>,
     pub preconditions: Vec<Condition>,
-    pub retry_policy: Option<RetryPolicy>,
-    pub repeat_policy: Option<RepeatPolicy>,
+    // Rare fields are boxed: a Step is copied per DAG and a 10 000-step DAG adds up.
+    pub retry_policy: Option<Box<RetryPolicy>>,
+    pub repeat_policy: Option<Box<RepeatPolicy>>,
     pub continue_on: ContinueOn,
     pub timeout_sec: Option<u64>,
     pub signal_on_stop: Option<String>,
-    pub approval: Option<Approval>,
+    pub approval: Option<Box<Approval>>,
     pub worker_selector: WorkerSelector,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
@@ -407,7 +408,7 @@ impl Step {
 
     /// The executor type name: `command` for shell steps, else the configured type.
     pub fn executor_kind(&self) -> &str {
-        match (&self.executor, &self.action) {
+        match (self.executor.as_deref(), &self.action) {
             (Some(e), _) => &e.kind,
             (None, Action::Call(_)) => "dag",
             (None, Action::Router { .. }) => "router",

@@ -50,13 +50,14 @@ impl<S, E> Clone for Engine<S, E> {
 }
 
 /// A run to start.
-pub struct RunRequest<'a> {
-    pub dag: &'a Dag,
+/// Owned, so that a run can be spawned as a task of its own.
+pub struct RunRequest {
+    pub dag: Arc<Dag>,
     /// Local sub-DAGs visible to `call:` (the root file's later documents).
-    pub locals: &'a [Dag],
+    pub locals: Arc<Vec<Dag>>,
     pub params: Vec<ParamValue>,
     pub run_id: String,
-    pub parent: Option<&'a Attempt>,
+    pub parent: Option<Attempt>,
     /// Set for `retry`: the same run id, a new attempt that keeps what already succeeded.
     pub retry: Option<Retry>,
     /// Extra variables for every step (a parallel child's `ITEM`).
@@ -93,7 +94,7 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
     /// [`Engine::run`] as a boxed `Send` future, for sub-DAG runs (async recursion).
     pub fn run_boxed<'a>(
         &'a self,
-        req: RunRequest<'a>,
+        req: RunRequest,
         cancel: CancellationToken,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<RunRecord, trellis_store::Error>> + Send + 'a>,
@@ -104,27 +105,26 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
     /// Runs a DAG to the end (or until `cancel`) and returns its final record.
     pub async fn run(
         &self,
-        req: RunRequest<'_>,
+        req: RunRequest,
         cancel: CancellationToken,
     ) -> Result<RunRecord, trellis_store::Error> {
         let attempt = match &req.retry {
             Some(_) => self.store.retry_attempt(&req.dag.name, &req.run_id)?,
             None => self
                 .store
-                .create_attempt(&req.dag.name, &req.run_id, req.parent)?,
+                .create_attempt(&req.dag.name, &req.run_id, req.parent.as_ref())?,
         };
-        self.store.save_definition(&attempt, req.dag)?;
+        self.store.save_definition(&attempt, &req.dag)?;
         let mut run = initial_record(&req, &attempt);
-        self.store
-            .append(&attempt, &Entry::Snapshot(Box::new(run.clone())))?;
+        snapshot(&*self.store, &attempt, &mut run)?;
         let scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
         if let Some(retry) = &req.retry {
-            keep_settled(req.dag, retry, &mut run, &scope);
+            keep_settled(&req.dag, retry, &mut run, &scope);
         }
         let mut ctx = RunCtx {
             engine: self.clone(),
-            dag: Arc::new(req.dag.clone()),
-            locals: Arc::new(req.locals.to_vec()),
+            dag: req.dag.clone(),
+            locals: req.locals.clone(),
             attempt,
             scope,
             cancel,
@@ -134,10 +134,23 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
         run.status = outcome;
         ctx.handlers(&mut run).await;
         run.finished_at = Some(now());
-        self.store
-            .append(&ctx.attempt, &Entry::Snapshot(Box::new(run.clone())))?;
+        snapshot(&*self.store, &ctx.attempt, &mut run)?;
         Ok(run)
     }
+}
+
+/// Appends the whole record without copying it (a 10 000-step record is megabytes).
+fn snapshot<S: Store + ?Sized>(
+    store: &S,
+    attempt: &Attempt,
+    run: &mut RunRecord,
+) -> Result<(), trellis_store::Error> {
+    let entry = Entry::Snapshot(Box::new(std::mem::take(run)));
+    let result = store.append(attempt, &entry);
+    if let Entry::Snapshot(record) = entry {
+        *run = *record;
+    }
+    result
 }
 
 fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
@@ -168,7 +181,7 @@ fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
             .collect(),
         started_at: Some(now()),
         pid: Some(std::process::id()),
-        parent: req.parent.map(|p| p.run_id.clone()),
+        parent: req.parent.as_ref().map(|p| p.run_id.clone()),
         log_file: Some(attempt.log_dir.join("run.log").display().to_string()),
         ..RunRecord::default()
     }
@@ -280,7 +293,7 @@ fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &Scope) {
             continue;
         }
         run.steps[i] = prev.clone();
-        if let (Some(Output::Variable(var)), Some(value)) = (&step.output, &prev.output) {
+        if let (Some(Output::Variable(var)), Some(value)) = (step.output.as_deref(), &prev.output) {
             scope.set_var(var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
@@ -512,7 +525,8 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
 
     fn settle(&mut self, run: &mut RunRecord, done: Done, skip: &mut Vec<String>) {
         let step = &self.dag.steps[done.index];
-        if let (Some(Output::Variable(var)), Some(value)) = (&step.output, &done.vars.output)
+        if let (Some(Output::Variable(var)), Some(value)) =
+            (step.output.as_deref(), &done.vars.output)
             && (matches!(
                 done.record.status,
                 Status::Succeeded | Status::PartiallySucceeded | Status::Waiting
@@ -615,7 +629,9 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
         let done = step::execute(self.snapshot(), step.clone(), usize::MAX).await;
         let mut rec = done.record;
         rec.name = name.to_string();
-        if let (Some(Output::Variable(_)), Some(value)) = (&step.output, &done.vars.output) {
+        if let (Some(Output::Variable(_)), Some(value)) =
+            (step.output.as_deref(), &done.vars.output)
+        {
             rec.output = Some(value.clone());
         }
         run.handlers.insert(handler_key(name).into(), rec.clone());

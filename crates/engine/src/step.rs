@@ -185,7 +185,7 @@ fn finish<S, E>(
             }
         }
     }
-    if let Some(Output::Fields(fields)) = &step.output {
+    if let Some(Output::Fields(fields)) = step.output.as_deref() {
         match capture_fields(
             env,
             step,
@@ -200,7 +200,7 @@ fn finish<S, E>(
             }
         }
     }
-    if let Some(Output::Variable(_)) = &step.output {
+    if let Some(Output::Variable(_)) = step.output.as_deref() {
         record.output = vars.output.clone();
     }
     if step.approval.is_some() && record.status == Status::Succeeded {
@@ -388,8 +388,11 @@ async fn run_once<S: Store + 'static, E: Executor + 'static>(
     stderr: &Path,
     record: &mut StepRecord,
 ) -> Result<i32, String> {
-    let _ = std::fs::remove_file(stdout);
-    let _ = std::fs::remove_file(stderr);
+    if record.retry_count > 0 || record.done_count > 0 {
+        // A new attempt of the step starts its logs afresh.
+        let _ = std::fs::remove_file(stdout);
+        let _ = std::fs::remove_file(stderr);
+    }
     let specs = process_specs(env, step, stdout, stderr)?;
     let mut code = 0;
     for spec in specs {
@@ -437,10 +440,11 @@ fn process_specs<S, E>(
     let (sh, sh_args) = shell
         .map(|s| (s.program, s.args))
         .unwrap_or_else(|| ("sh".into(), Vec::new()));
+    let vars = process_env(env, step, stdout, stderr);
     let base = |program: String, args: Vec<String>| ProcessSpec {
         program,
         args,
-        env: process_env(env, step, stdout, stderr),
+        env: vars.clone(),
         working_dir: step
             .working_dir
             .clone()
@@ -460,8 +464,15 @@ fn process_specs<S, E>(
         Action::Commands { commands } => commands
             .iter()
             .map(|c| {
+                let command = env.scope.expand(c, false);
+                let default_shell = step.shell.is_none() && env.dag.shell.is_none();
+                if let Some((program, args)) =
+                    default_shell.then(|| direct(&command, &vars)).flatten()
+                {
+                    return base(program, args);
+                }
                 let mut args = sh_args.clone();
-                args.extend(["-c".to_string(), env.scope.expand(c, false)]);
+                args.extend(["-c".to_string(), command]);
                 base(sh.clone(), args)
             })
             .collect(),
@@ -498,6 +509,34 @@ fn process_specs<S, E>(
         }
         _ => Vec::new(),
     })
+}
+
+/// A command with nothing for a shell to interpret (no quotes, variables, globs,
+/// redirections, operators or builtins) runs as argv directly: the same result without the
+/// cost of starting `sh` for every step. Anything else, or a program not on `PATH`, goes
+/// through the shell so that errors read exactly as the shell's.
+fn direct(command: &str, env: &[(String, String)]) -> Option<(String, Vec<String>)> {
+    const SPECIAL: &str = "$`\\\"'|&;<>(){}[]*?~#=!%\n\r";
+    const BUILTINS: &[&str] = &[
+        "cd", "export", "exit", "set", "unset", "source", ".", "eval", "exec", "alias", "read",
+        "shift", "trap", "ulimit", "umask", "wait", "local", "return", "break", "continue",
+        "readonly", "type", "hash", "command", "getopts", "times", "if", "then", "else", "fi",
+        "for", "while", "until", "do", "done", "case", "esac", "function", "time", "echo",
+        "printf",
+    ];
+    if command.contains(|c: char| SPECIAL.contains(c)) {
+        return None;
+    }
+    let mut words = command.split_whitespace();
+    let first = words.next()?;
+    if BUILTINS.contains(&first) {
+        return None;
+    }
+    let program = trellis_executor::find_program(first, env)?;
+    Some((
+        program.display().to_string(),
+        words.map(String::from).collect(),
+    ))
 }
 
 fn process_env<S, E>(
@@ -609,6 +648,7 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
     };
     let name = env.scope.expand(&call.dag, true);
     let child = find_dag(env, &name)
+        .map(Arc::new)
         .ok_or_else(|| format!("sub-DAG `{name}` not found (no document or file named {name})"))?;
     let items: Vec<(String, String)> = match &call.parallel {
         None => vec![(env.scope.expand(&call.params, true), String::new())],
@@ -638,11 +678,11 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
                     .join("; ")
             })?;
             let req = RunRequest {
-                dag: &child,
-                locals: &locals,
+                dag: child,
+                locals,
                 params: values,
                 run_id: crate::new_run_id(),
-                parent: Some(&parent),
+                parent: Some(parent),
                 retry: None,
                 env: if item.is_empty() {
                     Vec::new()

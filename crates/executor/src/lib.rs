@@ -72,7 +72,7 @@ fn append(path: &PathBuf) -> std::io::Result<File> {
 }
 
 impl Executor for Local {
-    async fn run(&self, spec: ProcessSpec, cancel: CancellationToken) -> Outcome {
+    async fn run(&self, mut spec: ProcessSpec, cancel: CancellationToken) -> Outcome {
         let (stdout, stderr) = match (append(&spec.stdout), append(&spec.stderr)) {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {
@@ -91,7 +91,12 @@ impl Executor for Local {
         if let Some(dir) = &spec.working_dir {
             cmd.current_dir(dir);
         }
-        let mut child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        // The command holds the environment and the log files' descriptors; free them
+        // while the child runs, or a wide fan-out keeps thousands alive.
+        drop(cmd);
+        spec.env = Vec::new();
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => return Outcome::SpawnFailed(format!("{}: {e}", spec.program)),
         };
@@ -143,6 +148,12 @@ fn resolve(program: &str, env: &[(String, String)]) -> PathBuf {
         .map(|d| Path::new(d).join(program))
         .find(executable)
         .unwrap_or_else(|| PathBuf::from(program))
+}
+
+/// The absolute path of `program` found in the `PATH` of `env`, if it is there.
+pub fn find_program(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    let found = resolve(program, env);
+    (found.is_absolute() && !program.contains('/')).then_some(found)
 }
 
 fn wait_outcome(status: std::io::Result<std::process::ExitStatus>) -> Outcome {

@@ -384,13 +384,13 @@ fn instance(t: &Task, name: &str, combo: &[(String, String)]) -> Step {
     step.timeout_sec = t.timeout;
     step.generator = t.generator;
     if t.retries > 0 {
-        step.retry_policy = Some(RetryPolicy {
+        step.retry_policy = Some(Box::new(RetryPolicy {
             limit: t.retries,
             interval_sec: t.interval,
             backoff: None,
             max_interval_sec: None,
             exit_codes: Vec::new(),
-        });
+        }));
     }
     step
 }

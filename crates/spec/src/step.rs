@@ -52,7 +52,7 @@ impl Defaults {
     /// Fills what the step left unset; env and preconditions add up (defaults first).
     fn apply(&self, step: &mut Step, obj: &Obj) {
         if !obj.has("retry_policy") {
-            step.retry_policy = self.retry_policy.clone();
+            step.retry_policy = self.retry_policy.clone().map(Box::new);
         }
         if !obj.has("continue_on")
             && let Some(c) = &self.continue_on
@@ -60,7 +60,7 @@ impl Defaults {
             step.continue_on = c.clone();
         }
         if !obj.has("repeat_policy") {
-            step.repeat_policy = self.repeat_policy.clone();
+            step.repeat_policy = self.repeat_policy.clone().map(Box::new);
         }
         step.timeout_sec = step.timeout_sec.or(self.timeout_sec);
         step.mail_on_error = obj.has("mail_on_error") && step.mail_on_error
@@ -86,7 +86,22 @@ pub struct StepCx<'a> {
 
 /// `steps:` as a list (strings, steps, nested lists = parallel groups) or a name → step map.
 pub fn decode_steps(cx: &mut Cx, node: &Node, scx: &StepCx) -> (Vec<Step>, Vec<StepMeta>) {
-    let (mut steps, mut metas) = (Vec::new(), Vec::new());
+    // Sized up front: growing by doubling would briefly hold 1.5x a large DAG.
+    let count = match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .map(|i| {
+                if let Value::Seq(inner) = &i.value {
+                    inner.len()
+                } else {
+                    1
+                }
+            })
+            .sum(),
+        Value::Map(entries) => entries.len(),
+        _ => 0,
+    };
+    let (mut steps, mut metas) = (Vec::with_capacity(count), Vec::with_capacity(count));
     let mut push = |cx: &mut Cx, item: &Node, group: usize, name: Option<&Node>| {
         let default = format!("cmd_{}", steps.len() + 1);
         let decoded = match name {
@@ -175,27 +190,37 @@ pub fn decode_step(
     let mut step = Step::command(name, "");
     step.id = id;
     step.description = obj.string(cx, "description");
-    step.executor = executor(cx, &obj);
-    step.action = action(cx, &obj, &step.executor, node.span);
+    step.executor = executor(cx, &obj).map(Box::new);
+    step.action = action(cx, &obj, step.executor.as_deref(), node.span);
     step.shell = obj.get("shell").and_then(|n| shell(cx, n));
     step.working_dir = obj.string(cx, "working_dir");
     step.env = obj.get("env").map(|n| env_list(cx, n)).unwrap_or_default();
-    step.output = obj.get("output").and_then(|n| decode_output(cx, n));
+    step.output = obj
+        .get("output")
+        .and_then(|n| decode_output(cx, n))
+        .map(Box::new);
     step.preconditions = obj
         .get("preconditions")
         .map(|n| decode_condition_list(cx, n))
         .unwrap_or_default();
     step.retry_policy = obj
         .get("retry_policy")
-        .and_then(|n| decode_retry(cx, n, fields::RETRY_FIELDS));
-    step.repeat_policy = obj.get("repeat_policy").and_then(|n| decode_repeat(cx, n));
+        .and_then(|n| decode_retry(cx, n, fields::RETRY_FIELDS))
+        .map(Box::new);
+    step.repeat_policy = obj
+        .get("repeat_policy")
+        .and_then(|n| decode_repeat(cx, n))
+        .map(Box::new);
     step.continue_on = obj
         .get("continue_on")
         .map(|n| decode_continue_on(cx, n))
         .unwrap_or_default();
     step.timeout_sec = obj.uint(cx, "timeout_sec");
     step.signal_on_stop = obj.get("signal_on_stop").and_then(|n| signal(cx, n));
-    step.approval = obj.get("approval").and_then(|n| decode_approval(cx, n));
+    step.approval = obj
+        .get("approval")
+        .and_then(|n| decode_approval(cx, n))
+        .map(Box::new);
     step.worker_selector = obj
         .get("worker_selector")
         .map(|n| worker_selector(cx, n))
@@ -317,7 +342,7 @@ fn known_type(cx: &mut Cx, kind: &str, node: &Node) -> bool {
     false
 }
 
-fn action(cx: &mut Cx, obj: &Obj, executor: &Option<ExecutorConfig>, span: Span) -> Action {
+fn action(cx: &mut Cx, obj: &Obj, executor: Option<&ExecutorConfig>, span: Span) -> Action {
     let kind = obj.get("type").and_then(Node::as_str).unwrap_or("");
     if kind == "router" {
         return router(cx, obj, span);

@@ -340,14 +340,14 @@ fn examples_cover_every_loader_feature() {
         ("dotenv", |_, d, _| d.iter().any(|d| !d.dotenv.is_empty())),
         ("output as a variable", |_, _, s| {
             s.iter()
-                .any(|s| matches!(s.output, Some(trellis_core::Output::Variable(_))))
+                .any(|s| matches!(s.output.as_deref(), Some(trellis_core::Output::Variable(_))))
         }),
         (
             "output fields from stdout (json + select), stderr, file and literals",
             |_, _, s| {
                 let fields: Vec<&OutputField> = s
                     .iter()
-                    .filter_map(|s| match &s.output {
+                    .filter_map(|s| match s.output.as_deref() {
                         Some(trellis_core::Output::Fields(f)) => Some(f.values()),
                         _ => None,
                     })

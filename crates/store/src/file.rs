@@ -11,10 +11,22 @@ use trellis_core::status::RunRecord;
 use crate::{Attempt, Entry, Error, Result, Store, safe_name};
 
 /// Runs under `<home>/data/dag-runs` and logs under `<home>/logs`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FileStore {
     data: PathBuf,
     logs: PathBuf,
+    /// The status log written last, kept open: a run appends to one file many times.
+    open: std::sync::Mutex<Option<(PathBuf, File)>>,
+}
+
+impl Clone for FileStore {
+    fn clone(&self) -> Self {
+        FileStore {
+            data: self.data.clone(),
+            logs: self.logs.clone(),
+            open: Default::default(),
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -29,6 +41,7 @@ impl FileStore {
         FileStore {
             data: home.join("data"),
             logs: home.join("logs"),
+            open: Default::default(),
         }
     }
 
@@ -137,16 +150,29 @@ impl Store for FileStore {
 
     fn append(&self, attempt: &Attempt, entry: &Entry) -> Result<()> {
         let path = attempt.dir.join("status.jsonl");
-        let mut line = serde_json::to_vec(entry).map_err(|e| io(&path)(e.into()))?;
-        line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        // One write call per entry: O_APPEND keeps concurrent writers from interleaving, and
-        // a kill mid-write leaves at most one torn last line, which readers skip.
-        file.write_all(&line).map_err(io(&path))?;
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.as_ref().is_none_or(|(p, _)| *p != path) {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            *open = Some((path.clone(), file));
+        }
+        let Some((_, file)) = open.as_mut() else {
+            return Ok(());
+        };
+        // A small entry goes out in one write call (the buffer is larger), so a kill leaves
+        // at most one torn last line, which readers skip. A large snapshot streams through
+        // the buffer instead of being built in memory first.
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut *file);
+        serde_json::to_writer(&mut out, entry).map_err(|e| io(&path)(e.into()))?;
+        out.write_all(b"\n").map_err(io(&path))?;
+        out.flush().map_err(io(&path))?;
+        drop(out);
         if matches!(entry, Entry::Snapshot(_)) {
             file.sync_data().map_err(io(&path))?;
         }

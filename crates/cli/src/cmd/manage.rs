@@ -128,7 +128,7 @@ pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
         from_step: args.step.clone(),
     };
     let record = execute(
-        &dag,
+        std::sync::Arc::new(dag),
         params,
         previous.run_id.clone(),
         Some(retry),
@@ -148,7 +148,7 @@ pub fn restart(args: &RunTarget) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(crate::report::EXIT_INVALID));
     };
     let record = execute(
-        &dag,
+        std::sync::Arc::new(dag),
         previous_params(&previous),
         trellis_engine::new_run_id(),
         None,

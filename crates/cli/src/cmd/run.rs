@@ -68,19 +68,21 @@ pub fn start(args: &StartArgs) -> anyhow::Result<ExitCode> {
         .run_id
         .clone()
         .unwrap_or_else(trellis_engine::new_run_id);
-    let record = execute(&dag, params, run_id, None, dags_dir, args.quiet)?;
+    let record = execute(Arc::new(dag), params, run_id, None, dags_dir, args.quiet)?;
     Ok(ExitCode::from(record.status.exit_code()))
 }
 
 /// Runs a DAG in the foreground; SIGINT and SIGTERM cancel it cleanly.
 pub fn execute(
-    dag: &Dag,
+    dag: Arc<Dag>,
     params: Vec<trellis_core::params::ParamValue>,
     run_id: String,
     retry: Option<trellis_engine::Retry>,
     dags_dir: Option<PathBuf>,
     quiet: bool,
 ) -> anyhow::Result<RunRecord> {
+    // The run is a task of its own on the workers (not driven from the main thread), so a
+    // step's spawn and its settle do not hop between threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -111,18 +113,19 @@ pub fn execute(
             on_signal.cancel();
         });
         let req = RunRequest {
-            dag,
-            locals: &dag.local_dags,
+            locals: Arc::new(dag.local_dags.clone()),
+            dag: dag.clone(),
             params,
             run_id,
             parent: None,
             retry,
             env: Vec::new(),
         };
-        let record = engine.run(req, cancel).await;
+        let run = tokio::spawn(async move { engine.run(req, cancel).await });
+        let record = run.await;
         shown.finish();
         record
-    })?;
+    })??;
     if !quiet {
         eprintln!("run {} {} ({})", record.run_id, record.status, dag.name);
         if let Some(step) = record.steps.first() {
