@@ -182,6 +182,7 @@ fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
         started_at: Some(now()),
         pid: Some(std::process::id()),
         parent: req.parent.as_ref().map(|p| p.run_id.clone()),
+        root: req.parent.as_ref().map(|p| p.root_run_id.clone()),
         log_file: Some(attempt.log_dir.join("run.log").display().to_string()),
         ..RunRecord::default()
     }

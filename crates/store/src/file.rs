@@ -140,11 +140,13 @@ impl Store for FileStore {
         };
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+        let root_run_id = parent.map_or_else(|| run_id.to_string(), |p| p.root_run_id.clone());
         Ok(Attempt {
             dir,
             log_dir,
             run_id: run_id.to_string(),
             attempt_id,
+            root_run_id,
         })
     }
 
@@ -221,6 +223,7 @@ impl Store for FileStore {
             log_dir,
             run_id: run_id.to_string(),
             attempt_id,
+            root_run_id: run_id.to_string(),
         })
     }
 

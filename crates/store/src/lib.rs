@@ -64,6 +64,8 @@ pub struct Attempt {
     pub log_dir: PathBuf,
     pub run_id: String,
     pub attempt_id: String,
+    /// The top-level run this one belongs to (itself for a top-level run).
+    pub root_run_id: String,
 }
 
 /// Storage of runs. Implementations must make `append` atomic per entry.
