@@ -48,6 +48,58 @@ pub enum Command {
     Dequeue(DequeueArgs),
     /// Delete finished runs (and their logs) older than the retention period.
     Cleanup(CleanupArgs),
+    /// Fire schedules and start queued runs within the configured limits. Several may run
+    /// on the same data dir: one leads, the others take over within seconds if it dies.
+    Scheduler(SchedulerArgs),
+    /// List the DAGs in the dags dir with their validity, last run and next run.
+    Dags(DagsArgs),
+    /// Queue one run per scheduled time in a range (the scheduler starts them).
+    Backfill(BackfillArgs),
+}
+
+/// Where DAGs and settings come from.
+#[derive(Debug, clap::Args)]
+pub struct Setup {
+    /// Directory of workflow files (default: $TRELLIS_DAGS_DIR, the config's
+    /// paths.dags_dir, else $TRELLIS_HOME/dags).
+    #[arg(short, long, value_name = "DIR")]
+    pub dags: Option<PathBuf>,
+    /// Config file (default: $TRELLIS_CONFIG); see docs/CONFIG.md.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    /// Name of this scheduler in the lease file and logs (default hostname@pid).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DagsArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The DAG's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// First scheduled time included (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub from: String,
+    /// Last scheduled time included (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub to: String,
+    /// Backfill runs at once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub max_concurrent: usize,
+    #[command(flatten)]
+    pub setup: Setup,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +177,9 @@ pub struct EnqueueArgs {
     /// Higher starts first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
+    /// Extra tags for tag concurrency limits: "k=v,k2=v2".
+    #[arg(long, value_name = "TAGS")]
+    pub tags: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod graph;
 pub mod model;
 pub mod params;
+pub mod queue;
 pub mod status;
 
 pub use model::*;

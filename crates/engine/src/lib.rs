@@ -62,6 +62,8 @@ pub struct RunRequest {
     pub retry: Option<Retry>,
     /// Extra variables for every step (a parallel child's `ITEM`).
     pub env: Vec<(String, String)>,
+    /// The run was enqueued, so its run directory exists: add an attempt to it.
+    pub queued: bool,
 }
 
 /// What a retry starts from.
@@ -110,6 +112,7 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
     ) -> Result<RunRecord, trellis_store::Error> {
         let attempt = match &req.retry {
             Some(_) => self.store.retry_attempt(&req.dag.name, &req.run_id)?,
+            None if req.queued => self.store.retry_attempt(&req.dag.name, &req.run_id)?,
             None => self
                 .store
                 .create_attempt(&req.dag.name, &req.run_id, req.parent.as_ref())?,

@@ -684,6 +684,7 @@ async fn call<S: Store + 'static, E: Executor + 'static>(
                 run_id: crate::new_run_id(),
                 parent: Some(parent),
                 retry: None,
+                queued: false,
                 env: if item.is_empty() {
                     Vec::new()
                 } else {

@@ -102,6 +102,16 @@ pub struct QueueItem {
     pub params: Option<String>,
     pub priority: i32,
     pub queued_at: String,
+    /// Labels used by tag concurrency limits (the DAG's labels plus `--tags`).
+    #[serde(default)]
+    pub tags: indexmap::IndexMap<String, String>,
+    /// The logical time of a scheduled or backfilled run (RFC 3339).
+    #[serde(default)]
+    pub scheduled_time: Option<String>,
+    /// A limit for this item's queue set by whoever enqueued it (a backfill's
+    /// `--max-concurrent`); the config's limit applies when unset.
+    #[serde(default)]
+    pub queue_limit: Option<usize>,
 }
 
 /// Queues of runs that the scheduler consumes.

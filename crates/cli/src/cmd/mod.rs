@@ -4,6 +4,7 @@ mod dry;
 mod manage;
 mod queue;
 mod run;
+mod schedule;
 mod validate;
 
 use std::path::Path;
@@ -27,6 +28,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Enqueue(a) => queue::enqueue(&a),
         Command::Dequeue(a) => queue::dequeue(&a),
         Command::Cleanup(a) => manage::cleanup(&a),
+        Command::Scheduler(a) => schedule::scheduler(&a),
+        Command::Dags(a) => schedule::dags(&a),
+        Command::Backfill(a) => schedule::backfill(&a),
         Command::Schema => {
             let schema = trellis_spec::schema::dag_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

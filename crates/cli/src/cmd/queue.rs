@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use trellis_core::status::{RunRecord, Status};
-use trellis_store::{Entry, FileStore, Queue, QueueItem, Store};
+use trellis_core::status::Status;
+use trellis_scheduler::queueing::{self, Enqueue, Outcome};
+use trellis_store::{Entry, FileStore, Queue, Store};
 
 use super::run::{home, load};
 use crate::cli::{DequeueArgs, EnqueueArgs};
@@ -14,67 +15,53 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<ExitCode> {
     let Some(dag) = load(&args.file)? else {
         return Ok(ExitCode::from(EXIT_INVALID));
     };
-    let params = match trellis_spec::resolve_params(&dag, args.params.as_deref(), &[]) {
-        Ok(values) => values,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {}: {e}", args.file.display());
-            }
-            return Ok(ExitCode::from(EXIT_INVALID));
+    if let Err(errors) = trellis_spec::resolve_params(&dag, args.params.as_deref(), &[]) {
+        for e in errors {
+            eprintln!("error: {}: {e}", args.file.display());
         }
-    };
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
     let store = FileStore::new(&home());
     let run_id = args
         .run_id
         .clone()
         .unwrap_or_else(trellis_engine::new_run_id);
-    let queue = args
-        .queue
-        .clone()
-        .or_else(|| dag.queue.clone())
-        .unwrap_or_else(|| dag.name.clone());
-    let attempt = store.create_attempt(&dag.name, &run_id, None)?;
-    store.save_definition(&attempt, &dag)?;
-    let record = RunRecord {
-        name: dag.name.clone(),
+    let req = Enqueue {
+        dag: &dag,
+        file: &args.file,
         run_id: run_id.clone(),
-        attempt_id: attempt.attempt_id.clone(),
-        status: Status::Queued,
-        steps: dag
-            .steps
-            .iter()
-            .map(|s| trellis_core::status::StepRecord {
-                name: s.name.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        params: params
-            .iter()
-            .map(|p| {
-                if p.positional {
-                    p.value.clone()
-                } else {
-                    format!("{}={}", p.name, p.value)
-                }
-            })
-            .collect(),
-        ..RunRecord::default()
-    };
-    store.append(&attempt, &Entry::Snapshot(Box::new(record)))?;
-    let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
-    let item = QueueItem {
-        queue: queue.clone(),
-        dag_name: dag.name.clone(),
-        run_id: run_id.clone(),
-        file: file.display().to_string(),
         params: args.params.clone(),
+        tags: run_tags(args.tags.as_deref()),
         priority: args.priority,
-        queued_at: jiff::Timestamp::now().to_string(),
+        scheduled_time: None,
+        queue: args.queue.clone(),
+        queue_limit: None,
     };
-    store.enqueue(&item)?;
-    println!("{run_id}");
-    eprintln!("queued run {run_id} of {} in queue {queue}", dag.name);
-    Ok(ExitCode::SUCCESS)
+    match queueing::enqueue(&store, req)? {
+        Outcome::Queued => {
+            println!("{run_id}");
+            eprintln!("queued run {run_id} of {}", dag.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Exists(status) => {
+            anyhow::bail!("run {run_id} of {} already exists ({status})", dag.name)
+        }
+    }
+}
+
+/// `--tags k=v,...` (the DAG's labels are added by the queue).
+fn run_tags(extra: Option<&str>) -> indexmap::IndexMap<String, String> {
+    let mut tags = indexmap::IndexMap::new();
+    for part in extra
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        tags.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    tags
 }
 
 pub fn dequeue(args: &DequeueArgs) -> anyhow::Result<ExitCode> {

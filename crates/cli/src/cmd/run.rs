@@ -120,6 +120,7 @@ pub fn execute(
             parent: None,
             retry,
             env: Vec::new(),
+            queued: false,
         };
         let run = tokio::spawn(async move { engine.run(req, cancel).await });
         let record = run.await;

@@ -1,0 +1,100 @@
+//! The DAGs in the dags directory, reloaded when files change. A file that does not load is
+//! kept as invalid with its first problem; it never stops the other DAGs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use trellis_core::Dag;
+
+/// One workflow file.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub modified: Option<SystemTime>,
+    /// The DAG, or why the file is invalid (`file:line:col: message`).
+    pub dag: Result<Dag, String>,
+}
+
+impl Entry {
+    /// The DAG's name, or the file stem when it is invalid.
+    pub fn name(&self) -> String {
+        match &self.dag {
+            Ok(dag) => dag.name.clone(),
+            Err(_) => trellis_spec::default_name(&self.path.display().to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+}
+
+impl Catalog {
+    /// Rescans `dir`, re-reading only files whose modification time changed. Deleted files
+    /// drop out (their history stays in the store).
+    pub fn refresh(&mut self, dir: &Path) -> bool {
+        let mut old: HashMap<PathBuf, Entry> = self
+            .entries
+            .drain(..)
+            .map(|e| (e.path.clone(), e))
+            .collect();
+        let mut changed = false;
+        for path in workflow_files(dir) {
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            match old.remove(&path) {
+                Some(entry) if entry.modified == modified => self.entries.push(entry),
+                _ => {
+                    changed = true;
+                    self.entries.push(Entry {
+                        dag: load(&path),
+                        path,
+                        modified,
+                    });
+                }
+            }
+        }
+        changed || !old.is_empty()
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name() == name)
+    }
+}
+
+fn workflow_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Loads one file, summarising its first error as `file:line:col: message`.
+pub fn load(path: &Path) -> Result<Dag, String> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    trellis_spec::load_str(&name, &text)
+        .map(|l| l.dag)
+        .map_err(|problems| {
+            let count = problems.iter().filter(|p| !p.warning).count();
+            let first = problems.iter().find(|p| !p.warning).or(problems.first());
+            match first {
+                Some(p) => {
+                    let (line, col) = p.line_col(&text);
+                    let more = if count > 1 {
+                        format!(" (and {} more)", count - 1)
+                    } else {
+                        String::new()
+                    };
+                    format!("{name}:{line}:{col}: {}{more}", p.message)
+                }
+                None => format!("{name}: invalid"),
+            }
+        })
+}

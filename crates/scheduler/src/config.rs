@@ -1,0 +1,132 @@
+//! The Trellis config file (`--config FILE` or `TRELLIS_CONFIG`), the parts the scheduler
+//! reads. `docs/CONFIG.md` documents the whole schema.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use trellis_core::queue::{Limits, TagLimit};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub run_queue: RunQueue,
+    #[serde(default)]
+    pub queues: IndexMap<String, QueueConfig>,
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunQueue {
+    /// -1 or absent: unlimited.
+    #[serde(default)]
+    pub max_concurrent_runs: Option<i64>,
+    #[serde(default)]
+    pub tag_concurrency_limits: Vec<TagLimit>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(
+        alias = "max_concurrency",
+        alias = "maxConcurrency",
+        alias = "maxConcurrentRuns"
+    )]
+    pub max_concurrent_runs: usize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Paths {
+    #[serde(default, alias = "dagsDir")]
+    pub dags_dir: Option<PathBuf>,
+    #[serde(default, alias = "dataDir")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// A run queued longer than this is failed with the reason it could not start.
+    #[serde(default)]
+    pub queue_timeout_sec: Option<u64>,
+    /// Ticks missed by at most this much (a leader change) fire even without a
+    /// `catchup_window`.
+    #[serde(default = "default_grace")]
+    pub failover_grace_sec: u64,
+}
+
+fn default_grace() -> u64 {
+    60
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            queue_timeout_sec: None,
+            failover_grace_sec: default_grace(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML (or JSON) config file; errors name the file and the problem.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let docs = trellis_spec::yaml::parse(&text).map_err(|e| {
+            let (line, col) = trellis_spec::diag::line_col(&text, e.span.offset);
+            format!("{}:{line}:{col}: {}", path.display(), e.message)
+        })?;
+        let json = docs
+            .first()
+            .map_or(serde_json::Value::Null, trellis_spec::yaml::Node::to_json);
+        if json.is_null() {
+            return Ok(Config::default());
+        }
+        serde_json::from_value(json).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The queue limits this config sets.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_concurrent_runs: self
+                .run_queue
+                .max_concurrent_runs
+                .filter(|n| *n >= 0)
+                .map(|n| n as usize),
+            tag_concurrency_limits: self.run_queue.tag_concurrency_limits.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|(k, v)| (k.clone(), v.max_concurrent_runs))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_dagster_style_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "run_queue:\n  max_concurrent_runs: 3\n  tag_concurrency_limits:\n    - key: team\n      limit: 2\n    - key: db\n      value: pg\n      limit: 1\n    - key: user\n      limit: 1\n      per_unique_value: true\nqueues:\n  etl: {max_concurrent_runs: 2}\n").unwrap();
+        let limits = Config::load(&path).unwrap().limits();
+        assert_eq!(limits.max_concurrent_runs, Some(3));
+        assert_eq!(limits.tag_concurrency_limits.len(), 3);
+        assert!(limits.tag_concurrency_limits[2].per_unique_value);
+        assert_eq!(limits.queues.get("etl"), Some(&2));
+        std::fs::write(&path, "run_queue:\n  max_concurent_runs: 3\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .contains("max_concurent_runs")
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Decides which runs start when: cron schedules in each DAG's timezone, the queue with its
+//! concurrency limits, and the leader lease that lets several schedulers run while only one
+//! acts.
+
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod lease;
+pub mod ticks;
+
+pub mod daemon;
+pub mod queueing;

@@ -1,0 +1,92 @@
+//! Putting runs in the queue, shared by `trellis enqueue`, schedules and backfills. A run
+//! id derived from (DAG, scheduled time) makes enqueueing idempotent: a tick or a backfill
+//! seen twice finds its run and does not add another.
+
+use std::path::Path;
+
+use indexmap::IndexMap;
+use trellis_core::Dag;
+use trellis_core::status::{RunRecord, Status, StepRecord};
+use trellis_store::{Entry, FileStore, Queue, QueueItem, Store};
+
+/// What to enqueue.
+pub struct Enqueue<'a> {
+    pub dag: &'a Dag,
+    pub file: &'a Path,
+    pub run_id: String,
+    pub params: Option<String>,
+    pub tags: IndexMap<String, String>,
+    pub priority: i32,
+    pub scheduled_time: Option<jiff::Timestamp>,
+    /// Queue name; default the DAG's `queue`, else its name.
+    pub queue: Option<String>,
+    pub queue_limit: Option<usize>,
+}
+
+/// What happened to an enqueue request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Queued,
+    /// A run with this id already succeeded, is queued or is running.
+    Exists(Status),
+}
+
+/// Records the run as queued and writes its queue item. A run with the same id that ended
+/// without succeeding is queued again as a new attempt.
+pub fn enqueue(store: &FileStore, req: Enqueue) -> trellis_store::Result<Outcome> {
+    let existing = store.find(&req.dag.name, &req.run_id)?;
+    let attempt = match &existing {
+        Some(run)
+            if !run.status.is_final()
+                || matches!(run.status, Status::Succeeded | Status::PartiallySucceeded) =>
+        {
+            return Ok(Outcome::Exists(run.status));
+        }
+        Some(_) => store.retry_attempt(&req.dag.name, &req.run_id)?,
+        None => store.create_attempt(&req.dag.name, &req.run_id, None)?,
+    };
+    store.save_definition(&attempt, req.dag)?;
+    let record = RunRecord {
+        name: req.dag.name.clone(),
+        run_id: req.run_id.clone(),
+        attempt_id: attempt.attempt_id.clone(),
+        status: Status::Queued,
+        steps: req
+            .dag
+            .steps
+            .iter()
+            .map(|s| StepRecord {
+                name: s.name.clone(),
+                ..StepRecord::default()
+            })
+            .collect(),
+        params: req.params.iter().cloned().collect(),
+        ..RunRecord::default()
+    };
+    store.append(&attempt, &Entry::Snapshot(Box::new(record)))?;
+    let file = std::fs::canonicalize(req.file).unwrap_or_else(|_| req.file.to_path_buf());
+    let mut tags = req.dag.labels.clone();
+    tags.extend(req.tags);
+    let item = QueueItem {
+        queue: req
+            .queue
+            .or_else(|| req.dag.queue.clone())
+            .unwrap_or_else(|| req.dag.name.clone()),
+        dag_name: req.dag.name.clone(),
+        run_id: req.run_id,
+        file: file.display().to_string(),
+        params: req.params,
+        priority: req.priority,
+        queued_at: jiff::Timestamp::now().to_string(),
+        tags,
+        scheduled_time: req.scheduled_time.map(|t| t.to_string()),
+        queue_limit: req.queue_limit,
+    };
+    store.enqueue(&item)?;
+    Ok(Outcome::Queued)
+}
+
+/// The run id of a scheduled or backfilled run: the same for the same (DAG, time).
+pub fn scheduled_run_id(at: jiff::Timestamp) -> String {
+    format!("sched-{}", crate::ticks::stamp(at))
+}
