@@ -6,7 +6,11 @@
 //! them (unless `continue_on`), handlers run at the end with `DAG_RUN_STATUS`, sub-DAG calls
 //! are runs of their own nested under the parent.
 
+mod call;
 mod expand;
+mod links;
+mod output;
+mod setup;
 mod step;
 
 use std::collections::HashMap;
@@ -22,6 +26,9 @@ use trellis_executor::Executor;
 use trellis_store::{Attempt, Entry, Store};
 
 pub use expand::{Scope, StepVars};
+
+use crate::links::{Links, step_limit};
+use crate::setup::{initial_record, initial_scope, keep_settled};
 
 /// Settings shared by every run the engine drives.
 #[derive(Clone, Debug, Default)]
@@ -154,208 +161,6 @@ fn snapshot<S: Store + ?Sized>(
         *run = *record;
     }
     result
-}
-
-fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
-    RunRecord {
-        name: req.dag.name.clone(),
-        run_id: req.run_id.clone(),
-        attempt_id: attempt.attempt_id.clone(),
-        status: Status::Running,
-        steps: req
-            .dag
-            .steps
-            .iter()
-            .map(|s| StepRecord {
-                name: s.name.clone(),
-                ..StepRecord::default()
-            })
-            .collect(),
-        params: req
-            .params
-            .iter()
-            .map(|p| {
-                if p.positional {
-                    p.value.clone()
-                } else {
-                    format!("{}={}", p.name, p.value)
-                }
-            })
-            .collect(),
-        started_at: Some(now()),
-        pid: Some(std::process::id()),
-        parent: req.parent.as_ref().map(|p| p.run_id.clone()),
-        root: req.parent.as_ref().map(|p| p.root_run_id.clone()),
-        log_file: Some(attempt.log_dir.join("run.log").display().to_string()),
-        ..RunRecord::default()
-    }
-}
-
-fn initial_scope(
-    req: &RunRequest,
-    run: &RunRecord,
-    attempt: &Attempt,
-    dags_dir: Option<&std::path::Path>,
-) -> Scope {
-    let scope = Scope::default();
-    for p in &req.params {
-        if p.positional {
-            scope.push_positional(p.value.clone());
-        } else {
-            scope.set_var(&p.name, p.value.clone());
-        }
-    }
-    let named: serde_json::Map<String, serde_json::Value> = req
-        .params
-        .iter()
-        .filter(|p| !p.positional)
-        .map(|p| (p.name.clone(), p.value.clone().into()))
-        .collect();
-    let json = serde_json::Value::Object(named).to_string();
-    for (k, v) in [
-        ("DAG_NAME", req.dag.name.clone()),
-        ("DAG_RUN_ID", req.run_id.clone()),
-        ("DAG_RUN_LOG_FILE", run.log_file.clone().unwrap_or_default()),
-        ("DAGU_PARAMS_JSON", json.clone()),
-        ("DAG_PARAMS_JSON", json),
-        ("DAG_RUN_WORK_DIR", attempt.dir.display().to_string()),
-    ] {
-        scope.set_var(k, v);
-    }
-    for (k, v) in &req.env {
-        scope.set_var(k, v.clone());
-    }
-    for file in &req.dag.dotenv {
-        let path = dags_dir.map_or_else(|| PathBuf::from(file), |d| d.join(file));
-        for (k, v) in read_dotenv(&path) {
-            scope.set_var(&k, v);
-        }
-    }
-    for (k, v) in &req.dag.env {
-        let value = substitute_commands(&scope.expand(v, true));
-        scope.set_var(k, value);
-    }
-    scope
-}
-
-/// `KEY=value` lines of a .env file (`export`, quotes and `#` comments allowed). A missing
-/// file contributes nothing, as in Dagu.
-fn read_dotenv(path: &std::path::Path) -> Vec<(String, String)> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.strip_prefix("export ").unwrap_or(l).split_once('=')?;
-            let v = v.trim();
-            let unquoted = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_string(), unquoted.to_string()))
-        })
-        .collect()
-}
-
-/// Replaces each `` `command` `` with the command's trimmed stdout, as Dagu does for env
-/// values. A command that fails leaves its text as written.
-pub(crate) fn substitute_commands(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find('`') {
-        let Some(len) = rest[start + 1..].find('`') else {
-            break;
-        };
-        let command = &rest[start + 1..start + 1 + len];
-        out.push_str(&rest[..start]);
-        match std::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-        {
-            Ok(o) if o.status.success() => out.push_str(String::from_utf8_lossy(&o.stdout).trim()),
-            _ => out.push_str(&rest[start..start + len + 2]),
-        }
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Copies the steps a retry keeps (and what they published) from the previous attempt.
-fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &Scope) {
-    let rerun = rerun_set(dag, retry);
-    for (i, step) in dag.steps.iter().enumerate() {
-        let Some(prev) = retry.previous.steps.iter().find(|s| s.name == step.name) else {
-            continue;
-        };
-        if rerun.contains(&i) {
-            continue;
-        }
-        run.steps[i] = prev.clone();
-        if let (Some(Output::Variable(var)), Some(value)) = (step.output.as_deref(), &prev.output) {
-            scope.set_var(var, value.clone());
-            run.outputs.insert(var.clone(), value.clone());
-        }
-        let vars = StepVars {
-            output: prev.output.clone(),
-            fields: None,
-            exit_code: prev.exit_code,
-            stdout: prev.stdout.clone().unwrap_or_default(),
-            stderr: prev.stderr.clone().unwrap_or_default(),
-        };
-        scope.set_step(&step.id.clone().unwrap_or_else(|| step.name.clone()), vars);
-    }
-}
-
-/// Steps a retry runs again: the named step and its dependents, or every step that did
-/// not succeed and everything downstream of those.
-fn rerun_set(dag: &Dag, retry: &Retry) -> std::collections::HashSet<usize> {
-    let ok = |name: &str| {
-        retry.previous.steps.iter().any(|s| {
-            s.name == name
-                && matches!(
-                    s.status,
-                    Status::Succeeded | Status::Skipped | Status::PartiallySucceeded
-                )
-        })
-    };
-    let mut set: std::collections::HashSet<usize> = dag
-        .steps
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| match &retry.from_step {
-            Some(from) => &s.name == from,
-            None => !ok(&s.name),
-        })
-        .map(|(i, _)| i)
-        .collect();
-    // Steps are in dependency order after loading, so one pass reaches every dependent.
-    let order = trellis_core::graph::Graph::new(
-        dag.steps.len(),
-        dag.steps.iter().enumerate().flat_map(|(i, s)| {
-            s.depends
-                .iter()
-                .filter_map(move |d| dag.steps.iter().position(|x| &x.name == d).map(|j| (j, i)))
-        }),
-    )
-    .topo_order()
-    .unwrap_or_default();
-    for i in order {
-        if dag.steps[i].depends.iter().any(|d| {
-            dag.steps
-                .iter()
-                .position(|x| &x.name == d)
-                .is_some_and(|j| set.contains(&j))
-        }) {
-            set.insert(i);
-        }
-    }
-    set
 }
 
 pub(crate) fn now() -> String {
@@ -670,77 +475,6 @@ pub(crate) struct StepEnv<S, E> {
     attempt: Attempt,
     scope: Scope,
     cancel: CancellationToken,
-}
-
-/// Dependency bookkeeping for the run loop.
-struct Links {
-    index: HashMap<String, usize>,
-    dependents: Vec<Vec<usize>>,
-    remaining: Vec<usize>,
-    ready: std::collections::VecDeque<usize>,
-}
-
-impl Links {
-    fn new(dag: &Dag, run: &RunRecord) -> Links {
-        let index: HashMap<String, usize> = dag
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
-        let mut links = Links {
-            dependents: vec![Vec::new(); dag.steps.len()],
-            remaining: vec![0; dag.steps.len()],
-            ready: Default::default(),
-            index,
-        };
-        for (i, step) in dag.steps.iter().enumerate() {
-            for dep in &step.depends {
-                if let Some(&d) = links.index.get(dep) {
-                    links.dependents[d].push(i);
-                    if run.steps[d].status == Status::NotStarted
-                        || run.steps[d].status == Status::Running
-                    {
-                        links.remaining[i] += 1;
-                    }
-                }
-            }
-        }
-        links.ready = (0..dag.steps.len())
-            .filter(|&i| links.remaining[i] == 0)
-            .collect();
-        links
-    }
-
-    /// After steps were added: recount, keeping steps already queued.
-    fn rebuild(dag: &Dag, run: &RunRecord, old: &Links) -> Links {
-        let mut links = Links::new(dag, run);
-        links
-            .ready
-            .retain(|i| *i >= old.remaining.len() || old.ready.contains(i));
-        links
-    }
-
-    fn settled(&mut self, i: usize) {
-        for k in 0..self.dependents[i].len() {
-            let d = self.dependents[i][k];
-            self.remaining[d] = self.remaining[d].saturating_sub(1);
-            if self.remaining[d] == 0 {
-                self.ready.push_back(d);
-            }
-        }
-    }
-}
-
-/// `max_active_steps`, capped so a huge fan-out cannot exhaust file descriptors: each
-/// running step holds a few (log files, pipes), so allow a quarter of the soft limit.
-fn step_limit(max_active_steps: Option<u32>) -> usize {
-    let configured = max_active_steps
-        .filter(|m| *m > 0)
-        .map_or(usize::MAX, |m| m as usize);
-    let fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
-    configured.min((fds / 4).max(8) as usize)
 }
 
 enum Ready {

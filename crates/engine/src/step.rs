@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use trellis_core::status::{Status, StepRecord};
-use trellis_core::{Action, Condition, Output, OutputField, OutputSource, Step};
+use trellis_core::{Action, Condition, Output, Step};
 use trellis_executor::{Executor, Outcome, ProcessSpec};
 use trellis_store::{Store, safe_name};
 
-use crate::expand::{StepVars, json_path};
-use crate::{Done, RunCtx, RunRequest, StepEnv, now};
+use crate::expand::StepVars;
+use crate::output::{capture_fields, matches, out_text, read_capped};
+use crate::{Done, RunCtx, StepEnv, now};
 
 pub(crate) fn spawn<S: Store + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
@@ -66,7 +66,7 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
         };
     }
     let result = match &step.action {
-        Action::Call(_) => crate::step::call(&env, &step, &mut record).await,
+        Action::Call(_) => crate::call::call(&env, &step, &mut record).await,
         Action::Router { value, routes } => {
             skip = route(&env, value, routes);
             Ok(0)
@@ -205,111 +205,6 @@ fn finish<S, E>(
     }
     if step.approval.is_some() && record.status == Status::Succeeded {
         record.status = Status::Waiting;
-    }
-}
-
-fn out_text(path: &Path, max: usize) -> String {
-    read_capped(path, max)
-}
-
-/// Reads at most `max` bytes of a log file (the output cap), never the whole file.
-fn read_capped(path: &Path, max: usize) -> String {
-    use std::io::Read;
-    let Ok(file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let mut buf = Vec::new();
-    let _ = file.take(max as u64).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn matches(pattern: &str, text: &str) -> bool {
-    match pattern.strip_prefix("re:") {
-        Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(text)),
-        None => text.contains(pattern),
-    }
-}
-
-fn capture_fields<S, E>(
-    env: &StepEnv<S, E>,
-    step: &Step,
-    fields: &indexmap::IndexMap<String, OutputField>,
-    stdout: &str,
-    stderr: &str,
-) -> Result<Value, String> {
-    let mut out = serde_json::Map::new();
-    for (key, field) in fields {
-        let value = match field {
-            OutputField::Literal(v) => expand_json(env, v),
-            OutputField::Capture {
-                from,
-                path,
-                decode,
-                select,
-            } => {
-                let text = match from {
-                    OutputSource::Stdout => stdout.to_string(),
-                    OutputSource::Stderr => stderr.to_string(),
-                    OutputSource::File => {
-                        let rel = env.scope.expand(path.as_deref().unwrap_or_default(), true);
-                        let dir = step
-                            .working_dir
-                            .clone()
-                            .map(PathBuf::from)
-                            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-                        std::fs::read_to_string(dir.join(&rel))
-                            .map_err(|e| format!("output `{key}`: cannot read {rel}: {e}"))?
-                    }
-                };
-                let decoded = match decode {
-                    trellis_core::OutputDecode::Json => serde_json::from_str(&text)
-                        .map_err(|e| format!("output `{key}`: not JSON: {e}"))?,
-                    trellis_core::OutputDecode::Yaml => {
-                        let docs = trellis_spec::yaml::parse(&text)
-                            .map_err(|e| format!("output `{key}`: not YAML: {}", e.message))?;
-                        docs.first()
-                            .map_or(Value::Null, trellis_spec::yaml::Node::to_json)
-                    }
-                    _ => Value::String(text.trim().to_string()),
-                };
-                match select {
-                    Some(path) => select_json(&decoded, path)
-                        .ok_or_else(|| format!("output `{key}`: `{path}` selects nothing"))?,
-                    None => decoded,
-                }
-            }
-        };
-        out.insert(key.clone(), value);
-    }
-    Ok(Value::Object(out))
-}
-
-fn select_json(value: &Value, path: &str) -> Option<Value> {
-    let mut cur = value;
-    for key in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|k| !k.is_empty())
-    {
-        cur = match cur {
-            Value::Object(m) => m.get(key)?,
-            Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur.clone())
-}
-
-fn expand_json<S, E>(env: &StepEnv<S, E>, v: &Value) -> Value {
-    match v {
-        Value::String(s) => Value::String(env.scope.expand(s, true)),
-        Value::Array(items) => Value::Array(items.iter().map(|i| expand_json(env, i)).collect()),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), expand_json(env, v)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
 }
 
@@ -592,7 +487,7 @@ async fn check_condition<S: Store + 'static, E: Executor + 'static>(
 ) -> Result<(), String> {
     let held = match &c.expected {
         Some(expected) => {
-            let got = crate::substitute_commands(&env.scope.expand(&c.condition, true));
+            let got = crate::setup::substitute_commands(&env.scope.expand(&c.condition, true));
             let want = env.scope.expand(expected, true);
             match want.strip_prefix("re:") {
                 Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(&got)),
@@ -635,154 +530,4 @@ fn route<S, E>(env: &StepEnv<S, E>, value: &str, routes: &[trellis_core::Route])
         .filter(|(i, _)| Some(*i) != chosen)
         .flat_map(|(_, r)| r.targets.clone())
         .collect()
-}
-
-/// A `call` step: one child run, or one per `parallel` item.
-async fn call<S: Store + 'static, E: Executor + 'static>(
-    env: &StepEnv<S, E>,
-    step: &Step,
-    record: &mut StepRecord,
-) -> Result<i32, String> {
-    let Action::Call(call) = &step.action else {
-        return Ok(0);
-    };
-    let name = env.scope.expand(&call.dag, true);
-    let child = find_dag(env, &name)
-        .map(Arc::new)
-        .ok_or_else(|| format!("sub-DAG `{name}` not found (no document or file named {name})"))?;
-    let items: Vec<(String, String)> = match &call.parallel {
-        None => vec![(env.scope.expand(&call.params, true), String::new())],
-        Some(p) => parallel_items(env, &p.items, &call.params)?,
-    };
-    let limit = call
-        .parallel
-        .as_ref()
-        .map_or(1, |p| p.max_concurrent as usize);
-    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
-    let mut tasks = Vec::new();
-    for (params, item) in items {
-        let (engine, child, locals, parent, cancel, sem) = (
-            env.engine.clone(),
-            child.clone(),
-            env.locals.clone(),
-            env.attempt.clone(),
-            env.cancel.clone(),
-            sem.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let values = trellis_spec::resolve_params(&child, Some(&params), &[]).map_err(|e| {
-                e.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
-            let req = RunRequest {
-                dag: child,
-                locals,
-                params: values,
-                run_id: crate::new_run_id(),
-                parent: Some(parent),
-                retry: None,
-                queued: false,
-                env: if item.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![("ITEM".to_string(), item)]
-                },
-            };
-            engine
-                .run_boxed(req, cancel)
-                .await
-                .map_err(|e| e.to_string())
-        }));
-    }
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.map_err(|e| e.to_string())??);
-    }
-    record.children = results.iter().map(|r| r.run_id.clone()).collect();
-    let outputs: Vec<Value> = results
-        .iter()
-        .map(|r| serde_json::to_value(&r.outputs).unwrap_or_default())
-        .collect();
-    let value = match (&call.parallel, outputs.first()) {
-        (None, Some(o)) => serde_json::json!({"name": name, "outputs": o}),
-        _ => serde_json::json!({"name": name, "outputs": outputs}),
-    };
-    record.output = Some(value.to_string());
-    let statuses: Vec<Status> = results.iter().map(|r| r.status).collect();
-    if statuses.iter().all(|s| *s == Status::Succeeded) {
-        Ok(0)
-    } else if statuses
-        .iter()
-        .all(|s| matches!(s, Status::Succeeded | Status::PartiallySucceeded))
-    {
-        record.status = Status::PartiallySucceeded;
-        Ok(0)
-    } else {
-        let bad = results
-            .iter()
-            .find(|r| !matches!(r.status, Status::Succeeded | Status::PartiallySucceeded));
-        Err(format!(
-            "sub-DAG `{name}` {}: {}",
-            bad.map_or("failed", |r| r.status.as_str()),
-            bad.and_then(|r| r.error.clone()).unwrap_or_default()
-        ))
-    }
-}
-
-/// One child per item: its params, and the item itself (the child's `ITEM`). When the
-/// step has `params`, they are expanded with `${ITEM}` for each item; otherwise a
-/// `K=V ...` string or a map item is the child's params.
-fn parallel_items<S, E>(
-    env: &StepEnv<S, E>,
-    items: &trellis_core::ParallelItems,
-    params: &str,
-) -> Result<Vec<(String, String)>, String> {
-    let list = match items {
-        trellis_core::ParallelItems::List(list) => list.clone(),
-        trellis_core::ParallelItems::Variable(v) => {
-            let text = env.scope.expand(v, true);
-            serde_json::from_str::<Vec<Value>>(&text)
-                .map_err(|e| format!("parallel items `{v}` is not a JSON array: {e}"))?
-        }
-    };
-    Ok(list
-        .into_iter()
-        .map(|item| {
-            let text = json_path(&item, "").unwrap_or_default();
-            if !params.trim().is_empty() {
-                let mut scope = env.scope.clone();
-                scope.set_local("ITEM", text.clone());
-                return (scope.expand(params, true), text);
-            }
-            let own = match &item {
-                Value::String(s) if s.contains('=') => s.clone(),
-                Value::Object(m) => m
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", json_path(v, "").unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                _ => String::new(),
-            };
-            (own, text)
-        })
-        .collect())
-}
-
-fn find_dag<S, E>(env: &StepEnv<S, E>, name: &str) -> Option<trellis_core::Dag> {
-    if let Some(d) = env.locals.iter().find(|d| d.name == name) {
-        return Some(d.clone());
-    }
-    let dir = env.engine.opts.dags_dir.clone()?;
-    for ext in ["yaml", "yml"] {
-        let path = dir.join(format!("{name}.{ext}"));
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            return trellis_spec::load_str(&path.display().to_string(), &text)
-                .ok()
-                .map(|l| l.dag);
-        }
-    }
-    None
 }

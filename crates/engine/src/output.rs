@@ -1,0 +1,114 @@
+//! What a step publishes: the capped stdout, and object-form outputs taken from stdout,
+//! stderr or a file, decoded and selected.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use trellis_core::{OutputField, OutputSource, Step};
+
+use crate::StepEnv;
+
+pub(crate) fn out_text(path: &Path, max: usize) -> String {
+    read_capped(path, max)
+}
+
+/// Reads at most `max` bytes of a log file (the output cap), never the whole file.
+pub(crate) fn read_capped(path: &Path, max: usize) -> String {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    let _ = file.take(max as u64).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub(crate) fn matches(pattern: &str, text: &str) -> bool {
+    match pattern.strip_prefix("re:") {
+        Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(text)),
+        None => text.contains(pattern),
+    }
+}
+
+pub(crate) fn capture_fields<S, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    fields: &indexmap::IndexMap<String, OutputField>,
+    stdout: &str,
+    stderr: &str,
+) -> Result<Value, String> {
+    let mut out = serde_json::Map::new();
+    for (key, field) in fields {
+        let value = match field {
+            OutputField::Literal(v) => expand_json(env, v),
+            OutputField::Capture {
+                from,
+                path,
+                decode,
+                select,
+            } => {
+                let text = match from {
+                    OutputSource::Stdout => stdout.to_string(),
+                    OutputSource::Stderr => stderr.to_string(),
+                    OutputSource::File => {
+                        let rel = env.scope.expand(path.as_deref().unwrap_or_default(), true);
+                        let dir = step
+                            .working_dir
+                            .clone()
+                            .map(PathBuf::from)
+                            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+                        std::fs::read_to_string(dir.join(&rel))
+                            .map_err(|e| format!("output `{key}`: cannot read {rel}: {e}"))?
+                    }
+                };
+                let decoded = match decode {
+                    trellis_core::OutputDecode::Json => serde_json::from_str(&text)
+                        .map_err(|e| format!("output `{key}`: not JSON: {e}"))?,
+                    trellis_core::OutputDecode::Yaml => {
+                        let docs = trellis_spec::yaml::parse(&text)
+                            .map_err(|e| format!("output `{key}`: not YAML: {}", e.message))?;
+                        docs.first()
+                            .map_or(Value::Null, trellis_spec::yaml::Node::to_json)
+                    }
+                    _ => Value::String(text.trim().to_string()),
+                };
+                match select {
+                    Some(path) => select_json(&decoded, path)
+                        .ok_or_else(|| format!("output `{key}`: `{path}` selects nothing"))?,
+                    None => decoded,
+                }
+            }
+        };
+        out.insert(key.clone(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+pub(crate) fn select_json(value: &Value, path: &str) -> Option<Value> {
+    let mut cur = value;
+    for key in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|k| !k.is_empty())
+    {
+        cur = match cur {
+            Value::Object(m) => m.get(key)?,
+            Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}
+
+pub(crate) fn expand_json<S, E>(env: &StepEnv<S, E>, v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(env.scope.expand(s, true)),
+        Value::Array(items) => Value::Array(items.iter().map(|i| expand_json(env, i)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), expand_json(env, v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
