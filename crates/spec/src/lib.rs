@@ -14,6 +14,7 @@ pub use daggy::generated_steps;
 mod fields;
 mod graph;
 mod params;
+mod policy;
 mod schedule;
 pub mod schema;
 mod step;
