@@ -94,7 +94,10 @@ pub async fn run<C: Clock + 'static>(
         done: done_tx,
         tasks: Vec::new(),
     };
-    leader.catalog.refresh(&leader.opts.dags_dir);
+    // Loaded here for `recover`; report what does not load now, as `lead` sees no change.
+    if leader.catalog.refresh(&leader.opts.dags_dir) {
+        leader.report_invalid();
+    }
     if let Some(previous) = &lease.previous {
         leader.recover(previous.pid);
     }

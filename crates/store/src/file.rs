@@ -310,6 +310,21 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Renames a queue file that does not parse to `<name>.corrupt`, out of every later read
+/// (items are written whole by rename, so this is damage, not a write in progress).
+fn set_aside(path: &Path, why: &serde_json::Error) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let aside = PathBuf::from(aside);
+    if fs::rename(path, &aside).is_ok() {
+        eprintln!(
+            "queue: {}: not a valid queue item ({why}); moved aside to {}",
+            path.display(),
+            aside.display()
+        );
+    }
+}
+
 impl crate::Queue for FileStore {
     fn enqueue(&self, item: &crate::QueueItem) -> Result<()> {
         crate::check_name(&item.run_id)?;
@@ -334,10 +349,16 @@ impl crate::Queue for FileStore {
             Err(e) => return Err(io(&dir)(e)),
         };
         paths.sort();
-        Ok(paths
-            .iter()
-            .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
-            .collect())
+        let mut items = Vec::with_capacity(paths.len());
+        for path in &paths {
+            // Gone meanwhile: another process took the item.
+            let Ok(bytes) = fs::read(path) else { continue };
+            match serde_json::from_slice(&bytes) {
+                Ok(item) => items.push(item),
+                Err(e) => set_aside(path, &e),
+            }
+        }
+        Ok(items)
     }
 
     fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool> {
@@ -360,6 +381,32 @@ impl crate::Queue for FileStore {
 mod tests {
     use super::*;
     use trellis_core::status::{Status, StepRecord};
+
+    #[test]
+    fn a_corrupt_queue_item_is_set_aside() {
+        use crate::Queue;
+        let home = tempfile::tempdir().unwrap();
+        let store = FileStore::new(home.path());
+        let item = crate::QueueItem {
+            queue: "q".into(),
+            dag_name: "etl".into(),
+            run_id: "r1".into(),
+            file: "etl.yaml".into(),
+            params: None,
+            priority: 0,
+            queued_at: "2026-11-22T16:00:00Z".into(),
+            tags: Default::default(),
+            scheduled_time: None,
+            queue_limit: None,
+        };
+        store.enqueue(&item).unwrap();
+        let dir = home.path().join("data/queue/q");
+        fs::write(dir.join("item_0_0_bad.json"), "{not json").unwrap();
+        assert_eq!(store.items("q").unwrap(), vec![item.clone()]);
+        assert!(dir.join("item_0_0_bad.json.corrupt").exists());
+        assert!(!dir.join("item_0_0_bad.json").exists());
+        assert_eq!(store.items("q").unwrap(), vec![item]);
+    }
 
     #[test]
     fn a_torn_last_line_is_ignored() {
