@@ -105,6 +105,13 @@ pub struct RunRecord {
     pub root: Option<String>,
     pub parent: Option<String>,
     pub log_file: Option<String>,
+    /// Started from a queue (by a scheduler), so a scheduler may recover it if its process
+    /// dies.
+    #[serde(default)]
+    pub queued: bool,
+    /// When the run entered a queue (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<String>,
 }
 
 /// Dagu's final-status rule for a run whose steps have all settled.

@@ -98,9 +98,13 @@ pub async fn run<C: Clock + 'static>(
     if leader.catalog.refresh(&leader.opts.dags_dir) {
         leader.report_invalid();
     }
-    if let Some(previous) = &lease.previous {
-        leader.recover(previous.pid);
-    }
+    leader.recover(
+        lease
+            .previous
+            .as_ref()
+            .map(|p| p.pid)
+            .filter(|p| *p != std::process::id()),
+    );
     leader.lead(done_rx, shutdown).await;
     drop(lease);
     Ok(())
@@ -139,63 +143,139 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Runs the previous leader was executing when it died are recorded as failed and
     /// queued again as a new attempt, so a killed scheduler never leaves a run stuck.
-    /// Holding the lock proves the previous leader is gone: a leader that stops cleanly
-    /// finishes or cancels its runs before it lets go, so anything still "running" under
-    /// its pid was cut off.
-    fn recover(&mut self, dead_pid: u32) {
-        if dead_pid == std::process::id() {
-            return;
-        }
+    /// Makes sure nothing a dead leader left half-done is lost: runs it was executing
+    /// (recorded as running under a pid that is gone — holding the lock proves the previous
+    /// leader is) are failed and queued again; queued runs whose queue item is missing (taken
+    /// just before a crash) get it back; a claimed tick whose run was never written is
+    /// enqueued.
+    fn recover(&mut self, previous_pid: Option<u32>) {
         let entries: Vec<(Dag, PathBuf)> = self
             .catalog
             .entries
             .iter()
             .filter_map(|e| e.dag.as_ref().ok().map(|d| (d.clone(), e.path.clone())))
             .collect();
-        for (dag, path) in entries {
-            for mut run in self.store.list(&dag.name, 50).unwrap_or_default() {
-                if run.status.is_final()
-                    || run.status == Status::Queued
-                    || run.pid != Some(dead_pid)
-                {
-                    continue;
-                }
-                run.status = Status::Failed;
-                run.error = Some("process died (its scheduler was killed); queued again".into());
-                if let Ok(attempt) = self.store.retry_attempt(&dag.name, &run.run_id) {
-                    let _ = self
-                        .store
-                        .append(&attempt, &Entry::Snapshot(Box::new(run.clone())));
-                }
-                let scheduled_time = run
-                    .run_id
-                    .strip_prefix("sched-")
-                    .and_then(|s| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s).ok())
-                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-                    .map(|z| z.timestamp());
-                let params = (!run.params.is_empty()).then(|| run.params.join(" "));
-                let req = Enqueue {
-                    dag: &dag,
-                    file: &path,
-                    run_id: run.run_id.clone(),
-                    params,
-                    tags: Default::default(),
-                    priority: 0,
-                    scheduled_time,
-                    queue: None,
-                    queue_limit: None,
-                };
-                match queueing::enqueue(&self.store, req) {
-                    Ok(_) => eprintln!(
-                        "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
-                        run.run_id, dag.name
-                    ),
-                    Err(e) => eprintln!(
-                        "scheduler: cannot re-queue orphaned run {}: {e}",
-                        run.run_id
-                    ),
+        let in_queues: std::collections::HashSet<String> =
+            self.queued_items().into_iter().map(|i| i.run_id).collect();
+        for (dag, path) in &entries {
+            for run in self.store.list(&dag.name, 50).unwrap_or_default() {
+                let orphaned = run.status == Status::Running
+                    && run.queued
+                    && run
+                        .pid
+                        .is_some_and(|p| Some(p) == previous_pid || !alive(p));
+                // An enqueue writes the record just before the queue item: only a run queued
+                // well before this scheduler took over can have lost its item.
+                let settled = run
+                    .queued_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_some_and(|t| Timestamp::now().duration_since(t).as_secs() >= 10);
+                let lost_item =
+                    run.status == Status::Queued && settled && !in_queues.contains(&run.run_id);
+                if orphaned || lost_item {
+                    self.requeue(dag, path, run, orphaned);
                 }
             }
+            if let Some(at) = ticks::last(&self.data, &dag.name)
+                .filter(|at| !ticks::skipped(&self.data, &dag.name, *at))
+                && matches!(
+                    self.store.find(&dag.name, &queueing::scheduled_run_id(at)),
+                    Ok(None)
+                )
+            {
+                eprintln!(
+                    "scheduler: tick {at} of {} was claimed but never queued; queuing it",
+                    dag.name
+                );
+                self.enqueue_tick(dag, path, at);
+            }
+        }
+    }
+
+    fn requeue(
+        &self,
+        dag: &Dag,
+        path: &std::path::Path,
+        mut run: trellis_core::status::RunRecord,
+        orphaned: bool,
+    ) {
+        let scheduled_time = run
+            .run_id
+            .strip_prefix("sched-")
+            .and_then(|s| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s).ok())
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp());
+        if orphaned {
+            run.status = Status::Failed;
+            run.error = Some("process died (its scheduler was killed); queued again".into());
+            if let Ok(attempt) = self.store.retry_attempt(&dag.name, &run.run_id) {
+                let _ = self
+                    .store
+                    .append(&attempt, &Entry::Snapshot(Box::new(run.clone())));
+            }
+            let params = (!run.params.is_empty()).then(|| run.params.join(" "));
+            let req = Enqueue {
+                dag,
+                file: path,
+                run_id: run.run_id.clone(),
+                params,
+                tags: Default::default(),
+                priority: 0,
+                scheduled_time,
+                queue: None,
+                queue_limit: None,
+            };
+            match queueing::enqueue(&self.store, req) {
+                Ok(_) => eprintln!(
+                    "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
+                    run.run_id, dag.name
+                ),
+                Err(e) => eprintln!(
+                    "scheduler: cannot re-queue orphaned run {}: {e}",
+                    run.run_id
+                ),
+            }
+            return;
+        }
+        let item = QueueItem {
+            queue: dag.queue.clone().unwrap_or_else(|| dag.name.clone()),
+            dag_name: dag.name.clone(),
+            run_id: run.run_id.clone(),
+            file: path.display().to_string(),
+            params: (!run.params.is_empty()).then(|| run.params.join(" ")),
+            priority: 0,
+            queued_at: Timestamp::now().to_string(),
+            tags: dag.labels.clone(),
+            scheduled_time: scheduled_time.map(|t| t.to_string()),
+            queue_limit: None,
+        };
+        match self.store.enqueue(&item) {
+            Ok(()) => eprintln!(
+                "scheduler: queued run {} of {} had lost its queue item; restored",
+                run.run_id, dag.name
+            ),
+            Err(e) => eprintln!(
+                "scheduler: cannot restore the queue item of run {}: {e}",
+                run.run_id
+            ),
+        }
+    }
+
+    fn enqueue_tick(&self, dag: &Dag, path: &std::path::Path, at: Timestamp) {
+        let req = Enqueue {
+            dag,
+            file: path,
+            run_id: queueing::scheduled_run_id(at),
+            params: None,
+            tags: Default::default(),
+            priority: 0,
+            scheduled_time: Some(at),
+            queue: None,
+            queue_limit: None,
+        };
+        if let Err(e) = queueing::enqueue(&self.store, req) {
+            eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
         }
     }
 
@@ -299,22 +379,10 @@ impl<C: Clock + 'static> Leader<C> {
                 "scheduler: {} at {at}: skipped, already succeeded since the previous tick",
                 dag.name
             );
+            ticks::mark_skipped(&self.data, &dag.name, at);
             return;
         }
-        let req = Enqueue {
-            dag,
-            file: path,
-            run_id: queueing::scheduled_run_id(at),
-            params: None,
-            tags: Default::default(),
-            priority: 0,
-            scheduled_time: Some(at),
-            queue: None,
-            queue_limit: None,
-        };
-        if let Err(e) = queueing::enqueue(&self.store, req) {
-            eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
-        }
+        self.enqueue_tick(dag, path, at);
     }
 
     /// `skip_if_successful`: the latest run succeeded after the previous tick (`since`).
@@ -408,6 +476,16 @@ impl<C: Clock + 'static> Leader<C> {
             .remove_item(&item.queue, &item.run_id)
             .unwrap_or(false)
         {
+            return;
+        }
+        // A run that is no longer queued (a stale duplicate item) must not run twice.
+        if let Ok(Some(run)) = self.store.find(&item.dag_name, &item.run_id)
+            && run.status != Status::Queued
+        {
+            eprintln!(
+                "scheduler: run {} of {} is {}, not queued; its queue item was dropped",
+                item.run_id, item.dag_name, run.status
+            );
             return;
         }
         let dag = match self.definition(item) {
@@ -547,6 +625,12 @@ pub fn due_times(list: &[Schedule], from: Timestamp, to: Timestamp) -> Vec<Times
     due.sort();
     due.dedup();
     due
+}
+
+/// A process that exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
 }
 
 /// Wakes the queue pass when a queue file appears (another process enqueued).

@@ -61,6 +61,7 @@ pub fn enqueue(store: &FileStore, req: Enqueue) -> trellis_store::Result<Outcome
             })
             .collect(),
         params: req.params.iter().cloned().collect(),
+        queued_at: Some(jiff::Timestamp::now().to_string()),
         ..RunRecord::default()
     };
     store.append(&attempt, &Entry::Snapshot(Box::new(record)))?;

@@ -33,6 +33,16 @@ pub fn claim(data: &Path, dag: &str, at: Timestamp) -> std::io::Result<bool> {
     }
 }
 
+/// Notes that a claimed tick deliberately started no run (`skip_if_successful`), so that
+/// recovery does not mistake it for a tick lost in a crash.
+pub fn mark_skipped(data: &Path, dag: &str, at: Timestamp) {
+    let _ = fs::write(dag_dir(data, dag).join(stamp(at)), "skipped");
+}
+
+pub fn skipped(data: &Path, dag: &str, at: Timestamp) -> bool {
+    fs::read_to_string(dag_dir(data, dag).join(stamp(at))).is_ok_and(|s| s == "skipped")
+}
+
 /// The latest tick claimed for a DAG.
 pub fn last(data: &Path, dag: &str) -> Option<Timestamp> {
     let names = fs::read_dir(dag_dir(data, dag)).ok()?;
