@@ -996,3 +996,36 @@ fn a_corrupt_queue_file_is_set_aside() {
     );
     s.stop_all();
 }
+
+#[test]
+fn dag_retry_policy_reruns_a_failed_run() {
+    let env = Env::new();
+    let file = env.write_dag(
+        "flaky.yaml",
+        r#"name: flaky
+retry_policy:
+  limit: 2
+  interval_sec: 0
+steps:
+  - command: echo x >> "$TRELLIS_TEST_DIR/count"; test "$(wc -l < "$TRELLIS_TEST_DIR/count")" -ge 3
+"#,
+    );
+    let mut s = Schedulers::new(&env);
+    s.start(None);
+    let id = env.enqueue(&file, &[]);
+    // Attempts 1 and 2 fail (each briefly final), the second automatic re-run succeeds.
+    let run = poll(Duration::from_secs(20), || {
+        env.status("flaky", &id)
+            .filter(|r| status_of(r) == "succeeded")
+    })
+    .unwrap_or_else(|| panic!("the run never succeeded\n{}", s.logs()));
+    assert_eq!(run["run_id"], id.as_str());
+    assert_eq!(
+        fs::read_to_string(env.path("count"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    s.stop_all();
+}

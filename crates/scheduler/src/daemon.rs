@@ -51,6 +51,9 @@ struct Leader<C> {
     started: Timestamp,
     done: mpsc::UnboundedSender<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// DAG-level `retry_policy`: re-runs due, and how many each run has had.
+    retries: Vec<(Timestamp, String, String)>,
+    retried: HashMap<String, u32>,
 }
 
 /// Runs until `shutdown`: as a follower until the lease is free, then as the leader.
@@ -93,6 +96,8 @@ pub async fn run<C: Clock + 'static>(
         started,
         done: done_tx,
         tasks: Vec::new(),
+        retries: Vec::new(),
+        retried: HashMap::new(),
     };
     // Loaded here for `recover`; report what does not load now, as `lead` sees no change.
     if leader.catalog.refresh(&leader.opts.dags_dir) {
@@ -124,11 +129,12 @@ impl<C: Clock + 'static> Leader<C> {
             }
             let now = self.clock.now();
             self.fire_due(now);
+            self.retry_due(now);
             self.process_queue(now);
             let wait = self.until_next_tick(now);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                Some(run_id) = done.recv() => { self.active.remove(&run_id); }
+                Some(run_id) = done.recv() => self.finished(&run_id),
                 Some(()) = wake.recv() => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -200,12 +206,7 @@ impl<C: Clock + 'static> Leader<C> {
         mut run: trellis_core::status::RunRecord,
         orphaned: bool,
     ) {
-        let scheduled_time = run
-            .run_id
-            .strip_prefix("sched-")
-            .and_then(|s| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s).ok())
-            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-            .map(|z| z.timestamp());
+        let scheduled_time = scheduled_time_of(&run.run_id);
         if orphaned {
             run.status = Status::Failed;
             run.error = Some("process died (its scheduler was killed); queued again".into());
@@ -276,6 +277,73 @@ impl<C: Clock + 'static> Leader<C> {
         };
         if let Err(e) = queueing::enqueue(&self.store, req) {
             eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
+        }
+    }
+
+    /// A run ended: its slot frees, and a failed run of a DAG with a `retry_policy` is due
+    /// again after the policy's interval (with backoff), up to its limit.
+    fn finished(&mut self, run_id: &str) {
+        let Some(active) = self.active.remove(run_id) else {
+            return;
+        };
+        let Some(Ok(dag)) = self.catalog.find(&active.slot.dag).map(|e| e.dag.clone()) else {
+            return;
+        };
+        let Some(policy) = &dag.retry_policy else {
+            return;
+        };
+        let failed = matches!(self.store.find(&dag.name, run_id), Ok(Some(run)) if run.status == Status::Failed);
+        let count = self.retried.get(run_id).copied().unwrap_or(0);
+        if !failed || count >= policy.limit {
+            return;
+        }
+        let mut wait = policy.interval_sec * policy.backoff.unwrap_or(1.0).powi(count as i32);
+        if let Some(max) = policy.max_interval_sec {
+            wait = wait.min(max);
+        }
+        let due = self.clock.now() + jiff::SignedDuration::from_secs_f64(wait.max(0.0));
+        eprintln!(
+            "scheduler: run {run_id} of {} failed; retry {} of {} at {due}",
+            dag.name,
+            count + 1,
+            policy.limit
+        );
+        self.retried.insert(run_id.to_string(), count + 1);
+        self.retries
+            .push((due, dag.name.clone(), run_id.to_string()));
+    }
+
+    fn retry_due(&mut self, now: Timestamp) {
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.retries.drain(..).partition(|(at, _, _)| *at <= now);
+        self.retries = later;
+        for (_, name, run_id) in due {
+            let Some(entry) = self.catalog.find(&name).cloned() else {
+                continue;
+            };
+            let Ok(dag) = &entry.dag else { continue };
+            let params = self
+                .store
+                .find(&name, &run_id)
+                .ok()
+                .flatten()
+                .filter(|r| !r.params.is_empty())
+                .map(|r| r.params.join(" "));
+            let scheduled_time = scheduled_time_of(&run_id);
+            let req = Enqueue {
+                dag,
+                file: &entry.path,
+                run_id,
+                params,
+                tags: Default::default(),
+                priority: 0,
+                scheduled_time,
+                queue: None,
+                queue_limit: None,
+            };
+            if let Err(e) = queueing::enqueue(&self.store, req) {
+                eprintln!("scheduler: cannot queue the retry of a run of {name}: {e}");
+            }
         }
     }
 
@@ -625,6 +693,16 @@ pub fn due_times(list: &[Schedule], from: Timestamp, to: Timestamp) -> Vec<Times
     due.sort();
     due.dedup();
     due
+}
+
+/// The logical time of a scheduled run, from its id (`sched-<time>`).
+fn scheduled_time_of(run_id: &str) -> Option<Timestamp> {
+    let stamp = run_id.strip_prefix("sched-")?;
+    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp).ok()?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 /// A process that exists and is not a zombie.
