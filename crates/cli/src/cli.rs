@@ -51,6 +51,10 @@ pub enum Command {
     /// Fire schedules and start queued runs within the configured limits. Several may run
     /// on the same data dir: one leads, the others take over within seconds if it dies.
     Scheduler(SchedulerArgs),
+    /// Run every Trellis service in one process. Today that is the scheduler (with the
+    /// same flags); the web server and the coordinator join it as they land.
+    #[command(name = "start-all")]
+    StartAll(SchedulerArgs),
     /// List the DAGs in the dags dir with their validity, last run and next run.
     Dags(DagsArgs),
     /// Queue one run per scheduled time in a range (the scheduler starts them).

@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Enqueue(a) => queue::enqueue(&a),
         Command::Dequeue(a) => queue::dequeue(&a),
         Command::Cleanup(a) => manage::cleanup(&a),
-        Command::Scheduler(a) => schedule::scheduler(&a),
+        Command::Scheduler(a) | Command::StartAll(a) => schedule::scheduler(&a),
         Command::Dags(a) => schedule::dags(&a),
         Command::Backfill(a) => schedule::backfill(&a),
         Command::Schema => {
