@@ -165,6 +165,14 @@ impl Scope {
 
 /// `a.b.0.c` into a JSON value; strings come back unquoted.
 pub fn json_path(value: &Value, path: &str) -> Option<String> {
+    Some(match select_json(value, path)? {
+        Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+/// The value at `.a.b.0` inside `value`.
+pub fn select_json(value: &Value, path: &str) -> Option<Value> {
     let mut cur = value;
     for key in path
         .trim_start_matches('.')
@@ -177,10 +185,7 @@ pub fn json_path(value: &Value, path: &str) -> Option<String> {
             _ => return None,
         };
     }
-    Some(match cur {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    })
+    Some(cur.clone())
 }
 
 /// `${VAR:offset:length}` in characters.

@@ -7,6 +7,7 @@ use serde_json::Value;
 use trellis_core::{OutputField, OutputSource, Step};
 
 use crate::StepEnv;
+use crate::expand::select_json;
 
 pub(crate) fn out_text(path: &Path, max: usize) -> String {
     read_capped(path, max)
@@ -82,22 +83,6 @@ pub(crate) fn capture_fields<S, E>(
         out.insert(key.clone(), value);
     }
     Ok(Value::Object(out))
-}
-
-pub(crate) fn select_json(value: &Value, path: &str) -> Option<Value> {
-    let mut cur = value;
-    for key in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|k| !k.is_empty())
-    {
-        cur = match cur {
-            Value::Object(m) => m.get(key)?,
-            Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur.clone())
 }
 
 pub(crate) fn expand_json<S, E>(env: &StepEnv<S, E>, v: &Value) -> Value {

@@ -43,3 +43,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
+
+/// Cancels `token` on SIGINT (Ctrl-C) or SIGTERM, so that runs stop cleanly.
+pub fn cancel_on_signals(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+}

@@ -99,19 +99,7 @@ pub fn execute(
         };
         let engine = Engine::new(store, Arc::new(Local), opts);
         let cancel = CancellationToken::new();
-        let on_signal = cancel.clone();
-        tokio::spawn(async move {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            on_signal.cancel();
-        });
+        super::cancel_on_signals(cancel.clone());
         let req = RunRequest {
             locals: Arc::new(dag.local_dags.clone()),
             dag: dag.clone(),

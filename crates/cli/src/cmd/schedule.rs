@@ -67,19 +67,7 @@ pub fn scheduler(args: &SchedulerArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            on_signal.cancel();
-        });
+        super::cancel_on_signals(shutdown.clone());
         daemon::run(opts, Arc::new(SystemClock), shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
