@@ -114,6 +114,56 @@ pub struct RunRecord {
     pub queued_at: Option<String>,
 }
 
+impl RunRecord {
+    /// A record for a new attempt of `dag`: every step not started yet.
+    pub fn new(dag: &crate::Dag, run_id: &str, attempt_id: &str, status: Status) -> RunRecord {
+        RunRecord {
+            name: dag.name.clone(),
+            run_id: run_id.to_string(),
+            attempt_id: attempt_id.to_string(),
+            status,
+            steps: dag
+                .steps
+                .iter()
+                .map(|s| StepRecord {
+                    name: s.name.clone(),
+                    ..StepRecord::default()
+                })
+                .collect(),
+            ..RunRecord::default()
+        }
+    }
+
+    /// The params the run was started with (`K=V` named, the rest positional), to start
+    /// it again the same way.
+    pub fn param_values(&self) -> Vec<crate::params::ParamValue> {
+        let mut position = 0;
+        self.params
+            .iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if crate::params::is_identifier(k) => crate::params::ParamValue {
+                    name: k.into(),
+                    value: v.into(),
+                    positional: false,
+                },
+                _ => {
+                    position += 1;
+                    crate::params::ParamValue {
+                        name: position.to_string(),
+                        value: p.clone(),
+                        positional: true,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The params as one `--params` string (quoted where needed), if there are any.
+    pub fn params_text(&self) -> Option<String> {
+        (!self.params.is_empty()).then(|| crate::params::render(&self.param_values()))
+    }
+}
+
 /// Dagu's final-status rule for a run whose steps have all settled.
 ///
 /// Failed (without continue_on) wins; then waiting; the run is partially succeeded only

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use trellis_core::status::{RunRecord, Status, StepRecord};
+use trellis_core::status::{RunRecord, Status};
 use trellis_core::{Dag, Output};
 use trellis_store::Attempt;
 
@@ -11,19 +11,6 @@ use crate::{Retry, RunRequest, Scope, StepVars, now};
 
 pub(crate) fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
     RunRecord {
-        name: req.dag.name.clone(),
-        run_id: req.run_id.clone(),
-        attempt_id: attempt.attempt_id.clone(),
-        status: Status::Running,
-        steps: req
-            .dag
-            .steps
-            .iter()
-            .map(|s| StepRecord {
-                name: s.name.clone(),
-                ..StepRecord::default()
-            })
-            .collect(),
         params: req
             .params
             .iter()
@@ -41,7 +28,7 @@ pub(crate) fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
         parent: req.parent.as_ref().map(|p| p.run_id.clone()),
         root: req.parent.as_ref().map(|p| p.root_run_id.clone()),
         log_file: Some(attempt.log_dir.join("run.log").display().to_string()),
-        ..RunRecord::default()
+        ..RunRecord::new(&req.dag, &req.run_id, &attempt.attempt_id, Status::Running)
     }
 }
 

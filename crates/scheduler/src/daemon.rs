@@ -215,17 +215,11 @@ impl<C: Clock + 'static> Leader<C> {
                     .store
                     .append(&attempt, &Entry::Snapshot(Box::new(run.clone())));
             }
-            let params = (!run.params.is_empty()).then(|| run.params.join(" "));
+            let params = run.params_text();
             let req = Enqueue {
-                dag,
-                file: path,
-                run_id: run.run_id.clone(),
                 params,
-                tags: Default::default(),
-                priority: 0,
                 scheduled_time,
-                queue: None,
-                queue_limit: None,
+                ..Enqueue::new(dag, path, run.run_id.clone())
             };
             match queueing::enqueue(&self.store, req) {
                 Ok(_) => eprintln!(
@@ -244,7 +238,7 @@ impl<C: Clock + 'static> Leader<C> {
             dag_name: dag.name.clone(),
             run_id: run.run_id.clone(),
             file: path.display().to_string(),
-            params: (!run.params.is_empty()).then(|| run.params.join(" ")),
+            params: run.params_text(),
             priority: 0,
             queued_at: Timestamp::now().to_string(),
             tags: dag.labels.clone(),
@@ -265,15 +259,8 @@ impl<C: Clock + 'static> Leader<C> {
 
     fn enqueue_tick(&self, dag: &Dag, path: &std::path::Path, at: Timestamp) {
         let req = Enqueue {
-            dag,
-            file: path,
-            run_id: queueing::scheduled_run_id(at),
-            params: None,
-            tags: Default::default(),
-            priority: 0,
             scheduled_time: Some(at),
-            queue: None,
-            queue_limit: None,
+            ..Enqueue::new(dag, path, queueing::scheduled_run_id(at))
         };
         if let Err(e) = queueing::enqueue(&self.store, req) {
             eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
@@ -327,19 +314,12 @@ impl<C: Clock + 'static> Leader<C> {
                 .find(&name, &run_id)
                 .ok()
                 .flatten()
-                .filter(|r| !r.params.is_empty())
-                .map(|r| r.params.join(" "));
+                .and_then(|r| r.params_text());
             let scheduled_time = scheduled_time_of(&run_id);
             let req = Enqueue {
-                dag,
-                file: &entry.path,
-                run_id,
                 params,
-                tags: Default::default(),
-                priority: 0,
                 scheduled_time,
-                queue: None,
-                queue_limit: None,
+                ..Enqueue::new(dag, &entry.path, run_id)
             };
             if let Err(e) = queueing::enqueue(&self.store, req) {
                 eprintln!("scheduler: cannot queue the retry of a run of {name}: {e}");

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use indexmap::IndexMap;
 use trellis_core::Dag;
-use trellis_core::status::{RunRecord, Status, StepRecord};
+use trellis_core::status::{RunRecord, Status};
 use trellis_store::{Entry, FileStore, Queue, QueueItem, Store};
 
 /// What to enqueue.
@@ -21,6 +21,23 @@ pub struct Enqueue<'a> {
     /// Queue name; default the DAG's `queue`, else its name.
     pub queue: Option<String>,
     pub queue_limit: Option<usize>,
+}
+
+impl<'a> Enqueue<'a> {
+    /// A run of `dag` with no params, tags or priority, in the DAG's own queue.
+    pub fn new(dag: &'a Dag, file: &'a Path, run_id: String) -> Enqueue<'a> {
+        Enqueue {
+            dag,
+            file,
+            run_id,
+            params: None,
+            tags: IndexMap::new(),
+            priority: 0,
+            scheduled_time: None,
+            queue: None,
+            queue_limit: None,
+        }
+    }
 }
 
 /// What happened to an enqueue request.
@@ -47,22 +64,9 @@ pub fn enqueue(store: &FileStore, req: Enqueue) -> trellis_store::Result<Outcome
     };
     store.save_definition(&attempt, req.dag)?;
     let record = RunRecord {
-        name: req.dag.name.clone(),
-        run_id: req.run_id.clone(),
-        attempt_id: attempt.attempt_id.clone(),
-        status: Status::Queued,
-        steps: req
-            .dag
-            .steps
-            .iter()
-            .map(|s| StepRecord {
-                name: s.name.clone(),
-                ..StepRecord::default()
-            })
-            .collect(),
         params: req.params.iter().cloned().collect(),
         queued_at: Some(jiff::Timestamp::now().to_string()),
-        ..RunRecord::default()
+        ..RunRecord::new(req.dag, &req.run_id, &attempt.attempt_id, Status::Queued)
     };
     store.append(&attempt, &Entry::Snapshot(Box::new(record)))?;
     let file = std::fs::canonicalize(req.file).unwrap_or_else(|_| req.file.to_path_buf());

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use trellis_core::Dag;
-use trellis_core::params::{ParamValue, is_identifier};
 use trellis_core::status::{RunRecord, Status};
 use trellis_store::{FileStore, Store};
 
@@ -65,29 +64,6 @@ pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The params a run was started with, to start it again the same way.
-fn previous_params(run: &RunRecord) -> Vec<ParamValue> {
-    let mut position = 0;
-    run.params
-        .iter()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if is_identifier(k) => ParamValue {
-                name: k.into(),
-                value: v.into(),
-                positional: false,
-            },
-            _ => {
-                position += 1;
-                ParamValue {
-                    name: position.to_string(),
-                    value: p.clone(),
-                    positional: true,
-                }
-            }
-        })
-        .collect()
-}
-
 /// The DAG of a run: the file named on the command line, else the stored definition.
 fn definition(store: &FileStore, target: &str, run: &RunRecord) -> anyhow::Result<Option<Dag>> {
     if Path::new(target).is_file() {
@@ -122,7 +98,7 @@ pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("DAG {} has no step named `{step}`", dag.name);
     }
-    let params = previous_params(&previous);
+    let params = previous.param_values();
     let retry = trellis_engine::Retry {
         previous: previous.clone(),
         from_step: args.step.clone(),
@@ -149,7 +125,7 @@ pub fn restart(args: &RunTarget) -> anyhow::Result<ExitCode> {
     };
     let record = execute(
         std::sync::Arc::new(dag),
-        previous_params(&previous),
+        previous.param_values(),
         trellis_engine::new_run_id(),
         None,
         dags_dir(&args.target),

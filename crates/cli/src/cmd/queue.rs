@@ -27,15 +27,11 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(trellis_engine::new_run_id);
     let req = Enqueue {
-        dag: &dag,
-        file: &args.file,
-        run_id: run_id.clone(),
         params: args.params.clone(),
         tags: run_tags(args.tags.as_deref()),
         priority: args.priority,
-        scheduled_time: None,
         queue: args.queue.clone(),
-        queue_limit: None,
+        ..Enqueue::new(&dag, &args.file, run_id.clone())
     };
     match queueing::enqueue(&store, req)? {
         Outcome::Queued => {

@@ -131,15 +131,10 @@ pub fn backfill(args: &BackfillArgs) -> anyhow::Result<ExitCode> {
     let (mut queued, mut kept) = (0, 0);
     for at in times {
         let req = Enqueue {
-            dag,
-            file: &entry.path,
-            run_id: queueing::scheduled_run_id(at),
-            params: None,
-            tags: Default::default(),
-            priority: 0,
             scheduled_time: Some(at),
             queue: Some(format!("backfill-{}", dag.name)),
             queue_limit: Some(args.max_concurrent),
+            ..Enqueue::new(dag, &entry.path, queueing::scheduled_run_id(at))
         };
         match queueing::enqueue(&store, req)? {
             Outcome::Queued => queued += 1,
