@@ -51,10 +51,21 @@ pub enum Command {
     /// Fire schedules and start queued runs within the configured limits. Several may run
     /// on the same data dir: one leads, the others take over within seconds if it dies.
     Scheduler(SchedulerArgs),
-    /// Run every Trellis service in one process. Today that is the scheduler (with the
-    /// same flags); the web server and the coordinator join it as they land.
+    /// Serve the web UI, the REST API (/api/v2), health checks and metrics.
+    ///
+    /// Listens on 127.0.0.1:8080 by default; it refuses a non-loopback address unless
+    /// authentication is configured or --insecure-no-auth is given.
+    Server(ServerArgs),
+    /// Run every Trellis service in one process: the scheduler and the web server (the
+    /// coordinator joins them when it lands). Takes the flags of both.
     #[command(name = "start-all")]
-    StartAll(SchedulerArgs),
+    StartAll(StartAllArgs),
+    /// Manage API tokens for the server (`create` prints the token once; only its hash
+    /// is kept).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the webhook token of a DAG (`POST /api/v2/webhooks/<dag>`).
+    Webhook(WebhookArgs),
     /// List the DAGs in the dags dir with their validity, last run and next run.
     Dags(DagsArgs),
     /// Queue one run per scheduled time in a range (the scheduler starts them).
@@ -80,6 +91,74 @@ pub struct SchedulerArgs {
     /// Name of this scheduler in the lease file and logs (default hostname@pid).
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
+}
+
+/// Flags of the web server (also accepted by `start-all`).
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeFlags {
+    /// Address to listen on (default: the config's server.host, else 127.0.0.1).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks a free one (default: server.port, else 8080).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Serve under this path (e.g. /trellis) behind a reverse proxy.
+    #[arg(long, value_name = "PATH")]
+    pub path_prefix: Option<String>,
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow a non-loopback address with authentication off. Anyone who can reach the
+    /// port can then run commands on this machine.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    #[command(flatten)]
+    pub serve: ServeFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartAllArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    /// Name of the scheduler in the lease file and logs (default hostname@pid).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub serve: ServeFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new API token and print it (it cannot be shown again).
+    Create {
+        /// A name to recognise the token by (shown as the principal in logs).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// List tokens by name and role.
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebhookArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    /// The DAG the webhook starts.
+    pub dag: String,
 }
 
 #[derive(Debug, clap::Args)]

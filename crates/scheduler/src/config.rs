@@ -76,14 +76,7 @@ impl Default for SchedulerConfig {
 impl Config {
     /// Reads a YAML (or JSON) config file; errors name the file and the problem.
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let docs = trellis_spec::yaml::parse(&text).map_err(|e| {
-            let (line, col) = trellis_spec::diag::line_col(&text, e.span.offset);
-            format!("{}:{line}:{col}: {}", path.display(), e.message)
-        })?;
-        let json = docs
-            .first()
-            .map_or(serde_json::Value::Null, trellis_spec::yaml::Node::to_json);
+        let json = load_json(path)?;
         if json.is_null() {
             return Ok(Config::default());
         }
@@ -106,6 +99,18 @@ impl Config {
                 .collect(),
         }
     }
+}
+
+/// The config file as JSON, for the sections other crates read (`server`, `auth`).
+pub fn load_json(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let docs = trellis_spec::yaml::parse(&text).map_err(|e| {
+        let (line, col) = trellis_spec::diag::line_col(&text, e.span.offset);
+        format!("{}:{line}:{col}: {}", path.display(), e.message)
+    })?;
+    Ok(docs
+        .first()
+        .map_or(serde_json::Value::Null, trellis_spec::yaml::Node::to_json))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod manage;
 mod queue;
 mod run;
 mod schedule;
+mod server;
 mod validate;
 
 use std::path::Path;
@@ -28,7 +29,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Enqueue(a) => queue::enqueue(&a),
         Command::Dequeue(a) => queue::dequeue(&a),
         Command::Cleanup(a) => manage::cleanup(&a),
-        Command::Scheduler(a) | Command::StartAll(a) => schedule::scheduler(&a),
+        Command::Scheduler(a) => schedule::scheduler(&a),
+        Command::Server(a) => server::server(&a),
+        Command::StartAll(a) => server::start_all(&a),
+        Command::Token(c) => server::token(&c),
+        Command::Webhook(a) => server::webhook(&a),
         Command::Dags(a) => schedule::dags(&a),
         Command::Backfill(a) => schedule::backfill(&a),
         Command::Schema => {

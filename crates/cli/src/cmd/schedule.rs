@@ -40,32 +40,41 @@ pub fn dags_dir(setup: &Setup, config: &Config) -> PathBuf {
         .unwrap_or_else(|| home().join("dags"))
 }
 
-pub fn scheduler(args: &SchedulerArgs) -> anyhow::Result<ExitCode> {
-    let config = config(&args.setup)?;
-    let dags_dir = dags_dir(&args.setup, &config);
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("{host}@{}", std::process::id()));
+/// The scheduler's settings from the command line, env and config.
+pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daemon::Options> {
+    let config = config(setup)?;
+    let dags_dir = dags_dir(setup, &config);
+    let id = id.map_or_else(|| format!("{}@{}", hostname(), std::process::id()), str::to_string);
     eprintln!(
         "scheduler {id}: DAGs from {}, data in {}",
         dags_dir.display(),
         home().display()
     );
-    let opts = daemon::Options {
+    Ok(daemon::Options {
         home: home(),
         dags_dir,
         config,
         id,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    })
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A runtime for the long-running services; two workers match the machines we target.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    runtime.block_on(async {
+        .build()
+}
+
+pub fn scheduler(args: &SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let opts = scheduler_options(&args.setup, args.id.as_deref())?;
+    runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());
         daemon::run(opts, Arc::new(SystemClock), shutdown).await

@@ -1,0 +1,142 @@
+//! The Trellis web server: the REST API under `/api/v2` (described by an OpenAPI document
+//! generated from the handlers), Server-Sent Events for live updates, health checks,
+//! Prometheus metrics, authentication with roles, webhooks, and the server-rendered UI.
+//!
+//! The server keeps no state of its own beyond the store and the dags dir, so several may
+//! serve the same data side by side. Runs are started by launching the `trellis` binary
+//! (`Options::launcher`) as a detached process: a run outlives the server that started it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod state;
+pub mod ui;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+pub use state::App;
+
+/// Everything `trellis server` needs, resolved from flags, env and the config file.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub addr: SocketAddr,
+    /// Serve under this prefix (e.g. `/trellis`), for a reverse proxy; empty for `/`.
+    pub path_prefix: String,
+    pub home: PathBuf,
+    pub dags_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub auth: auth::Settings,
+    pub tls: Option<Tls>,
+    /// The `trellis` binary that runs, retries and stops runs.
+    pub launcher: PathBuf,
+    /// Allows listening on a non-loopback address with authentication off.
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// All routes, with authentication and the path prefix applied.
+pub fn router(app: Arc<App>) -> Router {
+    let routes = Router::new()
+        .merge(api::routes())
+        .merge(events::routes())
+        .merge(health::routes())
+        .merge(metrics::routes())
+        .merge(webhook::routes())
+        .merge(ui::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::middleware,
+        ))
+        .with_state(app.clone());
+    if app.path_prefix.is_empty() {
+        routes
+    } else {
+        Router::new().nest(&app.path_prefix, routes)
+    }
+}
+
+/// Refuses settings that would expose runs without authentication.
+pub fn check(opts: &Options) -> Result<(), String> {
+    if !opts.addr.ip().is_loopback() && !opts.auth.enabled() && !opts.insecure_no_auth {
+        return Err(format!(
+            "refusing to listen on {} without authentication: configure auth (see docs/CONFIG.md) \
+             or pass --insecure-no-auth",
+            opts.addr
+        ));
+    }
+    if !opts.path_prefix.is_empty()
+        && (!opts.path_prefix.starts_with('/') || opts.path_prefix.ends_with('/'))
+    {
+        return Err(format!(
+            "path prefix `{}` must start with `/` and not end with one",
+            opts.path_prefix
+        ));
+    }
+    Ok(())
+}
+
+/// Serves until `shutdown`; `bound` receives the address actually bound (useful with port 0).
+pub async fn serve(
+    opts: Options,
+    shutdown: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServeError> {
+    check(&opts).map_err(ServeError::Config)?;
+    let app = Arc::new(App::new(&opts).map_err(ServeError::Config)?);
+    let router = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let watcher = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        watcher.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let notify = handle.clone();
+    tokio::spawn(async move {
+        if let (Some(addr), Some(tx)) = (notify.listening().await, bound) {
+            let _ = tx.send(addr);
+        }
+    });
+    match &opts.tls {
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;
+            axum_server::bind_rustls(opts.addr, config)
+                .handle(handle)
+                .serve(router)
+                .await?
+        }
+        None => {
+            axum_server::bind(opts.addr)
+                .handle(handle)
+                .serve(router)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Errors of `serve`: bad settings (exit 2) or I/O such as a port in use (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,218 @@
+//! What every handler shares: the store, the dags dir, the settings and the launcher.
+//! Nothing here is state that another server replica would not see: runs, queues, tokens
+//! and the session secret all live in the data dir.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use hmac::{KeyInit, Mac};
+use trellis_scheduler::config::Config;
+use trellis_store::FileStore;
+
+use crate::Options;
+use crate::auth::{self, Principal, Role, Settings, TokenEntry};
+use crate::error::{Error, Result};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+pub struct App {
+    pub store: FileStore,
+    pub home: PathBuf,
+    pub data: PathBuf,
+    pub dags_dir: PathBuf,
+    pub config: Config,
+    pub auth: Settings,
+    pub launcher: PathBuf,
+    pub path_prefix: String,
+    pub started: Instant,
+    pub started_at: jiff::Timestamp,
+    pub tls: bool,
+    secret: Vec<u8>,
+    tokens: Mutex<(Option<SystemTime>, Vec<TokenEntry>)>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl App {
+    pub fn new(opts: &Options) -> std::result::Result<App, String> {
+        let config = match &opts.config_file {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let file = match &opts.config_file {
+            Some(path) => crate::config::FileConfig::load(path)?,
+            None => crate::config::FileConfig::default(),
+        };
+        let data = opts.home.join("data");
+        let secret = match &file.server.webhook_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => load_secret(&data).map_err(|e| format!("server secret: {e}"))?,
+        };
+        Ok(App {
+            store: FileStore::new(&opts.home),
+            home: opts.home.clone(),
+            data,
+            dags_dir: opts.dags_dir.clone(),
+            config,
+            auth: opts.auth.clone(),
+            launcher: opts.launcher.clone(),
+            path_prefix: opts.path_prefix.clone(),
+            started: Instant::now(),
+            started_at: jiff::Timestamp::now(),
+            tls: opts.tls.is_some(),
+            secret,
+            tokens: Mutex::new((None, Vec::new())),
+            metrics: crate::metrics::Metrics::default(),
+        })
+    }
+
+    /// The principal an API token belongs to (config tokens, then `trellis token` ones).
+    pub fn check_token(&self, token: &str) -> Option<Principal> {
+        if let Some(p) = auth::match_token(&self.auth.tokens, token) {
+            return Some(p);
+        }
+        let path = self.auth.tokens_file.as_ref()?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != mtime || mtime.is_none() {
+            *cache = (mtime, auth::read_tokens(path));
+        }
+        auth::match_token(&cache.1, token)
+    }
+
+    /// HMAC-SHA256 with the server secret, hex-encoded.
+    pub fn sign(&self, message: &str) -> String {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
+        mac.update(message.as_bytes());
+        auth::hex(&mac.finalize().into_bytes())
+    }
+
+    /// Checks a signature made by [`App::sign`], in constant time.
+    pub fn verify(&self, message: &str, signature: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.sign(message).as_bytes().ct_eq(signature.as_bytes()))
+    }
+
+    /// A session cookie value for the UI: `name|role|expiry|signature`.
+    pub fn make_session(&self, who: &Principal, ttl: std::time::Duration) -> String {
+        let expiry = jiff::Timestamp::now().as_second() + ttl.as_secs() as i64;
+        let body = format!("{}|{}|{expiry}", who.name, who.role.as_str());
+        let signature = self.sign(&format!("session|{body}"));
+        format!("{body}|{signature}")
+    }
+
+    pub fn check_session(&self, value: &str) -> Option<Principal> {
+        let (body, signature) = value.rsplit_once('|')?;
+        if !self.verify(&format!("session|{body}"), signature) {
+            return None;
+        }
+        let mut parts = body.split('|');
+        let (name, role, expiry) = (parts.next()?, parts.next()?, parts.next()?);
+        if expiry.parse::<i64>().ok()? < jiff::Timestamp::now().as_second() {
+            return None;
+        }
+        let role: Role = serde_json::from_value(serde_json::Value::String(role.into())).ok()?;
+        Some(Principal {
+            name: name.to_string(),
+            role,
+        })
+    }
+
+    /// The file of a DAG in the dags dir, after checking the name is one safe component.
+    pub fn dag_file(&self, name: &str) -> Result<PathBuf> {
+        trellis_store::check_name(name)?;
+        if name.contains(' ') || name.starts_with('.') {
+            return Err(Error::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_name",
+                format!("invalid DAG name `{name}`: use letters, digits, `-`, `_` and `.`"),
+            ));
+        }
+        for ext in ["yaml", "yml", "json"] {
+            let path = self.dags_dir.join(format!("{name}.{ext}"));
+            if path.is_file() {
+                return Ok(path);
+            }
+        }
+        Err(Error::not_found(format!("no DAG named `{name}`")))
+    }
+
+    /// Runs `trellis <args>` detached from the server (its own session, output discarded),
+    /// so the run outlives the server; returns without waiting.
+    pub fn launch(&self, args: &[String], env: &[(String, String)]) -> Result<()> {
+        let mut command = std::process::Command::new(&self.launcher);
+        command
+            .args(args)
+            .env("TRELLIS_HOME", &self.home)
+            .env("TRELLIS_DAGS_DIR", &self.dags_dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::internal(format!("cannot start {}: {e}", self.launcher.display())))?;
+        // Reap it in the background so it does not linger as a zombie.
+        std::thread::spawn(move || child.wait());
+        Ok(())
+    }
+
+    /// Runs `trellis <args>` and waits for it, returning its exit status and stderr.
+    pub async fn call(&self, args: &[String]) -> Result<(bool, String)> {
+        let output = tokio::process::Command::new(&self.launcher)
+            .args(args)
+            .env("TRELLIS_HOME", &self.home)
+            .env("TRELLIS_DAGS_DIR", &self.dags_dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::internal(format!("cannot run {}: {e}", self.launcher.display())))?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        Ok((output.status.success(), text.trim().to_string()))
+    }
+}
+
+/// The server secret in the data dir, made on first use (mode 0600); shared by every
+/// replica on the same data dir so sessions and webhook tokens work on all of them.
+fn load_secret(data: &Path) -> std::io::Result<Vec<u8>> {
+    let path = data.join("auth").join("secret.key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() >= 32
+    {
+        return Ok(bytes);
+    }
+    std::fs::create_dir_all(path.parent().unwrap_or(data))?;
+    let mut bytes = vec![0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_0600()
+        .open(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    // Another replica may have made one first: keep theirs.
+    match std::fs::hard_link(&tmp, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::read(&path)
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
