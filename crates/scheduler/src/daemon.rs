@@ -41,6 +41,8 @@ struct Active {
 
 struct Leader<C> {
     opts: Options,
+    /// Fencing token of this leader's lease.
+    token: u64,
     data: PathBuf,
     clock: Arc<C>,
     store: Arc<FileStore>,
@@ -86,6 +88,7 @@ pub async fn run<C: Clock + 'static>(
     let started = clock.now();
     let mut leader = Leader {
         opts,
+        token: lease.info.token,
         data,
         clock,
         store,
@@ -123,11 +126,13 @@ impl<C: Clock + 'static> Leader<C> {
     ) {
         let (wake_tx, mut wake) = mpsc::unbounded_channel::<()>();
         let _watcher = watch_queue(&self.data.join("queue"), wake_tx);
+        let mut last_beat = None;
         loop {
             if self.catalog.refresh(&self.opts.dags_dir) {
                 self.report_invalid();
             }
             let now = self.clock.now();
+            self.beat(now, &mut last_beat);
             self.fire_due(now);
             self.retry_due(now);
             self.process_queue(now);
@@ -351,6 +356,22 @@ impl<C: Clock + 'static> Leader<C> {
         wait.min(Duration::from_secs(1))
     }
 
+    /// Rewrites the heartbeat file at most every 5 s (the loop wakes at least every second).
+    fn beat(&self, now: Timestamp, last: &mut Option<Timestamp>) {
+        if last.is_some_and(|l| now.duration_since(l).as_secs() < 5) {
+            return;
+        }
+        let beat = crate::suspend::heartbeat::Heartbeat {
+            holder: self.opts.id.clone(),
+            token: self.token,
+            at: now.to_string(),
+        };
+        if let Err(e) = crate::suspend::heartbeat::write(&self.data, &beat) {
+            eprintln!("scheduler {}: cannot write heartbeat: {e}", self.opts.id);
+        }
+        *last = Some(now);
+    }
+
     /// Claims and enqueues every tick due since the last one, within the catch-up horizon.
     fn fire_due(&mut self, now: Timestamp) {
         let dags: Vec<(Dag, PathBuf)> = self
@@ -362,6 +383,15 @@ impl<C: Clock + 'static> Leader<C> {
             .collect();
         for (dag, path) in dags {
             let from = self.window_start(&dag, now);
+            if crate::suspend::is_suspended(&self.data, &dag.name) {
+                for at in due_times(&dag.schedule.start, from, now) {
+                    if claim(&self.data, &dag.name, at) {
+                        ticks::mark_skipped(&self.data, &dag.name, at);
+                    }
+                }
+                self.last_tick.insert(dag.name.clone(), now);
+                continue;
+            }
             let mut due = due_times(&dag.schedule.start, from, now);
             due = self.apply_overlap(&dag, due);
             for at in due {
