@@ -37,7 +37,7 @@ pub enum Command {
     Retry(RetryArgs),
     /// Stop a run if it is running, then start the DAG again with the same params as a
     /// new run.
-    Restart(RunTarget),
+    Restart(RestartArgs),
     /// List the runs of a DAG, newest first.
     History(HistoryArgs),
     /// Print a step's log.
@@ -60,6 +60,14 @@ pub enum Command {
     /// coordinator joins them when it lands). Takes the flags of both.
     #[command(name = "start-all")]
     StartAll(StartAllArgs),
+    /// Hand runs to workers over gRPC (127.0.0.1:50055 by default); tracks worker health
+    /// and the leases of the tasks they run.
+    Coordinator(CoordinatorArgs),
+    /// Run tasks from the coordinator with the engine in-process. Labels route DAGs here
+    /// through their `worker_selector`. SIGTERM drains running tasks, then exits.
+    Worker(WorkerArgs),
+    /// List workers with their health and running tasks.
+    Workers(WorkersArgs),
     /// Manage API tokens for the server (`create` prints the token once; only its hash
     /// is kept).
     #[command(subcommand)]
@@ -70,6 +78,24 @@ pub enum Command {
     Dags(DagsArgs),
     /// Queue one run per scheduled time in a range (the scheduler starts them).
     Backfill(BackfillArgs),
+}
+
+impl Command {
+    /// The `--dags`/`--config` flags of commands that take them.
+    pub fn setup(&self) -> Option<&Setup> {
+        match self {
+            Command::Scheduler(a) => Some(&a.setup),
+            Command::Server(a) => Some(&a.setup),
+            Command::StartAll(a) => Some(&a.setup),
+            Command::Coordinator(a) => Some(&a.setup),
+            Command::Worker(a) => Some(&a.setup),
+            Command::Workers(a) => Some(&a.setup),
+            Command::Webhook(a) => Some(&a.setup),
+            Command::Dags(a) => Some(&a.setup),
+            Command::Backfill(a) => Some(&a.setup),
+            _ => None,
+        }
+    }
 }
 
 /// Where DAGs and settings come from.
@@ -134,6 +160,77 @@ pub struct StartAllArgs {
     pub id: Option<String>,
     #[command(flatten)]
     pub serve: ServeFlags,
+    #[command(flatten)]
+    pub coordinator: CoordinatorFlags,
+}
+
+/// Flags of the coordinator (also accepted by `start-all`).
+#[derive(Debug, Default, clap::Args)]
+pub struct CoordinatorFlags {
+    /// Address to listen on (env TRELLIS_COORDINATOR_HOST; config coordinator.host;
+    /// default 127.0.0.1).
+    #[arg(long = "coordinator.host", value_name = "HOST")]
+    pub host: Option<String>,
+    /// Port (env TRELLIS_COORDINATOR_PORT; config coordinator.port; default 50055).
+    #[arg(long = "coordinator.port", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Host that workers should dial, written to the service registry (default: the
+    /// listening address).
+    #[arg(long = "coordinator.advertise", value_name = "HOST")]
+    pub advertise: Option<String>,
+    /// Seconds without a heartbeat before a worker's task is re-queued or failed
+    /// (config coordinator.lease_timeout; default 30).
+    #[arg(long = "coordinator.lease-timeout", value_name = "SECS")]
+    pub lease_timeout: Option<u64>,
+    /// Seconds a run waits for a matching live worker before failing
+    /// (config coordinator.dispatch_timeout; default 300).
+    #[arg(long = "coordinator.dispatch-timeout", value_name = "SECS")]
+    pub dispatch_timeout: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    #[command(flatten)]
+    pub coordinator: CoordinatorFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    /// Worker id (env TRELLIS_WORKER_ID; config worker.id; default hostname@PID).
+    #[arg(long = "worker.id", value_name = "ID")]
+    pub id: Option<String>,
+    /// Labels `k=v,k2=v2` (env TRELLIS_WORKER_LABELS; config worker.labels).
+    #[arg(long = "worker.labels", value_name = "LABELS")]
+    pub labels: Option<String>,
+    /// Runs at once (config worker.max_active_runs; default 100).
+    #[arg(long = "worker.max-active-runs", value_name = "N")]
+    pub max_active_runs: Option<u32>,
+    /// Coordinator host (env TRELLIS_WORKER_COORDINATOR_HOST or TRELLIS_COORDINATOR_HOST;
+    /// default: found in the service registry).
+    #[arg(long = "worker.coordinator-host", value_name = "HOST")]
+    pub coordinator_host: Option<String>,
+    /// Coordinator port (env TRELLIS_COORDINATOR_PORT; default 50055).
+    #[arg(long = "worker.coordinator-port", value_name = "PORT")]
+    pub coordinator_port: Option<u16>,
+    /// Seconds a shutdown waits for running tasks before cancelling them (default 60).
+    #[arg(long = "worker.drain-grace", value_name = "SECS")]
+    pub drain_grace: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    /// Coordinator `host:port` (default: found in the service registry).
+    #[arg(long, value_name = "ADDR")]
+    pub coordinator: Option<String>,
+    /// Print JSON (the shape of GET /api/v2/workers).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +290,15 @@ pub struct RunTarget {
     /// A specific run instead of the latest.
     #[arg(short, long, value_name = "ID")]
     pub run_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub run: RunTarget,
+    /// Run id of the new run instead of a new UUIDv7.
+    #[arg(long, value_name = "ID")]
+    pub new_run_id: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

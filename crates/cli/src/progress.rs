@@ -156,6 +156,10 @@ impl Store for Progress {
         self.inner.retry_attempt(dag, run_id)
     }
 
+    fn latest_attempt(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<Attempt>> {
+        self.inner.latest_attempt(dag, run_id)
+    }
+
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> trellis_store::Result<()> {
         self.inner.save_definition(attempt, dag)
     }

@@ -13,5 +13,6 @@ pub mod model;
 pub mod params;
 pub mod queue;
 pub mod status;
+pub mod worker;
 
 pub use model::*;

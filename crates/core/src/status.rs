@@ -112,6 +112,10 @@ pub struct RunRecord {
     /// When the run entered a queue (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_at: Option<String>,
+    /// The worker executing the run, when it runs on one: then its liveness is the
+    /// coordinator's lease, not `pid` (a process on another machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
 }
 
 impl RunRecord {

@@ -37,6 +37,8 @@ pub struct Options {
     pub dags_dir: Option<PathBuf>,
     /// Environment inherited by every step (typically the caller's).
     pub base_env: Vec<(String, String)>,
+    /// The worker running the engine (recorded on the run and each step), when not local.
+    pub worker_id: Option<String>,
 }
 
 /// Drives runs. Cheap to clone.
@@ -126,6 +128,7 @@ impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
         };
         self.store.save_definition(&attempt, &req.dag)?;
         let mut run = initial_record(&req, &attempt);
+        run.worker_id = self.opts.worker_id.clone();
         snapshot(&*self.store, &attempt, &mut run)?;
         let scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
         if let Some(retry) = &req.retry {
@@ -269,6 +272,7 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
                     Ready::Go => {
                         run.steps[i].status = Status::Running;
                         run.steps[i].started_at = Some(now());
+                        run.steps[i].worker_id = self.engine.opts.worker_id.clone();
                         self.save_step(run, i);
                         running += 1;
                         step::spawn(self, i, tx.clone());

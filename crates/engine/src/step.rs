@@ -38,6 +38,7 @@ pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
     let mut record = StepRecord {
         name: step.name.clone(),
         started_at: Some(now()),
+        worker_id: env.engine.opts.worker_id.clone(),
         ..StepRecord::default()
     };
     let safe = safe_name(&step.name);

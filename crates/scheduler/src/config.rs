@@ -17,6 +17,18 @@ pub struct Config {
     pub paths: Paths,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Where runs of DAGs without a `worker_selector` go: `local` (this process, the
+    /// default) or `distributed` (any worker).
+    #[serde(default, alias = "defaultExecutionMode")]
+    pub default_execution_mode: ExecutionMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionMode {
+    #[default]
+    Local,
+    Distributed,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -46,6 +58,13 @@ pub struct Paths {
     pub dags_dir: Option<PathBuf>,
     #[serde(default, alias = "dataDir")]
     pub data_dir: Option<PathBuf>,
+    #[serde(default, alias = "logDir")]
+    pub log_dir: Option<PathBuf>,
+    #[serde(default, alias = "serviceRegistryDir")]
+    pub service_registry_dir: Option<PathBuf>,
+    /// Accepted for Dagu configs; Trellis keeps no step state files yet.
+    #[serde(default, alias = "dagStateDir")]
+    pub dag_state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -21,7 +21,7 @@ use crate::catalog::{self, Catalog};
 use crate::clock::{Clock, Cron};
 use crate::config::Config;
 use crate::queueing::{self, Enqueue};
-use crate::{lease, ticks};
+use crate::{dispatch, lease, ticks};
 
 /// How the scheduler is set up.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct Options {
 struct Active {
     slot: Slot,
     cancel: CancellationToken,
+    /// The task file of a run handed to a worker.
+    task: Option<String>,
 }
 
 struct Leader<C> {
@@ -64,7 +66,7 @@ pub async fn run<C: Clock + 'static>(
     clock: Arc<C>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let data = opts.home.join("data");
+    let data = trellis_store::data_dir(&opts.home);
     let lease = loop {
         if let Some(lease) = lease::try_acquire(&data, &opts.id)? {
             break lease;
@@ -83,6 +85,7 @@ pub async fn run<C: Clock + 'static>(
     let engine_opts = EngineOptions {
         dags_dir: Some(opts.dags_dir.clone()),
         base_env: std::env::vars().collect(),
+        worker_id: None,
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), engine_opts);
     let started = clock.now();
@@ -106,6 +109,7 @@ pub async fn run<C: Clock + 'static>(
     if leader.catalog.refresh(&leader.opts.dags_dir) {
         leader.report_invalid();
     }
+    leader.adopt_dispatched();
     leader.recover(
         lease
             .previous
@@ -126,6 +130,8 @@ impl<C: Clock + 'static> Leader<C> {
     ) {
         let (wake_tx, mut wake) = mpsc::unbounded_channel::<()>();
         let _watcher = watch_queue(&self.data.join("queue"), wake_tx);
+        let (gone_tx, mut gone) = mpsc::unbounded_channel::<String>();
+        let _gone_watcher = dispatch::watch_gone(&self.data, gone_tx);
         let mut last_beat = None;
         loop {
             if self.catalog.refresh(&self.opts.dags_dir) {
@@ -133,6 +139,7 @@ impl<C: Clock + 'static> Leader<C> {
             }
             let now = self.clock.now();
             self.beat(now, &mut last_beat);
+            self.reap_dispatched();
             self.fire_due(now);
             self.retry_due(now);
             self.process_queue(now);
@@ -140,6 +147,7 @@ impl<C: Clock + 'static> Leader<C> {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(run_id) = done.recv() => self.finished(&run_id),
+                Some(task_id) = gone.recv() => self.task_ended(&task_id),
                 Some(()) = wake.recv() => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -166,12 +174,15 @@ impl<C: Clock + 'static> Leader<C> {
             .iter()
             .filter_map(|e| e.dag.as_ref().ok().map(|d| (d.clone(), e.path.clone())))
             .collect();
-        let in_queues: std::collections::HashSet<String> =
+        let mut in_queues: std::collections::HashSet<String> =
             self.queued_items().into_iter().map(|i| i.run_id).collect();
+        // Runs handed to workers are the coordinator's to recover.
+        in_queues.extend(self.active.keys().cloned());
         for (dag, path) in &entries {
             for run in self.store.list(&dag.name, 50).unwrap_or_default() {
                 let orphaned = run.status == Status::Running
                     && run.queued
+                    && run.worker_id.is_none()
                     && run
                         .pid
                         .is_some_and(|p| Some(p) == previous_pid || !alive(p));
@@ -476,8 +487,11 @@ impl<C: Clock + 'static> Leader<C> {
     }
 
     fn stop_dag(&mut self, dag: &str) {
-        for active in self.active.values().filter(|a| a.slot.dag == dag) {
-            active.cancel.cancel();
+        for (run_id, active) in self.active.iter().filter(|(_, a)| a.slot.dag == dag) {
+            match &active.task {
+                Some(_) => dispatch::cancel(&self.data, dag, run_id),
+                None => active.cancel.cancel(),
+            }
         }
     }
 
@@ -583,12 +597,16 @@ impl<C: Clock + 'static> Leader<C> {
                 );
             }
         };
+        if dispatch::wanted(&dag, &self.opts.config) {
+            return self.dispatch(item, slot, &dag);
+        }
         let cancel = CancellationToken::new();
         self.active.insert(
             item.run_id.clone(),
             Active {
                 slot,
                 cancel: cancel.clone(),
+                task: None,
             },
         );
         let env = item
@@ -614,6 +632,75 @@ impl<C: Clock + 'static> Leader<C> {
             }
             let _ = done.send(run_id);
         }));
+    }
+
+    /// Hands a run to the coordinator through a task file.
+    fn dispatch(&mut self, item: &QueueItem, slot: Slot, dag: &Dag) {
+        let task = match dispatch::task(item, dag, self.clock.now()) {
+            Ok(task) => task,
+            Err(e) => return self.fail(item, &e),
+        };
+        if let Err(e) = dispatch::write(&self.data, &task) {
+            return self.fail(item, &format!("cannot hand the run to a worker: {e}"));
+        }
+        eprintln!(
+            "scheduler: run {} of {} handed to a worker ({})",
+            item.run_id,
+            dag.name,
+            dag.worker_selector.describe()
+        );
+        self.active.insert(
+            item.run_id.clone(),
+            Active {
+                slot,
+                cancel: CancellationToken::new(),
+                task: Some(task.spec.task_id),
+            },
+        );
+    }
+
+    /// Counts the runs already on workers (tasks of an earlier leader) as active.
+    fn adopt_dispatched(&mut self) {
+        for task in dispatch::outstanding(&self.data) {
+            let s = task.spec;
+            let slot = Slot {
+                dag: s.dag_name,
+                queue: s.queue,
+                tags: s.tags,
+            };
+            self.active.insert(
+                s.run_id,
+                Active {
+                    slot,
+                    cancel: CancellationToken::new(),
+                    task: Some(s.task_id),
+                },
+            );
+        }
+    }
+
+    /// Runs whose task file is gone have ended (the safety net under the watcher).
+    fn reap_dispatched(&mut self) {
+        let ended: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.task.as_ref().is_some_and(|t| !dispatch::exists(&self.data, t)))
+            .map(|(run, _)| run.clone())
+            .collect();
+        for run in ended {
+            self.finished(&run);
+        }
+    }
+
+    fn task_ended(&mut self, task_id: &str) {
+        let run = self
+            .active
+            .iter()
+            .find(|(_, a)| a.task.as_deref() == Some(task_id))
+            .map(|(run, _)| run.clone());
+        if let Some(run) = run {
+            self.finished(&run);
+        }
     }
 
     /// The DAG as it is now in the dags dir, else the file named at enqueue time, else

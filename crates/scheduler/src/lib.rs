@@ -10,4 +10,5 @@ pub mod suspend;
 pub mod ticks;
 
 pub mod daemon;
+pub mod dispatch;
 pub mod queueing;

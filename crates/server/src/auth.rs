@@ -166,7 +166,7 @@ impl Settings {
 
 /// Where `trellis token create` keeps token hashes.
 pub fn tokens_path(home: &Path) -> PathBuf {
-    home.join("data").join("auth").join("tokens.json")
+    trellis_store::data_dir(home).join("auth").join("tokens.json")
 }
 
 pub fn read_tokens(path: &Path) -> Vec<TokenEntry> {
@@ -253,6 +253,10 @@ pub async fn middleware(
     };
     if let Some(needed) = required_role(&method, &path) {
         let Some(who) = &principal else {
+            // A browser opening a page gets the login form rather than a JSON 401.
+            if crate::ui::wants_html(&method, &path, request.headers()) {
+                return Ok(crate::ui::login_redirect(&app, request.uri()));
+            }
             return Err(Error::unauthorized("authentication required"));
         };
         if who.role < needed {

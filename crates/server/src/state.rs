@@ -33,6 +33,8 @@ pub struct App {
     secret: Vec<u8>,
     tokens: Mutex<(Option<SystemTime>, Vec<TokenEntry>)>,
     pub metrics: crate::metrics::Metrics,
+    /// Open live-update streams and the shared scan behind them.
+    pub live: crate::events::Live,
 }
 
 impl App {
@@ -45,7 +47,7 @@ impl App {
             Some(path) => crate::config::FileConfig::load(path)?,
             None => crate::config::FileConfig::default(),
         };
-        let data = opts.home.join("data");
+        let data = trellis_store::data_dir(&opts.home);
         let secret = match &file.server.webhook_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => load_secret(&data).map_err(|e| format!("server secret: {e}"))?,
@@ -65,6 +67,7 @@ impl App {
             secret,
             tokens: Mutex::new((None, Vec::new())),
             metrics: crate::metrics::Metrics::default(),
+            live: crate::events::Live::default(),
         })
     }
 

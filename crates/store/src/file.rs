@@ -10,6 +10,8 @@ use trellis_core::status::RunRecord;
 
 use crate::{Attempt, Entry, Error, Result, Store, safe_name};
 
+mod queue;
+
 /// Runs under `<home>/data/dag-runs` and logs under `<home>/logs`.
 #[derive(Debug)]
 pub struct FileStore {
@@ -39,8 +41,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 impl FileStore {
     pub fn new(home: &Path) -> FileStore {
         FileStore {
-            data: home.join("data"),
-            logs: home.join("logs"),
+            data: crate::data_dir(home),
+            logs: crate::log_dir(home),
             open: Default::default(),
         }
     }
@@ -227,6 +229,36 @@ impl Store for FileStore {
         })
     }
 
+    fn latest_attempt(&self, dag: &str, run_id: &str) -> Result<Option<Attempt>> {
+        let Some(run_dir) = self.run_dir(dag, run_id)? else {
+            return Ok(None);
+        };
+        let Some(dir) = sorted_children(&run_dir)?.into_iter().rfind(|a| {
+            a.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("attempt_"))
+        }) else {
+            return Ok(None);
+        };
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let attempt_id = name
+            .as_deref()
+            .and_then(|n| n.rsplit('_').next())
+            .unwrap_or_default()
+            .to_string();
+        let log_dir = self
+            .logs
+            .join(safe_name(dag))
+            .join(run_dir.file_name().unwrap_or_default())
+            .join(format!("attempt_{attempt_id}"));
+        Ok(Some(Attempt {
+            dir,
+            log_dir,
+            run_id: run_id.to_string(),
+            attempt_id,
+            root_run_id: run_id.to_string(),
+        }))
+    }
+
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()> {
         let path = attempt.dir.join("dag.json");
         let json = serde_json::to_vec(dag).map_err(|e| io(&path)(e.into()))?;
@@ -256,6 +288,63 @@ impl Store for FileStore {
             }
         }
         Ok(out)
+    }
+
+    fn page(
+        &self,
+        dag: Option<&str>,
+        keep: crate::Keep<'_>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<crate::Page> {
+        let names = match dag {
+            Some(name) => vec![name.to_string()],
+            None => self.dag_names()?,
+        };
+        let mut refs = Vec::new();
+        for name in &names {
+            self.run_refs(name, &mut refs)?;
+        }
+        // Directory names start with the run's start time, so this is newest first.
+        refs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let end = offset.saturating_add(limit);
+        let Some(keep) = keep else {
+            let mut runs = Vec::new();
+            for (_, dir) in refs.iter().take(end).skip(offset) {
+                runs.extend(FileStore::read_latest_attempt(dir)?);
+            }
+            return Ok(crate::Page {
+                runs,
+                total: Some(refs.len()),
+                has_more: refs.len() > end,
+            });
+        };
+        let (mut runs, mut matched) = (Vec::new(), 0usize);
+        for (_, dir) in &refs {
+            let Some(run) = FileStore::read_latest_attempt(dir)? else {
+                continue;
+            };
+            if !keep(&run) {
+                continue;
+            }
+            if matched >= end {
+                // One more match past the page: there is a next page.
+                return Ok(crate::Page {
+                    runs,
+                    total: None,
+                    has_more: true,
+                });
+            }
+            if matched >= offset {
+                runs.push(run);
+            }
+            matched += 1;
+        }
+        Ok(crate::Page {
+            runs,
+            total: Some(matched),
+            has_more: false,
+        })
     }
 
     fn dag_names(&self) -> Result<Vec<String>> {
@@ -310,70 +399,30 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Renames a queue file that does not parse to `<name>.corrupt`, out of every later read
-/// (items are written whole by rename, so this is damage, not a write in progress).
-fn set_aside(path: &Path, why: &serde_json::Error) {
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(".corrupt");
-    let aside = PathBuf::from(aside);
-    if fs::rename(path, &aside).is_ok() {
-        eprintln!(
-            "queue: {}: not a valid queue item ({why}); moved aside to {}",
-            path.display(),
-            aside.display()
-        );
-    }
-}
-
-impl crate::Queue for FileStore {
-    fn enqueue(&self, item: &crate::QueueItem) -> Result<()> {
-        crate::check_name(&item.run_id)?;
-        let dir = self.queue_dir(&item.queue);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        // Names sort in start order: higher priority first (inverted), then time.
-        let rank = i64::from(i32::MAX) - i64::from(item.priority);
-        let stamp = Timestamp::now().as_nanosecond();
-        let path = dir.join(format!("item_{rank:011}_{stamp:020}_{}.json", item.run_id));
-        let json = serde_json::to_vec_pretty(item).map_err(|e| io(&path)(e.into()))?;
-        write_atomic(&path, &json)
-    }
-
-    fn items(&self, queue: &str) -> Result<Vec<crate::QueueItem>> {
-        let dir = self.queue_dir(queue);
-        let mut paths: Vec<PathBuf> = match fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(&dir)(e)),
-        };
-        paths.sort();
-        let mut items = Vec::with_capacity(paths.len());
-        for path in &paths {
-            // Gone meanwhile: another process took the item.
-            let Ok(bytes) = fs::read(path) else { continue };
-            match serde_json::from_slice(&bytes) {
-                Ok(item) => items.push(item),
-                Err(e) => set_aside(path, &e),
+impl FileStore {
+    /// Every top-level run directory of a DAG as (`<stamp>_<run id>`, path). Reads
+    /// directory listings only, never a status file.
+    fn run_refs(&self, dag: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        for year in sorted_children(&self.runs_dir(dag))? {
+            for month in sorted_children(&year)? {
+                for day in sorted_children(&month)? {
+                    let entries = match fs::read_dir(&day) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io(&day)(e)),
+                    };
+                    for entry in entries.filter_map(|e| e.ok()) {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if let Some(key) = name.strip_prefix("dag-run_")
+                            && entry.file_type().is_ok_and(|t| t.is_dir())
+                        {
+                            out.push((key.to_string(), entry.path()));
+                        }
+                    }
+                }
             }
         }
-        Ok(items)
-    }
-
-    fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool> {
-        let dir = self.queue_dir(queue);
-        let suffix = format!("_{run_id}.json");
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return Ok(false);
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            if entry.file_name().to_string_lossy().ends_with(&suffix) {
-                fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(())
     }
 }
 
@@ -381,32 +430,6 @@ impl crate::Queue for FileStore {
 mod tests {
     use super::*;
     use trellis_core::status::{Status, StepRecord};
-
-    #[test]
-    fn a_corrupt_queue_item_is_set_aside() {
-        use crate::Queue;
-        let home = tempfile::tempdir().unwrap();
-        let store = FileStore::new(home.path());
-        let item = crate::QueueItem {
-            queue: "q".into(),
-            dag_name: "etl".into(),
-            run_id: "r1".into(),
-            file: "etl.yaml".into(),
-            params: None,
-            priority: 0,
-            queued_at: "2026-11-22T16:00:00Z".into(),
-            tags: Default::default(),
-            scheduled_time: None,
-            queue_limit: None,
-        };
-        store.enqueue(&item).unwrap();
-        let dir = home.path().join("data/queue/q");
-        fs::write(dir.join("item_0_0_bad.json"), "{not json").unwrap();
-        assert_eq!(store.items("q").unwrap(), vec![item.clone()]);
-        assert!(dir.join("item_0_0_bad.json.corrupt").exists());
-        assert!(!dir.join("item_0_0_bad.json").exists());
-        assert_eq!(store.items("q").unwrap(), vec![item]);
-    }
 
     #[test]
     fn a_torn_last_line_is_ignored() {
@@ -442,5 +465,74 @@ mod tests {
         assert_eq!(got.steps[0].status, Status::Succeeded);
         assert_eq!(store.find("etl", "r1").unwrap().unwrap().run_id, "r1");
         assert!(store.find("etl", "nope").unwrap().is_none());
+    }
+
+    fn record(store: &FileStore, dag: &str, run_id: &str, status: Status) {
+        let attempt = store.create_attempt(dag, run_id, None).unwrap();
+        let run = RunRecord {
+            name: dag.into(),
+            run_id: run_id.into(),
+            status,
+            ..RunRecord::default()
+        };
+        store
+            .append(&attempt, &Entry::Snapshot(Box::new(run)))
+            .unwrap();
+    }
+
+    #[test]
+    fn pages_of_runs_across_dags_newest_first() {
+        let home = tempfile::tempdir().unwrap();
+        let store = FileStore::new(home.path());
+        // Run ids that sort like UUIDv7s: later is larger within the same second.
+        for i in 0..7 {
+            let dag = if i % 2 == 0 { "even" } else { "odd" };
+            let status = if i % 3 == 0 {
+                Status::Failed
+            } else {
+                Status::Succeeded
+            };
+            record(&store, dag, &format!("r{i}"), status);
+        }
+        let ids = |p: &crate::Page| p.runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+        let first = store.page(None, None, 0, 3).unwrap();
+        assert_eq!(ids(&first), ["r6", "r5", "r4"]);
+        assert_eq!((first.total, first.has_more), (Some(7), true));
+        let last = store.page(None, None, 6, 3).unwrap();
+        assert_eq!(ids(&last), ["r0"]);
+        assert!(!last.has_more);
+        let odd = store.page(Some("odd"), None, 0, 10).unwrap();
+        assert_eq!(ids(&odd), ["r5", "r3", "r1"]);
+        let failed = |r: &RunRecord| r.status == Status::Failed;
+        let page = store.page(None, Some(&failed), 0, 2).unwrap();
+        assert_eq!(ids(&page), ["r6", "r3"]);
+        assert_eq!((page.total, page.has_more), (None, true));
+        let page = store.page(None, Some(&failed), 2, 2).unwrap();
+        assert_eq!(ids(&page), ["r0"]);
+        assert_eq!((page.total, page.has_more), (Some(3), false));
+    }
+
+    #[test]
+    fn a_run_whose_process_is_gone_is_failed() {
+        let mut run = RunRecord {
+            status: Status::Running,
+            pid: Some(u32::MAX - 1),
+            steps: vec![StepRecord {
+                status: Status::Running,
+                ..StepRecord::default()
+            }],
+            ..RunRecord::default()
+        };
+        let mut alive = RunRecord {
+            pid: Some(std::process::id()),
+            ..run.clone()
+        };
+        crate::mark_dead(&mut run);
+        assert_eq!(
+            (run.status, run.steps[0].status),
+            (Status::Failed, Status::Failed)
+        );
+        crate::mark_dead(&mut alive);
+        assert_eq!(alive.status, Status::Running);
     }
 }

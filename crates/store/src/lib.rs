@@ -79,6 +79,9 @@ pub trait Store: Send + Sync {
     fn find(&self, dag: &str, run_id: &str) -> Result<Option<RunRecord>>;
     /// A new attempt of an existing top-level run (for `retry`: same run id).
     fn retry_attempt(&self, dag: &str, run_id: &str) -> Result<Attempt>;
+    /// The latest attempt of a top-level run, to append to it (e.g. a coordinator failing
+    /// a run whose worker was lost).
+    fn latest_attempt(&self, dag: &str, run_id: &str) -> Result<Option<Attempt>>;
     /// Keeps the resolved DAG with the attempt, so a run can be retried without its file.
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()>;
     /// The DAG a run was started from.
@@ -89,6 +92,44 @@ pub trait Store: Send + Sync {
     fn dag_names(&self) -> Result<Vec<String>>;
     /// Deletes a run with its attempts and logs.
     fn remove(&self, dag: &str, run_id: &str) -> Result<()>;
+
+    /// A page of top-level runs of one DAG (or of every DAG), newest first: the runs
+    /// `offset..offset + limit` among those `keep` accepts. Backends should read only the
+    /// runs the page needs; this default reads every run.
+    fn page(&self, dag: Option<&str>, keep: Keep<'_>, offset: usize, limit: usize) -> Result<Page> {
+        let names = match dag {
+            Some(name) => vec![name.to_string()],
+            None => self.dag_names()?,
+        };
+        let mut runs = Vec::new();
+        for name in names {
+            runs.extend(self.list(&name, usize::MAX)?);
+        }
+        runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        runs.retain(|r| keep.is_none_or(|k| k(r)));
+        let total = runs.len();
+        let has_more = total > offset.saturating_add(limit);
+        let runs = runs.into_iter().skip(offset).take(limit).collect();
+        Ok(Page {
+            runs,
+            total: Some(total),
+            has_more,
+        })
+    }
+}
+
+/// A filter on stored runs; `None` keeps every run (and lets a page count them cheaply).
+pub type Keep<'a> = Option<&'a dyn Fn(&RunRecord) -> bool>;
+
+/// One page of runs from [`Store::page`].
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub runs: Vec<RunRecord>,
+    /// How many runs pass the filter in all; `None` when counting them would mean reading
+    /// every run.
+    pub total: Option<usize>,
+    /// More runs follow this page.
+    pub has_more: bool,
 }
 
 /// A run waiting in a queue for the scheduler.
@@ -121,6 +162,68 @@ pub trait Queue: Send + Sync {
     fn items(&self, queue: &str) -> Result<Vec<QueueItem>>;
     /// Removes an item; `false` when it was not queued.
     fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool>;
+    /// Changes a queued item's priority, keeping its place among items of equal priority;
+    /// `None` when it is not (or no longer) queued.
+    fn set_priority(&self, queue: &str, run_id: &str, priority: i32) -> Result<Option<QueueItem>>;
+}
+
+/// Takes a queued run out of its queue and records it aborted (`trellis dequeue`).
+/// `None` when the run is not in the queue.
+pub fn dequeue<S: Store + Queue + ?Sized>(
+    store: &S,
+    queue: &str,
+    run_id: &str,
+) -> Result<Option<QueueItem>> {
+    let items = store.items(queue)?;
+    let Some(item) = items.into_iter().find(|i| i.run_id == run_id) else {
+        return Ok(None);
+    };
+    // Another process (the scheduler starting it) may take it first.
+    if !store.remove_item(queue, run_id)? {
+        return Ok(None);
+    }
+    if let Some(mut run) = store.find(&item.dag_name, &item.run_id)? {
+        run.status = trellis_core::status::Status::Aborted;
+        run.error = Some("removed from the queue (dequeue)".into());
+        run.finished_at = Some(jiff::Timestamp::now().to_string());
+        let attempt = store.retry_attempt(&item.dag_name, &item.run_id)?;
+        store.append(&attempt, &Entry::Snapshot(Box::new(run)))?;
+    }
+    Ok(Some(item))
+}
+
+/// A run recorded as running whose process is gone died without finishing; so did its
+/// running steps. A queued run has no process yet and is left as it is.
+pub fn mark_dead(run: &mut RunRecord) {
+    use trellis_core::status::Status;
+    // A run on a worker may live on another machine: the coordinator's lease decides.
+    if run.worker_id.is_some() {
+        return;
+    }
+    let alive = run
+        .pid
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    if matches!(run.status, Status::Running | Status::Retrying) && !alive {
+        run.status = Status::Failed;
+        run.error = Some("process died".into());
+        for step in run.steps.iter_mut().chain(run.handlers.values_mut()) {
+            if matches!(step.status, Status::Running | Status::Retrying) {
+                step.status = Status::Failed;
+                step.error = Some("process died".into());
+            }
+        }
+    }
+}
+
+/// Where run data lives: `TRELLIS_DATA_DIR` (the CLI sets it from the config's
+/// `paths.data_dir`, so child processes agree), else `<home>/data`.
+pub fn data_dir(home: &std::path::Path) -> PathBuf {
+    std::env::var_os("TRELLIS_DATA_DIR").map_or_else(|| home.join("data"), PathBuf::from)
+}
+
+/// Where step logs live: `TRELLIS_LOG_DIR` (from `paths.log_dir`), else `<home>/logs`.
+pub fn log_dir(home: &std::path::Path) -> PathBuf {
+    std::env::var_os("TRELLIS_LOG_DIR").map_or_else(|| home.join("logs"), PathBuf::from)
 }
 
 /// Accepts names that are safe as one path component.

@@ -11,7 +11,7 @@ use trellis_core::status::{RunRecord, Status};
 use trellis_store::{FileStore, Store};
 
 use super::run::{dag_name, execute, home, load, mark_dead};
-use crate::cli::{CleanupArgs, HistoryArgs, LogsArgs, RetryArgs, RunTarget};
+use crate::cli::{CleanupArgs, HistoryArgs, LogsArgs, RestartArgs, RetryArgs, RunTarget};
 
 fn find(store: &FileStore, name: &str, run_id: Option<&str>) -> anyhow::Result<RunRecord> {
     let found = match run_id {
@@ -35,10 +35,18 @@ fn stop_run(store: &FileStore, run: &RunRecord) -> anyhow::Result<Status> {
     if run.status.is_final() {
         return Ok(run.status);
     }
-    let pid = run.pid.context("the run has no process id")?;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-        .context("cannot signal the run's process")?;
+    if run.worker_id.is_some() || run.status == Status::Queued {
+        // On (or waiting for) a worker: the coordinator relays the stop at the worker's
+        // next heartbeat, or cancels the task if it has not started.
+        let data = trellis_store::data_dir(&home());
+        trellis_cluster::tasks::request_cancel(&data, &run.name, &run.run_id)
+            .context("cannot ask the coordinator to stop the run")?;
+    } else {
+        let pid = run.pid.context("the run has no process id")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .context("cannot signal the run's process")?;
+    }
     // The run's own process records the outcome; watch its log until it does.
     for _ in 0..600 {
         std::thread::sleep(Duration::from_millis(100));
@@ -114,7 +122,11 @@ pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(record.status.exit_code()))
 }
 
-pub fn restart(args: &RunTarget) -> anyhow::Result<ExitCode> {
+pub fn restart(restart: &RestartArgs) -> anyhow::Result<ExitCode> {
+    let args = &restart.run;
+    if let Some(id) = &restart.new_run_id {
+        trellis_store::check_name(id).context("--new-run-id")?;
+    }
     let store = FileStore::new(&home());
     let previous = find(&store, &dag_name(&args.target)?, args.run_id.as_deref())?;
     if !previous.status.is_final() {
@@ -126,7 +138,10 @@ pub fn restart(args: &RunTarget) -> anyhow::Result<ExitCode> {
     let record = execute(
         std::sync::Arc::new(dag),
         previous.param_values(),
-        trellis_engine::new_run_id(),
+        restart
+            .new_run_id
+            .clone()
+            .unwrap_or_else(trellis_engine::new_run_id),
         None,
         dags_dir(&args.target),
         false,

@@ -1,5 +1,6 @@
 //! One module per command; each returns the process exit code.
 
+mod cluster;
 mod dry;
 mod manage;
 mod queue;
@@ -16,6 +17,7 @@ use anyhow::Context;
 use crate::cli::{Args, Command};
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    apply_paths(args.command.setup())?;
     match args.command {
         Command::Validate(a) => validate::run(&a),
         Command::Dry(a) => dry::run(&a),
@@ -33,6 +35,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Server(a) => server::server(&a),
         Command::StartAll(a) => server::start_all(&a),
         Command::Token(c) => server::token(&c),
+        Command::Coordinator(a) => cluster::coordinator(&a),
+        Command::Worker(a) => cluster::worker(&a),
+        Command::Workers(a) => cluster::workers(&a),
         Command::Webhook(a) => server::webhook(&a),
         Command::Dags(a) => schedule::dags(&a),
         Command::Backfill(a) => schedule::backfill(&a),
@@ -42,6 +47,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Exports the config's `paths.data_dir`, `paths.log_dir` and `paths.service_registry_dir`
+/// as `TRELLIS_DATA_DIR`, `TRELLIS_LOG_DIR` and `TRELLIS_SERVICE_REGISTRY_DIR` (unless
+/// already set), so every crate and every child process (runs started by the server)
+/// agrees on where state lives.
+fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
+    let path = setup
+        .and_then(|s| s.config.clone())
+        .or_else(|| std::env::var_os("TRELLIS_CONFIG").map(std::path::PathBuf::from));
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let paths = trellis_scheduler::config::Config::load(&path)
+        .map_err(anyhow::Error::msg)?
+        .paths;
+    for (var, value) in [
+        ("TRELLIS_DATA_DIR", paths.data_dir),
+        ("TRELLIS_LOG_DIR", paths.log_dir),
+        ("TRELLIS_SERVICE_REGISTRY_DIR", paths.service_registry_dir),
+    ] {
+        if let Some(value) = value
+            && std::env::var_os(var).is_none()
+        {
+            // SAFETY: called from `main` before any runtime or thread starts, so no other
+            // thread can be reading the environment.
+            unsafe { std::env::set_var(var, value) };
+        }
+    }
+    Ok(())
 }
 
 /// Reads a workflow file, naming it in the error.

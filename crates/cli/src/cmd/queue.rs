@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use trellis_core::status::Status;
 use trellis_scheduler::queueing::{self, Enqueue, Outcome};
-use trellis_store::{Entry, FileStore, Queue, Store};
+use trellis_store::FileStore;
 
 use super::run::{home, load};
 use crate::cli::{DequeueArgs, EnqueueArgs};
@@ -62,25 +61,8 @@ fn run_tags(extra: Option<&str>) -> indexmap::IndexMap<String, String> {
 
 pub fn dequeue(args: &DequeueArgs) -> anyhow::Result<ExitCode> {
     let store = FileStore::new(&home());
-    let items = store.items(&args.queue)?;
-    let item = items
-        .iter()
-        .find(|i| i.run_id == args.run_id)
+    let item = trellis_store::dequeue(&store, &args.queue, &args.run_id)?
         .with_context(|| format!("run {} is not in queue {}", args.run_id, args.queue))?;
-    if !store.remove_item(&args.queue, &args.run_id)? {
-        anyhow::bail!(
-            "run {} left queue {} before it could be removed",
-            args.run_id,
-            args.queue
-        );
-    }
-    if let Some(mut run) = store.find(&item.dag_name, &item.run_id)? {
-        run.status = Status::Aborted;
-        run.error = Some("removed from the queue (dequeue)".into());
-        run.finished_at = Some(jiff::Timestamp::now().to_string());
-        let attempt = store.retry_attempt(&item.dag_name, &item.run_id)?;
-        store.append(&attempt, &Entry::Snapshot(Box::new(run)))?;
-    }
     println!("dequeued run {} of {}", item.run_id, item.dag_name);
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use trellis_core::Dag;
-use trellis_core::status::{RunRecord, Status, StepRecord};
+use trellis_core::status::{RunRecord, StepRecord};
 use trellis_engine::{Engine, Options, RunRequest};
 use trellis_executor::Local;
 use trellis_store::{FileStore, Store};
@@ -96,6 +96,7 @@ pub fn execute(
         let opts = Options {
             dags_dir,
             base_env: std::env::vars().collect(),
+            worker_id: None,
         };
         let engine = Engine::new(store, Arc::new(Local), opts);
         let cancel = CancellationToken::new();
@@ -162,23 +163,9 @@ pub fn dag_name(target: &str) -> anyhow::Result<String> {
     Ok(target.to_string())
 }
 
-/// A run recorded as running whose process is gone died without finishing; so did its
-/// running steps. A queued run has no process yet and is left as it is.
-pub fn mark_dead(run: &mut RunRecord) {
-    let alive = run
-        .pid
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-    if matches!(run.status, Status::Running | Status::Retrying) && !alive {
-        run.status = Status::Failed;
-        run.error = Some("process died".into());
-        for step in run.steps.iter_mut().chain(run.handlers.values_mut()) {
-            if matches!(step.status, Status::Running | Status::Retrying) {
-                step.status = Status::Failed;
-                step.error = Some("process died".into());
-            }
-        }
-    }
-}
+/// A run recorded as running whose process is gone died without finishing (shared with
+/// the server, which shows runs the same way).
+pub use trellis_store::mark_dead;
 
 fn step_json(s: &StepRecord) -> Value {
     json!({

@@ -16,7 +16,7 @@ use super::run::home;
 use super::schedule::{config, dags_dir, runtime, scheduler_options};
 use crate::cli::{ServeFlags, ServerArgs, Setup, StartAllArgs, TokenCommand, WebhookArgs};
 
-fn config_file(setup: &Setup) -> Option<PathBuf> {
+pub fn config_file(setup: &Setup) -> Option<PathBuf> {
     setup
         .config
         .clone()
@@ -92,30 +92,29 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The scheduler and the server in one process; either failing stops both.
+/// The scheduler, the server and the coordinator in one process; any failing stops all.
 pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     let server_opts = server_options(&args.setup, &args.serve)?;
     trellis_server::check(&server_opts).map_err(anyhow::Error::msg)?;
     let scheduler_opts = scheduler_options(&args.setup, args.id.as_deref())?;
+    let coordinator_opts = super::cluster::coordinator_options(&args.setup, &args.coordinator)?;
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());
-        let scheduler = daemon::run(scheduler_opts, Arc::new(SystemClock), shutdown.clone());
-        let server = serve(server_opts, shutdown.clone());
-        let (a, b) = tokio::join!(
-            async {
-                let r = scheduler.await;
-                shutdown.cancel();
-                r
-            },
-            async {
-                let r = server.await;
-                shutdown.cancel();
-                r
-            }
-        );
-        a?;
-        b
+        let stop_all = |r: anyhow::Result<()>| {
+            shutdown.cancel();
+            r
+        };
+        let scheduler = async {
+            let r = daemon::run(scheduler_opts, Arc::new(SystemClock), shutdown.clone()).await;
+            stop_all(r.map_err(anyhow::Error::from))
+        };
+        let server = async { stop_all(serve(server_opts, shutdown.clone()).await) };
+        let coordinator = async {
+            stop_all(super::cluster::serve(coordinator_opts, shutdown.clone()).await)
+        };
+        let (a, b, c) = tokio::join!(scheduler, server, coordinator);
+        a.and(b).and(c)
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -154,3 +154,103 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
 pub fn home_of(env: &Env) -> &Path {
     env.home.path()
 }
+
+/// Any long-running `trellis` process, waited for until it prints a line containing
+/// `ready`; its process group is killed on drop. All it printed is kept for messages.
+pub struct Proc {
+    pub child: Child,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The rest of the ready line (e.g. the address after "listening on ").
+    pub ready_line: String,
+}
+
+impl Proc {
+    pub fn spawn(env: &Env, args: &[&str], ready: &str) -> Proc {
+        Proc::spawn_with(env, args, ready, &[])
+    }
+
+    pub fn spawn_with(env: &Env, args: &[&str], ready: &str, vars: &[(&str, &str)]) -> Proc {
+        let mut cmd = env.trellis();
+        cmd.args(args)
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().expect("start trellis");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wanted, sink) = (ready.to_string(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(&wanted) {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => Proc {
+                child,
+                log,
+                ready_line: line,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "`trellis {}` did not print {ready:?}; it said:\n{}",
+                    args.join(" "),
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        }
+    }
+
+    pub fn said(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    pub fn output(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILLs the process alone (not its group): a machine that vanished.
+    pub fn kill9(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests on loopback).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `trellis status --json` of a run, or of the latest run when `run_id` is empty.
+pub fn status(env: &Env, dag: &str, run_id: &str) -> Option<serde_json::Value> {
+    let mut cmd = env.trellis();
+    cmd.args(["status", "--json", dag]);
+    if !run_id.is_empty() {
+        cmd.args(["-r", run_id]);
+    }
+    let out = cmd.output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}

@@ -1,0 +1,211 @@
+//! `trellis coordinator`, `trellis worker`, `trellis workers`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use trellis_cluster::config::ClusterFile;
+use trellis_cluster::{client, coordinator, registry, worker};
+
+use super::run::home;
+use super::schedule::runtime;
+use crate::cli::{CoordinatorArgs, CoordinatorFlags, Setup, WorkerArgs, WorkersArgs};
+
+/// The `coordinator:` and `worker:` sections of the config file.
+fn cluster_file(setup: &Setup) -> anyhow::Result<ClusterFile> {
+    let Some(path) = super::server::config_file(setup) else {
+        return Ok(ClusterFile::default());
+    };
+    let json = trellis_scheduler::config::load_json(&path).map_err(anyhow::Error::msg)?;
+    if json.is_null() {
+        return Ok(ClusterFile::default());
+    }
+    serde_json::from_value(json).with_context(|| format!("{}", path.display()))
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_ip(host: &str) -> anyhow::Result<IpAddr> {
+    match host {
+        "localhost" => Ok(IpAddr::from([127, 0, 0, 1])),
+        h => h
+            .parse()
+            .with_context(|| format!("coordinator host `{h}` is not an IP address")),
+    }
+}
+
+/// The coordinator's settings: flags, then env, then the config file, then defaults.
+pub fn coordinator_options(
+    setup: &Setup,
+    flags: &CoordinatorFlags,
+) -> anyhow::Result<coordinator::Options> {
+    let file = cluster_file(setup)?.coordinator;
+    let host = flags
+        .host
+        .clone()
+        .or_else(|| env("TRELLIS_COORDINATOR_HOST"))
+        .or(file.host)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = match (flags.port, env("TRELLIS_COORDINATOR_PORT")) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p.parse().context("TRELLIS_COORDINATOR_PORT is not a port")?,
+        (None, None) => file.port.unwrap_or(50055),
+    };
+    let mut opts = coordinator::Options::new(home(), SocketAddr::new(parse_ip(&host)?, port));
+    opts.advertise = flags.advertise.clone().or(file.advertise);
+    if let Some(secs) = flags.lease_timeout.or(file.lease_timeout) {
+        opts.lease_timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = flags.dispatch_timeout.or(file.dispatch_timeout) {
+        opts.dispatch_timeout = Duration::from_secs(secs);
+    }
+    Ok(opts)
+}
+
+/// Serves the coordinator until `shutdown`, printing its address once bound.
+pub async fn serve(opts: coordinator::Options, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(addr) = rx.await {
+            eprintln!("coordinator listening on {addr}");
+        }
+    });
+    coordinator::serve(opts, shutdown, Some(tx))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let opts = coordinator_options(&args.setup, &args.coordinator)?;
+    runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        super::cancel_on_signals(shutdown.clone());
+        serve(opts, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
+    let file = cluster_file(&args.setup)?.worker;
+    let mut opts = worker::Options::new(home());
+    if let Some(id) = args.id.clone().or_else(|| env("TRELLIS_WORKER_ID")).or(file.id) {
+        opts.id = id;
+    }
+    opts.labels = match args.labels.clone().or_else(|| env("TRELLIS_WORKER_LABELS")) {
+        Some(text) => trellis_core::worker::parse_labels(&text)
+            .map_err(|e| anyhow::anyhow!("--worker.labels: {e}"))?,
+        None => file.labels.unwrap_or_default(),
+    };
+    opts.max_active_runs = args
+        .max_active_runs
+        .or(file.max_active_runs)
+        .unwrap_or(100)
+        .max(1);
+    let host = args
+        .coordinator_host
+        .clone()
+        .or_else(|| env("TRELLIS_WORKER_COORDINATOR_HOST"))
+        .or_else(|| env("TRELLIS_COORDINATOR_HOST"))
+        .or(file.coordinator_host);
+    let port = match args.coordinator_port {
+        Some(p) => Some(p),
+        None => match env("TRELLIS_COORDINATOR_PORT") {
+            Some(p) => Some(p.parse().context("TRELLIS_COORDINATOR_PORT is not a port")?),
+            None => file.coordinator_port,
+        },
+    };
+    opts.coordinator = host.map(|h| format!("{h}:{}", port.unwrap_or(50055)));
+    if let Some(secs) = file.heartbeat_interval {
+        opts.heartbeat_interval = Duration::from_secs_f64(secs.clamp(0.05, 60.0));
+    }
+    if let Some(secs) = file.registry_interval {
+        opts.registry_interval = Duration::from_secs_f64(secs.clamp(0.05, 600.0));
+    }
+    if let Some(secs) = args.drain_grace {
+        opts.drain_grace = Duration::from_secs(secs);
+    }
+    Ok(opts)
+}
+
+pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let opts = worker_options(args)?;
+    runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        super::cancel_on_signals(shutdown.clone());
+        worker::run(opts, shutdown).await
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workers as JSON in the shape of `GET /api/v2/workers`: from the coordinator, else
+/// (none reachable) from the registry files, where health is the registry entry's age.
+pub async fn workers_json(coordinator: Option<String>) -> serde_json::Value {
+    let registry_dir = registry::default_dir(&trellis_store::data_dir(&home()));
+    let addr = coordinator.or_else(|| client::discover(&registry_dir));
+    if let Some(addr) = &addr
+        && let Ok(list) = client::workers(addr).await
+    {
+        let workers: Vec<_> = list
+            .iter()
+            .map(|w| {
+                json!({
+                    "id": w.id, "labels": w.labels, "health_status": w.health_status,
+                    "last_heartbeat": w.last_heartbeat,
+                    "running_tasks": w.running_tasks.iter().map(|t| json!({
+                        "dag_name": t.dag_name, "dag_run_id": t.run_id,
+                        "root_dag_run_name": t.dag_name, "started_at": t.started_at,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return json!({ "workers": workers, "source": "coordinator" });
+    }
+    let now = jiff::Timestamp::now();
+    let workers: Vec<_> = registry::list(&registry_dir, registry::Kind::Worker)
+        .iter()
+        .map(|e| {
+            let health = trellis_core::worker::Health::from_age_ms(e.age_ms(now));
+            json!({"id": e.id, "labels": e.labels, "health_status": health.as_str(),
+                   "last_heartbeat": e.updated_at, "running_tasks": []})
+        })
+        .collect();
+    json!({ "workers": workers, "source": "registry" })
+}
+
+pub fn workers(args: &WorkersArgs) -> anyhow::Result<ExitCode> {
+    let value = runtime()?.block_on(workers_json(args.coordinator.clone()));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = value["workers"].as_array().cloned().unwrap_or_default();
+    println!("{:<28} {:<10} {:<26} {:<6} LABELS", "ID", "HEALTH", "LAST HEARTBEAT", "TASKS");
+    for w in &list {
+        let labels: Vec<String> = w["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<28} {:<10} {:<26} {:<6} {}",
+            w["id"].as_str().unwrap_or_default(),
+            w["health_status"].as_str().unwrap_or_default(),
+            w["last_heartbeat"].as_str().unwrap_or_default(),
+            w["running_tasks"].as_array().map_or(0, Vec::len),
+            labels.join(",")
+        );
+    }
+    if list.is_empty() {
+        eprintln!("no workers registered");
+    }
+    Ok(ExitCode::SUCCESS)
+}

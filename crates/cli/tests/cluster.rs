@@ -1,0 +1,357 @@
+//! Distributed execution with real processes on loopback and one shared temp dir (shared-
+//! filesystem mode): a coordinator, labelled workers and a scheduler, each a `trellis`
+//! process. Runs are enqueued with the CLI and checked through `trellis status --json`.
+//!
+//! Steps that must still be running at some moment wait (bounded) for a file the test
+//! creates, so nothing depends on timing. Lease timeouts are shortened with
+//! `--coordinator.lease-timeout`.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Env, Proc, free_port, status, wait_for};
+
+/// A step that waits (at most 30 s) until `$DIR/<file>` exists.
+fn wait_step(file: &str) -> String {
+    format!("for i in $(seq 1 300); do [ -f \"$DIR/{file}\" ] && break; sleep 0.1; done")
+}
+
+struct Cluster {
+    env: Env,
+    port: u16,
+    coordinator: Option<Proc>,
+    workers: HashMap<String, Proc>,
+    _scheduler: Proc,
+}
+
+impl Cluster {
+    /// A coordinator, a scheduler and the given workers (id, labels, slots).
+    fn start(workers: &[(&str, &str, u32)], config: &str, coordinator_args: &[&str]) -> Cluster {
+        let env = Env::new();
+        env.config(config);
+        let port = free_port();
+        let coordinator = Some(start_coordinator(&env, port, coordinator_args));
+        let scheduler = Proc::spawn(&env, &["scheduler", "-c", &cfg(&env)], "leading");
+        let mut cluster = Cluster {
+            env,
+            port,
+            coordinator,
+            workers: HashMap::new(),
+            _scheduler: scheduler,
+        };
+        for (id, labels, slots) in workers {
+            cluster.add_worker(id, labels, *slots);
+        }
+        cluster
+    }
+
+    fn add_worker(&mut self, id: &str, labels: &str, slots: u32) {
+        let slots = slots.to_string();
+        let worker = Proc::spawn_with(
+            &self.env,
+            &[
+                "worker",
+                "-c",
+                &cfg(&self.env),
+                "--worker.id",
+                id,
+                "--worker.labels",
+                labels,
+                "--worker.max-active-runs",
+                &slots,
+                "--worker.drain-grace",
+                "30",
+            ],
+            "registered with the coordinator",
+            &[("DIR", &self.env.work.path().display().to_string())],
+        );
+        self.workers.insert(id.to_string(), worker);
+    }
+
+    fn dag(&self, name: &str, yaml: &str) {
+        self.env.dag(name, yaml);
+    }
+
+    /// Enqueues a run and returns its id.
+    fn enqueue(&self, dag: &str) -> String {
+        let file = self.env.dags().join(format!("{dag}.yaml"));
+        let out = self
+            .env
+            .trellis()
+            .arg("enqueue")
+            .arg(&file)
+            .output()
+            .expect("enqueue");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("run id")
+            .to_string()
+    }
+
+    fn touch(&self, file: &str) {
+        std::fs::write(self.env.path(file), "").expect("touch");
+    }
+
+    /// Waits until the run's status satisfies `done`; returns its JSON.
+    fn wait_run(&self, dag: &str, run: &str, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        let what = format!("{what} (run {run} of {dag})");
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(secs, &what, || {
+                last = status(&self.env, dag, run);
+                last.clone().filter(|s| done(s))
+            })
+        }));
+        match found {
+            Ok(v) => v,
+            Err(_) => panic!("timed out waiting for {what}; last status: {last:?}\n{}", self.logs()),
+        }
+    }
+
+    /// Everything the cluster's processes printed, for failure messages.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = &self.coordinator {
+            out.push_str(&format!("--- coordinator\n{}\n", c.output()));
+        }
+        out.push_str(&format!("--- scheduler\n{}\n", self._scheduler.output()));
+        for (id, w) in &self.workers {
+            out.push_str(&format!("--- worker {id}\n{}\n", w.output()));
+        }
+        out
+    }
+
+    fn finished(&self, dag: &str, run: &str, secs: u64) -> Value {
+        self.wait_run(dag, run, secs, "the run to finish", |s| {
+            !matches!(s["status"].as_str(), Some("running" | "queued" | "not_started"))
+        })
+    }
+}
+
+fn cfg(env: &Env) -> String {
+    env.path("config.yaml").display().to_string()
+}
+
+fn start_coordinator(env: &Env, port: u16, extra: &[&str]) -> Proc {
+    let port = port.to_string();
+    let mut args = vec!["coordinator", "-c"];
+    let config = cfg(env);
+    args.push(&config);
+    args.extend(["--coordinator.port", &port]);
+    args.extend(extra);
+    Proc::spawn(env, &args, "coordinator listening on")
+}
+
+fn step_workers(run: &Value) -> Vec<Option<String>> {
+    run["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["worker_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn routes_each_dag_to_a_worker_whose_labels_all_match() {
+    let cluster = Cluster::start(
+        &[
+            ("w-gpu", "gpu=true,region=eu", 4),
+            ("w-us", "cpu=true,region=us", 4),
+            ("w-eu", "cpu=true,region=eu", 4),
+        ],
+        "",
+        &[],
+    );
+    let cases = [
+        ("gpu", "worker_selector: {gpu: \"true\"}", Some("w-gpu")),
+        ("cpu-eu", "worker_selector: {cpu: \"true\", region: eu}", Some("w-eu")),
+        ("us", "workerSelector: {region: us}", Some("w-us")),
+        ("local", "worker_selector: local", None),
+        ("plain", "", None),
+    ];
+    let mut runs = Vec::new();
+    for (name, selector, _) in &cases {
+        cluster.dag(name, &format!("{selector}\nsteps:\n  - name: a\n    command: echo {name}\n"));
+        runs.push(cluster.enqueue(name));
+    }
+    for ((name, _, want), run) in cases.iter().zip(&runs) {
+        let got = cluster.finished(name, run, 30);
+        assert_eq!(got["status"], "succeeded", "{name}: {got}");
+        assert_eq!(
+            step_workers(&got),
+            vec![want.map(str::to_string)],
+            "{name} ran on the wrong worker"
+        );
+    }
+}
+
+#[test]
+fn a_selector_nobody_matches_waits_visibly_then_fails() {
+    let cluster = Cluster::start(
+        &[("w1", "gpu=false", 2)],
+        "",
+        &["--coordinator.dispatch-timeout", "3"],
+    );
+    cluster.dag("mars", "worker_selector: {zone: mars}\nsteps:\n  - name: a\n    command: echo never\n");
+    let run = cluster.enqueue("mars");
+    let waiting = cluster.wait_run("mars", &run, 20, "the reason to show", |s| {
+        s["error"].as_str().is_some_and(|e| e.contains("no live worker matches zone=mars"))
+    });
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    let failed = cluster.finished("mars", &run, 30);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no live worker matches zone=mars"), "{error}");
+    assert!(error.contains("waited 3 s"), "{error}");
+}
+
+#[test]
+fn a_killed_worker_loses_its_lease_and_the_run_moves_to_another_worker() {
+    let mut cluster = Cluster::start(
+        &[("w-a", "pool=x", 2)],
+        "",
+        &["--coordinator.lease-timeout", "3"],
+    );
+    let yaml = format!(
+        "worker_selector: {{pool: x}}\nretry_policy: {{limit: 1, interval_sec: 0}}\nsteps:\n  - name: wait\n    command: '{}'\n",
+        wait_step("go")
+    );
+    cluster.dag("moves", &yaml);
+    let run = cluster.enqueue("moves");
+    cluster.wait_run("moves", &run, 30, "the step to start on w-a", |s| {
+        s["steps"][0]["status"] == "running" && s["steps"][0]["worker_id"] == "w-a"
+    });
+    cluster.workers.get_mut("w-a").expect("w-a").kill9();
+    cluster.add_worker("w-b", "pool=x", 2);
+    cluster.touch("go");
+    let done = cluster.finished("moves", &run, 60);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(step_workers(&done), vec![Some("w-b".to_string())]);
+    let coordinator = cluster.coordinator.as_ref().expect("coordinator");
+    assert!(coordinator.said("worker lost"), "{}", coordinator.output());
+}
+
+#[test]
+fn a_killed_worker_without_retries_fails_the_run_with_worker_lost() {
+    let mut cluster = Cluster::start(
+        &[("w-a", "pool=y", 2)],
+        "",
+        &["--coordinator.lease-timeout", "2"],
+    );
+    let yaml = format!("worker_selector: {{pool: y}}\nsteps:\n  - name: wait\n    command: '{}'\n", wait_step("never"));
+    cluster.dag("lost", &yaml);
+    let run = cluster.enqueue("lost");
+    cluster.wait_run("lost", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    cluster.workers.get_mut("w-a").expect("w-a").kill9();
+    let done = cluster.finished("lost", &run, 30);
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap_or_default();
+    assert!(error.contains("worker lost: w-a"), "{error}");
+}
+
+#[test]
+fn a_coordinator_restart_does_not_kill_or_repeat_running_tasks() {
+    let mut cluster = Cluster::start(&[("w-a", "pool=z", 2)], "", &[]);
+    let marker = cluster.env.path("attempts");
+    let yaml = format!(
+        "worker_selector: {{pool: z}}\nsteps:\n  - name: wait\n    command: 'echo x >> \"$DIR/attempts\"; {}'\n",
+        wait_step("go")
+    );
+    cluster.dag("survives", &yaml);
+    let run = cluster.enqueue("survives");
+    cluster.wait_run("survives", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    cluster.coordinator.as_mut().expect("coordinator").kill9();
+    cluster.coordinator = None;
+    let worker = cluster.workers.get("w-a").expect("w-a");
+    wait_for(20, "the worker to notice", || worker.said("retrying").then_some(()));
+    cluster.coordinator = Some(start_coordinator(&cluster.env, cluster.port, &[]));
+    wait_for(30, "the worker to reconnect", || worker.said("coordinator reachable again").then_some(()));
+    cluster.touch("go");
+    let done = cluster.finished("survives", &run, 30);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let attempts = std::fs::read_to_string(&marker).expect("attempts file");
+    assert_eq!(attempts.lines().count(), 1, "the step ran more than once");
+    // The task is released: the task dir empties once the worker reports.
+    let tasks = cluster.env.home.path().join("data/distributed/tasks");
+    wait_for(20, "the task file to go", || {
+        let n = std::fs::read_dir(&tasks).map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))).count()).unwrap_or(0);
+        (n == 0).then_some(())
+    });
+}
+
+#[test]
+fn two_hundred_runs_spread_over_workers_within_their_slots() {
+    let cluster = Cluster::start(
+        &[("w1", "pool=p", 2), ("w2", "pool=p", 2), ("w3", "pool=p", 3)],
+        "default_execution_mode: distributed\n",
+        &[],
+    );
+    // Each step's start and end times, grouped by worker, replay its concurrency.
+    let yaml = "max_active_runs: -1\nsteps:\n  - name: s\n    command: sleep 0.05\n";
+    cluster.dag("many", yaml);
+    let runs: Vec<String> = (0..200).map(|_| cluster.enqueue("many")).collect();
+    let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();
+    let mut intervals: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for run in &runs {
+        let done = cluster.finished("many", run, 120);
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let step = &done["steps"][0];
+        let worker = step["worker_id"].as_str().expect("ran on a worker").to_string();
+        *per_worker.entry(worker.clone()).or_default() += 1;
+        intervals.entry(worker).or_default().push((
+            step["started_at"].as_str().unwrap_or_default().to_string(),
+            step["finished_at"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    assert_eq!(per_worker.values().sum::<usize>(), 200);
+    assert_eq!(per_worker.len(), 3, "every worker took runs: {per_worker:?}");
+    let limits = HashMap::from([("w1", 2), ("w2", 2), ("w3", 3)]);
+    for (worker, spans) in &intervals {
+        let peak = peak_overlap(spans);
+        assert!(peak <= limits[worker.as_str()], "{worker} ran {peak} at once");
+    }
+}
+
+/// The most intervals open at one instant (RFC 3339 strings of one format sort by time).
+fn peak_overlap(spans: &[(String, String)]) -> usize {
+    let mut edges: Vec<(String, i32)> = Vec::new();
+    for (a, b) in spans {
+        edges.push((a.clone(), 1));
+        edges.push((b.clone(), -1));
+    }
+    let parse = |t: &str| t.parse::<jiff::Timestamp>().expect("timestamp");
+    edges.sort_by(|x, y| parse(&x.0).cmp(&parse(&y.0)).then(x.1.cmp(&y.1)));
+    let (mut now, mut peak) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    peak as usize
+}
+
+#[test]
+fn sigterm_drains_running_tasks_and_deregisters() {
+    let mut cluster = Cluster::start(&[("w-d", "pool=d", 2)], "", &[]);
+    let yaml = format!("worker_selector: {{pool: d}}\nsteps:\n  - name: wait\n    command: '{}'\n", wait_step("go"));
+    cluster.dag("drain", &yaml);
+    let run = cluster.enqueue("drain");
+    cluster.wait_run("drain", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    let registry = cluster.env.home.path().join("data/service-registry/worker/w-d.json");
+    assert!(registry.exists(), "the worker registered itself in the registry");
+    let worker = cluster.workers.get_mut("w-d").expect("w-d");
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    wait_for(10, "the drain message", || worker.said("draining 1 running task").then_some(()));
+    cluster.touch("go");
+    let worker = cluster.workers.get_mut("w-d").expect("w-d");
+    let exit = wait_for(30, "the worker to exit", || worker.child.try_wait().ok().flatten());
+    assert!(exit.success(), "{}", worker.output());
+    let done = cluster.finished("drain", &run, 10);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(!registry.exists(), "the registry entry is removed on shutdown");
+    let _ = Duration::ZERO;
+}

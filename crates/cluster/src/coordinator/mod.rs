@@ -1,0 +1,138 @@
+//! The coordinator: a gRPC server that gives task files to workers, tracks worker health
+//! from heartbeats, and enforces leases. Its state is the task files plus what workers tell
+//! it, so it can restart at any time: workers keep running, reconnect, and renew.
+
+mod service;
+mod upkeep;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use trellis_store::FileStore;
+
+use crate::proto::RunningTask;
+use crate::proto::coordinator_server::CoordinatorServer;
+use crate::table::{Table, Timing};
+
+/// Settings of `trellis coordinator`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub addr: SocketAddr,
+    /// Host written in the registry for workers to dial (default: the bound address).
+    pub advertise: Option<String>,
+    pub home: PathBuf,
+    pub registry_dir: PathBuf,
+    pub id: String,
+    /// A task whose worker stops heartbeating is lost after this.
+    pub lease_timeout: Duration,
+    /// A claim not acknowledged within this goes back to the queue.
+    pub ack_timeout: Duration,
+    /// How often workers heartbeat (told to them at registration).
+    pub heartbeat_interval: Duration,
+    /// How often the registry file is rewritten.
+    pub registry_interval: Duration,
+    /// A task no live worker matches fails after waiting this long.
+    pub dispatch_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(home: PathBuf, addr: SocketAddr) -> Options {
+        Options {
+            addr,
+            advertise: None,
+            registry_dir: crate::registry::default_dir(&trellis_store::data_dir(&home)),
+            home,
+            id: format!("coordinator-{}", crate::default_id()),
+            lease_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            registry_interval: Duration::from_secs(10),
+            dispatch_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A worker as the coordinator knows it.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerState {
+    pub labels: IndexMap<String, String>,
+    pub host: String,
+    pub max_active_runs: u32,
+    pub connected_at: String,
+    pub last_heartbeat_ms: i64,
+    pub running: Vec<RunningTask>,
+}
+
+/// Shared by the gRPC handlers and the upkeep loops.
+pub(crate) struct Coord {
+    pub opts: Options,
+    pub data: PathBuf,
+    pub store: FileStore,
+    pub table: Mutex<Table>,
+    pub workers: Mutex<HashMap<String, WorkerState>>,
+    /// Woken when a task becomes claimable.
+    pub wake: Notify,
+}
+
+impl Coord {
+    pub fn timing(&self) -> Timing {
+        Timing {
+            ack_ms: self.opts.ack_timeout.as_millis() as i64,
+            lease_ms: self.opts.lease_timeout.as_millis() as i64,
+        }
+    }
+
+    pub fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerState>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serves until `shutdown`. `bound` receives the listening address (useful with port 0).
+pub async fn serve(
+    opts: Options,
+    shutdown: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    let coord = Arc::new(Coord {
+        data: trellis_store::data_dir(&opts.home),
+        store: FileStore::new(&opts.home),
+        opts,
+        table: Mutex::new(Table::default()),
+        workers: Mutex::new(HashMap::new()),
+        wake: Notify::new(),
+    });
+    upkeep::load_tasks(&coord);
+    let upkeep = tokio::spawn(upkeep::run(coord.clone(), addr, shutdown.clone()));
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let service = CoordinatorServer::new(service::Service(coord.clone()));
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = upkeep.await;
+    crate::registry::remove(
+        &coord.opts.registry_dir,
+        crate::registry::Kind::Coordinator,
+        &coord.opts.id,
+    );
+    result?;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! The gRPC handlers of the coordinator. Each one updates the task table under its lock,
+//! then persists what changed outside it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tonic::{Request, Response, Status, Streaming};
+use trellis_core::worker::Health;
+
+use super::{Coord, WorkerState};
+use crate::proto::{self, coordinator_server::Coordinator};
+use crate::table::{Phase, Task};
+use crate::{now_ms, tasks};
+
+pub(crate) struct Service(pub Arc<Coord>);
+
+/// The longest a poll waits, whatever the worker asks.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+fn labels(map: std::collections::HashMap<String, String>) -> IndexMap<String, String> {
+    let mut labels: IndexMap<String, String> = map.into_iter().collect();
+    labels.sort_keys();
+    labels
+}
+
+fn to_proto(task: &Task) -> proto::Task {
+    let token = match &task.phase {
+        Phase::Claimed { claim_token, .. } => claim_token.clone(),
+        Phase::Pending { .. } => String::new(),
+    };
+    let s = &task.spec;
+    proto::Task {
+        task_id: s.task_id.clone(),
+        claim_token: token,
+        dag_name: s.dag_name.clone(),
+        run_id: s.run_id.clone(),
+        attempt: s.attempt,
+        definition_json: s.definition_json.clone(),
+        params: s.params.clone(),
+        selector: s.selector.clone().into_iter().collect(),
+        queued_at: s.queued_at.clone(),
+        env: s.env.clone().into_iter().collect(),
+        existing_run: s.existing_run,
+        signature: String::new(),
+    }
+}
+
+impl Service {
+    fn known(&self, worker_id: &str) -> Result<(), Status> {
+        if self.0.workers().contains_key(worker_id) {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "worker {worker_id} is not registered"
+            )))
+        }
+    }
+
+    /// Claims a task for the worker and persists the claim.
+    fn try_claim(&self, worker_id: &str, labels: &IndexMap<String, String>) -> Option<Task> {
+        let token = uuid::Uuid::now_v7().to_string();
+        let task = {
+            let mut table = self.0.table();
+            table
+                .claim(worker_id, labels, &token, now_ms(), self.0.timing())
+                .cloned()
+        }?;
+        if let Err(e) = tasks::write(&self.0.data, &task) {
+            eprintln!("coordinator: cannot persist claim of {}: {e}", task.spec.task_id);
+        }
+        Some(task)
+    }
+
+    fn touch(&self, id: &str, labels: IndexMap<String, String>, running: Vec<proto::RunningTask>) {
+        let mut workers = self.0.workers();
+        if let Some(w) = workers.get_mut(id) {
+            w.last_heartbeat_ms = now_ms();
+            w.labels = labels;
+            w.running = running;
+        }
+    }
+
+    fn renew(&self, worker_id: &str, running: &[proto::RunningTask]) -> Vec<String> {
+        let pairs: Vec<(String, String)> = running
+            .iter()
+            .map(|t| (t.task_id.clone(), t.claim_token.clone()))
+            .collect();
+        let timing = self.0.timing();
+        self.0.table().heartbeat(worker_id, &pairs, now_ms(), timing)
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for Service {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        if r.worker_id.is_empty() {
+            return Err(Status::invalid_argument("worker_id is empty"));
+        }
+        let state = WorkerState {
+            labels: labels(r.labels),
+            host: r.host,
+            max_active_runs: r.max_active_runs,
+            connected_at: jiff::Timestamp::now().to_string(),
+            last_heartbeat_ms: now_ms(),
+            running: r.running.clone(),
+        };
+        let fresh = self.0.workers().insert(r.worker_id.clone(), state).is_none();
+        if fresh {
+            eprintln!("coordinator: worker {} registered", r.worker_id);
+        }
+        self.renew(&r.worker_id, &r.running);
+        self.0.wake.notify_waiters();
+        Ok(Response::new(proto::RegisterResponse {
+            coordinator_id: self.0.opts.id.clone(),
+            heartbeat_interval_ms: self.0.opts.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn poll(
+        &self,
+        request: Request<proto::PollRequest>,
+    ) -> Result<Response<proto::PollResponse>, Status> {
+        let r = request.into_inner();
+        self.known(&r.worker_id)?;
+        let labels = labels(r.labels);
+        let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a task added in between still wakes us.
+            let notified = self.0.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(task) = self.try_claim(&r.worker_id, &labels) {
+                return Ok(Response::new(proto::PollResponse {
+                    task: Some(to_proto(&task)),
+                }));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Ok(Response::new(proto::PollResponse { task: None }));
+                }
+            }
+        }
+    }
+
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
+        let r = request.into_inner();
+        let timing = self.0.timing();
+        let task = {
+            let mut table = self.0.table();
+            let ok = table.ack(&r.task_id, &r.worker_id, &r.claim_token, now_ms(), timing);
+            ok.then(|| table.get(&r.task_id).cloned()).flatten()
+        };
+        let Some(task) = task else {
+            return Ok(Response::new(proto::AckResponse {
+                accepted: false,
+                error: "the claim expired or is not yours".into(),
+            }));
+        };
+        if let Err(e) = tasks::write(&self.0.data, &task) {
+            eprintln!("coordinator: cannot persist ack of {}: {e}", r.task_id);
+        }
+        Ok(Response::new(proto::AckResponse {
+            accepted: true,
+            error: String::new(),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        self.known(&r.worker_id)?;
+        let cancel = self.renew(&r.worker_id, &r.running);
+        self.touch(&r.worker_id, labels(r.labels), r.running);
+        Ok(Response::new(proto::HeartbeatResponse {
+            cancel_task_ids: cancel,
+        }))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<proto::StatusReport>,
+    ) -> Result<Response<proto::StatusAck>, Status> {
+        let r = request.into_inner();
+        if !r.finished {
+            return Ok(Response::new(proto::StatusAck {
+                accepted: true,
+                error: String::new(),
+            }));
+        }
+        let removed = {
+            let mut table = self.0.table();
+            match table.get(&r.task_id) {
+                None => Ok(false),
+                Some(_) if table.owns(&r.task_id, &r.worker_id, &r.claim_token) => {
+                    Ok(table.remove(&r.task_id).is_some())
+                }
+                Some(_) => Err("the task is no longer this worker's (its lease expired)"),
+            }
+        };
+        match removed {
+            Ok(true) => {
+                if let Err(e) = tasks::remove(&self.0.data, &r.task_id) {
+                    eprintln!("coordinator: cannot remove task {}: {e}", r.task_id);
+                }
+                Ok(Response::new(proto::StatusAck {
+                    accepted: true,
+                    error: String::new(),
+                }))
+            }
+            Ok(false) => Ok(Response::new(proto::StatusAck {
+                accepted: true,
+                error: String::new(),
+            })),
+            Err(e) => Ok(Response::new(proto::StatusAck {
+                accepted: false,
+                error: e.into(),
+            })),
+        }
+    }
+
+    async fn stream_logs(
+        &self,
+        request: Request<Streaming<proto::LogChunk>>,
+    ) -> Result<Response<proto::LogAck>, Status> {
+        super::upkeep::receive_logs(&self.0, request.into_inner()).await
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::CancelResponse>, Status> {
+        let r = request.into_inner();
+        let found = super::upkeep::cancel(&self.0, &r.dag_name, &r.run_id);
+        Ok(Response::new(proto::CancelResponse { found }))
+    }
+
+    async fn get_workers(
+        &self,
+        _request: Request<proto::GetWorkersRequest>,
+    ) -> Result<Response<proto::GetWorkersResponse>, Status> {
+        let now = now_ms();
+        let mut workers: Vec<proto::WorkerInfo> = self
+            .0
+            .workers()
+            .iter()
+            .map(|(id, w)| proto::WorkerInfo {
+                id: id.clone(),
+                labels: w.labels.clone().into_iter().collect(),
+                health_status: Health::from_age_ms(now - w.last_heartbeat_ms)
+                    .as_str()
+                    .into(),
+                last_heartbeat: jiff::Timestamp::from_millisecond(w.last_heartbeat_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                max_active_runs: w.max_active_runs,
+                running_tasks: w.running.clone(),
+                host: w.host.clone(),
+                connected_at: w.connected_at.clone(),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(proto::GetWorkersResponse { workers }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<proto::DeregisterRequest>,
+    ) -> Result<Response<proto::DeregisterResponse>, Status> {
+        let id = request.into_inner().worker_id;
+        if self.0.workers().remove(&id).is_some() {
+            eprintln!("coordinator: worker {id} left");
+        }
+        Ok(Response::new(proto::DeregisterResponse {}))
+    }
+}

@@ -1,0 +1,370 @@
+//! What the coordinator does besides answering calls: load task files (at start, when the
+//! scheduler writes new ones, and on a slow timer as a safety net), expire leases, explain
+//! and time out tasks no live worker matches, handle cancel requests, keep its registry
+//! entry fresh and drop stale worker entries.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Response, Status, Streaming};
+use trellis_core::status::Status as RunStatus;
+use trellis_core::worker::Health;
+use trellis_store::{Entry, Store};
+
+use super::Coord;
+use crate::registry::{self, Kind};
+use crate::table::{Expired, Phase};
+use crate::{now_ms, proto, tasks};
+
+/// Loads every task file; leases get a fresh term, as no worker could renew them while
+/// no coordinator was running.
+pub(crate) fn load_tasks(coord: &Coord) {
+    let now = now_ms();
+    let lease = coord.opts.lease_timeout.as_millis() as i64;
+    let mut table = coord.table();
+    for mut task in tasks::load_all(&coord.data) {
+        if let Phase::Claimed { lease_until_ms, .. } = &mut task.phase {
+            *lease_until_ms = now + lease;
+        }
+        table.insert(task);
+    }
+    if !table.is_empty() {
+        eprintln!("coordinator: {} task(s) loaded", table.len());
+    }
+}
+
+/// Adds task files the table does not have yet (new ones from the scheduler).
+fn sync_new(coord: &Coord, paths: impl Iterator<Item = std::path::PathBuf>) -> bool {
+    let mut added = false;
+    for path in paths {
+        let Some(id) = tasks::id_of(&path) else {
+            continue;
+        };
+        if coord.table().get(&id).is_some() {
+            continue;
+        }
+        if let Some(task) = tasks::read(&path)
+            && matches!(task.phase, Phase::Pending { .. })
+        {
+            coord.table().insert(task);
+            added = true;
+        }
+    }
+    added
+}
+
+fn scan(coord: &Coord) {
+    let Ok(entries) = std::fs::read_dir(tasks::dir(&coord.data)) else {
+        return;
+    };
+    if sync_new(coord, entries.flatten().map(|e| e.path())) {
+        coord.wake.notify_waiters();
+    }
+}
+
+/// Watches the task dir so a new task reaches a waiting worker at once.
+fn watch(coord: Arc<Coord>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = tasks::dir(&coord.data);
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && (event.kind.is_create() || event.kind.is_modify())
+            && sync_new(&coord, event.paths.into_iter())
+        {
+            coord.wake.notify_waiters();
+        }
+    })
+    .ok()?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+    Some(watcher)
+}
+
+pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: CancellationToken) {
+    let _watcher = watch(coord.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_slow = 0i64;
+    let mut last_registry = 0i64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = now_ms();
+        expire(&coord, now);
+        if now - last_slow >= 1_000 {
+            last_slow = now;
+            scan(&coord);
+            handle_cancel_requests(&coord);
+            explain(&coord, now);
+            forget_offline(&coord, now);
+        }
+        if now - last_registry >= coord.opts.registry_interval.as_millis() as i64 {
+            last_registry = now;
+            refresh_registry(&coord, addr);
+        }
+    }
+}
+
+fn expire(coord: &Coord, now: i64) {
+    let expired = coord.table().expire(now);
+    for e in expired {
+        match e {
+            Expired::Unclaimed { task_id } => persist(coord, &task_id),
+            Expired::Requeued { task_id, attempt } => {
+                let task = coord.table().get(&task_id).cloned();
+                if let Some(task) = &task
+                    && ended(coord, &task.spec.dag_name, &task.spec.run_id)
+                {
+                    coord.table().remove(&task_id);
+                    let _ = tasks::remove(&coord.data, &task_id);
+                    continue;
+                }
+                if let Some(task) = task {
+                    let s = &task.spec;
+                    let msg = format!(
+                        "worker lost (no heartbeat for {} s); re-queued as attempt {attempt} of {}",
+                        coord.opts.lease_timeout.as_secs(),
+                        s.max_attempts
+                    );
+                    eprintln!("coordinator: run {} of {}: {msg}", s.run_id, s.dag_name);
+                    record(coord, &s.dag_name, &s.run_id, RunStatus::Queued, &msg);
+                }
+                persist(coord, &task_id);
+                coord.wake.notify_waiters();
+            }
+            Expired::Lost { task, worker_id } => {
+                let s = &task.spec;
+                if ended(coord, &s.dag_name, &s.run_id) {
+                    let _ = tasks::remove(&coord.data, &s.task_id);
+                    continue;
+                }
+                let msg = format!(
+                    "worker lost: {worker_id} sent no heartbeat for {} s",
+                    coord.opts.lease_timeout.as_secs()
+                );
+                eprintln!("coordinator: run {} of {}: {msg}", s.run_id, s.dag_name);
+                record(coord, &s.dag_name, &s.run_id, RunStatus::Failed, &msg);
+                let _ = tasks::remove(&coord.data, &s.task_id);
+            }
+        }
+    }
+}
+
+/// The store already holds the run's end: its worker finished but could not report (the
+/// coordinator was away). Re-running it would run it twice.
+fn ended(coord: &Coord, dag: &str, run_id: &str) -> bool {
+    matches!(
+        coord.store.find(dag, run_id),
+        Ok(Some(run)) if run.status.is_final() && run.worker_id.is_some()
+    )
+}
+
+fn persist(coord: &Coord, task_id: &str) {
+    let task = coord.table().get(task_id).cloned();
+    if let Some(task) = task
+        && let Err(e) = tasks::write(&coord.data, &task)
+    {
+        eprintln!("coordinator: cannot persist task {task_id}: {e}");
+    }
+}
+
+/// Writes a status to the run's latest attempt: a failure ends the run (and its running
+/// steps); a queued status carries the reason it waits.
+pub(crate) fn record(coord: &Coord, dag: &str, run_id: &str, status: RunStatus, msg: &str) {
+    let store = &coord.store;
+    let (Ok(Some(attempt)), Ok(Some(mut run))) =
+        (store.latest_attempt(dag, run_id), store.find(dag, run_id))
+    else {
+        eprintln!("coordinator: run {run_id} of {dag} is not in the store");
+        return;
+    };
+    run.status = status;
+    run.error = Some(msg.to_string());
+    if status.is_final() {
+        run.finished_at = Some(jiff::Timestamp::now().to_string());
+        for step in run.steps.iter_mut().chain(run.handlers.values_mut()) {
+            if !step.status.is_final() && step.status != RunStatus::NotStarted {
+                step.status = status;
+                step.error = Some(msg.to_string());
+            }
+        }
+    }
+    if let Err(e) = store.append(&attempt, &Entry::Snapshot(Box::new(run))) {
+        eprintln!("coordinator: cannot record run {run_id}: {e}");
+    }
+}
+
+/// Notes why pending tasks wait, and fails those no live worker matched for too long.
+fn explain(coord: &Coord, now: i64) {
+    let live: Vec<_> = coord
+        .workers()
+        .values()
+        .filter(|w| Health::from_age_ms(now - w.last_heartbeat_ms).is_live())
+        .map(|w| w.labels.clone())
+        .collect();
+    let changed = coord.table().explain(&live);
+    for id in changed {
+        persist(coord, &id);
+        let task = coord.table().get(&id).cloned();
+        if let Some(t) = task
+            && let Phase::Pending { reason } = &t.phase
+        {
+            let msg = reason.clone().unwrap_or_default();
+            record(coord, &t.spec.dag_name, &t.spec.run_id, RunStatus::Queued, &msg);
+        }
+    }
+    let timeout = coord.opts.dispatch_timeout.as_millis() as i64;
+    let stale: Vec<_> = coord
+        .table()
+        .tasks()
+        .filter(|t| matches!(&t.phase, Phase::Pending { reason: Some(_) }))
+        .filter(|t| now - t.spec.queued_ms > timeout)
+        .map(|t| t.spec.task_id.clone())
+        .collect();
+    for id in stale {
+        let Some(task) = coord.table().remove(&id) else {
+            continue;
+        };
+        let reason = match &task.phase {
+            Phase::Pending { reason } => reason.clone().unwrap_or_default(),
+            Phase::Claimed { .. } => String::new(),
+        };
+        let msg = format!("{reason} (waited {} s)", timeout / 1000);
+        eprintln!("coordinator: run {} of {}: {msg}", task.spec.run_id, task.spec.dag_name);
+        record(coord, &task.spec.dag_name, &task.spec.run_id, RunStatus::Failed, &msg);
+        let _ = tasks::remove(&coord.data, &id);
+    }
+}
+
+/// Cancels a run's task: a waiting one ends cancelled now; a running one is stopped by
+/// its worker at the next heartbeat. False when no task of that run exists.
+pub(crate) fn cancel(coord: &Coord, dag: &str, run_id: &str) -> bool {
+    let outcome = coord.table().cancel(dag, run_id);
+    match outcome {
+        None => false,
+        Some(None) => {
+            persist_run(coord, dag, run_id);
+            true
+        }
+        Some(Some(task)) => {
+            record(coord, dag, run_id, RunStatus::Cancelled, "cancelled before it started");
+            let _ = tasks::remove(&coord.data, &task.spec.task_id);
+            true
+        }
+    }
+}
+
+fn persist_run(coord: &Coord, dag: &str, run_id: &str) {
+    let id = coord
+        .table()
+        .tasks()
+        .find(|t| t.spec.dag_name == dag && t.spec.run_id == run_id)
+        .map(|t| t.spec.task_id.clone());
+    if let Some(id) = id {
+        persist(coord, &id);
+    }
+}
+
+fn handle_cancel_requests(coord: &Coord) {
+    for (path, dag, run_id) in tasks::cancel_requests(&coord.data) {
+        let dag_name = coord
+            .table()
+            .tasks()
+            .find(|t| trellis_store::safe_name(&t.spec.dag_name) == dag && t.spec.run_id == run_id)
+            .map(|t| t.spec.dag_name.clone());
+        if let Some(name) = dag_name {
+            cancel(coord, &name, &run_id);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Workers silent for 10 minutes leave the table (they show as offline until then).
+fn forget_offline(coord: &Coord, now: i64) {
+    coord
+        .workers()
+        .retain(|_, w| now - w.last_heartbeat_ms < 600_000);
+}
+
+fn refresh_registry(coord: &Coord, addr: SocketAddr) {
+    let now = jiff::Timestamp::now();
+    let entry = registry::Entry {
+        id: coord.opts.id.clone(),
+        host: coord
+            .opts
+            .advertise
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string()),
+        port: addr.port(),
+        pid: std::process::id(),
+        started_at: now.to_string(),
+        updated_at: now.to_string(),
+        status: "healthy".into(),
+        active_tasks: coord.table().len() as u32,
+        labels: Default::default(),
+    };
+    if let Err(e) = registry::write(&coord.opts.registry_dir, Kind::Coordinator, &entry) {
+        eprintln!("coordinator: cannot write registry entry: {e}");
+    }
+    for id in registry::drop_stale(&coord.opts.registry_dir, Kind::Worker, now) {
+        eprintln!("coordinator: dropped stale registry entry of worker {id}");
+    }
+}
+
+/// Appends streamed log chunks to the step's log in the run's latest attempt. Chunks carry
+/// sequence numbers; one at or below the last stored for its stream is a resend and is
+/// dropped, so a worker may resend after any reconnect.
+pub(crate) async fn receive_logs(
+    coord: &Coord,
+    mut stream: Streaming<proto::LogChunk>,
+) -> Result<Response<proto::LogAck>, Status> {
+    let mut ack = proto::LogAck::default();
+    let mut last: HashMap<(String, String, i32), u64> = HashMap::new();
+    while let Some(chunk) = stream.message().await? {
+        ack.chunks_received += 1;
+        if !coord
+            .table()
+            .owns(&chunk.task_id, &chunk.worker_id, &chunk.claim_token)
+        {
+            return Err(Status::permission_denied("the task is not this worker's"));
+        }
+        let key = (chunk.task_id.clone(), chunk.step_name.clone(), chunk.stream);
+        if last.get(&key).is_some_and(|seq| chunk.sequence <= *seq) {
+            continue;
+        }
+        let attempt = coord
+            .store
+            .latest_attempt(&chunk.dag_name, &chunk.run_id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found("no such run"))?;
+        let ext = if chunk.stream == proto::log_chunk::Stream::Stderr as i32 {
+            "err"
+        } else {
+            "out"
+        };
+        let path = attempt.log_dir.join(format!(
+            "{}.{ext}",
+            trellis_store::safe_name(&chunk.step_name)
+        ));
+        append(&path, &chunk.data).map_err(|e| Status::internal(e.to_string()))?;
+        ack.bytes_written += chunk.data.len() as u64;
+        last.insert(key, chunk.sequence);
+    }
+    Ok(Response::new(ack))
+}
+
+fn append(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(data)
+}

@@ -1,0 +1,40 @@
+//! Distributed execution: the gRPC protocol (`proto/trellis/cluster/v1/cluster.proto`), the
+//! coordinator that hands runs to workers, the worker that runs them with the same engine
+//! in-process, and the file service registry of shared-filesystem mode.
+//!
+//! The scheduler stays the one place that decides a run starts; for a run that belongs on a
+//! worker it writes a task file ([`tasks`]). The coordinator claims each task for a worker
+//! whose labels match, holds a lease on it that the worker's heartbeats renew, and re-queues
+//! or fails it when the lease expires. Task state lives in files, so a coordinator restart
+//! loses nothing and kills nothing.
+
+pub mod client;
+pub mod config;
+pub mod coordinator;
+pub mod registry;
+pub mod table;
+pub mod tasks;
+pub mod worker;
+
+/// Generated protocol types and gRPC stubs.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("trellis.cluster.v1");
+}
+
+/// Milliseconds since the epoch, the unit of the task table.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// `hostname@pid`, the default id of workers and coordinators.
+pub fn default_id() -> String {
+    format!("{}@{}", hostname(), std::process::id())
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,98 @@
+//! Task files: the hand-off between the scheduler (which decides a run starts and writes a
+//! pending task) and the coordinator (which claims it for a worker and removes the file when
+//! the run ends). One JSON file per task under `data/distributed/tasks/`, written whole
+//! (temporary file, then rename), so a reader never sees half a task and a coordinator
+//! restart reloads every task it had.
+//!
+//! Cancel requests (`trellis stop` of a run on a worker) are empty files under
+//! `data/distributed/cancel/`, named `<dag>~<run_id>`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::table::Task;
+
+pub fn dir(data: &Path) -> PathBuf {
+    data.join("distributed").join("tasks")
+}
+
+pub fn cancel_dir(data: &Path) -> PathBuf {
+    data.join("distributed").join("cancel")
+}
+
+/// Writes (or rewrites) a task file atomically.
+pub fn write(data: &Path, task: &Task) -> std::io::Result<()> {
+    let dir = dir(data);
+    fs::create_dir_all(&dir)?;
+    let name = format!("{}.json", task.spec.task_id);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(serde_json::to_string(task).map_err(std::io::Error::other)?.as_bytes())?;
+    fs::rename(tmp, dir.join(name))
+}
+
+pub fn remove(data: &Path, task_id: &str) -> std::io::Result<()> {
+    match fs::remove_file(dir(data).join(format!("{task_id}.json"))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+pub fn read(path: &Path) -> Option<Task> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+/// The task id a task file path names (`None` for temporary files).
+pub fn id_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with('.') {
+        return None;
+    }
+    name.strip_suffix(".json").map(str::to_string)
+}
+
+/// Every task on disk; unreadable files are reported and skipped.
+pub fn load_all(data: &Path) -> Vec<Task> {
+    let Ok(entries) = fs::read_dir(dir(data)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if id_of(&path).is_none() {
+            continue;
+        }
+        match read(&path) {
+            Some(task) => out.push(task),
+            None => eprintln!("coordinator: cannot read task file {}", path.display()),
+        }
+    }
+    out
+}
+
+/// Asks the coordinator to cancel a run that runs (or waits) on a worker.
+pub fn request_cancel(data: &Path, dag: &str, run_id: &str) -> std::io::Result<()> {
+    let dir = cancel_dir(data);
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(cancel_name(dag, run_id)), b"")
+}
+
+pub fn cancel_name(dag: &str, run_id: &str) -> String {
+    format!("{}~{run_id}", trellis_store::safe_name(dag))
+}
+
+/// Pending cancel requests as (file, dag, run id); the coordinator removes each it handles.
+pub fn cancel_requests(data: &Path) -> Vec<(PathBuf, String, String)> {
+    let Ok(entries) = fs::read_dir(cancel_dir(data)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (dag, run) = name.split_once('~')?;
+            Some((e.path(), dag.to_string(), run.to_string()))
+        })
+        .collect()
+}

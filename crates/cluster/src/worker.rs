@@ -1,0 +1,466 @@
+//! `trellis worker`: registers with the coordinator (found in the service registry or
+//! given), long-polls for tasks while it has free slots, runs each with the engine
+//! in-process, heartbeats every second with the tasks it runs (renewing their leases),
+//! and reports each run's end. A coordinator that goes away is retried with backoff while
+//! the runs go on. On shutdown it stops taking work, drains, and deregisters.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use trellis_core::Dag;
+use trellis_engine::{Engine, Options as EngineOptions, RunRequest};
+use trellis_executor::Local;
+use trellis_store::FileStore;
+
+use crate::proto::{self, coordinator_client::CoordinatorClient};
+use crate::registry::{self, Kind};
+
+/// Settings of `trellis worker`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub id: String,
+    pub labels: IndexMap<String, String>,
+    pub max_active_runs: u32,
+    /// `host:port` of the coordinator; `None` finds it in the registry.
+    pub coordinator: Option<String>,
+    pub home: PathBuf,
+    pub registry_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub registry_interval: Duration,
+    /// How long a shutdown waits for running tasks before cancelling them.
+    pub drain_grace: Duration,
+}
+
+impl Options {
+    pub fn new(home: PathBuf) -> Options {
+        Options {
+            id: crate::default_id(),
+            labels: IndexMap::new(),
+            max_active_runs: 100,
+            coordinator: None,
+            registry_dir: registry::default_dir(&trellis_store::data_dir(&home)),
+            home,
+            heartbeat_interval: Duration::from_secs(1),
+            registry_interval: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Running {
+    info: proto::RunningTask,
+    cancel: CancellationToken,
+}
+
+type Client = CoordinatorClient<Channel>;
+
+struct Worker {
+    opts: Options,
+    engine: Engine<FileStore, Local>,
+    running: Mutex<HashMap<String, Running>>,
+    link: Mutex<Option<Client>>,
+    /// Woken when the link comes up.
+    linked: Notify,
+    started_at: String,
+}
+
+impl Worker {
+    fn client(&self) -> Option<Client> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_client(&self, client: Option<Client>) {
+        let up = client.is_some();
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = client;
+        if up {
+            self.linked.notify_waiters();
+        }
+    }
+
+    fn running_tasks(&self) -> Vec<proto::RunningTask> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.values().map(|r| r.info.clone()).collect()
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        self.opts.labels.clone().into_iter().collect()
+    }
+
+    /// Waits for the link; `None` when shutting down first.
+    async fn wait_client(&self, stop: &CancellationToken) -> Option<Client> {
+        loop {
+            let notified = self.linked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.client() {
+                return Some(c);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+}
+
+/// Runs the worker until `shutdown`, then drains and deregisters.
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), String> {
+    let engine_opts = EngineOptions {
+        dags_dir: None,
+        base_env: std::env::vars().collect(),
+        worker_id: Some(opts.id.clone()),
+    };
+    let store = Arc::new(FileStore::new(&opts.home));
+    let worker = Arc::new(Worker {
+        engine: Engine::new(store, Arc::new(Local), engine_opts),
+        opts,
+        running: Mutex::new(HashMap::new()),
+        link: Mutex::new(None),
+        linked: Notify::new(),
+        started_at: jiff::Timestamp::now().to_string(),
+    });
+    eprintln!(
+        "worker {}: labels {:?}, {} slots",
+        worker.opts.id, worker.opts.labels, worker.opts.max_active_runs
+    );
+    let stop_link = CancellationToken::new();
+    let link = tokio::spawn(link_loop(worker.clone(), stop_link.clone()));
+    let registry = tokio::spawn(registry_loop(worker.clone(), stop_link.clone()));
+    let slots = Arc::new(Semaphore::new(worker.opts.max_active_runs.max(1) as usize));
+    poll_loop(worker.clone(), slots.clone(), shutdown.clone()).await;
+    drain(&worker, &slots).await;
+    stop_link.cancel();
+    let _ = link.await;
+    let _ = registry.await;
+    if let Some(mut client) = worker.client() {
+        let req = proto::DeregisterRequest {
+            worker_id: worker.opts.id.clone(),
+        };
+        let _ = client.deregister(req).await;
+    }
+    registry::remove(&worker.opts.registry_dir, Kind::Worker, &worker.opts.id);
+    eprintln!("worker {}: stopped", worker.opts.id);
+    Ok(())
+}
+
+/// Waits for running tasks up to the grace period, then cancels what is left.
+async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
+    let total = worker.opts.max_active_runs.max(1);
+    let busy = total as usize - slots.available_permits();
+    if busy > 0 {
+        eprintln!(
+            "worker {}: draining {busy} running task(s) (up to {} s)",
+            worker.opts.id,
+            worker.opts.drain_grace.as_secs()
+        );
+    }
+    let all = slots.clone().acquire_many_owned(total);
+    if tokio::time::timeout(worker.opts.drain_grace, all)
+        .await
+        .is_err()
+    {
+        eprintln!("worker {}: grace period over; cancelling runs", worker.opts.id);
+        for r in worker.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            r.cancel.cancel();
+        }
+        let _ = slots.clone().acquire_many_owned(total).await;
+    }
+}
+
+/// Keeps a registered connection and heartbeats on it.
+async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut said_down = false;
+    loop {
+        if worker.client().is_none() {
+            match connect(&worker).await {
+                Ok(client) => {
+                    if said_down {
+                        eprintln!("worker {}: coordinator reachable again", worker.opts.id);
+                    }
+                    said_down = false;
+                    backoff = Duration::from_millis(100);
+                    worker.set_client(Some(client));
+                }
+                Err(e) => {
+                    if !said_down {
+                        eprintln!("worker {}: {e}; retrying", worker.opts.id);
+                        said_down = true;
+                    }
+                    backoff = (backoff * 3 / 2).min(Duration::from_secs(5));
+                }
+            }
+        } else if let Err(e) = heartbeat(&worker).await {
+            eprintln!("worker {}: heartbeat failed: {e}", worker.opts.id);
+            worker.set_client(None);
+            said_down = true;
+        }
+        let wait = if worker.client().is_some() {
+            worker.opts.heartbeat_interval
+        } else {
+            backoff
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The coordinator's address: the configured one, else the freshest live registry entry.
+fn coordinator_address(worker: &Worker) -> Result<String, String> {
+    if let Some(addr) = &worker.opts.coordinator {
+        return Ok(addr.clone());
+    }
+    let live = registry::live(
+        &worker.opts.registry_dir,
+        Kind::Coordinator,
+        jiff::Timestamp::now(),
+    );
+    live.first()
+        .map(|e| format!("{}:{}", e.host, e.port))
+        .ok_or_else(|| {
+            format!(
+                "no live coordinator in the registry {}",
+                worker.opts.registry_dir.display()
+            )
+        })
+}
+
+async fn connect(worker: &Worker) -> Result<Client, String> {
+    let addr = coordinator_address(worker)?;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad coordinator address {addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the coordinator at {addr}: {e}"))?;
+    let mut client = CoordinatorClient::new(channel);
+    let req = proto::RegisterRequest {
+        worker_id: worker.opts.id.clone(),
+        labels: worker.labels(),
+        max_active_runs: worker.opts.max_active_runs,
+        host: crate::hostname(),
+        pid: std::process::id(),
+        running: worker.running_tasks(),
+    };
+    client
+        .register(req)
+        .await
+        .map_err(|e| format!("registration refused: {}", e.message()))?;
+    eprintln!("worker {}: registered with the coordinator at {addr}", worker.opts.id);
+    Ok(client)
+}
+
+async fn heartbeat(worker: &Worker) -> Result<(), String> {
+    let Some(mut client) = worker.client() else {
+        return Ok(());
+    };
+    let req = proto::HeartbeatRequest {
+        worker_id: worker.opts.id.clone(),
+        labels: worker.labels(),
+        running: worker.running_tasks(),
+        max_active_runs: worker.opts.max_active_runs,
+    };
+    let reply = client
+        .heartbeat(req)
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let running = worker.running.lock().unwrap_or_else(|e| e.into_inner());
+    for id in reply.cancel_task_ids {
+        if let Some(r) = running.get(&id) {
+            eprintln!(
+                "worker {}: stopping run {} of {} as the coordinator asks",
+                worker.opts.id, r.info.run_id, r.info.dag_name
+            );
+            r.cancel.cancel();
+        }
+    }
+    Ok(())
+}
+
+/// Takes tasks while there are free slots, until shutdown.
+async fn poll_loop(worker: Arc<Worker>, slots: Arc<Semaphore>, shutdown: CancellationToken) {
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(mut client) = worker.wait_client(&shutdown).await else {
+            return;
+        };
+        let req = proto::PollRequest {
+            worker_id: worker.opts.id.clone(),
+            labels: worker.labels(),
+            wait_ms: 10_000,
+        };
+        let reply = tokio::select! {
+            r = client.poll(req) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match reply {
+            Ok(reply) => {
+                if let Some(task) = reply.into_inner().task {
+                    accept(&worker, &mut client, task, permit).await;
+                }
+            }
+            Err(e) => {
+                eprintln!("worker {}: poll failed: {}", worker.opts.id, e.message());
+                worker.set_client(None);
+            }
+        }
+    }
+}
+
+/// Acknowledges a claimed task and starts it.
+async fn accept(
+    worker: &Arc<Worker>,
+    client: &mut Client,
+    task: proto::Task,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let req = proto::AckRequest {
+        worker_id: worker.opts.id.clone(),
+        task_id: task.task_id.clone(),
+        claim_token: task.claim_token.clone(),
+    };
+    match client.ack(req).await {
+        Ok(r) if r.get_ref().accepted => {}
+        Ok(r) => {
+            eprintln!("worker {}: claim refused: {}", worker.opts.id, r.get_ref().error);
+            return;
+        }
+        Err(e) => {
+            eprintln!("worker {}: ack failed: {}", worker.opts.id, e.message());
+            return;
+        }
+    }
+    let cancel = CancellationToken::new();
+    let info = proto::RunningTask {
+        task_id: task.task_id.clone(),
+        claim_token: task.claim_token.clone(),
+        dag_name: task.dag_name.clone(),
+        run_id: task.run_id.clone(),
+        root_run_id: task.run_id.clone(),
+        started_at: jiff::Timestamp::now().to_string(),
+    };
+    worker.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        task.task_id.clone(),
+        Running {
+            info,
+            cancel: cancel.clone(),
+        },
+    );
+    let worker = worker.clone();
+    tokio::spawn(async move {
+        execute(&worker, &task, cancel).await;
+        report(&worker, &task).await;
+        worker
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.task_id);
+        drop(permit);
+    });
+}
+
+/// Runs the task's DAG with the engine; a task that cannot start is recorded as failed.
+async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken) {
+    let dag: Dag = match serde_json::from_str(&task.definition_json) {
+        Ok(dag) => dag,
+        Err(e) => {
+            eprintln!("worker {}: task {} has a bad definition: {e}", worker.opts.id, task.task_id);
+            return;
+        }
+    };
+    let params = match trellis_spec::resolve_params(&dag, Some(&task.params), &[]) {
+        Ok(p) => p,
+        Err(errors) => {
+            let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            eprintln!("worker {}: task {}: {}", worker.opts.id, task.task_id, msg.join("; "));
+            return;
+        }
+    };
+    let dag = Arc::new(dag);
+    let req = RunRequest {
+        locals: Arc::new(dag.local_dags.clone()),
+        dag,
+        params,
+        run_id: task.run_id.clone(),
+        parent: None,
+        retry: None,
+        env: task.env.clone().into_iter().collect(),
+        queued: task.existing_run,
+    };
+    match worker.engine.run(req, cancel).await {
+        Ok(record) => eprintln!(
+            "worker {}: run {} of {} {}",
+            worker.opts.id, record.run_id, record.name, record.status
+        ),
+        Err(e) => eprintln!("worker {}: run {}: {e}", worker.opts.id, task.run_id),
+    }
+}
+
+/// Tells the coordinator the run ended, retrying across reconnects.
+async fn report(worker: &Worker, task: &proto::Task) {
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..600 {
+        if let Some(mut client) = worker.client() {
+            let req = proto::StatusReport {
+                worker_id: worker.opts.id.clone(),
+                task_id: task.task_id.clone(),
+                claim_token: task.claim_token.clone(),
+                record_json: String::new(),
+                finished: true,
+            };
+            match client.report_status(req).await {
+                Ok(r) => {
+                    if !r.get_ref().accepted {
+                        eprintln!("worker {}: report refused: {}", worker.opts.id, r.get_ref().error);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("worker {}: report failed: {}", worker.opts.id, e.message());
+                    worker.set_client(None);
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 3 / 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Refreshes the worker's registry entry (discovery, and what `trellis workers` shows
+/// without a coordinator).
+async fn registry_loop(worker: Arc<Worker>, stop: CancellationToken) {
+    loop {
+        let entry = registry::Entry {
+            id: worker.opts.id.clone(),
+            host: crate::hostname(),
+            port: 0,
+            pid: std::process::id(),
+            started_at: worker.started_at.clone(),
+            updated_at: jiff::Timestamp::now().to_string(),
+            status: "healthy".into(),
+            active_tasks: worker.running_tasks().len() as u32,
+            labels: worker.opts.labels.clone(),
+        };
+        if let Err(e) = registry::write(&worker.opts.registry_dir, Kind::Worker, &entry) {
+            eprintln!("worker {}: cannot write its registry entry: {e}", worker.opts.id);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(worker.opts.registry_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
