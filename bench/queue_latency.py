@@ -28,6 +28,11 @@ back to the rename event's arrival time, which is later than queued_at (so it un
 that sample's latency by the item's write time, about a millisecond); the number of such
 samples is printed.
 
+With `--workers N` the run goes through the cluster instead: a `trellis coordinator` and N
+`trellis worker`s (labels pool=bench) start on the same TRELLIS_HOME, and the DAG carries
+`worker_selector: {pool: bench}`, so the time measured is scheduler → task file →
+coordinator → long-polling worker → engine start.
+
 It prints a markdown table (p50/p90/p99/max in ms) and a PASS/MISS line for the target
 (p99 queue latency < 100 ms). It always exits 0 once it has run (it is a benchmark, not a
 test); it exits 2 only when it cannot run at all.
@@ -151,12 +156,41 @@ def pct(values: list[float], p: float) -> float:
     return ordered[int(rank) - 1]
 
 
+def wait_line(path: Path, text: bytes, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while text not in path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start:\n" + path.read_text())
+        time.sleep(0.01)
+
+
+def start_cluster(binary: Path, env: dict, work: Path, workers: int) -> list[subprocess.Popen]:
+    """A coordinator on a free port and `workers` workers that find it in the registry."""
+    procs = []
+    log = work / "coordinator.log"
+    procs.append(subprocess.Popen(
+        [str(binary), "coordinator", "--coordinator.port", "0"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+    ))
+    wait_line(log, b"listening on", procs[0], "the coordinator")
+    for i in range(workers):
+        wlog = work / f"worker{i}.log"
+        proc = subprocess.Popen(
+            [str(binary), "worker", "--worker.id", f"bench-{i}", "--worker.labels", "pool=bench"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(wlog, "wb"),
+        )
+        procs.append(proc)
+        wait_line(wlog, b"registered", proc, f"worker {i}")
+    return procs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="trellis binary (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=100, help="runs to enqueue (default: %(default)s)")
     ap.add_argument("--home-dir", type=Path, help="where the fresh TRELLIS_HOME goes (default: the temporary work dir)")
     ap.add_argument("--json", type=Path, help="also write the raw samples here")
+    ap.add_argument("--workers", type=int, default=0, help="run through a coordinator and this many workers")
     args = ap.parse_args()
 
     if not args.bin.exists():
@@ -167,7 +201,7 @@ def main() -> int:
     dags = work / "dags"
     dags.mkdir()
     dag_file = dags / "lat.yaml"
-    dag_file.write_text(DAG)
+    dag_file.write_text(DAG + ("worker_selector: {pool: bench}\n" if args.workers else ""))
     queue_dir = home / "data" / "queue" / "lat"
     queue_dir.mkdir(parents=True)
     env = dict(os.environ, TRELLIS_HOME=str(home))
@@ -175,6 +209,7 @@ def main() -> int:
         env.pop(var, None)
 
     load_before = os.getloadavg()
+    cluster = start_cluster(args.bin, env, work, args.workers) if args.workers else []
     log = open(work / "scheduler.log", "w+b")
     sched = subprocess.Popen(
         [str(args.bin), "scheduler", "--dags", str(dags), "--id", "bench"],
@@ -227,6 +262,9 @@ def main() -> int:
                 "exact_queued_at": seen[0] is not None,
             })
     finally:
+        for proc in cluster:
+            proc.kill()
+            proc.wait()
         sched.send_signal(signal.SIGTERM)
         try:
             sched.wait(timeout=20)
@@ -236,7 +274,8 @@ def main() -> int:
         log.close()
     load_after = os.getloadavg()
 
-    print(f"# Queue latency: {len(samples)} runs, one at a time, one scheduler")
+    through = f", through a coordinator and {args.workers} worker(s)" if args.workers else ""
+    print(f"# Queue latency: {len(samples)} runs, one at a time, one scheduler{through}")
     print()
     print(f"binary {args.bin}; {platform.platform()}; {os.cpu_count()} CPUs; "
           f"load {load_before[0]:.2f} before, {load_after[0]:.2f} after")

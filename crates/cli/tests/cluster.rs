@@ -355,3 +355,38 @@ fn sigterm_drains_running_tasks_and_deregisters() {
     assert!(!registry.exists(), "the registry entry is removed on shutdown");
     let _ = Duration::ZERO;
 }
+
+/// Seed 000's config, as a Dagu user has it (env prefix renamed): separate data, log and
+/// registry dirs, a worker id and labels in the file, no coordinator address for the worker.
+#[test]
+fn a_dagu_shaped_shared_filesystem_config_works() {
+    let env = Env::new();
+    let shared = env.path("shared");
+    let port = free_port();
+    let config = env.config(&format!(
+        "paths:\n  data_dir: {s}/data\n  log_dir: {s}/logs\n  service_registry_dir: {s}/service-registry\n  dag_state_dir: {s}/data/dag-state\nworker:\n  id: worker-gpu-01\n  labels:\n    gpu: \"true\"\n    memory: \"64G\"\ncoordinator:\n  host: 127.0.0.1\n  port: {port}\n",
+        s = shared.display()
+    ));
+    let cfg = config.display().to_string();
+    let vars = [("TRELLIS_CONFIG", cfg.as_str())];
+    let _coordinator = Proc::spawn_with(&env, &["coordinator"], "coordinator listening on", &vars);
+    let worker = Proc::spawn_with(&env, &["worker"], "registered with the coordinator", &vars);
+    let _scheduler = Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    assert!(worker.said(&format!("127.0.0.1:{port}")), "found through the registry");
+    assert!(shared.join("service-registry/worker/worker-gpu-01.json").exists());
+    let file = env.dag("train", "workerSelector:\n  gpu: \"true\"\nsteps:\n  - name: fit\n    command: echo fitted\n");
+    let out = env.trellis().env("TRELLIS_CONFIG", &cfg).arg("enqueue").arg(&file).output().expect("enqueue");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let done = wait_for(30, "the run to finish", || {
+        let out = env.trellis().env("TRELLIS_CONFIG", &cfg).args(["status", "--json", "train", "-r", &run]).output().ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"] == "succeeded").then_some(v)
+    });
+    assert_eq!(done["steps"][0]["worker_id"], "worker-gpu-01");
+    assert!(shared.join("data/dag-runs/train").is_dir(), "status in the shared data dir");
+    let logs = env.trellis().env("TRELLIS_CONFIG", &cfg).args(["logs", "train", "--step", "fit"]).output().expect("logs");
+    assert_eq!(String::from_utf8_lossy(&logs.stdout).trim(), "fitted");
+    assert!(shared.join("logs/train").is_dir(), "logs in the shared log dir");
+    assert!(!env.home.path().join("data/dag-runs").exists(), "nothing under the default home");
+}

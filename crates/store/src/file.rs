@@ -142,6 +142,9 @@ impl Store for FileStore {
         };
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+        if parent.is_none() {
+            self.index(dag, run_id, &run_dir);
+        }
         let root_run_id = parent.map_or_else(|| run_id.to_string(), |p| p.root_run_id.clone());
         Ok(Attempt {
             dir,
@@ -365,17 +368,56 @@ impl Store for FileStore {
                 fs::remove_dir_all(&logs).map_err(io(&logs))?;
             }
         }
+        let _ = fs::remove_file(self.index_path(dag, run_id));
         fs::remove_dir_all(&run_dir).map_err(io(&run_dir))
     }
 }
 
 impl FileStore {
+    /// The directory of a top-level run: through the run-id index (one small read), else
+    /// by scanning the DAG's runs (runs stored before the index existed), which then
+    /// indexes it.
     fn run_dir(&self, dag: &str, run_id: &str) -> Result<Option<PathBuf>> {
+        crate::check_name(run_id)?;
+        let index = self.index_path(dag, run_id);
+        if let Ok(rel) = fs::read_to_string(&index) {
+            let dir = self.runs_dir(dag).join(rel.trim());
+            if dir.is_dir() {
+                return Ok(Some(dir));
+            }
+        }
         let suffix = format!("_{run_id}");
-        Ok(self.run_dirs(dag)?.into_iter().find(|d| {
+        let found = self.run_dirs(dag)?.into_iter().find(|d| {
             d.file_name()
                 .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
-        }))
+        });
+        if let Some(dir) = &found {
+            self.index(dag, run_id, dir);
+        }
+        Ok(found)
+    }
+
+    /// `dag-runs/<dag>/by-id/<run_id>` holds the run's directory relative to the DAG's
+    /// runs, so finding a run does not list every run of its DAG.
+    fn index_path(&self, dag: &str, run_id: &str) -> PathBuf {
+        self.data
+            .join("dag-runs")
+            .join(safe_name(dag))
+            .join("by-id")
+            .join(run_id)
+    }
+
+    /// Best effort: a missing index entry only costs a scan.
+    fn index(&self, dag: &str, run_id: &str, run_dir: &Path) {
+        let Ok(rel) = run_dir.strip_prefix(self.runs_dir(dag)) else {
+            return;
+        };
+        let path = self.index_path(dag, run_id);
+        if let Some(parent) = path.parent()
+            && fs::create_dir_all(parent).is_ok()
+        {
+            let _ = fs::write(&path, rel.to_string_lossy().as_bytes());
+        }
     }
 
     fn queue_dir(&self, queue: &str) -> PathBuf {
