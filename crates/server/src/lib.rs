@@ -15,6 +15,7 @@ pub mod health;
 pub mod metrics;
 pub mod state;
 pub mod ui;
+pub mod views;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -63,6 +64,11 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             auth::middleware,
         ))
+        // Outermost, so refused requests (401, 403) are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            metrics::track,
+        ))
         .with_state(app.clone());
     if app.path_prefix.is_empty() {
         routes
@@ -99,11 +105,14 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     check(&opts).map_err(ServeError::Config)?;
     let app = Arc::new(App::new(&opts).map_err(ServeError::Config)?);
+    let streams = app.clone();
     let router = router(app).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let watcher = handle.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;
+        // Live-update streams never finish on their own; end them so shutdown is prompt.
+        streams.live.close();
         watcher.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     let notify = handle.clone();

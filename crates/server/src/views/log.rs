@@ -1,0 +1,173 @@
+//! Reading a step's log through the API: a byte range, or the last lines, without
+//! loading the whole file.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::find_run;
+use crate::error::{Error, Result};
+use crate::state::App;
+
+/// Which of a step's logs.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Which part of a log to read: from `offset` (bytes), at most `limit` bytes, or the last
+/// `tail` lines.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogRange {
+    pub offset: u64,
+    pub limit: Option<u64>,
+    pub tail: Option<usize>,
+}
+
+/// A piece of a step's log.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogChunk {
+    pub step: String,
+    pub stream: LogStream,
+    /// The bytes read, as UTF-8 (invalid sequences replaced).
+    pub text: String,
+    /// Where `text` starts in the file.
+    pub offset: u64,
+    /// Where to read on from.
+    pub next_offset: u64,
+    /// The file's size now.
+    pub size: u64,
+    /// The step has ended, so the log will not grow.
+    pub complete: bool,
+}
+
+/// Largest piece of a log one read returns.
+pub const MAX_LOG_CHUNK: u64 = 1024 * 1024;
+
+/// Reads part of a step's (or handler's) log; 404 when the run has no such step.
+pub fn read_log(
+    app: &App,
+    name: &str,
+    run_id: &str,
+    step: &str,
+    stream: LogStream,
+    range: LogRange,
+) -> Result<LogChunk> {
+    let run = find_run(app, name, run_id)?;
+    let record = run
+        .steps
+        .iter()
+        .chain(run.handlers.values())
+        .find(|s| s.name == step)
+        .ok_or_else(|| Error::not_found(format!("run {run_id} has no step named `{step}`")))?;
+    let path = match stream {
+        LogStream::Stdout => record.stdout.clone(),
+        LogStream::Stderr => record.stderr.clone(),
+    };
+    let complete = record.status.is_final() || run.status.is_final();
+    let mut chunk = LogChunk {
+        step: step.to_string(),
+        stream,
+        text: String::new(),
+        offset: 0,
+        next_offset: 0,
+        size: 0,
+        complete,
+    };
+    let Some(path) = path else {
+        return Ok(chunk);
+    };
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return Ok(chunk);
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let limit = range.limit.unwrap_or(MAX_LOG_CHUNK).min(MAX_LOG_CHUNK);
+    let start = match range.tail {
+        Some(lines) => tail_start(&mut file, size, lines)?,
+        None => range.offset.min(size),
+    };
+    let end = size.min(start.saturating_add(limit));
+    let mut buf = Vec::with_capacity((end - start) as usize);
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.take(end - start).read_to_end(&mut buf))
+        .map_err(|e| Error::internal(format!("{path}: {e}")))?;
+    chunk.text = String::from_utf8_lossy(&buf).into_owned();
+    chunk.offset = start;
+    chunk.next_offset = end;
+    chunk.size = size;
+    Ok(chunk)
+}
+
+/// The offset where the last `lines` lines of a file start, reading backwards in blocks.
+fn tail_start(file: &mut std::fs::File, size: u64, lines: usize) -> Result<u64> {
+    const BLOCK: u64 = 64 * 1024;
+    if lines == 0 {
+        return Ok(size);
+    }
+    let mut pos = size;
+    let mut seen = 0usize;
+    let mut buf = vec![0u8; BLOCK as usize];
+    // A final newline ends the last line; it does not start another one.
+    let mut skip_last = true;
+    while pos > 0 {
+        let len = BLOCK.min(pos);
+        pos -= len;
+        let slice = &mut buf[..len as usize];
+        file.seek(SeekFrom::Start(pos))
+            .and_then(|_| file.read_exact(slice))
+            .map_err(|e| Error::internal(format!("reading a log: {e}")))?;
+        for i in (0..slice.len()).rev() {
+            if slice[i] != b'\n' {
+                skip_last = false;
+                continue;
+            }
+            if skip_last {
+                skip_last = false;
+                continue;
+            }
+            seen += 1;
+            if seen >= lines {
+                return Ok(pos + i as u64 + 1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(text: &str, lines: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, text).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let start = tail_start(&mut file, text.len() as u64, lines).unwrap();
+        text[start as usize..].to_string()
+    }
+
+    #[test]
+    fn tail_counts_lines_from_the_end() {
+        assert_eq!(tail_of("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_of("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_of("a\nb\nc\n", 5), "a\nb\nc\n");
+        assert_eq!(tail_of("a\nb\nc\n", 0), "");
+        assert_eq!(tail_of("", 3), "");
+        let long: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(tail_of(&long, 2), "line 99998\nline 99999\n");
+    }
+}
