@@ -186,6 +186,19 @@ pub struct CoordinatorFlags {
     /// (config coordinator.dispatch_timeout; default 300).
     #[arg(long = "coordinator.dispatch-timeout", value_name = "SECS")]
     pub dispatch_timeout: Option<u64>,
+    /// Serve TLS with this certificate chain (PEM; config coordinator.tls.certFile).
+    #[arg(long = "coordinator.tls-cert", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM; config coordinator.tls.keyFile).
+    #[arg(long = "coordinator.tls-key", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: require worker certificates signed by this CA (config coordinator.tls.caFile).
+    #[arg(long = "coordinator.tls-ca", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Workers must present tokens made with this key, and tasks are signed with it
+    /// (env TRELLIS_COORDINATOR_SIGNING_KEY; config coordinator.signing_key / signingKey).
+    #[arg(long = "coordinator.signing-key", value_name = "KEY")]
+    pub signing_key: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,6 +232,27 @@ pub struct WorkerArgs {
     /// Seconds a shutdown waits for running tasks before cancelling them (default 60).
     #[arg(long = "worker.drain-grace", value_name = "SECS")]
     pub drain_grace: Option<u64>,
+    /// Shared-nothing mode: coordinators `host:port,...` to relay runs to; the worker then
+    /// needs no access to the data and log dirs (config worker.coordinators).
+    #[arg(long = "worker.coordinators", value_name = "ADDRS")]
+    pub coordinators: Option<String>,
+    /// The CA that signed the coordinator's certificate; turns TLS on
+    /// (config worker.tls.caFile).
+    #[arg(long = "worker.tls-ca", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This worker's certificate, for mTLS (config worker.tls.certFile).
+    #[arg(long = "worker.tls-cert", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// This worker's key, for mTLS (config worker.tls.keyFile).
+    #[arg(long = "worker.tls-key", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Plaintext to the coordinator even if TLS settings exist (config worker.insecure).
+    #[arg(long = "worker.insecure")]
+    pub insecure: bool,
+    /// The cluster signing key (env TRELLIS_COORDINATOR_SIGNING_KEY; config
+    /// coordinator.signing_key).
+    #[arg(long = "coordinator.signing-key", value_name = "KEY")]
+    pub signing_key: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,13 +1,12 @@
-//! Talking to a coordinator from the outside: finding it, and asking it for its workers
-//! (for `trellis workers`, the API and the UI).
+//! Talking to a coordinator from the outside (`trellis workers`, the API and the UI):
+//! finding it, and asking it for its workers. Uses the same TLS and token settings as a
+//! worker, under the id `trellis-client`.
 
 use std::path::Path;
-use std::time::Duration;
 
-use tonic::transport::Channel;
-
-use crate::proto::{self, coordinator_client::CoordinatorClient};
+use crate::proto;
 use crate::registry::{self, Kind};
+use crate::worker::link::{self, Client, Dial};
 
 /// `host:port` of the freshest live coordinator in the registry.
 pub fn discover(registry_dir: &Path) -> Option<String> {
@@ -16,20 +15,13 @@ pub fn discover(registry_dir: &Path) -> Option<String> {
         .map(|e| format!("{}:{}", e.host, e.port))
 }
 
-pub async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad coordinator address {addr}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the coordinator at {addr}: {e}"))?;
-    Ok(CoordinatorClient::new(channel))
+pub async fn connect(addr: &str, how: &Dial) -> Result<Client, String> {
+    link::dial(addr, how, "trellis-client").await
 }
 
 /// The workers a coordinator knows, with their health.
-pub async fn workers(addr: &str) -> Result<Vec<proto::WorkerInfo>, String> {
-    let mut client = connect(addr).await?;
+pub async fn workers(addr: &str, how: &Dial) -> Result<Vec<proto::WorkerInfo>, String> {
+    let mut client = connect(addr, how).await?;
     let reply = client
         .get_workers(proto::GetWorkersRequest {})
         .await
@@ -38,8 +30,8 @@ pub async fn workers(addr: &str) -> Result<Vec<proto::WorkerInfo>, String> {
 }
 
 /// Asks the coordinator to cancel a run on a worker; `Ok(false)` when it has no task for it.
-pub async fn cancel(addr: &str, dag: &str, run_id: &str) -> Result<bool, String> {
-    let mut client = connect(addr).await?;
+pub async fn cancel(addr: &str, how: &Dial, dag: &str, run_id: &str) -> Result<bool, String> {
+    let mut client = connect(addr, how).await?;
     let reply = client
         .cancel(proto::CancelRequest {
             dag_name: dag.into(),

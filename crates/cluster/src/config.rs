@@ -51,6 +51,9 @@ pub struct WorkerSection {
     pub registry_interval: Option<f64>,
     pub insecure: Option<bool>,
     pub tls: Option<TlsSection>,
+    /// Shared-nothing mode: `host:port` list (or one comma-separated string).
+    #[serde(default, deserialize_with = "addresses")]
+    pub coordinators: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -62,6 +65,28 @@ pub struct TlsSection {
     pub key_file: Option<std::path::PathBuf>,
     #[serde(alias = "caFile")]
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(Option::<Raw>::deserialize(d)?.map(|raw| match raw {
+        Raw::Text(t) => split_addresses(&t),
+        Raw::List(l) => l,
+    }))
+}
+
+/// `host:port,host:port` as a list (blank entries dropped).
+pub fn split_addresses(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IndexMap<String, String>>, D::Error> {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod registry;
+pub mod security;
 pub mod table;
 pub mod tasks;
 pub mod worker;

@@ -32,6 +32,9 @@ pub struct TaskSpec {
     pub queue: String,
     #[serde(default)]
     pub tags: IndexMap<String, String>,
+    /// HMAC of the content by the scheduler, when the cluster has a signing key.
+    #[serde(default)]
+    pub signature: String,
 }
 
 /// Where a task is in its life.
@@ -50,6 +53,9 @@ pub enum Phase {
         lease_until_ms: i64,
         #[serde(default)]
         cancel: bool,
+        /// Shared-nothing: the attempt the coordinator stores this worker's reports in.
+        #[serde(default)]
+        remote_attempt: Option<String>,
     },
 }
 
@@ -136,6 +142,7 @@ impl Table {
             acked: false,
             lease_until_ms: now_ms + timing.ack_ms,
             cancel: false,
+            remote_attempt: None,
         };
         Some(task)
     }
@@ -176,6 +183,7 @@ impl Table {
                     acked,
                     lease_until_ms,
                     cancel,
+                    ..
                 }) if worker_id == worker && claim_token == token => {
                     *acked = true;
                     *lease_until_ms = now_ms + timing.lease_ms;
@@ -187,6 +195,15 @@ impl Table {
             }
         }
         stop
+    }
+
+    /// Records the store attempt a shared-nothing task's reports go to.
+    pub fn set_remote_attempt(&mut self, task_id: &str, attempt_id: &str) {
+        if let Some(Phase::Claimed { remote_attempt, .. }) =
+            self.tasks.get_mut(task_id).map(|t| &mut t.phase)
+        {
+            *remote_attempt = Some(attempt_id.to_string());
+        }
     }
 
     /// Whether `token` is the live claim of `task_id` by `worker`.
@@ -312,6 +329,7 @@ mod tests {
                 existing_run: true,
                 queue: String::new(),
                 tags: IndexMap::new(),
+                signature: String::new(),
             },
             phase: Phase::Pending { reason: None },
         }

@@ -273,6 +273,14 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
                         run.steps[i].status = Status::Running;
                         run.steps[i].started_at = Some(now());
                         run.steps[i].worker_id = self.engine.opts.worker_id.clone();
+                        // Known now, so `logs --follow` and the UI can tail a running step.
+                        let safe = trellis_store::safe_name(&run.steps[i].name);
+                        let log = |ext: &str| {
+                            let path = self.attempt.log_dir.join(format!("{safe}.{ext}"));
+                            Some(path.display().to_string())
+                        };
+                        run.steps[i].stdout = log("out");
+                        run.steps[i].stderr = log("err");
                         self.save_step(run, i);
                         running += 1;
                         step::spawn(self, i, tx.clone());

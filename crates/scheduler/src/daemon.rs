@@ -31,6 +31,8 @@ pub struct Options {
     pub config: Config,
     /// Names this process in the lease file and logs.
     pub id: String,
+    /// The cluster signing key: tasks handed to workers are signed with it.
+    pub signing_key: Option<Vec<u8>>,
 }
 
 /// A run this scheduler started and has not seen finish.
@@ -636,7 +638,8 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Hands a run to the coordinator through a task file.
     fn dispatch(&mut self, item: &QueueItem, slot: Slot, dag: &Dag) {
-        let task = match dispatch::task(item, dag, self.clock.now()) {
+        let key = self.opts.signing_key.as_deref();
+        let task = match dispatch::task(item, dag, self.clock.now(), key) {
             Ok(task) => task,
             Err(e) => return self.fail(item, &e),
         };

@@ -24,15 +24,20 @@ pub fn wanted(dag: &Dag, config: &Config) -> bool {
     }
 }
 
-/// The task that hands a queued run to the coordinator.
-pub fn task(item: &QueueItem, dag: &Dag, now: jiff::Timestamp) -> Result<Task, String> {
+/// The task that hands a queued run to the coordinator, signed when the cluster has a key.
+pub fn task(
+    item: &QueueItem,
+    dag: &Dag,
+    now: jiff::Timestamp,
+    key: Option<&[u8]>,
+) -> Result<Task, String> {
     let mut env = IndexMap::new();
     if let Some(t) = &item.scheduled_time {
         env.insert("DAG_RUN_SCHEDULED_TIME".to_string(), t.clone());
     }
     let definition_json =
         serde_json::to_string(dag).map_err(|e| format!("cannot serialise the DAG: {e}"))?;
-    Ok(Task {
+    let mut task = Task {
         spec: TaskSpec {
             task_id: uuid::Uuid::now_v7().to_string(),
             dag_name: dag.name.clone(),
@@ -48,9 +53,14 @@ pub fn task(item: &QueueItem, dag: &Dag, now: jiff::Timestamp) -> Result<Task, S
             existing_run: true,
             queue: item.queue.clone(),
             tags: item.tags.clone(),
+            signature: String::new(),
         },
         phase: Phase::Pending { reason: None },
-    })
+    };
+    if let Some(key) = key {
+        task.spec.signature = trellis_cluster::security::sign_task(key, &task.spec);
+    }
+    Ok(task)
 }
 
 pub fn write(data: &Path, task: &Task) -> std::io::Result<()> {

@@ -65,6 +65,7 @@ async fn ticks_follow_the_injected_clock() {
         dags_dir: dags,
         config: Config::default(),
         id: "test".into(),
+        signing_key: None,
     };
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(daemon::run(opts, clock.clone(), shutdown.clone()));

@@ -4,10 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use trellis_cluster::config::ClusterFile;
+use trellis_cluster::worker::link::Dial;
 use trellis_cluster::{client, coordinator, registry, worker};
 
 use super::run::home;
@@ -64,7 +65,37 @@ pub fn coordinator_options(
     if let Some(secs) = flags.dispatch_timeout.or(file.dispatch_timeout) {
         opts.dispatch_timeout = Duration::from_secs(secs);
     }
+    let tls = file.tls.unwrap_or_default();
+    let cert = flags.tls_cert.clone().or(tls.cert_file);
+    let key = flags.tls_key.clone().or(tls.key_file);
+    let ca = flags.tls_ca.clone().or(tls.ca_file);
+    opts.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(trellis_cluster::security::ServerTls {
+            cert,
+            key,
+            client_ca: ca,
+        }),
+        (None, None) if ca.is_some() => bail!("--coordinator.tls-ca needs a certificate and key"),
+        (None, None) => None,
+        _ => bail!("the coordinator's TLS needs both a certificate and a key"),
+    };
+    opts.signing_key = signing_key(setup, flags.signing_key.as_deref())?;
     Ok(opts)
+}
+
+/// The cluster signing key: the flag, else `TRELLIS_COORDINATOR_SIGNING_KEY`, else the
+/// config's `coordinator.signing_key`. Refuses short keys.
+pub fn signing_key(setup: &Setup, flag: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+    let key = match flag.map(str::to_string) {
+        Some(k) => Some(k),
+        None => env("TRELLIS_COORDINATOR_SIGNING_KEY")
+            .or(cluster_file(setup)?.coordinator.signing_key),
+    };
+    match key {
+        Some(k) if k.len() < 16 => bail!("the signing key must be at least 16 characters"),
+        Some(k) => Ok(Some(k.into_bytes())),
+        None => Ok(None),
+    }
 }
 
 /// Serves the coordinator until `shutdown`, printing its address once bound.
@@ -129,6 +160,24 @@ fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
     if let Some(secs) = args.drain_grace {
         opts.drain_grace = Duration::from_secs(secs);
     }
+    opts.coordinators = args
+        .coordinators
+        .as_deref()
+        .map(trellis_cluster::config::split_addresses)
+        .or(file.coordinators)
+        .unwrap_or_default();
+    let tls = file.tls.unwrap_or_default();
+    let client_tls = trellis_cluster::security::ClientTls {
+        ca: args.tls_ca.clone().or(tls.ca_file),
+        cert: args.tls_cert.clone().or(tls.cert_file),
+        key: args.tls_key.clone().or(tls.key_file),
+    };
+    let any_tls = client_tls.ca.is_some() || client_tls.cert.is_some();
+    opts.dial = trellis_cluster::worker::link::Dial {
+        tls: any_tls.then_some(client_tls),
+        insecure: args.insecure || file.insecure.unwrap_or(false),
+        key: signing_key(&args.setup, args.signing_key.as_deref())?,
+    };
     Ok(opts)
 }
 
@@ -145,11 +194,11 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
 
 /// The workers as JSON in the shape of `GET /api/v2/workers`: from the coordinator, else
 /// (none reachable) from the registry files, where health is the registry entry's age.
-pub async fn workers_json(coordinator: Option<String>) -> serde_json::Value {
+pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json::Value {
     let registry_dir = registry::default_dir(&trellis_store::data_dir(&home()));
     let addr = coordinator.or_else(|| client::discover(&registry_dir));
     if let Some(addr) = &addr
-        && let Ok(list) = client::workers(addr).await
+        && let Ok(list) = client::workers(addr, how).await
     {
         let workers: Vec<_> = list
             .iter()
@@ -179,7 +228,12 @@ pub async fn workers_json(coordinator: Option<String>) -> serde_json::Value {
 }
 
 pub fn workers(args: &WorkersArgs) -> anyhow::Result<ExitCode> {
-    let value = runtime()?.block_on(workers_json(args.coordinator.clone()));
+    let how = Dial {
+        tls: None,
+        insecure: true,
+        key: signing_key(&args.setup, None)?,
+    };
+    let value = runtime()?.block_on(workers_json(args.coordinator.clone(), &how));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);

@@ -55,6 +55,7 @@ pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daem
         dags_dir,
         config,
         id,
+        signing_key: super::cluster::signing_key(setup, None)?,
     })
 }
 

@@ -2,6 +2,7 @@
 //! from heartbeats, and enforces leases. Its state is the task files plus what workers tell
 //! it, so it can restart at any time: workers keep running, reconnect, and renew.
 
+mod remote;
 mod service;
 mod upkeep;
 
@@ -39,6 +40,9 @@ pub struct Options {
     pub registry_interval: Duration,
     /// A task no live worker matches fails after waiting this long.
     pub dispatch_timeout: Duration,
+    pub tls: Option<crate::security::ServerTls>,
+    /// With a key, every call must carry a valid worker token.
+    pub signing_key: Option<Vec<u8>>,
 }
 
 impl Options {
@@ -54,6 +58,8 @@ impl Options {
             heartbeat_interval: Duration::from_secs(1),
             registry_interval: Duration::from_secs(10),
             dispatch_timeout: Duration::from_secs(300),
+            tls: None,
+            signing_key: None,
         }
     }
 }
@@ -78,6 +84,8 @@ pub(crate) struct Coord {
     pub workers: Mutex<HashMap<String, WorkerState>>,
     /// Woken when a task becomes claimable.
     pub wake: Notify,
+    /// Serialises creating the store attempt of a shared-nothing task.
+    pub remote: Mutex<()>,
 }
 
 impl Coord {
@@ -97,6 +105,22 @@ impl Coord {
     }
 }
 
+/// The server TLS config; with a client CA, clients must present a certificate it signed.
+fn server_tls(
+    tls: &crate::security::ServerTls,
+) -> Result<tonic::transport::ServerTlsConfig, Box<dyn std::error::Error + Send + Sync>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}
+
 /// Serves until `shutdown`. `bound` receives the listening address (useful with port 0).
 pub async fn serve(
     opts: Options,
@@ -114,6 +138,7 @@ pub async fn serve(
         table: Mutex::new(Table::default()),
         workers: Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        remote: Mutex::new(()),
     });
     upkeep::load_tasks(&coord);
     let upkeep = tokio::spawn(upkeep::run(coord.clone(), addr, shutdown.clone()));
@@ -121,8 +146,13 @@ pub async fn serve(
         let _ = tx.send(addr);
     }
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let service = CoordinatorServer::new(service::Service(coord.clone()));
-    let result = tonic::transport::Server::builder()
+    let auth = service::Auth(coord.opts.signing_key.clone().map(Arc::new));
+    let service = CoordinatorServer::with_interceptor(service::Service(coord.clone()), auth);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &coord.opts.tls {
+        builder = builder.tls_config(server_tls(tls)?)?;
+    }
+    let result = builder
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await;

@@ -15,6 +15,58 @@ use crate::{now_ms, tasks};
 
 pub(crate) struct Service(pub Arc<Coord>);
 
+/// Checks the worker token of every call when the cluster has a signing key, and records
+/// who called; a refused call is logged and nothing it carries is looked at.
+#[derive(Clone)]
+pub(crate) struct Auth(pub Option<Arc<Vec<u8>>>);
+
+/// The caller a valid token proved.
+#[derive(Clone)]
+pub(crate) struct Caller(pub String);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(key) = &self.0 else {
+            return Ok(request);
+        };
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let now = jiff::Timestamp::now().as_second();
+        match token.map(|t| crate::security::check_token(key, t, now)) {
+            Some(Ok(worker)) => {
+                request.extensions_mut().insert(Caller(worker));
+                Ok(request)
+            }
+            Some(Err(why)) => {
+                eprintln!("coordinator: refused a call: {why}");
+                Err(Status::unauthenticated(why))
+            }
+            None => {
+                eprintln!("coordinator: refused a call without a worker token");
+                Err(Status::unauthenticated("a worker token is required"))
+            }
+        }
+    }
+}
+
+/// With a signing key, the worker named in a request must be the one the token proved.
+fn check_caller<T>(request: &Request<T>, worker_id: &str, keyed: bool) -> Result<(), Status> {
+    if !keyed {
+        return Ok(());
+    }
+    match request.extensions().get::<Caller>() {
+        Some(Caller(id)) if id == worker_id => Ok(()),
+        Some(Caller(id)) => {
+            eprintln!("coordinator: refused {id} acting as worker {worker_id}");
+            Err(Status::permission_denied(format!("token is for {id}, not {worker_id}")))
+        }
+        None => Err(Status::unauthenticated("a worker token is required")),
+    }
+}
+
 /// The longest a poll waits, whatever the worker asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -42,11 +94,15 @@ fn to_proto(task: &Task) -> proto::Task {
         queued_at: s.queued_at.clone(),
         env: s.env.clone().into_iter().collect(),
         existing_run: s.existing_run,
-        signature: String::new(),
+        signature: s.signature.clone(),
     }
 }
 
 impl Service {
+    fn caller<T>(&self, request: &Request<T>, worker_id: &str) -> Result<(), Status> {
+        check_caller(request, worker_id, self.0.opts.signing_key.is_some())
+    }
+
     fn known(&self, worker_id: &str) -> Result<(), Status> {
         if self.0.workers().contains_key(worker_id) {
             Ok(())
@@ -81,6 +137,32 @@ impl Service {
         }
     }
 
+    /// A worker will not run a task (its signature does not verify): the run fails with
+    /// the worker's reason rather than going round the workers.
+    fn refused(&self, r: &proto::AckRequest) -> proto::AckResponse {
+        let task = {
+            let mut table = self.0.table();
+            if !table.owns(&r.task_id, &r.worker_id, &r.claim_token) {
+                return proto::AckResponse {
+                    accepted: false,
+                    error: "the claim expired or is not yours".into(),
+                };
+            }
+            table.remove(&r.task_id)
+        };
+        if let Some(task) = task {
+            let msg = format!("refused by worker {}: {}", r.worker_id, r.reason);
+            eprintln!("coordinator: run {} of {}: {msg}", task.spec.run_id, task.spec.dag_name);
+            let status = trellis_core::status::Status::Failed;
+            super::upkeep::record(&self.0, &task.spec.dag_name, &task.spec.run_id, status, &msg);
+            let _ = tasks::remove(&self.0.data, &r.task_id);
+        }
+        proto::AckResponse {
+            accepted: true,
+            error: String::new(),
+        }
+    }
+
     fn renew(&self, worker_id: &str, running: &[proto::RunningTask]) -> Vec<String> {
         let pairs: Vec<(String, String)> = running
             .iter()
@@ -97,6 +179,7 @@ impl Coordinator for Service {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
+        self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
         if r.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id is empty"));
@@ -125,6 +208,7 @@ impl Coordinator for Service {
         &self,
         request: Request<proto::PollRequest>,
     ) -> Result<Response<proto::PollResponse>, Status> {
+        self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
         self.known(&r.worker_id)?;
         let labels = labels(r.labels);
@@ -153,7 +237,11 @@ impl Coordinator for Service {
         &self,
         request: Request<proto::AckRequest>,
     ) -> Result<Response<proto::AckResponse>, Status> {
+        self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
+        if r.refuse {
+            return Ok(Response::new(self.refused(&r)));
+        }
         let timing = self.0.timing();
         let task = {
             let mut table = self.0.table();
@@ -179,6 +267,7 @@ impl Coordinator for Service {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
         self.known(&r.worker_id)?;
         let cancel = self.renew(&r.worker_id, &r.running);
@@ -192,7 +281,16 @@ impl Coordinator for Service {
         &self,
         request: Request<proto::StatusReport>,
     ) -> Result<Response<proto::StatusAck>, Status> {
+        self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
+        if !r.record_json.is_empty()
+            && let Err(e) = super::remote::store_report(&self.0, &r)
+        {
+            return Ok(Response::new(proto::StatusAck {
+                accepted: false,
+                error: e,
+            }));
+        }
         if !r.finished {
             return Ok(Response::new(proto::StatusAck {
                 accepted: true,
@@ -234,7 +332,8 @@ impl Coordinator for Service {
         &self,
         request: Request<Streaming<proto::LogChunk>>,
     ) -> Result<Response<proto::LogAck>, Status> {
-        super::upkeep::receive_logs(&self.0, request.into_inner()).await
+        let caller = request.extensions().get::<Caller>().map(|c| c.0.clone());
+        super::remote::receive_logs(&self.0, caller, request.into_inner()).await
     }
 
     async fn cancel(

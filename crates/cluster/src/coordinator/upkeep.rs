@@ -3,13 +3,11 @@
 //! and time out tasks no live worker matches, handle cancel requests, keep its registry
 //! entry fresh and drop stale worker entries.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic::{Response, Status, Streaming};
 use trellis_core::status::Status as RunStatus;
 use trellis_core::worker::Health;
 use trellis_store::{Entry, Store};
@@ -17,7 +15,7 @@ use trellis_store::{Entry, Store};
 use super::Coord;
 use crate::registry::{self, Kind};
 use crate::table::{Expired, Phase};
-use crate::{now_ms, proto, tasks};
+use crate::{now_ms, tasks};
 
 /// Loads every task file; leases get a fresh term, as no worker could renew them while
 /// no coordinator was running.
@@ -313,58 +311,4 @@ fn refresh_registry(coord: &Coord, addr: SocketAddr) {
     for id in registry::drop_stale(&coord.opts.registry_dir, Kind::Worker, now) {
         eprintln!("coordinator: dropped stale registry entry of worker {id}");
     }
-}
-
-/// Appends streamed log chunks to the step's log in the run's latest attempt. Chunks carry
-/// sequence numbers; one at or below the last stored for its stream is a resend and is
-/// dropped, so a worker may resend after any reconnect.
-pub(crate) async fn receive_logs(
-    coord: &Coord,
-    mut stream: Streaming<proto::LogChunk>,
-) -> Result<Response<proto::LogAck>, Status> {
-    let mut ack = proto::LogAck::default();
-    let mut last: HashMap<(String, String, i32), u64> = HashMap::new();
-    while let Some(chunk) = stream.message().await? {
-        ack.chunks_received += 1;
-        if !coord
-            .table()
-            .owns(&chunk.task_id, &chunk.worker_id, &chunk.claim_token)
-        {
-            return Err(Status::permission_denied("the task is not this worker's"));
-        }
-        let key = (chunk.task_id.clone(), chunk.step_name.clone(), chunk.stream);
-        if last.get(&key).is_some_and(|seq| chunk.sequence <= *seq) {
-            continue;
-        }
-        let attempt = coord
-            .store
-            .latest_attempt(&chunk.dag_name, &chunk.run_id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found("no such run"))?;
-        let ext = if chunk.stream == proto::log_chunk::Stream::Stderr as i32 {
-            "err"
-        } else {
-            "out"
-        };
-        let path = attempt.log_dir.join(format!(
-            "{}.{ext}",
-            trellis_store::safe_name(&chunk.step_name)
-        ));
-        append(&path, &chunk.data).map_err(|e| Status::internal(e.to_string()))?;
-        ack.bytes_written += chunk.data.len() as u64;
-        last.insert(key, chunk.sequence);
-    }
-    Ok(Response::new(ack))
-}
-
-fn append(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(data)
 }

@@ -3,6 +3,14 @@
 //! in-process, heartbeats every second with the tasks it runs (renewing their leases),
 //! and reports each run's end. A coordinator that goes away is retried with backoff while
 //! the runs go on. On shutdown it stops taking work, drains, and deregisters.
+//!
+//! Shared-filesystem mode (the default) writes runs straight into the shared store.
+//! Shared-nothing mode (`--worker.coordinators`) keeps them in a local store and relays
+//! records and logs to the coordinator ([`relay`]).
+
+pub mod link;
+pub mod relay;
+mod task;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,13 +20,13 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-use trellis_core::Dag;
-use trellis_engine::{Engine, Options as EngineOptions, RunRequest};
+use trellis_engine::{Engine, Options as EngineOptions};
 use trellis_executor::Local;
 use trellis_store::FileStore;
 
-use crate::proto::{self, coordinator_client::CoordinatorClient};
+use self::link::{Client, Dial};
+use self::relay::Relay;
+use crate::proto;
 use crate::registry::{self, Kind};
 
 /// Settings of `trellis worker`.
@@ -29,6 +37,11 @@ pub struct Options {
     pub max_active_runs: u32,
     /// `host:port` of the coordinator; `None` finds it in the registry.
     pub coordinator: Option<String>,
+    /// Shared-nothing mode: these coordinators (`host:port`), tried in turn; runs are kept
+    /// locally and relayed.
+    pub coordinators: Vec<String>,
+    /// TLS, plaintext override and signing key.
+    pub dial: Dial,
     pub home: PathBuf,
     pub registry_dir: PathBuf,
     pub heartbeat_interval: Duration,
@@ -44,6 +57,8 @@ impl Options {
             labels: IndexMap::new(),
             max_active_runs: 100,
             coordinator: None,
+            coordinators: Vec::new(),
+            dial: Dial::default(),
             registry_dir: registry::default_dir(&trellis_store::data_dir(&home)),
             home,
             heartbeat_interval: Duration::from_secs(1),
@@ -58,11 +73,10 @@ struct Running {
     cancel: CancellationToken,
 }
 
-type Client = CoordinatorClient<Channel>;
-
 struct Worker {
     opts: Options,
-    engine: Engine<FileStore, Local>,
+    engine: Engine<Relay, Local>,
+    relay: Arc<Relay>,
     running: Mutex<HashMap<String, Running>>,
     link: Mutex<Option<Client>>,
     /// Woken when the link comes up.
@@ -117,9 +131,11 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Strin
         base_env: std::env::vars().collect(),
         worker_id: Some(opts.id.clone()),
     };
-    let store = Arc::new(FileStore::new(&opts.home));
+    let shared_nothing = !opts.coordinators.is_empty();
+    let relay = Arc::new(Relay::new(FileStore::new(&opts.home), shared_nothing));
     let worker = Arc::new(Worker {
-        engine: Engine::new(store, Arc::new(Local), engine_opts),
+        engine: Engine::new(relay.clone(), Arc::new(Local), engine_opts),
+        relay,
         opts,
         running: Mutex::new(HashMap::new()),
         link: Mutex::new(None),
@@ -127,8 +143,15 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Strin
         started_at: jiff::Timestamp::now().to_string(),
     });
     eprintln!(
-        "worker {}: labels {:?}, {} slots",
-        worker.opts.id, worker.opts.labels, worker.opts.max_active_runs
+        "worker {}: labels {:?}, {} slots, {}",
+        worker.opts.id,
+        worker.opts.labels,
+        worker.opts.max_active_runs,
+        if shared_nothing {
+            "shared-nothing (runs relayed to the coordinator)"
+        } else {
+            "shared filesystem"
+        }
     );
     let stop_link = CancellationToken::new();
     let link = tokio::spawn(link_loop(worker.clone(), stop_link.clone()));
@@ -178,9 +201,11 @@ async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
 async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut said_down = false;
+    let mut attempt = 0usize;
     loop {
         if worker.client().is_none() {
-            match connect(&worker).await {
+            attempt += 1;
+            match connect(&worker, attempt - 1).await {
                 Ok(client) => {
                     if said_down {
                         eprintln!("worker {}: coordinator reachable again", worker.opts.id);
@@ -214,8 +239,13 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
     }
 }
 
-/// The coordinator's address: the configured one, else the freshest live registry entry.
-fn coordinator_address(worker: &Worker) -> Result<String, String> {
+/// The coordinator's address: the configured one, one of the shared-nothing list (in
+/// turn, `attempt` picks), else the freshest live registry entry.
+fn coordinator_address(worker: &Worker, attempt: usize) -> Result<String, String> {
+    if !worker.opts.coordinators.is_empty() {
+        let list = &worker.opts.coordinators;
+        return Ok(list[attempt % list.len()].clone());
+    }
     if let Some(addr) = &worker.opts.coordinator {
         return Ok(addr.clone());
     }
@@ -234,16 +264,9 @@ fn coordinator_address(worker: &Worker) -> Result<String, String> {
         })
 }
 
-async fn connect(worker: &Worker) -> Result<Client, String> {
-    let addr = coordinator_address(worker)?;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad coordinator address {addr}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the coordinator at {addr}: {e}"))?;
-    let mut client = CoordinatorClient::new(channel);
+async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
+    let addr = coordinator_address(worker, attempt)?;
+    let mut client = link::dial(&addr, &worker.opts.dial, &worker.opts.id).await?;
     let req = proto::RegisterRequest {
         worker_id: worker.opts.id.clone(),
         labels: worker.labels(),
@@ -255,7 +278,7 @@ async fn connect(worker: &Worker) -> Result<Client, String> {
     client
         .register(req)
         .await
-        .map_err(|e| format!("registration refused: {}", e.message()))?;
+        .map_err(|e| format!("the coordinator at {addr} refused to register us: {}", e.message()))?;
     eprintln!("worker {}: registered with the coordinator at {addr}", worker.opts.id);
     Ok(client)
 }
@@ -310,7 +333,7 @@ async fn poll_loop(worker: Arc<Worker>, slots: Arc<Semaphore>, shutdown: Cancell
         match reply {
             Ok(reply) => {
                 if let Some(task) = reply.into_inner().task {
-                    accept(&worker, &mut client, task, permit).await;
+                    task::accept(&worker, &mut client, task, permit).await;
                 }
             }
             Err(e) => {
@@ -321,128 +344,13 @@ async fn poll_loop(worker: Arc<Worker>, slots: Arc<Semaphore>, shutdown: Cancell
     }
 }
 
-/// Acknowledges a claimed task and starts it.
-async fn accept(
-    worker: &Arc<Worker>,
-    client: &mut Client,
-    task: proto::Task,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let req = proto::AckRequest {
-        worker_id: worker.opts.id.clone(),
-        task_id: task.task_id.clone(),
-        claim_token: task.claim_token.clone(),
-    };
-    match client.ack(req).await {
-        Ok(r) if r.get_ref().accepted => {}
-        Ok(r) => {
-            eprintln!("worker {}: claim refused: {}", worker.opts.id, r.get_ref().error);
-            return;
-        }
-        Err(e) => {
-            eprintln!("worker {}: ack failed: {}", worker.opts.id, e.message());
-            return;
-        }
-    }
-    let cancel = CancellationToken::new();
-    let info = proto::RunningTask {
-        task_id: task.task_id.clone(),
-        claim_token: task.claim_token.clone(),
-        dag_name: task.dag_name.clone(),
-        run_id: task.run_id.clone(),
-        root_run_id: task.run_id.clone(),
-        started_at: jiff::Timestamp::now().to_string(),
-    };
-    worker.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        task.task_id.clone(),
-        Running {
-            info,
-            cancel: cancel.clone(),
-        },
-    );
-    let worker = worker.clone();
-    tokio::spawn(async move {
-        execute(&worker, &task, cancel).await;
-        report(&worker, &task).await;
-        worker
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.task_id);
-        drop(permit);
-    });
-}
-
-/// Runs the task's DAG with the engine; a task that cannot start is recorded as failed.
-async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken) {
-    let dag: Dag = match serde_json::from_str(&task.definition_json) {
-        Ok(dag) => dag,
-        Err(e) => {
-            eprintln!("worker {}: task {} has a bad definition: {e}", worker.opts.id, task.task_id);
-            return;
-        }
-    };
-    let params = match trellis_spec::resolve_params(&dag, Some(&task.params), &[]) {
-        Ok(p) => p,
-        Err(errors) => {
-            let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            eprintln!("worker {}: task {}: {}", worker.opts.id, task.task_id, msg.join("; "));
-            return;
-        }
-    };
-    let dag = Arc::new(dag);
-    let req = RunRequest {
-        locals: Arc::new(dag.local_dags.clone()),
-        dag,
-        params,
-        run_id: task.run_id.clone(),
-        parent: None,
-        retry: None,
-        env: task.env.clone().into_iter().collect(),
-        queued: task.existing_run,
-    };
-    match worker.engine.run(req, cancel).await {
-        Ok(record) => eprintln!(
-            "worker {}: run {} of {} {}",
-            worker.opts.id, record.run_id, record.name, record.status
-        ),
-        Err(e) => eprintln!("worker {}: run {}: {e}", worker.opts.id, task.run_id),
-    }
-}
-
-/// Tells the coordinator the run ended, retrying across reconnects.
-async fn report(worker: &Worker, task: &proto::Task) {
-    let mut backoff = Duration::from_millis(100);
-    for _ in 0..600 {
-        if let Some(mut client) = worker.client() {
-            let req = proto::StatusReport {
-                worker_id: worker.opts.id.clone(),
-                task_id: task.task_id.clone(),
-                claim_token: task.claim_token.clone(),
-                record_json: String::new(),
-                finished: true,
-            };
-            match client.report_status(req).await {
-                Ok(r) => {
-                    if !r.get_ref().accepted {
-                        eprintln!("worker {}: report refused: {}", worker.opts.id, r.get_ref().error);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    eprintln!("worker {}: report failed: {}", worker.opts.id, e.message());
-                    worker.set_client(None);
-                }
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 3 / 2).min(Duration::from_secs(5));
-    }
-}
-
 /// Refreshes the worker's registry entry (discovery, and what `trellis workers` shows
 /// without a coordinator).
 async fn registry_loop(worker: Arc<Worker>, stop: CancellationToken) {
+    // A shared-nothing worker has no shared registry to write to.
+    if !worker.opts.coordinators.is_empty() {
+        return;
+    }
     loop {
         let entry = registry::Entry {
             id: worker.opts.id.clone(),

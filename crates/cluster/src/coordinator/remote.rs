@@ -1,0 +1,153 @@
+//! Shared-nothing mode, coordinator side: workers that cannot reach the data and log dirs
+//! send their run records and step logs here, and the coordinator stores them as an
+//! attempt of the run, exactly as a local run would have written it. Only the worker that
+//! holds a task's live claim is heard; a worker whose lease expired is refused, so nothing
+//! it still sends is stored.
+
+use std::io::Write;
+use std::path::Path;
+
+use tonic::{Response, Status, Streaming};
+use trellis_core::status::RunRecord;
+use trellis_store::{Attempt, Entry, Store, safe_name};
+
+use super::Coord;
+use crate::proto;
+use crate::table::Phase;
+use crate::tasks;
+
+/// Stores a run record a worker reported, in the run's attempt for that task.
+pub(crate) fn store_report(coord: &Coord, r: &proto::StatusReport) -> Result<(), String> {
+    let attempt = attempt_for(coord, &r.task_id, &r.worker_id, &r.claim_token)?;
+    let mut record: RunRecord =
+        serde_json::from_str(&r.record_json).map_err(|e| format!("bad run record: {e}"))?;
+    relocate(&mut record, &attempt);
+    coord
+        .store
+        .append(&attempt, &Entry::Snapshot(Box::new(record)))
+        .map_err(|e| e.to_string())
+}
+
+/// The attempt that holds a task's reports, made on the first report of the claim.
+fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Result<Attempt, String> {
+    let _one = coord.remote.lock().unwrap_or_else(|e| e.into_inner());
+    let (spec, remote) = {
+        let table = coord.table();
+        if !table.owns(task_id, worker, token) {
+            eprintln!("coordinator: refused a report from {worker} for task {task_id}: not its claim");
+            return Err("the task is not this worker's (its lease expired?)".into());
+        }
+        let task = table.get(task_id).ok_or("no such task")?;
+        let remote = match &task.phase {
+            Phase::Claimed { remote_attempt, .. } => remote_attempt.clone(),
+            Phase::Pending { .. } => None,
+        };
+        (task.spec.clone(), remote)
+    };
+    let store = &coord.store;
+    if let Some(id) = remote
+        && let Ok(Some(attempt)) = store.latest_attempt(&spec.dag_name, &spec.run_id)
+        && attempt.attempt_id == id
+    {
+        return Ok(attempt);
+    }
+    let attempt = if spec.existing_run {
+        store.retry_attempt(&spec.dag_name, &spec.run_id)
+    } else {
+        store.create_attempt(&spec.dag_name, &spec.run_id, None)
+    }
+    .map_err(|e| e.to_string())?;
+    let task = {
+        let mut table = coord.table();
+        table.set_remote_attempt(task_id, &attempt.attempt_id);
+        table.get(task_id).cloned()
+    };
+    if let Some(task) = task {
+        let _ = tasks::write(&coord.data, &task);
+    }
+    Ok(attempt)
+}
+
+/// Points the record's log paths at the coordinator's copies.
+fn relocate(record: &mut RunRecord, attempt: &Attempt) {
+    record.attempt_id = attempt.attempt_id.clone();
+    record.log_file = Some(attempt.log_dir.join("run.log").display().to_string());
+    for step in record.steps.iter_mut().chain(record.handlers.values_mut()) {
+        let safe = safe_name(&step.name);
+        if step.stdout.is_some() {
+            step.stdout = Some(attempt.log_dir.join(format!("{safe}.out")).display().to_string());
+        }
+        if step.stderr.is_some() {
+            step.stderr = Some(attempt.log_dir.join(format!("{safe}.err")).display().to_string());
+        }
+    }
+}
+
+/// Stores streamed log chunks. A chunk's sequence is its byte offset in the step's stream:
+/// bytes below what the file already holds are a resend and are dropped, so the stored log
+/// has no gap and no duplicate however often a worker resends.
+pub(crate) async fn receive_logs(
+    coord: &Coord,
+    caller: Option<String>,
+    mut stream: Streaming<proto::LogChunk>,
+) -> Result<Response<proto::LogAck>, Status> {
+    let mut ack = proto::LogAck::default();
+    while let Some(chunk) = stream.message().await? {
+        ack.chunks_received += 1;
+        if caller.as_ref().is_some_and(|c| *c != chunk.worker_id) {
+            return Err(Status::permission_denied("the token is for another worker"));
+        }
+        let attempt = attempt_for(coord, &chunk.task_id, &chunk.worker_id, &chunk.claim_token)
+            .map_err(Status::permission_denied)?;
+        let ext = if chunk.stream == proto::log_chunk::Stream::Stderr as i32 {
+            "err"
+        } else {
+            "out"
+        };
+        let path = attempt
+            .log_dir
+            .join(format!("{}.{ext}", safe_name(&chunk.step_name)));
+        ack.bytes_written += append_at(&path, chunk.sequence, &chunk.data)
+            .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+    }
+    Ok(Response::new(ack))
+}
+
+/// Writes `data`, which starts at byte `offset` of the stream, after what `path` holds.
+fn append_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<u64> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let held = std::fs::metadata(path).map_or(0, |m| m.len());
+    if offset > held {
+        return Err(std::io::Error::other(format!(
+            "chunk at byte {offset} but only {held} bytes are stored"
+        )));
+    }
+    let skip = (held - offset) as usize;
+    if skip >= data.len() {
+        return Ok(0);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(&data[skip..])?;
+    Ok((data.len() - skip) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resent_chunks_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.out");
+        assert_eq!(append_at(&path, 0, b"one\n").unwrap(), 4);
+        assert_eq!(append_at(&path, 0, b"one\n").unwrap(), 0, "a full resend");
+        assert_eq!(append_at(&path, 0, b"one\ntwo\n").unwrap(), 4, "overlapping");
+        assert!(append_at(&path, 20, b"gap").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+    }
+}
