@@ -12,6 +12,10 @@ scheduler runs, then starts `trellis scheduler` and measures the time from the m
 leads until every run has finished (each step appends one line to a file; then every run's
 status is checked with `trellis history --json`). Throughput = N / that time.
 
+With `--shared-nothing` each worker gets a home of its own and `--worker.coordinators`, and
+the coordinator serves mTLS (certificates made with the `openssl` command) with a signing
+key: records and logs are relayed over gRPC instead of written to a shared directory.
+
 It also reports each worker's resident memory (VmRSS) after it has been idle for a few
 seconds, before any work, and the peak (VmHWM) after the drain.
 
@@ -59,6 +63,23 @@ def cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+KEY = "bench-signing-key-0123456789abcdef"
+
+
+def make_certs(d: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=bench CA")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf")
+
+
 def spawn(binary: Path, args: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([str(binary), *args], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
@@ -71,6 +92,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=10)
     ap.add_argument("--slots", type=int, default=10)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (printed) for inspection")
+    ap.add_argument("--shared-nothing", action="store_true",
+                    help="workers with their own homes, relaying over mTLS with a signing key")
     args = ap.parse_args()
     if not args.bin.exists():
         print(f"no binary at {args.bin}; build it with `cargo build --release`", file=sys.stderr)
@@ -86,15 +109,35 @@ def main() -> int:
     for var in ("TRELLIS_CONFIG", "TRELLIS_DAGS_DIR"):
         env.pop(var, None)
     procs: list[subprocess.Popen] = []
+    coord_args = ["coordinator", "--coordinator.port", "0"]
+    pki = work / "pki"
+    if args.shared_nothing:
+        pki.mkdir()
+        make_certs(pki)
+        coord_args += ["--coordinator.tls-cert", str(pki / "server.pem"), "--coordinator.tls-key",
+                       str(pki / "server.key"), "--coordinator.tls-ca", str(pki / "ca.pem"),
+                       "--coordinator.signing-key", KEY]
+        env["TRELLIS_COORDINATOR_SIGNING_KEY"] = KEY
     try:
-        coord = spawn(args.bin, ["coordinator", "--coordinator.port", "0"], env, work / "coordinator.log")
+        coord = spawn(args.bin, coord_args, env, work / "coordinator.log")
         procs.append(coord)
         wait_line(work / "coordinator.log", b"listening on", coord, "the coordinator")
         workers = []
+        addr = ""
+        if args.shared_nothing:
+            line = (work / "coordinator.log").read_text().split("listening on ")[1].split()[0]
+            addr = line
         for i in range(args.workers):
             log = work / f"worker{i}.log"
-            w = spawn(args.bin, ["worker", "--worker.id", f"bench-{i}", "--worker.labels", "pool=bench",
-                                 "--worker.max-active-runs", str(args.slots)], env, log)
+            wargs = ["worker", "--worker.id", f"bench-{i}", "--worker.labels", "pool=bench",
+                     "--worker.max-active-runs", str(args.slots)]
+            wenv = env
+            if args.shared_nothing:
+                wargs += ["--worker.coordinators", addr, "--worker.tls-ca", str(pki / "ca.pem"),
+                          "--worker.tls-cert", str(pki / "client.pem"), "--worker.tls-key",
+                          str(pki / "client.key")]
+                wenv = dict(env, TRELLIS_HOME=str(work / f"worker-home-{i}"))
+            w = spawn(args.bin, wargs, wenv, log)
             procs.append(w)
             workers.append(w)
             wait_line(log, b"registered", w, f"worker {i}")
@@ -138,7 +181,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
     rate = args.runs / steps_s
-    print(f"# Drain: {args.runs} queued single-step runs, {args.workers} workers x {args.slots} slots")
+    mode = "shared-nothing, mTLS, signing key" if args.shared_nothing else "shared filesystem"
+    print(f"# Drain: {args.runs} queued single-step runs, {args.workers} workers x {args.slots} slots, {mode}")
     print()
     print(f"binary {args.bin}; {platform.platform()}; {os.cpu_count()} CPUs")
     print()

@@ -131,6 +131,15 @@ mod tests {
         assert_eq!(file.worker.max_active_runs, Some(10));
         assert_eq!(file.worker.labels.unwrap()["gpu"], "true");
         assert_eq!(file.coordinator.port, Some(50055));
+        let secure: ClusterFile = serde_json::from_value(serde_json::json!({
+            "coordinator": {"signingKey": "k", "tls": {"certFile": "/c.crt", "keyFile": "/c.key", "caFile": "/ca.crt"}},
+            "worker": {"insecure": false, "tls": {"certFile": "/w.crt", "keyFile": "/w.key", "caFile": "/ca.crt"}}
+        }))
+        .unwrap();
+        let tls = secure.coordinator.tls.unwrap();
+        assert_eq!(tls.ca_file.unwrap().to_str(), Some("/ca.crt"));
+        assert_eq!(secure.worker.tls.unwrap().cert_file.unwrap().to_str(), Some("/w.crt"));
+        assert_eq!(secure.coordinator.signing_key.as_deref(), Some("k"));
         let text: ClusterFile =
             serde_json::from_value(serde_json::json!({"worker": {"labels": "a=1,b=2"}})).unwrap();
         assert_eq!(text.worker.labels.unwrap().len(), 2);

@@ -96,8 +96,10 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
 pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     let server_opts = server_options(&args.setup, &args.serve)?;
     trellis_server::check(&server_opts).map_err(anyhow::Error::msg)?;
-    let scheduler_opts = scheduler_options(&args.setup, args.id.as_deref())?;
+    let mut scheduler_opts = scheduler_options(&args.setup, args.id.as_deref())?;
     let coordinator_opts = super::cluster::coordinator_options(&args.setup, &args.coordinator)?;
+    // The scheduler signs tasks with the key the coordinator was given, however given.
+    scheduler_opts.signing_key = coordinator_opts.signing_key.clone();
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());

@@ -4,6 +4,7 @@
 
 mod remote;
 mod service;
+mod tls;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -105,22 +106,6 @@ impl Coord {
     }
 }
 
-/// The server TLS config; with a client CA, clients must present a certificate it signed.
-fn server_tls(
-    tls: &crate::security::ServerTls,
-) -> Result<tonic::transport::ServerTlsConfig, Box<dyn std::error::Error + Send + Sync>> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
-}
-
 /// Serves until `shutdown`. `bound` receives the listening address (useful with port 0).
 pub async fn serve(
     opts: Options,
@@ -145,17 +130,21 @@ pub async fn serve(
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let auth = service::Auth(coord.opts.signing_key.clone().map(Arc::new));
     let service = CoordinatorServer::with_interceptor(service::Service(coord.clone()), auth);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &coord.opts.tls {
-        builder = builder.tls_config(server_tls(tls)?)?;
-    }
-    let result = builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-        .await;
+    let router = tonic::transport::Server::builder().add_service(service);
+    let stop = shutdown.clone().cancelled_owned();
+    let result = match &coord.opts.tls {
+        Some(settings) => {
+            let config = tls::config(settings)?;
+            let incoming = tls::incoming(listener, config, shutdown.clone());
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+    };
     shutdown.cancel();
     let _ = upkeep.await;
     crate::registry::remove(

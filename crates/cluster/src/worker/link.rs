@@ -86,6 +86,21 @@ pub async fn dial(addr: &str, how: &Dial, id: &str) -> Result<Client, String> {
     Ok(CoordinatorClient::with_interceptor(channel, token))
 }
 
+/// A refused call: its message and the causes under it (where TLS says what was wrong).
+pub fn status_text(status: &tonic::Status) -> String {
+    let mut out = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// An error with its causes, which is where TLS says what was wrong.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

@@ -278,7 +278,7 @@ async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
     client
         .register(req)
         .await
-        .map_err(|e| format!("the coordinator at {addr} refused to register us: {}", e.message()))?;
+        .map_err(|e| format!("the coordinator at {addr} refused to register us: {}", link::status_text(&e)))?;
     eprintln!("worker {}: registered with the coordinator at {addr}", worker.opts.id);
     Ok(client)
 }

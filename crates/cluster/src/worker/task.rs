@@ -155,30 +155,37 @@ async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken)
     }
 }
 
-/// Shared-nothing: relays the run's record and logs while it runs, and once more after
-/// it ends, until everything is delivered (or the worker gives up on the task).
+/// Shared-nothing: relays the run's record and logs every 250 ms while it runs (changes
+/// in between are coalesced), then the rest of the logs once it ends, until delivered.
+/// The final record travels with the end report.
 async fn ship(worker: Arc<Worker>, task: proto::Task, done: CancellationToken) {
     if worker.opts.coordinators.is_empty() {
         return;
     }
     let mut sent: HashMap<(String, i32), u64> = HashMap::new();
     loop {
-        let finished = done.is_cancelled();
-        let delivered = ship_once(&worker, &task, &mut sent).await;
-        if finished && delivered {
-            return;
-        }
-        let changed = worker.relay.changed.notified();
         tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = done.cancelled(), if !finished => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                ship_once(&worker, &task, &mut sent, true).await;
+            }
+            _ = done.cancelled() => break,
         }
+    }
+    let mut backoff = Duration::from_millis(50);
+    while !ship_once(&worker, &task, &mut sent, false).await {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
-/// Sends what changed: new log bytes, then the record. True when nothing is left unsent.
-async fn ship_once(worker: &Worker, task: &proto::Task, sent: &mut HashMap<(String, i32), u64>) -> bool {
+/// Sends what changed: new log bytes, then (when `record`) the run record. True when
+/// nothing is left unsent.
+async fn ship_once(
+    worker: &Worker,
+    task: &proto::Task,
+    sent: &mut HashMap<(String, i32), u64>,
+    record: bool,
+) -> bool {
     let Some(mut client) = worker.client() else {
         return false;
     };
@@ -186,6 +193,9 @@ async fn ship_once(worker: &Worker, task: &proto::Task, sent: &mut HashMap<(Stri
         Some(dir) => send_logs(worker, &mut client, task, &dir, sent).await,
         None => true,
     };
+    if !record {
+        return logs_ok;
+    }
     let Some(record) = worker.relay.take_dirty(&task.run_id) else {
         return logs_ok;
     };
