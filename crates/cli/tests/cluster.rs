@@ -390,3 +390,38 @@ fn a_dagu_shaped_shared_filesystem_config_works() {
     assert!(shared.join("logs/train").is_dir(), "logs in the shared log dir");
     assert!(!env.home.path().join("data/dag-runs").exists(), "nothing under the default home");
 }
+
+/// The same workers, with the same health, in `trellis workers`, `GET /api/v2/workers`
+/// (the shape of seed 001) and the UI's workers page; running tasks included.
+#[test]
+fn workers_show_in_the_cli_the_api_and_the_ui() {
+    let cluster = Cluster::start(&[("w-gpu", "gpu=true", 2), ("w-cpu", "cpu=true", 2)], "", &[]);
+    let server = support::Server::start(&cluster.env, &["-c", &cfg(&cluster.env)]);
+    cluster.dag("busy", &format!("worker_selector: {{gpu: \"true\"}}\nsteps:\n  - name: s\n    command: '{}'\n", wait_step("go")));
+    let run = cluster.enqueue("busy");
+    cluster.wait_run("busy", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    let client = support::client();
+    let api = wait_for(20, "the API to list the busy worker", || {
+        let v: Value = client.get(format!("{}/api/v2/workers", server.url)).send().ok()?.json().ok()?;
+        let gpu = v["workers"].as_array()?.iter().find(|w| w["id"] == "w-gpu")?.clone();
+        (gpu["running_tasks"].as_array()?.len() == 1).then_some(v)
+    });
+    let workers = api["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 2, "{api}");
+    let gpu = workers.iter().find(|w| w["id"] == "w-gpu").expect("w-gpu");
+    assert_eq!(gpu["health_status"], "HEALTHY");
+    assert_eq!(gpu["labels"]["gpu"], "true");
+    assert!(gpu["last_heartbeat"].as_str().is_some());
+    let task = &gpu["running_tasks"][0];
+    assert_eq!(task["dag_name"], "busy");
+    assert_eq!(task["dag_run_id"], run.as_str());
+    assert_eq!(task["root_dag_run_name"], "busy");
+    assert!(task["started_at"].as_str().is_some());
+    let out = cluster.env.trellis().args(["workers", "-c", &cfg(&cluster.env)]).output().expect("workers");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("w-gpu") && table.contains("HEALTHY") && table.contains("gpu=true"), "{table}");
+    let page = client.get(format!("{}/workers", server.url)).send().expect("page").text().expect("html");
+    assert!(page.contains("w-cpu") && page.contains("w-gpu") && page.contains("busy"), "workers page");
+    cluster.touch("go");
+    cluster.finished("busy", &run, 30);
+}

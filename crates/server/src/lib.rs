@@ -43,6 +43,8 @@ pub struct Options {
     pub launcher: PathBuf,
     /// Allows listening on a non-loopback address with authentication off.
     pub insecure_no_auth: bool,
+    /// How to reach the coordinator for the workers view (TLS, signing key).
+    pub dial: trellis_cluster::worker::link::Dial,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +107,17 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     check(&opts).map_err(ServeError::Config)?;
     let app = Arc::new(App::new(&opts).map_err(ServeError::Config)?);
+    let refresher = app.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            refresher.refresh_workers().await;
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
     let streams = app.clone();
     let router = router(app).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();

@@ -35,6 +35,11 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     /// Open live-update streams and the shared scan behind them.
     pub live: crate::events::Live,
+    /// The cluster's workers as last fetched (every second) from the coordinator, else
+    /// read from the service registry.
+    workers: Mutex<Vec<trellis_cluster::proto::WorkerInfo>>,
+    /// How to reach the coordinator (TLS, signing key).
+    pub dial: trellis_cluster::worker::link::Dial,
 }
 
 impl App {
@@ -68,7 +73,42 @@ impl App {
             tokens: Mutex::new((None, Vec::new())),
             metrics: crate::metrics::Metrics::default(),
             live: crate::events::Live::default(),
+            workers: Mutex::new(Vec::new()),
+            dial: opts.dial.clone(),
         })
+    }
+
+    /// The workers last seen; see [`App::refresh_workers`].
+    pub fn workers(&self) -> Vec<trellis_cluster::proto::WorkerInfo> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Asks the coordinator (found in the service registry) for its workers; with none
+    /// reachable, reads the workers' registry entries, whose age gives a coarser health.
+    pub async fn refresh_workers(&self) {
+        use trellis_cluster::{client, registry};
+        let dir = registry::default_dir(&self.data);
+        let fetched = match client::discover(&dir) {
+            Some(addr) => client::workers(&addr, &self.dial).await.ok(),
+            None => None,
+        };
+        let list = fetched.unwrap_or_else(|| {
+            let now = jiff::Timestamp::now();
+            registry::list(&dir, registry::Kind::Worker)
+                .into_iter()
+                .map(|e| trellis_cluster::proto::WorkerInfo {
+                    health_status: trellis_core::worker::Health::from_age_ms(e.age_ms(now))
+                        .as_str()
+                        .into(),
+                    last_heartbeat: e.updated_at.clone(),
+                    labels: e.labels.clone().into_iter().collect(),
+                    id: e.id,
+                    host: e.host,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = list;
     }
 
     /// The principal an API token belongs to (config tokens, then `trellis token` ones).

@@ -161,10 +161,16 @@ fn summarize(app: &App, entry: &trellis_scheduler::catalog::Entry) -> DagSummary
     let stem = trellis_spec::default_name(&entry.path.display().to_string());
     let dag_name = entry.name();
     let suspended = trellis_scheduler::suspend::is_suspended(&app.data, &dag_name);
-    let last_run = app.store.latest(&dag_name).ok().flatten().map(|mut run| {
-        trellis_store::mark_dead(&mut run);
-        RunSummary::of(&run)
-    });
+    // A page of one reads cached listings: cheaper than `latest` with many runs.
+    let last_run = app
+        .store
+        .page(Some(&dag_name), None, 0, 1)
+        .ok()
+        .and_then(|page| {
+            let mut run = page.runs.into_iter().next()?;
+            trellis_store::mark_dead(&mut run);
+            Some(RunSummary::of(&run))
+        });
     let file = entry
         .path
         .file_name()
@@ -184,18 +190,23 @@ fn summarize(app: &App, entry: &trellis_scheduler::catalog::Entry) -> DagSummary
         next_run: None,
     };
     if let Ok(dag) = &entry.dag {
-        summary.description = dag.description.clone();
-        summary.labels = dag.labels.clone();
-        summary.schedules = dag.schedule.start.iter().map(schedule_text).collect();
-        if !suspended {
-            let now = jiff::Timestamp::now();
-            summary.next_run = trellis_scheduler::daemon::crons(&dag.schedule.start)
-                .filter_map(|c| c.next_after(now))
-                .min()
-                .map(|t| t.to_string());
-        }
+        describe(&mut summary, dag);
     }
     summary
+}
+
+/// The parts of a summary that come from a DAG that loaded.
+fn describe(summary: &mut DagSummary, dag: &Dag) {
+    summary.description = dag.description.clone();
+    summary.labels = dag.labels.clone();
+    summary.schedules = dag.schedule.start.iter().map(schedule_text).collect();
+    if !summary.suspended {
+        let now = jiff::Timestamp::now();
+        summary.next_run = trellis_scheduler::daemon::crons(&dag.schedule.start)
+            .filter_map(|c| c.next_after(now))
+            .min()
+            .map(|t| t.to_string());
+    }
 }
 
 fn schedule_text(s: &trellis_core::model::Schedule) -> String {
@@ -508,7 +519,35 @@ pub struct WorkerInfo {
     pub running_tasks: Vec<RunningTask>,
 }
 
-/// The cluster's workers: none until the coordinator lands.
-pub fn workers(_app: &App) -> Vec<WorkerInfo> {
-    Vec::new()
+/// The cluster's workers, as the coordinator last reported them (refreshed every second),
+/// or from the service registry when no coordinator answers.
+pub fn workers(app: &App) -> Vec<WorkerInfo> {
+    app.workers()
+        .into_iter()
+        .map(|w| {
+            let mut labels: IndexMap<String, String> = w.labels.into_iter().collect();
+            labels.sort_keys();
+            WorkerInfo {
+                health_status: match w.health_status.as_str() {
+                    "HEALTHY" => WorkerHealth::Healthy,
+                    "WARNING" => WorkerHealth::Warning,
+                    "UNHEALTHY" => WorkerHealth::Unhealthy,
+                    _ => WorkerHealth::Offline,
+                },
+                last_heartbeat: Some(w.last_heartbeat).filter(|t| !t.is_empty()),
+                running_tasks: w
+                    .running_tasks
+                    .into_iter()
+                    .map(|t| RunningTask {
+                        root_dag_run_name: t.dag_name.clone(),
+                        dag_name: t.dag_name,
+                        dag_run_id: t.run_id,
+                        started_at: Some(t.started_at).filter(|s| !s.is_empty()),
+                    })
+                    .collect(),
+                id: w.id,
+                labels,
+            }
+        })
+        .collect()
 }

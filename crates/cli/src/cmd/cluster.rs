@@ -227,12 +227,24 @@ pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json
     json!({ "workers": workers, "source": "registry" })
 }
 
+/// How the server and `trellis workers` reach the coordinator: the config's `worker.tls`
+/// settings and the signing key.
+pub fn client_dial(setup: &Setup) -> anyhow::Result<Dial> {
+    let file = cluster_file(setup)?.worker;
+    let tls = file.tls.map(|t| trellis_cluster::security::ClientTls {
+        ca: t.ca_file,
+        cert: t.cert_file,
+        key: t.key_file,
+    });
+    Ok(Dial {
+        tls,
+        insecure: file.insecure.unwrap_or(false),
+        key: signing_key(setup, None)?,
+    })
+}
+
 pub fn workers(args: &WorkersArgs) -> anyhow::Result<ExitCode> {
-    let how = Dial {
-        tls: None,
-        insecure: true,
-        key: signing_key(&args.setup, None)?,
-    };
+    let how = client_dial(&args.setup)?;
     let value = runtime()?.block_on(workers_json(args.coordinator.clone(), &how));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);

@@ -63,6 +63,7 @@ fn server_options(setup: &Setup, flags: &ServeFlags) -> anyhow::Result<trellis_s
         tls: tls.map(|(cert, key)| trellis_server::Tls { cert, key }),
         launcher: std::env::current_exe().context("cannot find the trellis binary")?,
         insecure_no_auth: flags.insecure_no_auth,
+        dial: super::cluster::client_dial(setup)?,
     })
 }
 
