@@ -187,13 +187,27 @@ pub struct CoordinatorFlags {
     #[arg(long = "coordinator.dispatch-timeout", value_name = "SECS")]
     pub dispatch_timeout: Option<u64>,
     /// Serve TLS with this certificate chain (PEM; config coordinator.tls.certFile).
-    #[arg(long = "coordinator.tls-cert", env = "TRELLIS_COORDINATOR_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long = "coordinator.tls-cert",
+        env = "TRELLIS_COORDINATOR_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The TLS private key (PEM; config coordinator.tls.keyFile).
-    #[arg(long = "coordinator.tls-key", env = "TRELLIS_COORDINATOR_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long = "coordinator.tls-key",
+        env = "TRELLIS_COORDINATOR_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// mTLS: require worker certificates signed by this CA (config coordinator.tls.caFile).
-    #[arg(long = "coordinator.tls-ca", env = "TRELLIS_COORDINATOR_TLS_CA", value_name = "FILE")]
+    #[arg(
+        long = "coordinator.tls-ca",
+        env = "TRELLIS_COORDINATOR_TLS_CA",
+        value_name = "FILE"
+    )]
     pub tls_ca: Option<PathBuf>,
     /// Workers must present tokens made with this key, and tasks are signed with it
     /// (env TRELLIS_COORDINATOR_SIGNING_KEY; config coordinator.signing_key / signingKey).
@@ -220,7 +234,11 @@ pub struct WorkerArgs {
     #[arg(long = "worker.labels", value_name = "LABELS")]
     pub labels: Option<String>,
     /// Runs at once (config worker.max_active_runs; default 100).
-    #[arg(long = "worker.max-active-runs", env = "TRELLIS_WORKER_MAX_ACTIVE_RUNS", value_name = "N")]
+    #[arg(
+        long = "worker.max-active-runs",
+        env = "TRELLIS_WORKER_MAX_ACTIVE_RUNS",
+        value_name = "N"
+    )]
     pub max_active_runs: Option<u32>,
     /// Coordinator host (env TRELLIS_WORKER_COORDINATOR_HOST or TRELLIS_COORDINATOR_HOST;
     /// default: found in the service registry).
@@ -234,17 +252,35 @@ pub struct WorkerArgs {
     pub drain_grace: Option<u64>,
     /// Shared-nothing mode: coordinators `host:port,...` to relay runs to; the worker then
     /// needs no access to the data and log dirs (config worker.coordinators).
-    #[arg(long = "worker.coordinators", env = "TRELLIS_WORKER_COORDINATORS", value_name = "ADDRS")]
+    #[arg(
+        long = "worker.coordinators",
+        env = "TRELLIS_WORKER_COORDINATORS",
+        value_name = "ADDRS"
+    )]
     pub coordinators: Option<String>,
     /// The CA that signed the coordinator's certificate; turns TLS on
     /// (config worker.tls.caFile).
-    #[arg(long = "worker.tls-ca", env = "TRELLIS_WORKER_TLS_CA", value_name = "FILE")]
+    #[arg(
+        long = "worker.tls-ca",
+        env = "TRELLIS_WORKER_TLS_CA",
+        value_name = "FILE"
+    )]
     pub tls_ca: Option<PathBuf>,
     /// This worker's certificate, for mTLS (config worker.tls.certFile).
-    #[arg(long = "worker.tls-cert", env = "TRELLIS_WORKER_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long = "worker.tls-cert",
+        env = "TRELLIS_WORKER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// This worker's key, for mTLS (config worker.tls.keyFile).
-    #[arg(long = "worker.tls-key", env = "TRELLIS_WORKER_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long = "worker.tls-key",
+        env = "TRELLIS_WORKER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Plaintext to the coordinator even if TLS settings exist (config worker.insecure).
     #[arg(long = "worker.insecure", env = "TRELLIS_WORKER_INSECURE")]

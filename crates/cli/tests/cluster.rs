@@ -85,7 +85,11 @@ impl Cluster {
             .arg(&file)
             .output()
             .expect("enqueue");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .next()
@@ -98,7 +102,14 @@ impl Cluster {
     }
 
     /// Waits until the run's status satisfies `done`; returns its JSON.
-    fn wait_run(&self, dag: &str, run: &str, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    fn wait_run(
+        &self,
+        dag: &str,
+        run: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut last = None;
         let what = format!("{what} (run {run} of {dag})");
         let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -109,7 +120,10 @@ impl Cluster {
         }));
         match found {
             Ok(v) => v,
-            Err(_) => panic!("timed out waiting for {what}; last status: {last:?}\n{}", self.logs()),
+            Err(_) => panic!(
+                "timed out waiting for {what}; last status: {last:?}\n{}",
+                self.logs()
+            ),
         }
     }
 
@@ -128,7 +142,10 @@ impl Cluster {
 
     fn finished(&self, dag: &str, run: &str, secs: u64) -> Value {
         self.wait_run(dag, run, secs, "the run to finish", |s| {
-            !matches!(s["status"].as_str(), Some("running" | "queued" | "not_started"))
+            !matches!(
+                s["status"].as_str(),
+                Some("running" | "queued" | "not_started")
+            )
         })
     }
 }
@@ -169,14 +186,21 @@ fn routes_each_dag_to_a_worker_whose_labels_all_match() {
     );
     let cases = [
         ("gpu", "worker_selector: {gpu: \"true\"}", Some("w-gpu")),
-        ("cpu-eu", "worker_selector: {cpu: \"true\", region: eu}", Some("w-eu")),
+        (
+            "cpu-eu",
+            "worker_selector: {cpu: \"true\", region: eu}",
+            Some("w-eu"),
+        ),
         ("us", "workerSelector: {region: us}", Some("w-us")),
         ("local", "worker_selector: local", None),
         ("plain", "", None),
     ];
     let mut runs = Vec::new();
     for (name, selector, _) in &cases {
-        cluster.dag(name, &format!("{selector}\nsteps:\n  - name: a\n    command: echo {name}\n"));
+        cluster.dag(
+            name,
+            &format!("{selector}\nsteps:\n  - name: a\n    command: echo {name}\n"),
+        );
         runs.push(cluster.enqueue(name));
     }
     for ((name, _, want), run) in cases.iter().zip(&runs) {
@@ -197,16 +221,24 @@ fn a_selector_nobody_matches_waits_visibly_then_fails() {
         "",
         &["--coordinator.dispatch-timeout", "3"],
     );
-    cluster.dag("mars", "worker_selector: {zone: mars}\nsteps:\n  - name: a\n    command: echo never\n");
+    cluster.dag(
+        "mars",
+        "worker_selector: {zone: mars}\nsteps:\n  - name: a\n    command: echo never\n",
+    );
     let run = cluster.enqueue("mars");
     let waiting = cluster.wait_run("mars", &run, 20, "the reason to show", |s| {
-        s["error"].as_str().is_some_and(|e| e.contains("no live worker matches zone=mars"))
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no live worker matches zone=mars"))
     });
     assert_eq!(waiting["status"], "queued", "{waiting}");
     let failed = cluster.finished("mars", &run, 30);
     assert_eq!(failed["status"], "failed", "{failed}");
     let error = failed["error"].as_str().unwrap_or_default();
-    assert!(error.contains("no live worker matches zone=mars"), "{error}");
+    assert!(
+        error.contains("no live worker matches zone=mars"),
+        "{error}"
+    );
     assert!(error.contains("waited 3 s"), "{error}");
 }
 
@@ -243,10 +275,15 @@ fn a_killed_worker_without_retries_fails_the_run_with_worker_lost() {
         "",
         &["--coordinator.lease-timeout", "2"],
     );
-    let yaml = format!("worker_selector: {{pool: y}}\nsteps:\n  - name: wait\n    command: '{}'\n", wait_step("never"));
+    let yaml = format!(
+        "worker_selector: {{pool: y}}\nsteps:\n  - name: wait\n    command: '{}'\n",
+        wait_step("never")
+    );
     cluster.dag("lost", &yaml);
     let run = cluster.enqueue("lost");
-    cluster.wait_run("lost", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    cluster.wait_run("lost", &run, 30, "the step to start", |s| {
+        s["steps"][0]["status"] == "running"
+    });
     cluster.workers.get_mut("w-a").expect("w-a").kill9();
     let done = cluster.finished("lost", &run, 30);
     assert_eq!(done["status"], "failed", "{done}");
@@ -264,13 +301,19 @@ fn a_coordinator_restart_does_not_kill_or_repeat_running_tasks() {
     );
     cluster.dag("survives", &yaml);
     let run = cluster.enqueue("survives");
-    cluster.wait_run("survives", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    cluster.wait_run("survives", &run, 30, "the step to start", |s| {
+        s["steps"][0]["status"] == "running"
+    });
     cluster.coordinator.as_mut().expect("coordinator").kill9();
     cluster.coordinator = None;
     let worker = cluster.workers.get("w-a").expect("w-a");
-    wait_for(20, "the worker to notice", || worker.said("retrying").then_some(()));
+    wait_for(20, "the worker to notice", || {
+        worker.said("retrying").then_some(())
+    });
     cluster.coordinator = Some(start_coordinator(&cluster.env, cluster.port, &[]));
-    wait_for(30, "the worker to reconnect", || worker.said("coordinator reachable again").then_some(()));
+    wait_for(30, "the worker to reconnect", || {
+        worker.said("coordinator reachable again").then_some(())
+    });
     cluster.touch("go");
     let done = cluster.finished("survives", &run, 30);
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -279,7 +322,15 @@ fn a_coordinator_restart_does_not_kill_or_repeat_running_tasks() {
     // The task is released: the task dir empties once the worker reports.
     let tasks = cluster.env.home.path().join("data/distributed/tasks");
     wait_for(20, "the task file to go", || {
-        let n = std::fs::read_dir(&tasks).map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))).count()).unwrap_or(0);
+        let n = std::fs::read_dir(&tasks)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                })
+                .count()
+            })
+            .unwrap_or(0);
         (n == 0).then_some(())
     });
 }
@@ -287,7 +338,11 @@ fn a_coordinator_restart_does_not_kill_or_repeat_running_tasks() {
 #[test]
 fn two_hundred_runs_spread_over_workers_within_their_slots() {
     let cluster = Cluster::start(
-        &[("w1", "pool=p", 2), ("w2", "pool=p", 2), ("w3", "pool=p", 3)],
+        &[
+            ("w1", "pool=p", 2),
+            ("w2", "pool=p", 2),
+            ("w3", "pool=p", 3),
+        ],
         "default_execution_mode: distributed\n",
         &[],
     );
@@ -301,7 +356,10 @@ fn two_hundred_runs_spread_over_workers_within_their_slots() {
         let done = cluster.finished("many", run, 120);
         assert_eq!(done["status"], "succeeded", "{done}");
         let step = &done["steps"][0];
-        let worker = step["worker_id"].as_str().expect("ran on a worker").to_string();
+        let worker = step["worker_id"]
+            .as_str()
+            .expect("ran on a worker")
+            .to_string();
         *per_worker.entry(worker.clone()).or_default() += 1;
         intervals.entry(worker).or_default().push((
             step["started_at"].as_str().unwrap_or_default().to_string(),
@@ -309,11 +367,18 @@ fn two_hundred_runs_spread_over_workers_within_their_slots() {
         ));
     }
     assert_eq!(per_worker.values().sum::<usize>(), 200);
-    assert_eq!(per_worker.len(), 3, "every worker took runs: {per_worker:?}");
+    assert_eq!(
+        per_worker.len(),
+        3,
+        "every worker took runs: {per_worker:?}"
+    );
     let limits = HashMap::from([("w1", 2), ("w2", 2), ("w3", 3)]);
     for (worker, spans) in &intervals {
         let peak = peak_overlap(spans);
-        assert!(peak <= limits[worker.as_str()], "{worker} ran {peak} at once");
+        assert!(
+            peak <= limits[worker.as_str()],
+            "{worker} ran {peak} at once"
+        );
     }
 }
 
@@ -337,22 +402,41 @@ fn peak_overlap(spans: &[(String, String)]) -> usize {
 #[test]
 fn sigterm_drains_running_tasks_and_deregisters() {
     let mut cluster = Cluster::start(&[("w-d", "pool=d", 2)], "", &[]);
-    let yaml = format!("worker_selector: {{pool: d}}\nsteps:\n  - name: wait\n    command: '{}'\n", wait_step("go"));
+    let yaml = format!(
+        "worker_selector: {{pool: d}}\nsteps:\n  - name: wait\n    command: '{}'\n",
+        wait_step("go")
+    );
     cluster.dag("drain", &yaml);
     let run = cluster.enqueue("drain");
-    cluster.wait_run("drain", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
-    let registry = cluster.env.home.path().join("data/service-registry/worker/w-d.json");
-    assert!(registry.exists(), "the worker registered itself in the registry");
+    cluster.wait_run("drain", &run, 30, "the step to start", |s| {
+        s["steps"][0]["status"] == "running"
+    });
+    let registry = cluster
+        .env
+        .home
+        .path()
+        .join("data/service-registry/worker/w-d.json");
+    assert!(
+        registry.exists(),
+        "the worker registered itself in the registry"
+    );
     let worker = cluster.workers.get_mut("w-d").expect("w-d");
     worker.signal(nix::sys::signal::Signal::SIGTERM);
-    wait_for(10, "the drain message", || worker.said("draining 1 running task").then_some(()));
+    wait_for(10, "the drain message", || {
+        worker.said("draining 1 running task").then_some(())
+    });
     cluster.touch("go");
     let worker = cluster.workers.get_mut("w-d").expect("w-d");
-    let exit = wait_for(30, "the worker to exit", || worker.child.try_wait().ok().flatten());
+    let exit = wait_for(30, "the worker to exit", || {
+        worker.child.try_wait().ok().flatten()
+    });
     assert!(exit.success(), "{}", worker.output());
     let done = cluster.finished("drain", &run, 10);
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert!(!registry.exists(), "the registry entry is removed on shutdown");
+    assert!(
+        !registry.exists(),
+        "the registry entry is removed on shutdown"
+    );
     let _ = Duration::ZERO;
 }
 
@@ -372,38 +456,98 @@ fn a_dagu_shaped_shared_filesystem_config_works() {
     let _coordinator = Proc::spawn_with(&env, &["coordinator"], "coordinator listening on", &vars);
     let worker = Proc::spawn_with(&env, &["worker"], "registered with the coordinator", &vars);
     let _scheduler = Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
-    assert!(worker.said(&format!("127.0.0.1:{port}")), "found through the registry");
-    assert!(shared.join("service-registry/worker/worker-gpu-01.json").exists());
-    let file = env.dag("train", "workerSelector:\n  gpu: \"true\"\nsteps:\n  - name: fit\n    command: echo fitted\n");
-    let out = env.trellis().env("TRELLIS_CONFIG", &cfg).arg("enqueue").arg(&file).output().expect("enqueue");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        worker.said(&format!("127.0.0.1:{port}")),
+        "found through the registry"
+    );
+    assert!(
+        shared
+            .join("service-registry/worker/worker-gpu-01.json")
+            .exists()
+    );
+    let file = env.dag(
+        "train",
+        "workerSelector:\n  gpu: \"true\"\nsteps:\n  - name: fit\n    command: echo fitted\n",
+    );
+    let out = env
+        .trellis()
+        .env("TRELLIS_CONFIG", &cfg)
+        .arg("enqueue")
+        .arg(&file)
+        .output()
+        .expect("enqueue");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let done = wait_for(30, "the run to finish", || {
-        let out = env.trellis().env("TRELLIS_CONFIG", &cfg).args(["status", "--json", "train", "-r", &run]).output().ok()?;
+        let out = env
+            .trellis()
+            .env("TRELLIS_CONFIG", &cfg)
+            .args(["status", "--json", "train", "-r", &run])
+            .output()
+            .ok()?;
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"] == "succeeded").then_some(v)
     });
     assert_eq!(done["steps"][0]["worker_id"], "worker-gpu-01");
-    assert!(shared.join("data/dag-runs/train").is_dir(), "status in the shared data dir");
-    let logs = env.trellis().env("TRELLIS_CONFIG", &cfg).args(["logs", "train", "--step", "fit"]).output().expect("logs");
+    assert!(
+        shared.join("data/dag-runs/train").is_dir(),
+        "status in the shared data dir"
+    );
+    let logs = env
+        .trellis()
+        .env("TRELLIS_CONFIG", &cfg)
+        .args(["logs", "train", "--step", "fit"])
+        .output()
+        .expect("logs");
     assert_eq!(String::from_utf8_lossy(&logs.stdout).trim(), "fitted");
-    assert!(shared.join("logs/train").is_dir(), "logs in the shared log dir");
-    assert!(!env.home.path().join("data/dag-runs").exists(), "nothing under the default home");
+    assert!(
+        shared.join("logs/train").is_dir(),
+        "logs in the shared log dir"
+    );
+    assert!(
+        !env.home.path().join("data/dag-runs").exists(),
+        "nothing under the default home"
+    );
 }
 
 /// The same workers, with the same health, in `trellis workers`, `GET /api/v2/workers`
 /// (the shape of seed 001) and the UI's workers page; running tasks included.
 #[test]
 fn workers_show_in_the_cli_the_api_and_the_ui() {
-    let cluster = Cluster::start(&[("w-gpu", "gpu=true", 2), ("w-cpu", "cpu=true", 2)], "", &[]);
+    let cluster = Cluster::start(
+        &[("w-gpu", "gpu=true", 2), ("w-cpu", "cpu=true", 2)],
+        "",
+        &[],
+    );
     let server = support::Server::start(&cluster.env, &["-c", &cfg(&cluster.env)]);
-    cluster.dag("busy", &format!("worker_selector: {{gpu: \"true\"}}\nsteps:\n  - name: s\n    command: '{}'\n", wait_step("go")));
+    cluster.dag(
+        "busy",
+        &format!(
+            "worker_selector: {{gpu: \"true\"}}\nsteps:\n  - name: s\n    command: '{}'\n",
+            wait_step("go")
+        ),
+    );
     let run = cluster.enqueue("busy");
-    cluster.wait_run("busy", &run, 30, "the step to start", |s| s["steps"][0]["status"] == "running");
+    cluster.wait_run("busy", &run, 30, "the step to start", |s| {
+        s["steps"][0]["status"] == "running"
+    });
     let client = support::client();
     let api = wait_for(20, "the API to list the busy worker", || {
-        let v: Value = client.get(format!("{}/api/v2/workers", server.url)).send().ok()?.json().ok()?;
-        let gpu = v["workers"].as_array()?.iter().find(|w| w["id"] == "w-gpu")?.clone();
+        let v: Value = client
+            .get(format!("{}/api/v2/workers", server.url))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        let gpu = v["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["id"] == "w-gpu")?
+            .clone();
         (gpu["running_tasks"].as_array()?.len() == 1).then_some(v)
     });
     let workers = api["workers"].as_array().expect("workers");
@@ -417,11 +561,27 @@ fn workers_show_in_the_cli_the_api_and_the_ui() {
     assert_eq!(task["dag_run_id"], run.as_str());
     assert_eq!(task["root_dag_run_name"], "busy");
     assert!(task["started_at"].as_str().is_some());
-    let out = cluster.env.trellis().args(["workers", "-c", &cfg(&cluster.env)]).output().expect("workers");
+    let out = cluster
+        .env
+        .trellis()
+        .args(["workers", "-c", &cfg(&cluster.env)])
+        .output()
+        .expect("workers");
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("w-gpu") && table.contains("HEALTHY") && table.contains("gpu=true"), "{table}");
-    let page = client.get(format!("{}/workers", server.url)).send().expect("page").text().expect("html");
-    assert!(page.contains("w-cpu") && page.contains("w-gpu") && page.contains("busy"), "workers page");
+    assert!(
+        table.contains("w-gpu") && table.contains("HEALTHY") && table.contains("gpu=true"),
+        "{table}"
+    );
+    let page = client
+        .get(format!("{}/workers", server.url))
+        .send()
+        .expect("page")
+        .text()
+        .expect("html");
+    assert!(
+        page.contains("w-cpu") && page.contains("w-gpu") && page.contains("busy"),
+        "workers page"
+    );
     cluster.touch("go");
     cluster.finished("busy", &run, 30);
 }

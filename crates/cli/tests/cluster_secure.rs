@@ -27,7 +27,12 @@ impl Pki {
         let issuer = Issuer::from_params(&root, &root_key);
         let other_issuer = Issuer::from_params(&other, &other_key);
         write(dir, "ca", &root.self_signed(&root_key).unwrap().pem(), None);
-        write(dir, "other-ca", &other.self_signed(&other_key).unwrap().pem(), None);
+        write(
+            dir,
+            "other-ca",
+            &other.self_signed(&other_key).unwrap().pem(),
+            None,
+        );
         let names = vec!["localhost".into(), "127.0.0.1".into(), "127.0.0.2".into()];
         leaf(dir, "server", names, &issuer, false);
         leaf(dir, "client", vec!["worker".into()], &issuer, false);
@@ -72,7 +77,11 @@ fn write(dir: &Path, name: &str, cert: &str, key: Option<&str>) {
 
 /// A coordinator on `host` with TLS (mTLS when `mtls`) and the signing key.
 fn coordinator(env: &Env, pki: &Pki, host: &str, port: u16, mtls: bool, extra: &[&str]) -> Proc {
-    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
     let port = port.to_string();
     let mut args = vec![
         "coordinator",
@@ -95,7 +104,13 @@ fn coordinator(env: &Env, pki: &Pki, host: &str, port: u16, mtls: bool, extra: &
 }
 
 /// Worker arguments: id, labels, how to reach the coordinator, TLS files and key.
-fn worker_args(id: &str, labels: &str, addr: &str, tls: &[(&str, String)], key: &str) -> Vec<String> {
+fn worker_args(
+    id: &str,
+    labels: &str,
+    addr: &str,
+    tls: &[(&str, String)],
+    key: &str,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "worker",
         "--worker.id",
@@ -148,10 +163,34 @@ fn bad_credentials_are_refused_with_a_clear_log_line() {
     };
     // (worker, TLS files, key, what the worker says, what the coordinator logs)
     let cases = vec![
-        ("w-wrong-ca", tls("other-ca", Some("client")), KEY, "UnknownIssuer", "alert: UnknownCA"),
-        ("w-no-cert", tls("ca", None), KEY, "; retrying", "peer sent no certificates"),
-        ("w-expired", tls("ca", Some("expired")), KEY, "; retrying", "certificate expired"),
-        ("w-stranger", tls("ca", Some("stranger")), KEY, "UnknownCA", "invalid peer certificate: UnknownIssuer"),
+        (
+            "w-wrong-ca",
+            tls("other-ca", Some("client")),
+            KEY,
+            "UnknownIssuer",
+            "alert: UnknownCA",
+        ),
+        (
+            "w-no-cert",
+            tls("ca", None),
+            KEY,
+            "; retrying",
+            "peer sent no certificates",
+        ),
+        (
+            "w-expired",
+            tls("ca", Some("expired")),
+            KEY,
+            "; retrying",
+            "certificate expired",
+        ),
+        (
+            "w-stranger",
+            tls("ca", Some("stranger")),
+            KEY,
+            "UnknownCA",
+            "invalid peer certificate: UnknownIssuer",
+        ),
         (
             "w-wrong-key",
             good_tls(&pki),
@@ -163,9 +202,18 @@ fn bad_credentials_are_refused_with_a_clear_log_line() {
     for (id, tls, key, worker_says, coordinator_says) in cases {
         let args = worker_args(id, "pool=x", &addr, &tls, key);
         let worker = refused_worker(&env, &args, worker_says);
-        assert!(!worker.said("registered with the coordinator"), "{id}: {}", worker.output());
-        wait_for(10, coordinator_says, || coord.said(coordinator_says).then_some(()));
-        assert!(!coord.said(&format!("worker {id} registered")), "{id} got in");
+        assert!(
+            !worker.said("registered with the coordinator"),
+            "{id}: {}",
+            worker.output()
+        );
+        wait_for(10, coordinator_says, || {
+            coord.said(coordinator_says).then_some(())
+        });
+        assert!(
+            !coord.said(&format!("worker {id} registered")),
+            "{id} got in"
+        );
     }
     // And a worker with good credentials joins.
     let args = worker_args("w-good", "pool=x", &addr, &good_tls(&pki), KEY);
@@ -184,12 +232,26 @@ fn a_tampered_task_is_refused_and_never_runs() {
     let args = worker_args("w-1", "pool=t", &addr, &good_tls(&pki), KEY);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let home = worker_home.display().to_string();
-    let worker = Proc::spawn_with(&env, &refs, "registered with the coordinator", &[("TRELLIS_HOME", &home)]);
+    let worker = Proc::spawn_with(
+        &env,
+        &refs,
+        "registered with the coordinator",
+        &[("TRELLIS_HOME", &home)],
+    );
     // A queued run, and a task for it signed with the key, then altered on disk.
-    let file = env.dag("victim", "worker_selector: {pool: t}\nsteps:\n  - name: a\n    command: echo honest\n");
-    let out = env.trellis().arg("enqueue").arg(&file).output().expect("enqueue");
+    let file = env.dag(
+        "victim",
+        "worker_selector: {pool: t}\nsteps:\n  - name: a\n    command: echo honest\n",
+    );
+    let out = env
+        .trellis()
+        .arg("enqueue")
+        .arg(&file)
+        .output()
+        .expect("enqueue");
     let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let loaded = trellis_spec::load_str("victim.yaml", &std::fs::read_to_string(&file).unwrap()).unwrap();
+    let loaded =
+        trellis_spec::load_str("victim.yaml", &std::fs::read_to_string(&file).unwrap()).unwrap();
     let mut spec = trellis_cluster::table::TaskSpec {
         task_id: "t-1".into(),
         dag_name: "victim".into(),
@@ -218,14 +280,30 @@ fn a_tampered_task_is_refused_and_never_runs() {
     };
     let data = env.home.path().join("data");
     trellis_cluster::tasks::write(&data, &task).unwrap();
-    wait_for(20, "the worker to refuse", || worker.said("refusing task t-1").then_some(()));
-    assert!(worker.said("signature does not verify"), "{}", worker.output());
+    wait_for(20, "the worker to refuse", || {
+        worker.said("refusing task t-1").then_some(())
+    });
+    assert!(
+        worker.said("signature does not verify"),
+        "{}",
+        worker.output()
+    );
     let done = wait_for(20, "the run to fail", || {
-        let out = env.trellis().args(["status", "--json", "victim", "-r", &run_id]).output().ok()?;
+        let out = env
+            .trellis()
+            .args(["status", "--json", "victim", "-r", &run_id])
+            .output()
+            .ok()?;
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["status"] == "failed").then_some(v)
     });
-    assert!(done["error"].as_str().unwrap_or_default().contains("refused by worker w-1"), "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused by worker w-1"),
+        "{done}"
+    );
     assert!(!marker.exists(), "the altered command ran");
     assert!(coord.said("refused by worker w-1"));
 }
@@ -246,9 +324,28 @@ impl Nothing {
         let env = Env::new();
         let pki = Pki::new(&env.path("pki"));
         let port = free_port();
-        let coordinator = Some(coordinator(&env, &pki, "127.0.0.2", port, true, &["--coordinator.lease-timeout", lease]));
-        let scheduler = Proc::spawn_with(&env, &["scheduler"], "leading", &[("TRELLIS_COORDINATOR_SIGNING_KEY", KEY)]);
-        Nothing { env, pki, port, coordinator, _scheduler: scheduler, workers: Vec::new() }
+        let coordinator = Some(coordinator(
+            &env,
+            &pki,
+            "127.0.0.2",
+            port,
+            true,
+            &["--coordinator.lease-timeout", lease],
+        ));
+        let scheduler = Proc::spawn_with(
+            &env,
+            &["scheduler"],
+            "leading",
+            &[("TRELLIS_COORDINATOR_SIGNING_KEY", KEY)],
+        );
+        Nothing {
+            env,
+            pki,
+            port,
+            coordinator,
+            _scheduler: scheduler,
+            workers: Vec::new(),
+        }
     }
 
     fn worker(&mut self, id: &str, labels: &str) -> usize {
@@ -256,15 +353,29 @@ impl Nothing {
         let args = worker_args(id, labels, &addr, &good_tls(&self.pki), KEY);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let home = self.env.path(&format!("home-{id}"));
-        let (home, dir) = (home.display().to_string(), self.env.work.path().display().to_string());
-        let w = Proc::spawn_with(&self.env, &refs, "registered with the coordinator", &[("TRELLIS_HOME", &home), ("DIR", &dir)]);
+        let (home, dir) = (
+            home.display().to_string(),
+            self.env.work.path().display().to_string(),
+        );
+        let w = Proc::spawn_with(
+            &self.env,
+            &refs,
+            "registered with the coordinator",
+            &[("TRELLIS_HOME", &home), ("DIR", &dir)],
+        );
         self.workers.push(w);
         self.workers.len() - 1
     }
 
     fn enqueue(&self, name: &str) -> String {
         let file = self.env.dags().join(format!("{name}.yaml"));
-        let out = self.env.trellis().arg("enqueue").arg(&file).output().expect("enqueue");
+        let out = self
+            .env
+            .trellis()
+            .arg("enqueue")
+            .arg(&file)
+            .output()
+            .expect("enqueue");
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -273,12 +384,24 @@ impl Nothing {
         support::status(&self.env, name, run)
     }
 
-    fn wait(&self, name: &str, run: &str, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    fn wait(
+        &self,
+        name: &str,
+        run: &str,
+        secs: u64,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         wait_for(secs, what, || self.status(name, run).filter(|s| f(s)))
     }
 
     fn logs(&self, name: &str, run: &str, step: &str) -> String {
-        let out = self.env.trellis().args(["logs", name, "-r", run, "--step", step]).output().expect("logs");
+        let out = self
+            .env
+            .trellis()
+            .args(["logs", name, "-r", run, "--step", step])
+            .output()
+            .expect("logs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -289,7 +412,10 @@ fn shared_nothing_routes_and_stores_status_and_logs_on_the_coordinator() {
     c.worker("w-gpu", "gpu=true");
     c.worker("w-cpu", "cpu=true");
     c.env.dag("gpu", "worker_selector: {gpu: \"true\"}\nsteps:\n  - name: a\n    command: echo on gpu; echo err >&2\n  - name: b\n    command: echo second\n    output: OUT\n");
-    c.env.dag("cpu", "worker_selector: {cpu: \"true\"}\nsteps:\n  - name: a\n    command: echo on cpu\n");
+    c.env.dag(
+        "cpu",
+        "worker_selector: {cpu: \"true\"}\nsteps:\n  - name: a\n    command: echo on cpu\n",
+    );
     let (g, p) = (c.enqueue("gpu"), c.enqueue("cpu"));
     let done_g = c.wait("gpu", &g, 30, "gpu run", |s| s["status"] == "succeeded");
     let done_p = c.wait("cpu", &p, 30, "cpu run", |s| s["status"] == "succeeded");
@@ -298,12 +424,23 @@ fn shared_nothing_routes_and_stores_status_and_logs_on_the_coordinator() {
     assert_eq!(done_g["outputs"]["OUT"], "second");
     assert_eq!(c.logs("gpu", &g, "a").trim(), "on gpu");
     assert_eq!(c.logs("cpu", &p, "a").trim(), "on cpu");
-    let err = c.env.trellis().args(["logs", "gpu", "-r", &g, "--step", "a", "--stderr"]).output().unwrap();
+    let err = c
+        .env
+        .trellis()
+        .args(["logs", "gpu", "-r", &g, "--step", "a", "--stderr"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&err.stdout).trim(), "err");
     // The workers kept their own copies in their own homes; the coordinator's home holds
     // no worker registry (there is no shared dir to write it to).
     assert!(c.env.path("home-w-gpu/data/dag-runs/gpu").is_dir());
-    assert!(!c.env.home.path().join("data/service-registry/worker").exists());
+    assert!(
+        !c.env
+            .home
+            .path()
+            .join("data/service-registry/worker")
+            .exists()
+    );
 }
 
 #[test]
@@ -312,7 +449,12 @@ fn shared_nothing_logs_survive_a_coordinator_restart_without_loss_or_duplicates(
     c.worker("w-1", "pool=s");
     // 40 numbered lines, the second half printed while the coordinator is down.
     let script = "for i in $(seq 1 20); do echo line $i; done; for i in $(seq 1 300); do [ -f \"$DIR/go\" ] && break; sleep 0.1; done; for i in $(seq 21 40); do echo line $i; sleep 0.02; done";
-    c.env.dag("count", &format!("worker_selector: {{pool: s}}\nsteps:\n  - name: lines\n    command: '{script}'\n"));
+    c.env.dag(
+        "count",
+        &format!(
+            "worker_selector: {{pool: s}}\nsteps:\n  - name: lines\n    command: '{script}'\n"
+        ),
+    );
     let run = c.enqueue("count");
     c.wait("count", &run, 30, "the first lines to arrive", |_| {
         c.logs("count", &run, "lines").lines().count() >= 20
@@ -321,12 +463,20 @@ fn shared_nothing_logs_survive_a_coordinator_restart_without_loss_or_duplicates(
     c.coordinator = None;
     std::fs::write(c.env.path("go"), "").unwrap();
     let worker = &c.workers[0];
-    wait_for(20, "the worker to notice", || worker.said("retrying").then_some(()));
+    wait_for(20, "the worker to notice", || {
+        worker.said("retrying").then_some(())
+    });
     c.coordinator = Some(coordinator(&c.env, &c.pki, "127.0.0.2", c.port, true, &[]));
-    let done = c.wait("count", &run, 60, "the run to succeed", |s| s["status"] == "succeeded");
+    let done = c.wait("count", &run, 60, "the run to succeed", |s| {
+        s["status"] == "succeeded"
+    });
     assert_eq!(done["steps"][0]["worker_id"], "w-1");
     let expected: Vec<String> = (1..=40).map(|i| format!("line {i}")).collect();
-    let stored: Vec<String> = c.logs("count", &run, "lines").lines().map(str::to_string).collect();
+    let stored: Vec<String> = c
+        .logs("count", &run, "lines")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(stored, expected, "lost or duplicated lines");
 }
 
@@ -334,14 +484,19 @@ fn shared_nothing_logs_survive_a_coordinator_restart_without_loss_or_duplicates(
 fn shared_nothing_killed_worker_is_replaced() {
     let mut c = Nothing::start("3");
     let first = c.worker("w-a", "pool=k");
-    let script = "for i in $(seq 1 300); do [ -f \"$DIR/go\" ] && break; sleep 0.1; done; echo done";
+    let script =
+        "for i in $(seq 1 300); do [ -f \"$DIR/go\" ] && break; sleep 0.1; done; echo done";
     c.env.dag("moves", &format!("worker_selector: {{pool: k}}\nretry_policy: {{limit: 1, interval_sec: 0}}\nsteps:\n  - name: w\n    command: '{script}'\n"));
     let run = c.enqueue("moves");
-    c.wait("moves", &run, 30, "the step to run on w-a", |s| s["steps"][0]["status"] == "running" && s["steps"][0]["worker_id"] == "w-a");
+    c.wait("moves", &run, 30, "the step to run on w-a", |s| {
+        s["steps"][0]["status"] == "running" && s["steps"][0]["worker_id"] == "w-a"
+    });
     c.workers[first].kill9();
     c.worker("w-b", "pool=k");
     std::fs::write(c.env.path("go"), "").unwrap();
-    let done = c.wait("moves", &run, 60, "the run to succeed on w-b", |s| s["status"] == "succeeded");
+    let done = c.wait("moves", &run, 60, "the run to succeed on w-b", |s| {
+        s["status"] == "succeeded"
+    });
     assert_eq!(done["steps"][0]["worker_id"], "w-b");
     assert_eq!(c.logs("moves", &run, "w").trim(), "done");
 }

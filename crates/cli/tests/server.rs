@@ -21,6 +21,10 @@ fn refuses_public_address_without_auth() {
 fn serves_on_loopback_by_default() {
     let env = Env::new();
     let server = Server::start(&env, &[]);
-    assert!(server.url.starts_with("http://127.0.0.1:"), "{}", server.url);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
     let _ = client();
 }

@@ -138,7 +138,10 @@ mod tests {
         .unwrap();
         let tls = secure.coordinator.tls.unwrap();
         assert_eq!(tls.ca_file.unwrap().to_str(), Some("/ca.crt"));
-        assert_eq!(secure.worker.tls.unwrap().cert_file.unwrap().to_str(), Some("/w.crt"));
+        assert_eq!(
+            secure.worker.tls.unwrap().cert_file.unwrap().to_str(),
+            Some("/w.crt")
+        );
         assert_eq!(secure.coordinator.signing_key.as_deref(), Some("k"));
         let text: ClusterFile =
             serde_json::from_value(serde_json::json!({"worker": {"labels": "a=1,b=2"}})).unwrap();

@@ -71,9 +71,17 @@ pub fn write(root: &Path, kind: Kind, entry: &Entry) -> std::io::Result<()> {
     let path = file(root, kind, &entry.id);
     let dir = path.parent().unwrap_or(root);
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", trellis_store::safe_name(&entry.id), entry.pid));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        trellis_store::safe_name(&entry.id),
+        entry.pid
+    ));
     let mut f = fs::File::create(&tmp)?;
-    f.write_all(serde_json::to_string(entry).map_err(std::io::Error::other)?.as_bytes())?;
+    f.write_all(
+        serde_json::to_string(entry)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )?;
     fs::rename(tmp, path)
 }
 

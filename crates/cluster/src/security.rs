@@ -62,8 +62,7 @@ pub fn worker_token(key: &[u8], worker_id: &str, now: i64) -> String {
 /// The worker id a token proves, or why it is refused.
 pub fn check_token(key: &[u8], token: &str, now: i64) -> Result<String, String> {
     let mut parts = token.rsplitn(3, '.');
-    let (Some(sig), Some(expiry), Some(worker)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(sig), Some(expiry), Some(worker)) = (parts.next(), parts.next(), parts.next()) else {
         return Err("malformed worker token".into());
     };
     if !same(sig, &mac(key, &["worker", worker, expiry])) {
@@ -113,10 +112,16 @@ mod tests {
     fn tokens_expire_and_need_the_key() {
         let token = worker_token(b"k1", "w@1", 1_000);
         assert_eq!(check_token(b"k1", &token, 1_000).unwrap(), "w@1");
-        assert!(check_token(b"k1", &token, 1_000 + TOKEN_TTL_SECS + 1)
-            .unwrap_err()
-            .contains("expired"));
-        assert!(check_token(b"k2", &token, 1_000).unwrap_err().contains("bad signature"));
+        assert!(
+            check_token(b"k1", &token, 1_000 + TOKEN_TTL_SECS + 1)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert!(
+            check_token(b"k2", &token, 1_000)
+                .unwrap_err()
+                .contains("bad signature")
+        );
         let forged = token.replacen("w@1", "w@2", 1);
         assert!(check_token(b"k1", &forged, 1_000).is_err());
         assert!(check_token(b"k1", "junk", 1_000).is_err());

@@ -346,7 +346,10 @@ mod tests {
         t.insert(task("any", "", 2, 1));
         let cpu = labels("cpu=true");
         assert_eq!(t.claim("w1", &cpu, "k1", 0, T).unwrap().spec.task_id, "any");
-        assert!(t.claim("w1", &cpu, "k2", 0, T).is_none(), "gpu task needs gpu");
+        assert!(
+            t.claim("w1", &cpu, "k2", 0, T).is_none(),
+            "gpu task needs gpu"
+        );
         let got = t.claim("w2", &labels("gpu=true"), "k3", 0, T).unwrap();
         assert_eq!(got.spec.task_id, "gpu");
     }
@@ -375,7 +378,10 @@ mod tests {
         assert!(!t.ack("a", "w1", "wrong", 0, T), "stale token refused");
         let running = vec![("a".to_string(), "k".to_string())];
         assert!(t.heartbeat("w1", &running, 20_000, T).is_empty());
-        assert!(t.expire(40_000).is_empty(), "renewed at 20 s, lease to 50 s");
+        assert!(
+            t.expire(40_000).is_empty(),
+            "renewed at 20 s, lease to 50 s"
+        );
         assert_eq!(
             t.expire(50_001),
             vec![Expired::Requeued {
@@ -384,7 +390,10 @@ mod tests {
             }]
         );
         // The old worker comes back: its heartbeat is told to stop the task.
-        assert_eq!(t.heartbeat("w1", &running, 50_002, T), vec!["a".to_string()]);
+        assert_eq!(
+            t.heartbeat("w1", &running, 50_002, T),
+            vec!["a".to_string()]
+        );
         t.claim("w2", &labels(""), "k2", 50_003, T);
         assert!(t.ack("a", "w2", "k2", 50_003, T));
         match t.expire(90_000).as_slice() {

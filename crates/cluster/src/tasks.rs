@@ -28,7 +28,11 @@ pub fn write(data: &Path, task: &Task) -> std::io::Result<()> {
     let name = format!("{}.json", task.spec.task_id);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = fs::File::create(&tmp)?;
-    file.write_all(serde_json::to_string(task).map_err(std::io::Error::other)?.as_bytes())?;
+    file.write_all(
+        serde_json::to_string(task)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )?;
     fs::rename(tmp, dir.join(name))
 }
 

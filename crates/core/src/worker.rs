@@ -109,9 +109,15 @@ mod tests {
         let sel = |s: &str| WorkerSelector::Labels(labels(s));
         assert!(sel("gpu=true").matches(&worker));
         assert!(sel("gpu=true,region=eu-west-1").matches(&worker));
-        assert!(!sel("gpu=TRUE").matches(&worker), "values are case-sensitive");
+        assert!(
+            !sel("gpu=TRUE").matches(&worker),
+            "values are case-sensitive"
+        );
         assert!(!sel("GPU=true").matches(&worker), "keys are case-sensitive");
-        assert!(!sel("gpu=true,zone=a").matches(&worker), "all labels must be present");
+        assert!(
+            !sel("gpu=true,zone=a").matches(&worker),
+            "all labels must be present"
+        );
         assert!(WorkerSelector::Any.matches(&worker));
         assert!(WorkerSelector::Any.matches(&IndexMap::new()));
         assert!(!WorkerSelector::Local.matches(&worker));

@@ -687,7 +687,11 @@ impl<C: Clock + 'static> Leader<C> {
         let ended: Vec<String> = self
             .active
             .iter()
-            .filter(|(_, a)| a.task.as_ref().is_some_and(|t| !dispatch::exists(&self.data, t)))
+            .filter(|(_, a)| {
+                a.task
+                    .as_ref()
+                    .is_some_and(|t| !dispatch::exists(&self.data, t))
+            })
             .map(|(run, _)| run.clone())
             .collect();
         for run in ended {

@@ -83,7 +83,10 @@ pub fn cancel(data: &Path, dag: &str, run_id: &str) {
 }
 
 /// Sends the id of every task file removed (its run ended).
-pub fn watch_gone(data: &Path, gone: mpsc::UnboundedSender<String>) -> Option<notify::RecommendedWatcher> {
+pub fn watch_gone(
+    data: &Path,
+    gone: mpsc::UnboundedSender<String>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = tasks::dir(data);
     std::fs::create_dir_all(&dir).ok()?;
@@ -99,6 +102,8 @@ pub fn watch_gone(data: &Path, gone: mpsc::UnboundedSender<String>) -> Option<no
         }
     })
     .ok()?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .ok()?;
     Some(watcher)
 }

@@ -166,7 +166,9 @@ impl Settings {
 
 /// Where `trellis token create` keeps token hashes.
 pub fn tokens_path(home: &Path) -> PathBuf {
-    trellis_store::data_dir(home).join("auth").join("tokens.json")
+    trellis_store::data_dir(home)
+        .join("auth")
+        .join("tokens.json")
 }
 
 pub fn read_tokens(path: &Path) -> Vec<TokenEntry> {
@@ -391,7 +393,10 @@ mod tests {
             role: Role::Operator,
             created_at: None,
         }];
-        assert_eq!(match_token(&entries, &token).map(|p| p.role), Some(Role::Operator));
+        assert_eq!(
+            match_token(&entries, &token).map(|p| p.role),
+            Some(Role::Operator)
+        );
         assert!(match_token(&entries, "trl_wrong").is_none());
     }
 

@@ -80,7 +80,10 @@ impl App {
 
     /// The workers last seen; see [`App::refresh_workers`].
     pub fn workers(&self) -> Vec<trellis_cluster::proto::WorkerInfo> {
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Asks the coordinator (found in the service registry) for its workers; with none
@@ -196,9 +199,9 @@ impl App {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| Error::internal(format!("cannot start {}: {e}", self.launcher.display())))?;
+        let mut child = command.spawn().map_err(|e| {
+            Error::internal(format!("cannot start {}: {e}", self.launcher.display()))
+        })?;
         // Reap it in the background so it does not linger as a zombie.
         std::thread::spawn(move || child.wait());
         Ok(())

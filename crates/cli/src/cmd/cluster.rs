@@ -54,7 +54,9 @@ pub fn coordinator_options(
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = match (flags.port, env("TRELLIS_COORDINATOR_PORT")) {
         (Some(p), _) => p,
-        (None, Some(p)) => p.parse().context("TRELLIS_COORDINATOR_PORT is not a port")?,
+        (None, Some(p)) => p
+            .parse()
+            .context("TRELLIS_COORDINATOR_PORT is not a port")?,
         (None, None) => file.port.unwrap_or(50055),
     };
     let mut opts = coordinator::Options::new(home(), SocketAddr::new(parse_ip(&host)?, port));
@@ -88,8 +90,9 @@ pub fn coordinator_options(
 pub fn signing_key(setup: &Setup, flag: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
     let key = match flag.map(str::to_string) {
         Some(k) => Some(k),
-        None => env("TRELLIS_COORDINATOR_SIGNING_KEY")
-            .or(cluster_file(setup)?.coordinator.signing_key),
+        None => {
+            env("TRELLIS_COORDINATOR_SIGNING_KEY").or(cluster_file(setup)?.coordinator.signing_key)
+        }
     };
     match key {
         Some(k) if k.len() < 16 => bail!("the signing key must be at least 16 characters"),
@@ -124,7 +127,12 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<ExitCode> {
 fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
     let file = cluster_file(&args.setup)?.worker;
     let mut opts = worker::Options::new(home());
-    if let Some(id) = args.id.clone().or_else(|| env("TRELLIS_WORKER_ID")).or(file.id) {
+    if let Some(id) = args
+        .id
+        .clone()
+        .or_else(|| env("TRELLIS_WORKER_ID"))
+        .or(file.id)
+    {
         opts.id = id;
     }
     opts.labels = match args.labels.clone().or_else(|| env("TRELLIS_WORKER_LABELS")) {
@@ -146,7 +154,10 @@ fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
     let port = match args.coordinator_port {
         Some(p) => Some(p),
         None => match env("TRELLIS_COORDINATOR_PORT") {
-            Some(p) => Some(p.parse().context("TRELLIS_COORDINATOR_PORT is not a port")?),
+            Some(p) => Some(
+                p.parse()
+                    .context("TRELLIS_COORDINATOR_PORT is not a port")?,
+            ),
             None => file.coordinator_port,
         },
     };
@@ -183,12 +194,13 @@ fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let opts = worker_options(args)?;
-    runtime()?.block_on(async {
-        let shutdown = CancellationToken::new();
-        super::cancel_on_signals(shutdown.clone());
-        worker::run(opts, shutdown).await
-    })
-    .map_err(anyhow::Error::msg)?;
+    runtime()?
+        .block_on(async {
+            let shutdown = CancellationToken::new();
+            super::cancel_on_signals(shutdown.clone());
+            worker::run(opts, shutdown).await
+        })
+        .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -251,7 +263,10 @@ pub fn workers(args: &WorkersArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let list = value["workers"].as_array().cloned().unwrap_or_default();
-    println!("{:<28} {:<10} {:<26} {:<6} LABELS", "ID", "HEALTH", "LAST HEARTBEAT", "TASKS");
+    println!(
+        "{:<28} {:<10} {:<26} {:<6} LABELS",
+        "ID", "HEALTH", "LAST HEARTBEAT", "TASKS"
+    );
     for w in &list {
         let labels: Vec<String> = w["labels"]
             .as_object()

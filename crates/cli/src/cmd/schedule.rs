@@ -44,7 +44,10 @@ pub fn dags_dir(setup: &Setup, config: &Config) -> PathBuf {
 pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daemon::Options> {
     let config = config(setup)?;
     let dags_dir = dags_dir(setup, &config);
-    let id = id.map_or_else(|| format!("{}@{}", hostname(), std::process::id()), str::to_string);
+    let id = id.map_or_else(
+        || format!("{}@{}", hostname(), std::process::id()),
+        str::to_string,
+    );
     eprintln!(
         "scheduler {id}: DAGs from {}, data in {}",
         dags_dir.display(),

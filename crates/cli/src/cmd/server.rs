@@ -113,9 +113,8 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
             stop_all(r.map_err(anyhow::Error::from))
         };
         let server = async { stop_all(serve(server_opts, shutdown.clone()).await) };
-        let coordinator = async {
-            stop_all(super::cluster::serve(coordinator_opts, shutdown.clone()).await)
-        };
+        let coordinator =
+            async { stop_all(super::cluster::serve(coordinator_opts, shutdown.clone()).await) };
         let (a, b, c) = tokio::join!(scheduler, server, coordinator);
         a.and(b).and(c)
     })?;
@@ -128,7 +127,9 @@ pub fn token(command: &TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create { name, role } => {
             let role: Role = serde_json::from_value(serde_json::Value::String(role.clone()))
-                .map_err(|_| anyhow::anyhow!("--role `{role}`: expected viewer, operator or admin"))?;
+                .map_err(|_| {
+                    anyhow::anyhow!("--role `{role}`: expected viewer, operator or admin")
+                })?;
             if tokens.iter().any(|t| &t.name == name) {
                 bail!("a token named `{name}` exists; revoke it first");
             }
@@ -141,7 +142,10 @@ pub fn token(command: &TokenCommand) -> anyhow::Result<ExitCode> {
             });
             write_tokens(&path, &tokens)?;
             println!("{token}");
-            eprintln!("token `{name}` ({}) created; it is not shown again", role.as_str());
+            eprintln!(
+                "token `{name}` ({}) created; it is not shown again",
+                role.as_str()
+            );
         }
         TokenCommand::List => {
             println!("{:<24} {:<10} CREATED", "NAME", "ROLE");
@@ -185,7 +189,8 @@ fn write_tokens(path: &std::path::Path, tokens: &[TokenEntry]) -> anyhow::Result
 pub fn webhook(args: &WebhookArgs) -> anyhow::Result<ExitCode> {
     let opts = server_options(&args.setup, &ServeFlags::default())?;
     let app = trellis_server::App::new(&opts).map_err(anyhow::Error::msg)?;
-    app.dag_file(&args.dag).map_err(|e| anyhow::anyhow!(e.message))?;
+    app.dag_file(&args.dag)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     println!("{}", trellis_server::webhook::token(&app, &args.dag));
     Ok(ExitCode::SUCCESS)
 }

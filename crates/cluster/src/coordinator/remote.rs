@@ -34,7 +34,9 @@ fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Resul
     let (spec, remote) = {
         let table = coord.table();
         if !table.owns(task_id, worker, token) {
-            eprintln!("coordinator: refused a report from {worker} for task {task_id}: not its claim");
+            eprintln!(
+                "coordinator: refused a report from {worker} for task {task_id}: not its claim"
+            );
             return Err("the task is not this worker's (its lease expired?)".into());
         }
         let task = table.get(task_id).ok_or("no such task")?;
@@ -75,10 +77,22 @@ fn relocate(record: &mut RunRecord, attempt: &Attempt) {
     for step in record.steps.iter_mut().chain(record.handlers.values_mut()) {
         let safe = safe_name(&step.name);
         if step.stdout.is_some() {
-            step.stdout = Some(attempt.log_dir.join(format!("{safe}.out")).display().to_string());
+            step.stdout = Some(
+                attempt
+                    .log_dir
+                    .join(format!("{safe}.out"))
+                    .display()
+                    .to_string(),
+            );
         }
         if step.stderr.is_some() {
-            step.stderr = Some(attempt.log_dir.join(format!("{safe}.err")).display().to_string());
+            step.stderr = Some(
+                attempt
+                    .log_dir
+                    .join(format!("{safe}.err"))
+                    .display()
+                    .to_string(),
+            );
         }
     }
 }
@@ -146,7 +160,11 @@ mod tests {
         let path = dir.path().join("s.out");
         assert_eq!(append_at(&path, 0, b"one\n").unwrap(), 4);
         assert_eq!(append_at(&path, 0, b"one\n").unwrap(), 0, "a full resend");
-        assert_eq!(append_at(&path, 0, b"one\ntwo\n").unwrap(), 4, "overlapping");
+        assert_eq!(
+            append_at(&path, 0, b"one\ntwo\n").unwrap(),
+            4,
+            "overlapping"
+        );
         assert!(append_at(&path, 20, b"gap").is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
     }

@@ -61,7 +61,9 @@ fn check_caller<T>(request: &Request<T>, worker_id: &str, keyed: bool) -> Result
         Some(Caller(id)) if id == worker_id => Ok(()),
         Some(Caller(id)) => {
             eprintln!("coordinator: refused {id} acting as worker {worker_id}");
-            Err(Status::permission_denied(format!("token is for {id}, not {worker_id}")))
+            Err(Status::permission_denied(format!(
+                "token is for {id}, not {worker_id}"
+            )))
         }
         None => Err(Status::unauthenticated("a worker token is required")),
     }
@@ -123,7 +125,10 @@ impl Service {
                 .cloned()
         }?;
         if let Err(e) = tasks::write(&self.0.data, &task) {
-            eprintln!("coordinator: cannot persist claim of {}: {e}", task.spec.task_id);
+            eprintln!(
+                "coordinator: cannot persist claim of {}: {e}",
+                task.spec.task_id
+            );
         }
         Some(task)
     }
@@ -152,9 +157,18 @@ impl Service {
         };
         if let Some(task) = task {
             let msg = format!("refused by worker {}: {}", r.worker_id, r.reason);
-            eprintln!("coordinator: run {} of {}: {msg}", task.spec.run_id, task.spec.dag_name);
+            eprintln!(
+                "coordinator: run {} of {}: {msg}",
+                task.spec.run_id, task.spec.dag_name
+            );
             let status = trellis_core::status::Status::Failed;
-            super::upkeep::record(&self.0, &task.spec.dag_name, &task.spec.run_id, status, &msg);
+            super::upkeep::record(
+                &self.0,
+                &task.spec.dag_name,
+                &task.spec.run_id,
+                status,
+                &msg,
+            );
             let _ = tasks::remove(&self.0.data, &r.task_id);
         }
         proto::AckResponse {
@@ -169,7 +183,9 @@ impl Service {
             .map(|t| (t.task_id.clone(), t.claim_token.clone()))
             .collect();
         let timing = self.0.timing();
-        self.0.table().heartbeat(worker_id, &pairs, now_ms(), timing)
+        self.0
+            .table()
+            .heartbeat(worker_id, &pairs, now_ms(), timing)
     }
 }
 
@@ -192,7 +208,11 @@ impl Coordinator for Service {
             last_heartbeat_ms: now_ms(),
             running: r.running.clone(),
         };
-        let fresh = self.0.workers().insert(r.worker_id.clone(), state).is_none();
+        let fresh = self
+            .0
+            .workers()
+            .insert(r.worker_id.clone(), state)
+            .is_none();
         if fresh {
             eprintln!("coordinator: worker {} registered", r.worker_id);
         }

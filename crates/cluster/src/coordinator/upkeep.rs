@@ -77,7 +77,9 @@ fn watch(coord: Arc<Coord>) -> Option<notify::RecommendedWatcher> {
         }
     })
     .ok()?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .ok()?;
     Some(watcher)
 }
 
@@ -212,7 +214,13 @@ fn explain(coord: &Coord, now: i64) {
             && let Phase::Pending { reason } = &t.phase
         {
             let msg = reason.clone().unwrap_or_default();
-            record(coord, &t.spec.dag_name, &t.spec.run_id, RunStatus::Queued, &msg);
+            record(
+                coord,
+                &t.spec.dag_name,
+                &t.spec.run_id,
+                RunStatus::Queued,
+                &msg,
+            );
         }
     }
     let timeout = coord.opts.dispatch_timeout.as_millis() as i64;
@@ -232,8 +240,17 @@ fn explain(coord: &Coord, now: i64) {
             Phase::Claimed { .. } => String::new(),
         };
         let msg = format!("{reason} (waited {} s)", timeout / 1000);
-        eprintln!("coordinator: run {} of {}: {msg}", task.spec.run_id, task.spec.dag_name);
-        record(coord, &task.spec.dag_name, &task.spec.run_id, RunStatus::Failed, &msg);
+        eprintln!(
+            "coordinator: run {} of {}: {msg}",
+            task.spec.run_id, task.spec.dag_name
+        );
+        record(
+            coord,
+            &task.spec.dag_name,
+            &task.spec.run_id,
+            RunStatus::Failed,
+            &msg,
+        );
         let _ = tasks::remove(&coord.data, &id);
     }
 }
@@ -249,7 +266,13 @@ pub(crate) fn cancel(coord: &Coord, dag: &str, run_id: &str) -> bool {
             true
         }
         Some(Some(task)) => {
-            record(coord, dag, run_id, RunStatus::Cancelled, "cancelled before it started");
+            record(
+                coord,
+                dag,
+                run_id,
+                RunStatus::Cancelled,
+                "cancelled before it started",
+            );
             let _ = tasks::remove(&coord.data, &task.spec.task_id);
             true
         }

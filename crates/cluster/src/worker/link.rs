@@ -25,8 +25,7 @@ impl tonic::service::Interceptor for Token {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(key) = &self.key {
-            let token =
-                security::worker_token(key, &self.id, jiff::Timestamp::now().as_second());
+            let token = security::worker_token(key, &self.id, jiff::Timestamp::now().as_second());
             let value = format!("Bearer {token}")
                 .parse()
                 .map_err(|_| tonic::Status::internal("worker id not valid in a header"))?;

@@ -189,8 +189,16 @@ async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
         .await
         .is_err()
     {
-        eprintln!("worker {}: grace period over; cancelling runs", worker.opts.id);
-        for r in worker.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        eprintln!(
+            "worker {}: grace period over; cancelling runs",
+            worker.opts.id
+        );
+        for r in worker
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             r.cancel.cancel();
         }
         let _ = slots.clone().acquire_many_owned(total).await;
@@ -275,11 +283,16 @@ async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
         pid: std::process::id(),
         running: worker.running_tasks(),
     };
-    client
-        .register(req)
-        .await
-        .map_err(|e| format!("the coordinator at {addr} refused to register us: {}", link::status_text(&e)))?;
-    eprintln!("worker {}: registered with the coordinator at {addr}", worker.opts.id);
+    client.register(req).await.map_err(|e| {
+        format!(
+            "the coordinator at {addr} refused to register us: {}",
+            link::status_text(&e)
+        )
+    })?;
+    eprintln!(
+        "worker {}: registered with the coordinator at {addr}",
+        worker.opts.id
+    );
     Ok(client)
 }
 
@@ -364,7 +377,10 @@ async fn registry_loop(worker: Arc<Worker>, stop: CancellationToken) {
             labels: worker.opts.labels.clone(),
         };
         if let Err(e) = registry::write(&worker.opts.registry_dir, Kind::Worker, &entry) {
-            eprintln!("worker {}: cannot write its registry entry: {e}", worker.opts.id);
+            eprintln!(
+                "worker {}: cannot write its registry entry: {e}",
+                worker.opts.id
+            );
         }
         tokio::select! {
             _ = tokio::time::sleep(worker.opts.registry_interval) => {}

@@ -50,8 +50,10 @@ impl Relay {
     /// Starts relaying the top-level run `run_id` of a task.
     pub fn track(&self, run_id: &str, task_id: &str) {
         if self.forward {
-            self.lock()
-                .insert(run_id.to_string(), (task_id.to_string(), Tracked::default()));
+            self.lock().insert(
+                run_id.to_string(),
+                (task_id.to_string(), Tracked::default()),
+            );
         }
     }
 
@@ -96,7 +98,12 @@ impl Relay {
 }
 
 impl Store for Relay {
-    fn create_attempt(&self, dag: &str, run_id: &str, parent: Option<&Attempt>) -> trellis_store::Result<Attempt> {
+    fn create_attempt(
+        &self,
+        dag: &str,
+        run_id: &str,
+        parent: Option<&Attempt>,
+    ) -> trellis_store::Result<Attempt> {
         let attempt = self.inner.create_attempt(dag, run_id, parent)?;
         self.note_attempt(run_id, parent.is_some(), &attempt);
         Ok(attempt)

@@ -74,7 +74,11 @@ pub(super) async fn accept(
     match client.ack(req).await {
         Ok(r) if r.get_ref().accepted && refused.is_none() => {}
         Ok(r) if refused.is_none() => {
-            eprintln!("worker {}: claim refused: {}", worker.opts.id, r.get_ref().error);
+            eprintln!(
+                "worker {}: claim refused: {}",
+                worker.opts.id,
+                r.get_ref().error
+            );
             return;
         }
         Ok(_) => return,
@@ -92,13 +96,17 @@ pub(super) async fn accept(
         root_run_id: task.run_id.clone(),
         started_at: jiff::Timestamp::now().to_string(),
     };
-    worker.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        task.task_id.clone(),
-        Running {
-            info,
-            cancel: cancel.clone(),
-        },
-    );
+    worker
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            task.task_id.clone(),
+            Running {
+                info,
+                cancel: cancel.clone(),
+            },
+        );
     worker.relay.track(&task.run_id, &task.task_id);
     let worker = worker.clone();
     tokio::spawn(async move {
@@ -123,7 +131,10 @@ async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken)
     let dag: Dag = match serde_json::from_str(&task.definition_json) {
         Ok(dag) => dag,
         Err(e) => {
-            eprintln!("worker {}: task {} has a bad definition: {e}", worker.opts.id, task.task_id);
+            eprintln!(
+                "worker {}: task {} has a bad definition: {e}",
+                worker.opts.id, task.task_id
+            );
             return;
         }
     };
@@ -131,7 +142,12 @@ async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken)
         Ok(p) => p,
         Err(errors) => {
             let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            eprintln!("worker {}: task {}: {}", worker.opts.id, task.task_id, msg.join("; "));
+            eprintln!(
+                "worker {}: task {}: {}",
+                worker.opts.id,
+                task.task_id,
+                msg.join("; ")
+            );
             return;
         }
     };
@@ -258,7 +274,11 @@ async fn send_logs(
             true
         }
         Err(e) => {
-            eprintln!("worker {}: log relay failed: {}", worker.opts.id, e.message());
+            eprintln!(
+                "worker {}: log relay failed: {}",
+                worker.opts.id,
+                e.message()
+            );
             false
         }
     }
@@ -285,7 +305,11 @@ async fn report(worker: &Worker, task: &proto::Task) {
             match client.report_status(req).await {
                 Ok(r) => {
                     if !r.get_ref().accepted {
-                        eprintln!("worker {}: report refused: {}", worker.opts.id, r.get_ref().error);
+                        eprintln!(
+                            "worker {}: report refused: {}",
+                            worker.opts.id,
+                            r.get_ref().error
+                        );
                     }
                     return;
                 }
