@@ -59,9 +59,10 @@ impl App {
         };
         Ok(App {
             store: FileStore::new(&opts.home),
-            home: opts.home.clone(),
+            // Absolute, as launched commands run in the dags dir.
+            home: std::path::absolute(&opts.home).unwrap_or_else(|_| opts.home.clone()),
             data,
-            dags_dir: opts.dags_dir.clone(),
+            dags_dir: std::path::absolute(&opts.dags_dir).unwrap_or_else(|_| opts.dags_dir.clone()),
             config,
             auth: opts.auth.clone(),
             launcher: opts.launcher.clone(),
@@ -190,8 +191,11 @@ impl App {
     /// so the run outlives the server; returns without waiting.
     pub fn launch(&self, args: &[String], env: &[(String, String)]) -> Result<()> {
         let mut command = std::process::Command::new(&self.launcher);
+        // Steps without a working_dir run in the dags dir (as they would next to the
+        // file), never in wherever the server happened to start.
         command
             .args(args)
+            .current_dir(&self.dags_dir)
             .env("TRELLIS_HOME", &self.home)
             .env("TRELLIS_DAGS_DIR", &self.dags_dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -211,6 +215,7 @@ impl App {
     pub async fn call(&self, args: &[String]) -> Result<(bool, String)> {
         let output = tokio::process::Command::new(&self.launcher)
             .args(args)
+            .current_dir(&self.dags_dir)
             .env("TRELLIS_HOME", &self.home)
             .env("TRELLIS_DAGS_DIR", &self.dags_dir)
             .stdin(Stdio::null())

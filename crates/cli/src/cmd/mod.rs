@@ -71,6 +71,8 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         if let Some(value) = value
             && std::env::var_os(var).is_none()
         {
+            // Absolute, so children started in another directory agree.
+            let value = std::path::absolute(&value).unwrap_or(value);
             // SAFETY: called from `main` before any runtime or thread starts, so no other
             // thread can be reading the environment.
             unsafe { std::env::set_var(var, value) };
