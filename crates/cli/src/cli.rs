@@ -169,10 +169,18 @@ pub struct StartAllArgs {
 pub struct CoordinatorFlags {
     /// Address to listen on (env TRELLIS_COORDINATOR_HOST; config coordinator.host;
     /// default 127.0.0.1).
-    #[arg(long = "coordinator.host", value_name = "HOST")]
+    #[arg(
+        id = "coordinator.host",
+        long = "coordinator.host",
+        value_name = "HOST"
+    )]
     pub host: Option<String>,
     /// Port (env TRELLIS_COORDINATOR_PORT; config coordinator.port; default 50055).
-    #[arg(long = "coordinator.port", value_name = "PORT")]
+    #[arg(
+        id = "coordinator.port",
+        long = "coordinator.port",
+        value_name = "PORT"
+    )]
     pub port: Option<u16>,
     /// Host that workers should dial, written to the service registry (default: the
     /// listening address).
@@ -188,18 +196,20 @@ pub struct CoordinatorFlags {
     pub dispatch_timeout: Option<u64>,
     /// Serve TLS with this certificate chain (PEM; config coordinator.tls.certFile).
     #[arg(
+        id = "coordinator.tls_cert",
         long = "coordinator.tls-cert",
         env = "TRELLIS_COORDINATOR_TLS_CERT",
         value_name = "FILE",
-        requires = "tls_key"
+        requires = "coordinator.tls_key"
     )]
     pub tls_cert: Option<PathBuf>,
     /// The TLS private key (PEM; config coordinator.tls.keyFile).
     #[arg(
+        id = "coordinator.tls_key",
         long = "coordinator.tls-key",
         env = "TRELLIS_COORDINATOR_TLS_KEY",
         value_name = "FILE",
-        requires = "tls_cert"
+        requires = "coordinator.tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
     /// mTLS: require worker certificates signed by this CA (config coordinator.tls.caFile).

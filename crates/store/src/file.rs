@@ -10,6 +10,7 @@ use trellis_core::status::RunRecord;
 
 use crate::{Attempt, Entry, Error, Result, Store, safe_name};
 
+mod listing;
 mod queue;
 
 /// Runs under `<home>/data/dag-runs` and logs under `<home>/logs`.
@@ -19,6 +20,8 @@ pub struct FileStore {
     logs: PathBuf,
     /// The status log written last, kept open: a run appends to one file many times.
     open: std::sync::Mutex<Option<(PathBuf, File)>>,
+    /// Run directory listings for pages of runs.
+    listings: listing::Listings,
 }
 
 impl Clone for FileStore {
@@ -27,6 +30,7 @@ impl Clone for FileStore {
             data: self.data.clone(),
             logs: self.logs.clone(),
             open: Default::default(),
+            listings: Default::default(),
         }
     }
 }
@@ -44,6 +48,7 @@ impl FileStore {
             data: crate::data_dir(home),
             logs: crate::log_dir(home),
             open: Default::default(),
+            listings: Default::default(),
         }
     }
 
@@ -304,17 +309,18 @@ impl Store for FileStore {
             Some(name) => vec![name.to_string()],
             None => self.dag_names()?,
         };
-        let mut refs = Vec::new();
+        let (mut days, mut refs) = (Vec::new(), Vec::new());
         for name in &names {
-            self.run_refs(name, &mut refs)?;
+            self.run_refs(name, &mut days, &mut refs)?;
         }
         // Directory names start with the run's start time, so this is newest first.
         refs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let dir = |(key, day): &(String, usize)| days[*day].join(format!("dag-run_{key}"));
         let end = offset.saturating_add(limit);
         let Some(keep) = keep else {
             let mut runs = Vec::new();
-            for (_, dir) in refs.iter().take(end).skip(offset) {
-                runs.extend(FileStore::read_latest_attempt(dir)?);
+            for run in refs.iter().take(end).skip(offset) {
+                runs.extend(FileStore::read_latest_attempt(&dir(run))?);
             }
             return Ok(crate::Page {
                 runs,
@@ -322,32 +328,7 @@ impl Store for FileStore {
                 has_more: refs.len() > end,
             });
         };
-        let (mut runs, mut matched) = (Vec::new(), 0usize);
-        for (_, dir) in &refs {
-            let Some(run) = FileStore::read_latest_attempt(dir)? else {
-                continue;
-            };
-            if !keep(&run) {
-                continue;
-            }
-            if matched >= end {
-                // One more match past the page: there is a next page.
-                return Ok(crate::Page {
-                    runs,
-                    total: None,
-                    has_more: true,
-                });
-            }
-            if matched >= offset {
-                runs.push(run);
-            }
-            matched += 1;
-        }
-        Ok(crate::Page {
-            runs,
-            total: Some(matched),
-            has_more: false,
-        })
+        filtered_page(refs.iter().map(dir), keep, offset, end)
     }
 
     fn dag_names(&self) -> Result<Vec<String>> {
@@ -442,30 +423,68 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 impl FileStore {
-    /// Every top-level run directory of a DAG as (`<stamp>_<run id>`, path). Reads
-    /// directory listings only, never a status file.
-    fn run_refs(&self, dag: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-        for year in sorted_children(&self.runs_dir(dag))? {
-            for month in sorted_children(&year)? {
-                for day in sorted_children(&month)? {
-                    let entries = match fs::read_dir(&day) {
-                        Ok(entries) => entries,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(io(&day)(e)),
-                    };
-                    for entry in entries.filter_map(|e| e.ok()) {
-                        let name = entry.file_name().to_string_lossy().into_owned();
-                        if let Some(key) = name.strip_prefix("dag-run_")
-                            && entry.file_type().is_ok_and(|t| t.is_dir())
-                        {
-                            out.push((key.to_string(), entry.path()));
-                        }
-                    }
+    /// Adds every top-level run directory of a DAG to `refs` as `<stamp>_<run id>` and
+    /// the index of its day directory in `days`. Reads cached directory listings only
+    /// (never a status file): listing 10 000 runs must stay well within a page's budget.
+    fn run_refs(
+        &self,
+        dag: &str,
+        days: &mut Vec<PathBuf>,
+        refs: &mut Vec<(String, usize)>,
+    ) -> Result<()> {
+        let runs = self.runs_dir(dag);
+        let listings = &self.listings;
+        for year in listings.names(&runs)?.iter() {
+            let year = runs.join(year);
+            for month in listings.names(&year)?.iter() {
+                let month = year.join(month);
+                for day in listings.names(&month)?.iter() {
+                    let day = month.join(day);
+                    let names = listings.names(&day)?;
+                    let keys = names.iter().filter_map(|n| n.strip_prefix("dag-run_"));
+                    refs.extend(keys.map(|key| (key.to_string(), days.len())));
+                    days.push(day);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The runs among `dirs` (newest first) that `keep` accepts, from the `offset`th to
+/// before the `end`th, reading status files only until the page is full.
+fn filtered_page(
+    dirs: impl Iterator<Item = PathBuf>,
+    keep: &dyn Fn(&RunRecord) -> bool,
+    offset: usize,
+    end: usize,
+) -> Result<crate::Page> {
+    let (mut runs, mut matched) = (Vec::new(), 0usize);
+    for dir in dirs {
+        let Some(run) = FileStore::read_latest_attempt(&dir)? else {
+            continue;
+        };
+        if !keep(&run) {
+            continue;
+        }
+        if matched >= end {
+            // One more match past the page: there is a next page.
+            return Ok(crate::Page {
+                runs,
+                total: None,
+                has_more: true,
+            });
+        }
+        if matched >= offset {
+            runs.push(run);
+        }
+        matched += 1;
+    }
+    Ok(crate::Page {
+        runs,
+        total: Some(matched),
+        has_more: false,
+    })
 }
 
 #[cfg(test)]

@@ -74,24 +74,31 @@ pub fn read_log(
         .find(|s| s.name == step)
         .ok_or_else(|| Error::not_found(format!("run {run_id} has no step named `{step}`")))?;
     let path = match stream {
-        LogStream::Stdout => record.stdout.clone(),
-        LogStream::Stderr => record.stderr.clone(),
+        LogStream::Stdout => record.stdout.as_deref(),
+        LogStream::Stderr => record.stderr.as_deref(),
     };
-    let complete = record.status.is_final() || run.status.is_final();
-    let mut chunk = LogChunk {
+    // No path or no file yet: the step has not written anything.
+    let piece = match path {
+        Some(path) => read_range(path, range)?,
+        None => None,
+    };
+    let (text, offset, next_offset, size) = piece.unwrap_or_default();
+    Ok(LogChunk {
         step: step.to_string(),
         stream,
-        text: String::new(),
-        offset: 0,
-        next_offset: 0,
-        size: 0,
-        complete,
-    };
-    let Some(path) = path else {
-        return Ok(chunk);
-    };
-    let Ok(mut file) = std::fs::File::open(&path) else {
-        return Ok(chunk);
+        text,
+        offset,
+        next_offset,
+        size,
+        complete: record.status.is_final() || run.status.is_final(),
+    })
+}
+
+/// `(text, start, end, size)` of a range of a file; `None` when the file does not exist.
+/// The range ends on a whole UTF-8 character, so consecutive chunks join up cleanly.
+fn read_range(path: &str, range: LogRange) -> Result<Option<(String, u64, u64, u64)>> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let limit = range.limit.unwrap_or(MAX_LOG_CHUNK).min(MAX_LOG_CHUNK);
@@ -104,11 +111,18 @@ pub fn read_log(
     file.seek(SeekFrom::Start(start))
         .and_then(|_| file.take(end - start).read_to_end(&mut buf))
         .map_err(|e| Error::internal(format!("{path}: {e}")))?;
-    chunk.text = String::from_utf8_lossy(&buf).into_owned();
-    chunk.offset = start;
-    chunk.next_offset = end;
-    chunk.size = size;
-    Ok(chunk)
+    if let Err(e) = std::str::from_utf8(&buf)
+        && e.error_len().is_none()
+    {
+        buf.truncate(e.valid_up_to());
+    }
+    let end = start + buf.len() as u64;
+    Ok(Some((
+        String::from_utf8_lossy(&buf).into_owned(),
+        start,
+        end,
+        size,
+    )))
 }
 
 /// The offset where the last `lines` lines of a file start, reading backwards in blocks.
@@ -169,5 +183,27 @@ mod tests {
         assert_eq!(tail_of("", 3), "");
         let long: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
         assert_eq!(tail_of(&long, 2), "line 99998\nline 99999\n");
+    }
+
+    #[test]
+    fn a_chunk_ends_on_a_whole_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "hé!").unwrap();
+        let path = path.display().to_string();
+        let range = |offset, limit| LogRange {
+            offset,
+            limit: Some(limit),
+            tail: None,
+        };
+        let (text, start, end, size) = read_range(&path, range(0, 2)).unwrap().unwrap();
+        assert_eq!((text.as_str(), start, end, size), ("h", 0, 1, 4));
+        let (text, _, end, _) = read_range(&path, range(end, 10)).unwrap().unwrap();
+        assert_eq!((text.as_str(), end), ("é!", 4));
+        assert!(
+            read_range("/nonexistent/log", range(0, 1))
+                .unwrap()
+                .is_none()
+        );
     }
 }
