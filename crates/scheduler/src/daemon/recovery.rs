@@ -1,0 +1,129 @@
+//! What a new leader repairs: runs a dead scheduler was executing, queue items lost in a
+//! crash, and ticks that were claimed but never queued.
+
+use super::*;
+
+impl<C: Clock + 'static> Leader<C> {
+    /// Runs the previous leader was executing when it died are recorded as failed and
+    /// queued again as a new attempt, so a killed scheduler never leaves a run stuck.
+    /// Makes sure nothing a dead leader left half-done is lost: runs it was executing
+    /// (recorded as running under a pid that is gone — holding the lock proves the previous
+    /// leader is) are failed and queued again; queued runs whose queue item is missing (taken
+    /// just before a crash) get it back; a claimed tick whose run was never written is
+    /// enqueued.
+    pub(super) fn recover(&mut self, previous_pid: Option<u32>) {
+        let entries: Vec<(Dag, PathBuf)> = self
+            .catalog
+            .entries
+            .iter()
+            .filter_map(|e| e.dag.as_ref().ok().map(|d| (d.clone(), e.path.clone())))
+            .collect();
+        let mut in_queues: std::collections::HashSet<String> =
+            self.queued_items().into_iter().map(|i| i.run_id).collect();
+        // Runs handed to workers are the coordinator's to recover.
+        in_queues.extend(self.active.keys().cloned());
+        for (dag, path) in &entries {
+            for run in self.store.list(&dag.name, 50).unwrap_or_default() {
+                let orphaned = run.status == Status::Running
+                    && run.queued
+                    && run.worker_id.is_none()
+                    && run
+                        .pid
+                        .is_some_and(|p| Some(p) == previous_pid || !alive(p));
+                // An enqueue writes the record just before the queue item: only a run queued
+                // well before this scheduler took over can have lost its item.
+                let settled = run
+                    .queued_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_some_and(|t| Timestamp::now().duration_since(t).as_secs() >= 10);
+                let lost_item =
+                    run.status == Status::Queued && settled && !in_queues.contains(&run.run_id);
+                if orphaned || lost_item {
+                    self.requeue(dag, path, run, orphaned);
+                }
+            }
+            if let Some(at) = ticks::last(&self.data, &dag.name)
+                .filter(|at| !ticks::skipped(&self.data, &dag.name, *at))
+                && matches!(
+                    self.store.find(&dag.name, &queueing::scheduled_run_id(at)),
+                    Ok(None)
+                )
+            {
+                eprintln!(
+                    "scheduler: tick {at} of {} was claimed but never queued; queuing it",
+                    dag.name
+                );
+                self.enqueue_tick(dag, path, at);
+            }
+        }
+    }
+
+    pub(super) fn requeue(
+        &self,
+        dag: &Dag,
+        path: &std::path::Path,
+        mut run: trellis_core::status::RunRecord,
+        orphaned: bool,
+    ) {
+        let scheduled_time = scheduled_time_of(&run.run_id);
+        if orphaned {
+            run.status = Status::Failed;
+            run.error = Some("process died (its scheduler was killed); queued again".into());
+            if let Ok(attempt) = self.store.retry_attempt(&dag.name, &run.run_id) {
+                let _ = self
+                    .store
+                    .append(&attempt, &Entry::Snapshot(Box::new(run.clone())));
+            }
+            let params = run.params_text();
+            let req = Enqueue {
+                params,
+                scheduled_time,
+                ..Enqueue::new(dag, path, run.run_id.clone())
+            };
+            match queueing::enqueue(&self.store, req) {
+                Ok(_) => eprintln!(
+                    "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
+                    run.run_id, dag.name
+                ),
+                Err(e) => eprintln!(
+                    "scheduler: cannot re-queue orphaned run {}: {e}",
+                    run.run_id
+                ),
+            }
+            return;
+        }
+        let item = QueueItem {
+            queue: dag.queue.clone().unwrap_or_else(|| dag.name.clone()),
+            dag_name: dag.name.clone(),
+            run_id: run.run_id.clone(),
+            file: path.display().to_string(),
+            params: run.params_text(),
+            priority: 0,
+            queued_at: Timestamp::now().to_string(),
+            tags: dag.labels.clone(),
+            scheduled_time: scheduled_time.map(|t| t.to_string()),
+            queue_limit: None,
+        };
+        match self.store.enqueue(&item) {
+            Ok(()) => eprintln!(
+                "scheduler: queued run {} of {} had lost its queue item; restored",
+                run.run_id, dag.name
+            ),
+            Err(e) => eprintln!(
+                "scheduler: cannot restore the queue item of run {}: {e}",
+                run.run_id
+            ),
+        }
+    }
+
+    pub(super) fn enqueue_tick(&self, dag: &Dag, path: &std::path::Path, at: Timestamp) {
+        let req = Enqueue {
+            scheduled_time: Some(at),
+            ..Enqueue::new(dag, path, queueing::scheduled_run_id(at))
+        };
+        if let Err(e) = queueing::enqueue(&self.store, req) {
+            eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
+        }
+    }
+}
