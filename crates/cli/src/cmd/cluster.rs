@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use trellis_cluster::config::ClusterFile;
+use trellis_cluster::config::{ClusterFile, WorkerSection};
 use trellis_cluster::worker::link::Dial;
 use trellis_cluster::{client, coordinator, registry, worker};
 
@@ -131,37 +131,21 @@ fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
         .id
         .clone()
         .or_else(|| env("TRELLIS_WORKER_ID"))
-        .or(file.id)
+        .or(file.id.clone())
     {
         opts.id = id;
     }
     opts.labels = match args.labels.clone().or_else(|| env("TRELLIS_WORKER_LABELS")) {
         Some(text) => trellis_core::worker::parse_labels(&text)
             .map_err(|e| anyhow::anyhow!("--worker.labels: {e}"))?,
-        None => file.labels.unwrap_or_default(),
+        None => file.labels.clone().unwrap_or_default(),
     };
     opts.max_active_runs = args
         .max_active_runs
         .or(file.max_active_runs)
         .unwrap_or(100)
         .max(1);
-    let host = args
-        .coordinator_host
-        .clone()
-        .or_else(|| env("TRELLIS_WORKER_COORDINATOR_HOST"))
-        .or_else(|| env("TRELLIS_COORDINATOR_HOST"))
-        .or(file.coordinator_host);
-    let port = match args.coordinator_port {
-        Some(p) => Some(p),
-        None => match env("TRELLIS_COORDINATOR_PORT") {
-            Some(p) => Some(
-                p.parse()
-                    .context("TRELLIS_COORDINATOR_PORT is not a port")?,
-            ),
-            None => file.coordinator_port,
-        },
-    };
-    opts.coordinator = host.map(|h| format!("{h}:{}", port.unwrap_or(50055)));
+    opts.coordinator = static_coordinator(args, &file)?;
     if let Some(secs) = file.heartbeat_interval {
         opts.heartbeat_interval = Duration::from_secs_f64(secs.clamp(0.05, 60.0));
     }
@@ -175,21 +159,45 @@ fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
         .coordinators
         .as_deref()
         .map(trellis_cluster::config::split_addresses)
-        .or(file.coordinators)
+        .or(file.coordinators.clone())
         .unwrap_or_default();
-    let tls = file.tls.unwrap_or_default();
+    opts.dial = worker_dial(args, &file)?;
+    Ok(opts)
+}
+
+/// The coordinator of shared-filesystem mode when given (else the registry finds it).
+fn static_coordinator(args: &WorkerArgs, file: &WorkerSection) -> anyhow::Result<Option<String>> {
+    let host = args
+        .coordinator_host
+        .clone()
+        .or_else(|| env("TRELLIS_WORKER_COORDINATOR_HOST"))
+        .or_else(|| env("TRELLIS_COORDINATOR_HOST"))
+        .or(file.coordinator_host.clone());
+    let port = match (args.coordinator_port, env("TRELLIS_COORDINATOR_PORT")) {
+        (Some(p), _) => Some(p),
+        (None, Some(p)) => Some(
+            p.parse()
+                .context("TRELLIS_COORDINATOR_PORT is not a port")?,
+        ),
+        (None, None) => file.coordinator_port,
+    };
+    Ok(host.map(|h| format!("{h}:{}", port.unwrap_or(50055))))
+}
+
+/// TLS (on when a CA or certificate is given), the plaintext override and the key.
+fn worker_dial(args: &WorkerArgs, file: &WorkerSection) -> anyhow::Result<Dial> {
+    let tls = file.tls.clone().unwrap_or_default();
     let client_tls = trellis_cluster::security::ClientTls {
         ca: args.tls_ca.clone().or(tls.ca_file),
         cert: args.tls_cert.clone().or(tls.cert_file),
         key: args.tls_key.clone().or(tls.key_file),
     };
     let any_tls = client_tls.ca.is_some() || client_tls.cert.is_some();
-    opts.dial = trellis_cluster::worker::link::Dial {
+    Ok(Dial {
         tls: any_tls.then_some(client_tls),
         insecure: args.insecure || file.insecure.unwrap_or(false),
         key: signing_key(&args.setup, args.signing_key.as_deref())?,
-    };
-    Ok(opts)
+    })
 }
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
