@@ -219,6 +219,13 @@ pub struct CoordinatorFlags {
         value_name = "FILE"
     )]
     pub tls_ca: Option<PathBuf>,
+    /// Allow a non-loopback address without a signing key or mTLS: anyone who can reach
+    /// the port could then take tasks (commands, params) or report results.
+    #[arg(
+        long = "coordinator.insecure-no-auth",
+        id = "coordinator_insecure_no_auth"
+    )]
+    pub insecure_no_auth: bool,
     /// Workers must present tokens made with this key, and tasks are signed with it
     /// (env TRELLIS_COORDINATOR_SIGNING_KEY; config coordinator.signing_key / signingKey).
     #[arg(long = "coordinator.signing-key", value_name = "KEY")]

@@ -184,11 +184,13 @@ fn bad_credentials_are_refused_with_a_clear_log_line() {
             "; retrying",
             "certificate expired",
         ),
+        // How the worker sees a refused client certificate depends on timing (an alert or
+        // a closed stream); the coordinator's log always says why.
         (
             "w-stranger",
             tls("ca", Some("stranger")),
             KEY,
-            "UnknownCA",
+            "; retrying",
             "invalid peer certificate: UnknownIssuer",
         ),
         (
@@ -276,7 +278,7 @@ fn a_tampered_task_is_refused_and_never_runs() {
         .replace("echo honest", &format!("touch {}", marker.display()));
     let task = trellis_cluster::table::Task {
         spec,
-        phase: trellis_cluster::table::Phase::Pending { reason: None },
+        phase: trellis_cluster::table::Phase::pending(),
     };
     let data = env.home.path().join("data");
     trellis_cluster::tasks::write(&data, &task).unwrap();

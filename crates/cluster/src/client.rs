@@ -15,6 +15,32 @@ pub fn discover(registry_dir: &Path) -> Option<String> {
         .map(|e| format!("{}:{}", e.host, e.port))
 }
 
+/// Workers as their registry files show them, for when no coordinator answers. Files are
+/// rewritten every 10 s, so health is coarse: HEALTHY up to 15 s old, WARNING up to 30 s,
+/// then OFFLINE.
+pub fn registry_workers(registry_dir: &Path) -> Vec<proto::WorkerInfo> {
+    let now = jiff::Timestamp::now();
+    registry::list(registry_dir, Kind::Worker)
+        .into_iter()
+        .map(|e| {
+            let age = e.age_ms(now);
+            let health = match age {
+                a if a <= 15_000 => "HEALTHY",
+                a if a <= registry::STALE_MS => "WARNING",
+                _ => "OFFLINE",
+            };
+            proto::WorkerInfo {
+                health_status: health.into(),
+                last_heartbeat: e.updated_at,
+                labels: e.labels.into_iter().collect(),
+                id: e.id,
+                host: e.host,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 pub async fn connect(addr: &str, how: &Dial) -> Result<Client, String> {
     link::dial(addr, how, "trellis-client").await
 }

@@ -45,6 +45,9 @@ pub enum Phase {
         /// Why it has not started, when no live worker matches.
         #[serde(default)]
         reason: Option<String>,
+        /// Since when (ms) no live worker has matched: the dispatch timeout counts from here.
+        #[serde(default)]
+        since_ms: Option<i64>,
     },
     Claimed {
         worker_id: String,
@@ -57,6 +60,16 @@ pub enum Phase {
         #[serde(default)]
         remote_attempt: Option<String>,
     },
+}
+
+impl Phase {
+    /// Waiting for a worker, with nothing to explain yet.
+    pub fn pending() -> Phase {
+        Phase::Pending {
+            reason: None,
+            since_ms: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +96,8 @@ pub enum Expired {
     Lost { task: Box<Task>, worker_id: String },
     /// A claim that was never acknowledged, back to pending (same attempt).
     Unclaimed { task_id: String },
+    /// A run the user stopped whose worker went silent: it ends cancelled, never re-queued.
+    Cancelled { task: Box<Task> },
 }
 
 #[derive(Default, Debug)]
@@ -248,19 +263,28 @@ impl Table {
                 continue;
             };
             let Phase::Claimed {
-                acked, worker_id, ..
+                acked,
+                worker_id,
+                cancel,
+                ..
             } = task.phase.clone()
             else {
                 continue;
             };
-            if !acked {
-                task.phase = Phase::Pending { reason: None };
+            if cancel {
+                if let Some(task) = self.tasks.remove(&id) {
+                    out.push(Expired::Cancelled {
+                        task: Box::new(task),
+                    });
+                }
+            } else if !acked {
+                task.phase = Phase::pending();
                 out.push(Expired::Unclaimed { task_id: id });
             } else if task.spec.attempt < task.spec.max_attempts {
                 task.spec.attempt += 1;
                 task.spec.existing_run = true;
                 task.spec.queued_ms = now_ms;
-                task.phase = Phase::Pending { reason: None };
+                task.phase = Phase::pending();
                 out.push(Expired::Requeued {
                     task_id: id,
                     attempt: task.spec.attempt,
@@ -275,23 +299,36 @@ impl Table {
         out
     }
 
-    /// Notes on each pending task why it waits: no live worker matches its selector.
-    /// Returns the ids whose reason changed (to persist them).
-    pub fn explain(&mut self, live: &[IndexMap<String, String>]) -> Vec<String> {
+    /// Notes on each pending task why it waits: no live worker matches its selector, and
+    /// since when. Returns the ids whose reason changed (to persist them).
+    pub fn explain(&mut self, live: &[IndexMap<String, String>], now_ms: i64) -> Vec<String> {
         let mut changed = Vec::new();
         for task in self.tasks.values_mut() {
-            let Phase::Pending { reason } = &mut task.phase else {
+            let Phase::Pending { reason, since_ms } = &mut task.phase else {
                 continue;
             };
             let sel = selector(&task.spec);
             let now = (!live.iter().any(|l| sel.matches(l)))
                 .then(|| format!("no live worker matches {}", sel.describe()));
             if *reason != now {
+                *since_ms = now.as_ref().map(|_| now_ms);
                 *reason = now;
                 changed.push(task.spec.task_id.clone());
             }
         }
         changed
+    }
+
+    /// Pending tasks no live worker has matched for longer than `timeout_ms`.
+    pub fn unmatched_for(&self, now_ms: i64, timeout_ms: i64) -> Vec<String> {
+        self.tasks
+            .values()
+            .filter(|t| {
+                matches!(t.phase, Phase::Pending { since_ms: Some(since), .. }
+                    if now_ms - since > timeout_ms)
+            })
+            .map(|t| t.spec.task_id.clone())
+            .collect()
     }
 }
 
@@ -331,7 +368,7 @@ mod tests {
                 tags: IndexMap::new(),
                 signature: String::new(),
             },
-            phase: Phase::Pending { reason: None },
+            phase: Phase::pending(),
         }
     }
 
@@ -418,20 +455,45 @@ mod tests {
         let running = vec![("a".to_string(), "k".to_string())];
         assert_eq!(t.heartbeat("w1", &running, 1, T), vec!["a".to_string()]);
         assert!(t.cancel("d", "nope").is_none());
+        // Its worker goes silent: the stopped run ends, it is not handed out again.
+        assert!(matches!(
+            t.expire(40_000).as_slice(),
+            [Expired::Cancelled { .. }]
+        ));
+        assert!(t.is_empty());
     }
 
     #[test]
     fn explains_why_a_task_waits() {
         let mut t = Table::default();
         t.insert(task("a", "gpu=true", 1, 1));
-        assert_eq!(t.explain(&[labels("cpu=true")]), vec!["a".to_string()]);
+        assert_eq!(
+            t.explain(&[labels("cpu=true")], 1_000),
+            vec!["a".to_string()]
+        );
         match &t.get("a").unwrap().phase {
-            Phase::Pending { reason } => {
-                assert_eq!(reason.as_deref(), Some("no live worker matches gpu=true"))
+            Phase::Pending { reason, since_ms } => {
+                assert_eq!(reason.as_deref(), Some("no live worker matches gpu=true"));
+                assert_eq!(*since_ms, Some(1_000));
             }
             other => panic!("{other:?}"),
         }
-        assert!(t.explain(&[labels("cpu=true")]).is_empty(), "unchanged");
-        assert_eq!(t.explain(&[labels("gpu=true")]), vec!["a".to_string()]);
+        assert!(
+            t.explain(&[labels("cpu=true")], 2_000).is_empty(),
+            "unchanged"
+        );
+        assert!(
+            t.unmatched_for(5_000, 5_000).is_empty(),
+            "counted from 1 s, not queueing"
+        );
+        assert_eq!(t.unmatched_for(6_001, 5_000), vec!["a".to_string()]);
+        assert_eq!(
+            t.explain(&[labels("gpu=true")], 7_000),
+            vec!["a".to_string()]
+        );
+        assert!(
+            t.unmatched_for(99_000, 5_000).is_empty(),
+            "a match clears the clock"
+        );
     }
 }

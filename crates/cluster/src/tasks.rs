@@ -25,8 +25,11 @@ pub fn cancel_dir(data: &Path) -> PathBuf {
 pub fn write(data: &Path, task: &Task) -> std::io::Result<()> {
     let dir = dir(data);
     fs::create_dir_all(&dir)?;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = format!("{}.json", task.spec.task_id);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // Unique per write: concurrent persists of one task must not share a temporary file.
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(
         serde_json::to_string(task)

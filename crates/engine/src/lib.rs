@@ -41,6 +41,22 @@ pub struct Options {
     pub worker_id: Option<String>,
 }
 
+/// Credentials Trellis reads from its environment that steps must not see (an operator's
+/// step could read the admin token or the cluster signing key).
+pub const SECRET_VARS: &[&str] = &[
+    "TRELLIS_AUTH_TOKEN",
+    "TRELLIS_AUTH_BASIC_USERNAME",
+    "TRELLIS_AUTH_BASIC_PASSWORD",
+    "TRELLIS_COORDINATOR_SIGNING_KEY",
+];
+
+/// This process's environment without [`SECRET_VARS`]: what steps inherit.
+pub fn inherited_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| !SECRET_VARS.contains(&k.as_str()))
+        .collect()
+}
+
 /// Drives runs. Cheap to clone.
 pub struct Engine<S, E> {
     store: Arc<S>,

@@ -55,7 +55,7 @@ pub fn task(
             tags: item.tags.clone(),
             signature: String::new(),
         },
-        phase: Phase::Pending { reason: None },
+        phase: Phase::pending(),
     };
     if let Some(key) = key {
         task.spec.signature = trellis_cluster::security::sign_task(key, &task.spec);

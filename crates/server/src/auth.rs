@@ -245,6 +245,13 @@ pub async fn middleware(
 ) -> Result<Response, Error> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
+    if !app.auth.enabled && app.loopback_only && !loopback_host(request.headers()) {
+        // With auth off, only a loopback name may reach us: a page on another site that
+        // points its own name at 127.0.0.1 (DNS rebinding) must not drive this server.
+        return Err(Error::forbidden(
+            "this server answers only to localhost names while authentication is off",
+        ));
+    }
     let principal = if app.auth.enabled {
         authenticate(&app, request.headers())
     } else {
@@ -277,6 +284,22 @@ pub async fn middleware(
         request.extensions_mut().insert(p);
     }
     Ok(next.run(request).await)
+}
+
+/// The Host header names this machine's loopback (or is absent, as in HTTP/1.0).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn cross_site(headers: &HeaderMap) -> bool {
@@ -382,6 +405,22 @@ mod tests {
             required_role(&Method::DELETE, "/api/v2/queues/default/items/r1"),
             Some(Role::Operator)
         );
+    }
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        let with = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            loopback_host(&m)
+        };
+        assert!(with("localhost:8080"));
+        assert!(with("127.0.0.1:8080"));
+        assert!(with("[::1]:8080"));
+        assert!(with("app.localhost"));
+        assert!(!with("evil.example:8080"));
+        assert!(!with("10.0.0.5"));
+        assert!(loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct App {
     workers: Mutex<Vec<trellis_cluster::proto::WorkerInfo>>,
     /// How to reach the coordinator (TLS, signing key).
     pub dial: trellis_cluster::worker::link::Dial,
+    /// Bound to loopback with auth off: only localhost names are served.
+    pub loopback_only: bool,
 }
 
 impl App {
@@ -54,6 +56,9 @@ impl App {
         };
         let data = trellis_store::data_dir(&opts.home);
         let secret = match &file.server.webhook_secret {
+            Some(s) if s.len() < 32 => {
+                return Err("server.webhook_secret must be at least 32 characters".into());
+            }
             Some(s) => s.as_bytes().to_vec(),
             None => load_secret(&data).map_err(|e| format!("server secret: {e}"))?,
         };
@@ -76,6 +81,7 @@ impl App {
             live: crate::events::Live::default(),
             workers: Mutex::new(Vec::new()),
             dial: opts.dial.clone(),
+            loopback_only: opts.addr.ip().is_loopback(),
         })
     }
 
@@ -96,22 +102,7 @@ impl App {
             Some(addr) => client::workers(&addr, &self.dial).await.ok(),
             None => None,
         };
-        let list = fetched.unwrap_or_else(|| {
-            let now = jiff::Timestamp::now();
-            registry::list(&dir, registry::Kind::Worker)
-                .into_iter()
-                .map(|e| trellis_cluster::proto::WorkerInfo {
-                    health_status: trellis_core::worker::Health::from_age_ms(e.age_ms(now))
-                        .as_str()
-                        .into(),
-                    last_heartbeat: e.updated_at.clone(),
-                    labels: e.labels.clone().into_iter().collect(),
-                    id: e.id,
-                    host: e.host,
-                    ..Default::default()
-                })
-                .collect()
-        });
+        let list = fetched.unwrap_or_else(|| client::registry_workers(&dir));
         *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = list;
     }
 
@@ -158,6 +149,9 @@ impl App {
         }
         let mut parts = body.split('|');
         let (name, role, expiry) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
         if expiry.parse::<i64>().ok()? < jiff::Timestamp::now().as_second() {
             return None;
         }
@@ -202,6 +196,9 @@ impl App {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        for var in trellis_engine::SECRET_VARS {
+            command.env_remove(var);
+        }
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command.spawn().map_err(|e| {
             Error::internal(format!("cannot start {}: {e}", self.launcher.display()))

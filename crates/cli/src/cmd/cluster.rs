@@ -82,6 +82,19 @@ pub fn coordinator_options(
         _ => bail!("the coordinator's TLS needs both a certificate and a key"),
     };
     opts.signing_key = signing_key(setup, flags.signing_key.as_deref())?;
+    let mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !opts.addr.ip().is_loopback()
+        && opts.signing_key.is_none()
+        && !mtls
+        && !flags.insecure_no_auth
+    {
+        bail!(
+            "refusing to serve the coordinator on {} without worker authentication: set a \
+             signing key (--coordinator.signing-key) or mTLS (--coordinator.tls-ca), or pass \
+             --coordinator.insecure-no-auth",
+            opts.addr
+        );
+    }
     Ok(opts)
 }
 
@@ -235,13 +248,11 @@ pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json
             .collect();
         return json!({ "workers": workers, "source": "coordinator" });
     }
-    let now = jiff::Timestamp::now();
-    let workers: Vec<_> = registry::list(&registry_dir, registry::Kind::Worker)
+    let workers: Vec<_> = client::registry_workers(&registry_dir)
         .iter()
-        .map(|e| {
-            let health = trellis_core::worker::Health::from_age_ms(e.age_ms(now));
-            json!({"id": e.id, "labels": e.labels, "health_status": health.as_str(),
-                   "last_heartbeat": e.updated_at, "running_tasks": []})
+        .map(|w| {
+            json!({"id": w.id, "labels": w.labels, "health_status": w.health_status,
+                   "last_heartbeat": w.last_heartbeat, "running_tasks": []})
         })
         .collect();
     json!({ "workers": workers, "source": "registry" })

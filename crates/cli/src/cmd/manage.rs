@@ -35,12 +35,21 @@ fn stop_run(store: &FileStore, run: &RunRecord) -> anyhow::Result<Status> {
     if run.status.is_final() {
         return Ok(run.status);
     }
-    if run.worker_id.is_some() || run.status == Status::Queued {
+    let data = trellis_store::data_dir(&home());
+    let on_worker = run.worker_id.is_some()
+        || trellis_cluster::tasks::load_all(&data)
+            .iter()
+            .any(|t| t.spec.dag_name == run.name && t.spec.run_id == run.run_id);
+    if on_worker {
         // On (or waiting for) a worker: the coordinator relays the stop at the worker's
         // next heartbeat, or cancels the task if it has not started.
-        let data = trellis_store::data_dir(&home());
         trellis_cluster::tasks::request_cancel(&data, &run.name, &run.run_id)
             .context("cannot ask the coordinator to stop the run")?;
+    } else if run.status == Status::Queued {
+        // Still in a queue: take it out (it is recorded aborted, like `dequeue`).
+        if !dequeue_anywhere(store, &data, &run.run_id)? {
+            bail!("run {} is queued but in no queue; try again", run.run_id);
+        }
     } else {
         let pid = run.pid.context("the run has no process id")?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
@@ -58,6 +67,20 @@ fn stop_run(store: &FileStore, run: &RunRecord) -> anyhow::Result<Status> {
         }
     }
     bail!("run {} did not stop within 60 s", run.run_id)
+}
+
+/// Takes a run out of whichever queue holds it.
+fn dequeue_anywhere(store: &FileStore, data: &Path, run_id: &str) -> anyhow::Result<bool> {
+    let Ok(queues) = std::fs::read_dir(data.join("queue")) else {
+        return Ok(false);
+    };
+    for queue in queues.flatten() {
+        let name = queue.file_name().to_string_lossy().into_owned();
+        if trellis_store::dequeue(store, &name, run_id)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {

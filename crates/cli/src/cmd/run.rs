@@ -95,7 +95,7 @@ pub fn execute(
         let shown = store.clone();
         let opts = Options {
             dags_dir,
-            base_env: std::env::vars().collect(),
+            base_env: trellis_engine::inherited_env(),
             worker_id: None,
         };
         let engine = Engine::new(store, Arc::new(Local), opts);

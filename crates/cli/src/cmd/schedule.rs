@@ -44,10 +44,7 @@ pub fn dags_dir(setup: &Setup, config: &Config) -> PathBuf {
 pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daemon::Options> {
     let config = config(setup)?;
     let dags_dir = dags_dir(setup, &config);
-    let id = id.map_or_else(
-        || format!("{}@{}", hostname(), std::process::id()),
-        str::to_string,
-    );
+    let id = id.map_or_else(trellis_cluster::default_id, str::to_string);
     eprintln!(
         "scheduler {id}: DAGs from {}, data in {}",
         dags_dir.display(),
@@ -60,12 +57,6 @@ pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daem
         id,
         signing_key: super::cluster::signing_key(setup, None)?,
     })
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// A runtime for the long-running services; two workers match the machines we target.

@@ -95,12 +95,14 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
 
 /// The scheduler, the server and the coordinator in one process; any failing stops all.
 pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
-    let server_opts = server_options(&args.setup, &args.serve)?;
+    let mut server_opts = server_options(&args.setup, &args.serve)?;
     trellis_server::check(&server_opts).map_err(anyhow::Error::msg)?;
     let mut scheduler_opts = scheduler_options(&args.setup, args.id.as_deref())?;
     let coordinator_opts = super::cluster::coordinator_options(&args.setup, &args.coordinator)?;
-    // The scheduler signs tasks with the key the coordinator was given, however given.
+    // The scheduler signs tasks, and the server asks for workers, with the key the
+    // coordinator was given, however it was given.
     scheduler_opts.signing_key = coordinator_opts.signing_key.clone();
+    server_opts.dial.key = coordinator_opts.signing_key.clone();
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());

@@ -106,12 +106,47 @@ impl Coord {
     }
 }
 
+/// One coordinator per data dir: a second one waits (as a standby) until the lock is
+/// free, so two never hand out the same task. `None` when shut down while waiting.
+async fn exclusive(
+    data: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> Result<Option<std::fs::File>, Box<dyn std::error::Error + Send + Sync>> {
+    let dir = data.join("distributed");
+    std::fs::create_dir_all(&dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("coordinator.lock"))?;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        if !said {
+            eprintln!("coordinator: another coordinator serves this data dir; standing by");
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
 /// Serves until `shutdown`. `bound` receives the listening address (useful with port 0).
 pub async fn serve(
     opts: Options,
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let data = trellis_store::data_dir(&opts.home);
+    let Some(_lock) = exclusive(&data, &shutdown).await? else {
+        return Ok(());
+    };
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;

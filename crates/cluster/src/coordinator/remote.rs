@@ -16,20 +16,22 @@ use crate::proto;
 use crate::table::Phase;
 use crate::tasks;
 
-/// Stores a run record a worker reported, in the run's attempt for that task.
-pub(crate) fn store_report(coord: &Coord, r: &proto::StatusReport) -> Result<(), String> {
+/// Stores a run record a worker reported, in the run's attempt for that task. A claim
+/// that is not the worker's is `PermissionDenied` (final); a store failure is
+/// `Unavailable`, so the worker sends it again.
+pub(crate) fn store_report(coord: &Coord, r: &proto::StatusReport) -> Result<(), Status> {
     let attempt = attempt_for(coord, &r.task_id, &r.worker_id, &r.claim_token)?;
-    let mut record: RunRecord =
-        serde_json::from_str(&r.record_json).map_err(|e| format!("bad run record: {e}"))?;
+    let mut record: RunRecord = serde_json::from_str(&r.record_json)
+        .map_err(|e| Status::invalid_argument(format!("bad run record: {e}")))?;
     relocate(&mut record, &attempt);
     coord
         .store
         .append(&attempt, &Entry::Snapshot(Box::new(record)))
-        .map_err(|e| e.to_string())
+        .map_err(|e| Status::unavailable(format!("cannot store the record: {e}")))
 }
 
 /// The attempt that holds a task's reports, made on the first report of the claim.
-fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Result<Attempt, String> {
+fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Result<Attempt, Status> {
     let _one = coord.remote.lock().unwrap_or_else(|e| e.into_inner());
     let (spec, remote) = {
         let table = coord.table();
@@ -37,9 +39,13 @@ fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Resul
             eprintln!(
                 "coordinator: refused a report from {worker} for task {task_id}: not its claim"
             );
-            return Err("the task is not this worker's (its lease expired?)".into());
+            return Err(Status::permission_denied(
+                "the task is not this worker's (its lease expired?)",
+            ));
         }
-        let task = table.get(task_id).ok_or("no such task")?;
+        let task = table
+            .get(task_id)
+            .ok_or_else(|| Status::permission_denied("no such task"))?;
         let remote = match &task.phase {
             Phase::Claimed { remote_attempt, .. } => remote_attempt.clone(),
             Phase::Pending { .. } => None,
@@ -58,7 +64,7 @@ fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Resul
     } else {
         store.create_attempt(&spec.dag_name, &spec.run_id, None)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Status::unavailable(format!("cannot create the attempt: {e}")))?;
     let task = {
         let mut table = coord.table();
         table.set_remote_attempt(task_id, &attempt.attempt_id);
@@ -111,8 +117,7 @@ pub(crate) async fn receive_logs(
         if caller.as_ref().is_some_and(|c| *c != chunk.worker_id) {
             return Err(Status::permission_denied("the token is for another worker"));
         }
-        let attempt = attempt_for(coord, &chunk.task_id, &chunk.worker_id, &chunk.claim_token)
-            .map_err(Status::permission_denied)?;
+        let attempt = attempt_for(coord, &chunk.task_id, &chunk.worker_id, &chunk.claim_token)?;
         let ext = if chunk.stream == proto::log_chunk::Stream::Stderr as i32 {
             "err"
         } else {
@@ -121,8 +126,14 @@ pub(crate) async fn receive_logs(
         let path = attempt
             .log_dir
             .join(format!("{}.{ext}", safe_name(&chunk.step_name)));
-        ack.bytes_written += append_at(&path, chunk.sequence, &chunk.data)
-            .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+        ack.bytes_written += append_at(&path, chunk.sequence, &chunk.data).map_err(|e| {
+            let msg = format!("{}: {e}", path.display());
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                Status::out_of_range(msg)
+            } else {
+                Status::unavailable(msg)
+            }
+        })?;
     }
     Ok(Response::new(ack))
 }
@@ -134,9 +145,10 @@ fn append_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<u64> {
     }
     let held = std::fs::metadata(path).map_or(0, |m| m.len());
     if offset > held {
-        return Err(std::io::Error::other(format!(
-            "chunk at byte {offset} but only {held} bytes are stored"
-        )));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("chunk at byte {offset} but only {held} bytes are stored"),
+        ));
     }
     let skip = (held - offset) as usize;
     if skip >= data.len() {

@@ -177,6 +177,36 @@ impl Service {
         }
     }
 
+    /// A worker could not start a run (bad definition or params): the run fails with the
+    /// reason instead of staying queued.
+    fn failed_to_start(&self, r: &proto::StatusReport) {
+        let task = {
+            let table = self.0.table();
+            if !table.owns(&r.task_id, &r.worker_id, &r.claim_token) {
+                return;
+            }
+            table.get(&r.task_id).cloned()
+        };
+        if let Some(task) = task {
+            let msg = format!(
+                "worker {} could not start the run: {}",
+                r.worker_id, r.error
+            );
+            eprintln!(
+                "coordinator: run {} of {}: {msg}",
+                task.spec.run_id, task.spec.dag_name
+            );
+            let status = trellis_core::status::Status::Failed;
+            super::upkeep::record(
+                &self.0,
+                &task.spec.dag_name,
+                &task.spec.run_id,
+                status,
+                &msg,
+            );
+        }
+    }
+
     fn renew(&self, worker_id: &str, running: &[proto::RunningTask]) -> Vec<String> {
         let pairs: Vec<(String, String)> = running
             .iter()
@@ -306,10 +336,16 @@ impl Coordinator for Service {
         if !r.record_json.is_empty()
             && let Err(e) = super::remote::store_report(&self.0, &r)
         {
-            return Ok(Response::new(proto::StatusAck {
-                accepted: false,
-                error: e,
-            }));
+            if e.code() == tonic::Code::PermissionDenied {
+                return Ok(Response::new(proto::StatusAck {
+                    accepted: false,
+                    error: e.message().to_string(),
+                }));
+            }
+            return Err(e);
+        }
+        if r.finished && !r.error.is_empty() {
+            self.failed_to_start(&r);
         }
         if !r.finished {
             return Ok(Response::new(proto::StatusAck {
@@ -397,6 +433,7 @@ impl Coordinator for Service {
         &self,
         request: Request<proto::DeregisterRequest>,
     ) -> Result<Response<proto::DeregisterResponse>, Status> {
+        self.caller(&request, &request.get_ref().worker_id)?;
         let id = request.into_inner().worker_id;
         if self.0.workers().remove(&id).is_some() {
             eprintln!("coordinator: worker {id} left");

@@ -68,7 +68,9 @@ pub(crate) fn incoming(
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
+                        // E.g. out of file descriptors: wait rather than spin.
                         eprintln!("coordinator: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
                 },
@@ -77,11 +79,17 @@ pub(crate) fn incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match acceptor.accept(tcp).await {
-                    Ok(stream) => {
+                let handshake = acceptor.accept(tcp);
+                match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                    Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Err(e) => eprintln!("coordinator: refused a TLS connection from {peer}: {e}"),
+                    Ok(Err(e)) => {
+                        eprintln!("coordinator: refused a TLS connection from {peer}: {e}")
+                    }
+                    Err(_) => {
+                        eprintln!("coordinator: dropped {peer}: no TLS handshake within 10 s")
+                    }
                 }
             });
         }

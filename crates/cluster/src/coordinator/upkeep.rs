@@ -24,8 +24,10 @@ pub(crate) fn load_tasks(coord: &Coord) {
     let lease = coord.opts.lease_timeout.as_millis() as i64;
     let mut table = coord.table();
     for mut task in tasks::load_all(&coord.data) {
-        if let Phase::Claimed { lease_until_ms, .. } = &mut task.phase {
-            *lease_until_ms = now + lease;
+        match &mut task.phase {
+            Phase::Claimed { lease_until_ms, .. } => *lease_until_ms = now + lease,
+            // Workers are registering again: "no live worker" starts over.
+            Phase::Pending { since_ms, .. } => *since_ms = None,
         }
         table.insert(task);
     }
@@ -44,12 +46,30 @@ fn sync_new(coord: &Coord, paths: impl Iterator<Item = std::path::PathBuf>) -> b
         if coord.table().get(&id).is_some() {
             continue;
         }
-        if let Some(task) = tasks::read(&path)
-            && matches!(task.phase, Phase::Pending { .. })
-        {
-            coord.table().insert(task);
-            added = true;
+        let Some(task) = tasks::read(&path) else {
+            continue;
+        };
+        if task.spec.task_id != id {
+            eprintln!(
+                "coordinator: ignoring {}: its task id does not match the file name",
+                path.display()
+            );
+            continue;
         }
+        if !matches!(task.phase, Phase::Pending { .. }) {
+            continue;
+        }
+        // A task file put back after its run ended (a replay) must not run it again.
+        if ended_any(coord, &task.spec.dag_name, &task.spec.run_id) {
+            eprintln!(
+                "coordinator: dropping task {id}: run {} already ended",
+                task.spec.run_id
+            );
+            let _ = tasks::remove(&coord.data, &id);
+            continue;
+        }
+        coord.table().insert(task);
+        added = true;
     }
     added
 }
@@ -88,6 +108,12 @@ pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: Cancellat
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_slow = 0i64;
     let mut last_registry = 0i64;
+    let grace = coord.opts.lease_timeout.min(std::time::Duration::from_secs(10));
+    let grace_until = if coord.table().is_empty() {
+        0
+    } else {
+        now_ms() + grace.as_millis() as i64
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -99,7 +125,7 @@ pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: Cancellat
             last_slow = now;
             scan(&coord);
             handle_cancel_requests(&coord);
-            explain(&coord, now);
+            explain(&coord, now, grace_until);
             forget_offline(&coord, now);
         }
         if now - last_registry >= coord.opts.registry_interval.as_millis() as i64 {
@@ -113,7 +139,16 @@ fn expire(coord: &Coord, now: i64) {
     let expired = coord.table().expire(now);
     for e in expired {
         match e {
-            Expired::Unclaimed { task_id } => persist(coord, &task_id),
+            Expired::Unclaimed { task_id } => {
+                persist(coord, &task_id);
+                coord.wake.notify_waiters();
+            }
+            Expired::Cancelled { task } => {
+                let s = &task.spec;
+                let msg = "stopped; its worker went silent before confirming";
+                record(coord, &s.dag_name, &s.run_id, RunStatus::Cancelled, msg);
+                let _ = tasks::remove(&coord.data, &s.task_id);
+            }
             Expired::Requeued { task_id, attempt } => {
                 let task = coord.table().get(&task_id).cloned();
                 if let Some(task) = &task
@@ -163,6 +198,11 @@ fn ended(coord: &Coord, dag: &str, run_id: &str) -> bool {
     )
 }
 
+/// The run's latest record is final (whoever ran it).
+fn ended_any(coord: &Coord, dag: &str, run_id: &str) -> bool {
+    matches!(coord.store.find(dag, run_id), Ok(Some(run)) if run.status.is_final())
+}
+
 fn persist(coord: &Coord, task_id: &str) {
     let task = coord.table().get(task_id).cloned();
     if let Some(task) = task
@@ -198,59 +238,45 @@ pub(crate) fn record(coord: &Coord, dag: &str, run_id: &str, status: RunStatus, 
     }
 }
 
-/// Notes why pending tasks wait, and fails those no live worker matched for too long.
-fn explain(coord: &Coord, now: i64) {
+/// Notes why pending tasks wait, and fails those no live worker has matched for
+/// `dispatch_timeout`. After a restart with tasks outstanding it waits `grace_until`:
+/// workers are still registering again (they retry within ~5 s).
+fn explain(coord: &Coord, now: i64, grace_until: i64) {
+    if now < grace_until {
+        return;
+    }
     let live: Vec<_> = coord
         .workers()
         .values()
         .filter(|w| Health::from_age_ms(now - w.last_heartbeat_ms).is_live())
         .map(|w| w.labels.clone())
         .collect();
-    let changed = coord.table().explain(&live);
+    let changed = coord.table().explain(&live, now);
     for id in changed {
         persist(coord, &id);
         let task = coord.table().get(&id).cloned();
         if let Some(t) = task
-            && let Phase::Pending { reason } = &t.phase
+            && let Phase::Pending { reason, .. } = &t.phase
         {
             let msg = reason.clone().unwrap_or_default();
-            record(
-                coord,
-                &t.spec.dag_name,
-                &t.spec.run_id,
-                RunStatus::Queued,
-                &msg,
-            );
+            let (dag, run) = (&t.spec.dag_name, &t.spec.run_id);
+            record(coord, dag, run, RunStatus::Queued, &msg);
         }
     }
     let timeout = coord.opts.dispatch_timeout.as_millis() as i64;
-    let stale: Vec<_> = coord
-        .table()
-        .tasks()
-        .filter(|t| matches!(&t.phase, Phase::Pending { reason: Some(_) }))
-        .filter(|t| now - t.spec.queued_ms > timeout)
-        .map(|t| t.spec.task_id.clone())
-        .collect();
+    let stale = coord.table().unmatched_for(now, timeout);
     for id in stale {
         let Some(task) = coord.table().remove(&id) else {
             continue;
         };
         let reason = match &task.phase {
-            Phase::Pending { reason } => reason.clone().unwrap_or_default(),
+            Phase::Pending { reason, .. } => reason.clone().unwrap_or_default(),
             Phase::Claimed { .. } => String::new(),
         };
         let msg = format!("{reason} (waited {} s)", timeout / 1000);
-        eprintln!(
-            "coordinator: run {} of {}: {msg}",
-            task.spec.run_id, task.spec.dag_name
-        );
-        record(
-            coord,
-            &task.spec.dag_name,
-            &task.spec.run_id,
-            RunStatus::Failed,
-            &msg,
-        );
+        let (dag, run) = (&task.spec.dag_name, &task.spec.run_id);
+        eprintln!("coordinator: run {run} of {dag}: {msg}");
+        record(coord, dag, run, RunStatus::Failed, &msg);
         let _ = tasks::remove(&coord.data, &id);
     }
 }
@@ -297,10 +323,15 @@ fn handle_cancel_requests(coord: &Coord) {
             .tasks()
             .find(|t| trellis_store::safe_name(&t.spec.dag_name) == dag && t.spec.run_id == run_id)
             .map(|t| t.spec.dag_name.clone());
-        if let Some(name) = dag_name {
-            cancel(coord, &name, &run_id);
+        let matched = dag_name.is_some_and(|name| cancel(coord, &name, &run_id));
+        // An unmatched request may be for a task the scheduler is writing right now:
+        // keep it for a while before giving up on it.
+        let old = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 30));
+        if matched || old {
+            let _ = std::fs::remove_file(path);
         }
-        let _ = std::fs::remove_file(path);
     }
 }
 

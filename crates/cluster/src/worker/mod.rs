@@ -128,7 +128,7 @@ impl Worker {
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), String> {
     let engine_opts = EngineOptions {
         dags_dir: None,
-        base_env: std::env::vars().collect(),
+        base_env: trellis_engine::inherited_env(),
         worker_id: Some(opts.id.clone()),
     };
     let shared_nothing = !opts.coordinators.is_empty();

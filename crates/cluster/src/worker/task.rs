@@ -112,10 +112,10 @@ pub(super) async fn accept(
     tokio::spawn(async move {
         let done = CancellationToken::new();
         let shipper = tokio::spawn(ship(worker.clone(), task.clone(), done.clone()));
-        execute(&worker, &task, cancel).await;
+        let outcome = execute(&worker, &task, cancel).await;
         done.cancel();
         let _ = shipper.await;
-        report(&worker, &task).await;
+        report(&worker, &task, outcome.err().unwrap_or_default()).await;
         worker.relay.untrack(&task.run_id);
         worker
             .running
@@ -126,31 +126,19 @@ pub(super) async fn accept(
     });
 }
 
-/// Runs the task's DAG with the engine; a task that cannot start is logged.
-async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken) {
-    let dag: Dag = match serde_json::from_str(&task.definition_json) {
-        Ok(dag) => dag,
-        Err(e) => {
-            eprintln!(
-                "worker {}: task {} has a bad definition: {e}",
-                worker.opts.id, task.task_id
-            );
-            return;
-        }
-    };
-    let params = match trellis_spec::resolve_params(&dag, Some(&task.params), &[]) {
-        Ok(p) => p,
-        Err(errors) => {
-            let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            eprintln!(
-                "worker {}: task {}: {}",
-                worker.opts.id,
-                task.task_id,
-                msg.join("; ")
-            );
-            return;
-        }
-    };
+/// Runs the task's DAG with the engine. `Err` says why it could not start (the coordinator
+/// records the run as failed with it).
+async fn execute(
+    worker: &Worker,
+    task: &proto::Task,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let dag: Dag = serde_json::from_str(&task.definition_json)
+        .map_err(|e| format!("the task's DAG definition does not parse: {e}"))?;
+    let params = trellis_spec::resolve_params(&dag, Some(&task.params), &[]).map_err(|errors| {
+        let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        msg.join("; ")
+    })?;
     let dag = Arc::new(dag);
     let req = RunRequest {
         locals: Arc::new(dag.local_dags.clone()),
@@ -162,13 +150,16 @@ async fn execute(worker: &Worker, task: &proto::Task, cancel: CancellationToken)
         env: task.env.clone().into_iter().collect(),
         queued: task.existing_run,
     };
-    match worker.engine.run(req, cancel).await {
-        Ok(record) => eprintln!(
-            "worker {}: run {} of {} {}",
-            worker.opts.id, record.run_id, record.name, record.status
-        ),
-        Err(e) => eprintln!("worker {}: run {}: {e}", worker.opts.id, task.run_id),
-    }
+    let record = worker
+        .engine
+        .run(req, cancel)
+        .await
+        .map_err(|e| format!("the run could not start: {e}"))?;
+    eprintln!(
+        "worker {}: run {} of {} {}",
+        worker.opts.id, record.run_id, record.name, record.status
+    );
+    Ok(())
 }
 
 /// Shared-nothing: relays the run's record and logs every 250 ms while it runs (changes
@@ -188,32 +179,57 @@ async fn ship(worker: Arc<Worker>, task: proto::Task, done: CancellationToken) {
         }
     }
     let mut backoff = Duration::from_millis(50);
-    while !ship_once(&worker, &task, &mut sent, false).await {
+    // Bounded: a coordinator away for longer than ~10 minutes gets the end report
+    // without the last log bytes rather than holding the slot for ever.
+    for _ in 0..300 {
+        match ship_once(&worker, &task, &mut sent, false).await {
+            Shipped::All | Shipped::Refused => return,
+            Shipped::Partly => {}
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+    eprintln!(
+        "worker {}: gave up relaying the logs of task {}",
+        worker.opts.id, task.task_id
+    );
 }
 
-/// Sends what changed: new log bytes, then (when `record`) the run record. True when
-/// nothing is left unsent.
+/// How far a relay round got.
+enum Shipped {
+    All,
+    /// Something is left; try again.
+    Partly,
+    /// The coordinator will never take it (the claim is no longer ours).
+    Refused,
+}
+
+fn refused(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::OutOfRange | tonic::Code::InvalidArgument
+    )
+}
+
+/// Sends what changed: new log bytes, then (when `record`) the run record.
 async fn ship_once(
     worker: &Worker,
     task: &proto::Task,
     sent: &mut HashMap<(String, i32), u64>,
     record: bool,
-) -> bool {
+) -> Shipped {
     let Some(mut client) = worker.client() else {
-        return false;
+        return Shipped::Partly;
     };
-    let logs_ok = match worker.relay.log_dir(&task.run_id) {
+    let logs = match worker.relay.log_dir(&task.run_id) {
         Some(dir) => send_logs(worker, &mut client, task, &dir, sent).await,
-        None => true,
+        None => Shipped::All,
     };
-    if !record {
-        return logs_ok;
+    if !record || !matches!(logs, Shipped::All) {
+        return logs;
     }
     let Some(record) = worker.relay.take_dirty(&task.run_id) else {
-        return logs_ok;
+        return Shipped::All;
     };
     let req = proto::StatusReport {
         worker_id: worker.opts.id.clone(),
@@ -221,12 +237,15 @@ async fn ship_once(
         claim_token: task.claim_token.clone(),
         record_json: serde_json::to_string(&record).unwrap_or_default(),
         finished: false,
+        error: String::new(),
     };
     match client.report_status(req).await {
-        Ok(r) if r.get_ref().accepted => logs_ok,
-        _ => {
+        Ok(r) if r.get_ref().accepted => Shipped::All,
+        Ok(_) => Shipped::Refused,
+        Err(e) if refused(&e) => Shipped::Refused,
+        Err(_) => {
             worker.relay.mark_dirty(&task.run_id);
-            false
+            Shipped::Partly
         }
     }
 }
@@ -238,7 +257,7 @@ async fn send_logs(
     task: &proto::Task,
     dir: &std::path::Path,
     sent: &mut HashMap<(String, i32), u64>,
-) -> bool {
+) -> Shipped {
     let mut chunks = Vec::new();
     let mut advanced = Vec::new();
     for (step, stream, path) in relay::log_files(dir) {
@@ -266,27 +285,28 @@ async fn send_logs(
         advanced.push(((step, stream), bytes.len() as u64));
     }
     if chunks.is_empty() {
-        return true;
+        return Shipped::All;
     }
     match client.stream_logs(tokio_stream::iter(chunks)).await {
         Ok(_) => {
             sent.extend(advanced);
-            true
+            Shipped::All
         }
         Err(e) => {
-            eprintln!(
-                "worker {}: log relay failed: {}",
-                worker.opts.id,
-                e.message()
-            );
-            false
+            let id = &worker.opts.id;
+            eprintln!("worker {id}: log relay failed: {}", e.message());
+            if refused(&e) {
+                Shipped::Refused
+            } else {
+                Shipped::Partly
+            }
         }
     }
 }
 
-/// Tells the coordinator the run ended (with its final record in shared-nothing mode),
-/// retrying across reconnects.
-async fn report(worker: &Worker, task: &proto::Task) {
+/// Tells the coordinator the run ended (with its final record in shared-nothing mode, or
+/// why it could not start), retrying across reconnects and store hiccups.
+async fn report(worker: &Worker, task: &proto::Task, error: String) {
     let record_json = worker
         .relay
         .latest(&task.run_id)
@@ -301,6 +321,7 @@ async fn report(worker: &Worker, task: &proto::Task) {
                 claim_token: task.claim_token.clone(),
                 record_json: record_json.clone(),
                 finished: true,
+                error: error.clone(),
             };
             match client.report_status(req).await {
                 Ok(r) => {
@@ -311,6 +332,10 @@ async fn report(worker: &Worker, task: &proto::Task) {
                             r.get_ref().error
                         );
                     }
+                    return;
+                }
+                Err(e) if refused(&e) => {
+                    eprintln!("worker {}: report refused: {}", worker.opts.id, e.message());
                     return;
                 }
                 Err(e) => {

@@ -90,7 +90,7 @@ pub async fn run<C: Clock + 'static>(
     let store = Arc::new(FileStore::new(&opts.home));
     let engine_opts = EngineOptions {
         dags_dir: Some(opts.dags_dir.clone()),
-        base_env: std::env::vars().collect(),
+        base_env: trellis_engine::inherited_env(),
         worker_id: None,
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), engine_opts);
