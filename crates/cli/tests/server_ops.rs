@@ -217,7 +217,9 @@ fn health_needs_a_scheduler_only_when_deep() {
     // The coordinator joins the checks once it has written its registry entry.
     let body = wait_for(30, "deep health to pass under start-all", || {
         let r = http.get(format!("{}/health/deep", all.url)).send().ok()?;
-        let body = (r.status() == 200).then(|| r.json::<Value>().ok()).flatten()?;
+        let body = (r.status() == 200)
+            .then(|| r.json::<Value>().ok())
+            .flatten()?;
         let answered = body["checks"]["coordinator"]["detail"]
             .as_str()
             .is_some_and(|d| d.contains("answered"));

@@ -108,7 +108,10 @@ pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: Cancellat
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_slow = 0i64;
     let mut last_registry = 0i64;
-    let grace = coord.opts.lease_timeout.min(std::time::Duration::from_secs(10));
+    let grace = coord
+        .opts
+        .lease_timeout
+        .min(std::time::Duration::from_secs(10));
     let grace_until = if coord.table().is_empty() {
         0
     } else {
