@@ -157,19 +157,8 @@ impl Service {
         };
         if let Some(task) = task {
             let msg = format!("refused by worker {}: {}", r.worker_id, r.reason);
-            eprintln!(
-                "coordinator: run {} of {}: {msg}",
-                task.spec.run_id, task.spec.dag_name
-            );
             let status = trellis_core::status::Status::Failed;
-            super::upkeep::record(
-                &self.0,
-                &task.spec.dag_name,
-                &task.spec.run_id,
-                status,
-                &msg,
-            );
-            let _ = tasks::remove(&self.0.data, &r.task_id);
+            super::upkeep::settle(&self.0, &task.spec, status, &msg);
         }
         proto::AckResponse {
             accepted: true,
@@ -192,17 +181,18 @@ impl Service {
                 "worker {} could not start the run: {}",
                 r.worker_id, r.error
             );
-            eprintln!(
-                "coordinator: run {} of {}: {msg}",
-                task.spec.run_id, task.spec.dag_name
-            );
             let status = trellis_core::status::Status::Failed;
+            // The report that carries this removes the task.
             super::upkeep::record(
                 &self.0,
                 &task.spec.dag_name,
                 &task.spec.run_id,
                 status,
                 &msg,
+            );
+            eprintln!(
+                "coordinator: run {} of {}: {msg}",
+                task.spec.run_id, task.spec.dag_name
             );
         }
     }

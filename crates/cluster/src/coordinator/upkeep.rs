@@ -147,10 +147,8 @@ fn expire(coord: &Coord, now: i64) {
                 coord.wake.notify_waiters();
             }
             Expired::Cancelled { task } => {
-                let s = &task.spec;
                 let msg = "stopped; its worker went silent before confirming";
-                record(coord, &s.dag_name, &s.run_id, RunStatus::Cancelled, msg);
-                let _ = tasks::remove(&coord.data, &s.task_id);
+                settle(coord, &task.spec, RunStatus::Cancelled, msg);
             }
             Expired::Requeued { task_id, attempt } => {
                 let task = coord.table().get(&task_id).cloned();
@@ -162,14 +160,12 @@ fn expire(coord: &Coord, now: i64) {
                     continue;
                 }
                 if let Some(task) = task {
-                    let s = &task.spec;
                     let msg = format!(
                         "worker lost (no heartbeat for {} s); re-queued as attempt {attempt} of {}",
                         coord.opts.lease_timeout.as_secs(),
-                        s.max_attempts
+                        task.spec.max_attempts
                     );
-                    eprintln!("coordinator: run {} of {}: {msg}", s.run_id, s.dag_name);
-                    record(coord, &s.dag_name, &s.run_id, RunStatus::Queued, &msg);
+                    settle(coord, &task.spec, RunStatus::Queued, &msg);
                 }
                 persist(coord, &task_id);
                 coord.wake.notify_waiters();
@@ -184,9 +180,7 @@ fn expire(coord: &Coord, now: i64) {
                     "worker lost: {worker_id} sent no heartbeat for {} s",
                     coord.opts.lease_timeout.as_secs()
                 );
-                eprintln!("coordinator: run {} of {}: {msg}", s.run_id, s.dag_name);
-                record(coord, &s.dag_name, &s.run_id, RunStatus::Failed, &msg);
-                let _ = tasks::remove(&coord.data, &s.task_id);
+                settle(coord, s, RunStatus::Failed, &msg);
             }
         }
     }
@@ -212,6 +206,19 @@ fn persist(coord: &Coord, task_id: &str) {
         && let Err(e) = tasks::write(&coord.data, &task)
     {
         eprintln!("coordinator: cannot persist task {task_id}: {e}");
+    }
+}
+
+/// Says what happened to a task's run, records it, and (when the run ends) deletes the task
+/// file, which frees the run's slot in the scheduler.
+pub(crate) fn settle(coord: &Coord, spec: &crate::table::TaskSpec, status: RunStatus, msg: &str) {
+    eprintln!(
+        "coordinator: run {} of {}: {msg}",
+        spec.run_id, spec.dag_name
+    );
+    record(coord, &spec.dag_name, &spec.run_id, status, msg);
+    if status.is_final() {
+        let _ = tasks::remove(&coord.data, &spec.task_id);
     }
 }
 
@@ -277,10 +284,7 @@ fn explain(coord: &Coord, now: i64, grace_until: i64) {
             Phase::Claimed { .. } => String::new(),
         };
         let msg = format!("{reason} (waited {} s)", timeout / 1000);
-        let (dag, run) = (&task.spec.dag_name, &task.spec.run_id);
-        eprintln!("coordinator: run {run} of {dag}: {msg}");
-        record(coord, dag, run, RunStatus::Failed, &msg);
-        let _ = tasks::remove(&coord.data, &id);
+        settle(coord, &task.spec, RunStatus::Failed, &msg);
     }
 }
 
