@@ -156,6 +156,14 @@ impl Store for Progress {
         self.inner.retry_attempt(dag, run_id)
     }
 
+    fn find_child(
+        &self,
+        parent: &Attempt,
+        run_id: &str,
+    ) -> trellis_store::Result<Option<RunRecord>> {
+        self.inner.find_child(parent, run_id)
+    }
+
     fn latest_attempt(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<Attempt>> {
         self.inner.latest_attempt(dag, run_id)
     }

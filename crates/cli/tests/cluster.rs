@@ -585,3 +585,65 @@ fn workers_show_in_the_cli_the_api_and_the_ui() {
     cluster.touch("go");
     cluster.finished("busy", &run, 30);
 }
+
+/// A `call` step with a `worker_selector` sends its sub-DAG to a matching worker; the
+/// parent (here in the scheduler's process) waits for it and gets its outputs. A selector
+/// nobody matches fails the step with the reason once the dispatch timeout passes.
+#[test]
+fn a_call_step_with_a_selector_runs_its_sub_dag_on_a_matching_worker() {
+    let cluster = Cluster::start(
+        &[("w-gpu", "gpu=true", 2), ("w-cpu", "cpu=true", 2)],
+        "",
+        &["--coordinator.dispatch-timeout", "2"],
+    );
+    cluster.dag(
+        "parent",
+        "worker_selector: local\nsteps:\n  - name: prep\n    command: echo prep\n  - name: train\n    call: train\n    params: \"EPOCHS=3\"\n    worker_selector: {gpu: \"true\"}\n  - name: nowhere\n    call: train\n    worker_selector: {zone: mars}\n    continue_on: {failure: true}\n---\nname: train\nparams: [EPOCHS=1]\nsteps:\n  - name: fit\n    command: echo \"fitting $EPOCHS\"\n    output: RESULT\n",
+    );
+    let run = cluster.enqueue("parent");
+    let done = cluster.finished("parent", &run, 60);
+    let steps = done["steps"].as_array().expect("steps");
+    assert_eq!(
+        steps[0]["worker_id"],
+        Value::Null,
+        "the parent runs locally"
+    );
+    assert_eq!(steps[1]["status"], "succeeded", "{done}");
+    let output: Value = serde_json::from_str(steps[1]["output"].as_str().expect("output")).unwrap();
+    assert_eq!(output["outputs"]["RESULT"], "fitting 3");
+    assert_eq!(steps[2]["status"], "failed", "{done}");
+    let error = steps[2]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no live worker matches zone=mars"),
+        "{error}"
+    );
+    // The child ran on the GPU worker, stored under the parent's attempt.
+    let child_id = steps[1]["children"][0]
+        .as_str()
+        .expect("child id")
+        .to_string();
+    let child = walk(cluster.env.home.path(), &format!("child_{child_id}"));
+    let status = std::fs::read_dir(&child)
+        .unwrap()
+        .flatten()
+        .map(|a| std::fs::read_to_string(a.path().join("status.jsonl")).unwrap_or_default())
+        .collect::<String>();
+    assert!(status.contains("\"worker_id\":\"w-gpu\""), "{status}");
+}
+
+/// The first directory named `name` under `root`.
+fn walk(root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                if e.file_name().to_string_lossy() == name {
+                    return path;
+                }
+                stack.push(path);
+            }
+        }
+    }
+    panic!("no {name} under {}", root.display())
+}

@@ -270,6 +270,7 @@ fn a_tampered_task_is_refused_and_never_runs() {
         queue: "victim".into(),
         tags: Default::default(),
         signature: String::new(),
+        parent: None,
     };
     spec.signature = trellis_cluster::security::sign_task(KEY.as_bytes(), &spec);
     let marker = env.path("pwned");

@@ -89,6 +89,10 @@ fn task_parts(s: &TaskSpec) -> Vec<String> {
         s.params.clone(),
         selector.join("\n"),
         env.join("\n"),
+        s.parent
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+            .unwrap_or_default(),
     ]
 }
 

@@ -35,6 +35,41 @@ pub struct TaskSpec {
     /// HMAC of the content by the scheduler, when the cluster has a signing key.
     #[serde(default)]
     pub signature: String,
+    /// A child run of a `call` step: stored under this parent attempt (shared filesystem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+/// Where a child run's parent attempt lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub dir: std::path::PathBuf,
+    pub log_dir: std::path::PathBuf,
+    pub run_id: String,
+    pub attempt_id: String,
+    pub root_run_id: String,
+}
+
+impl ParentRef {
+    pub fn of(a: &trellis_store::Attempt) -> ParentRef {
+        ParentRef {
+            dir: a.dir.clone(),
+            log_dir: a.log_dir.clone(),
+            run_id: a.run_id.clone(),
+            attempt_id: a.attempt_id.clone(),
+            root_run_id: a.root_run_id.clone(),
+        }
+    }
+
+    pub fn attempt(&self) -> trellis_store::Attempt {
+        trellis_store::Attempt {
+            dir: self.dir.clone(),
+            log_dir: self.log_dir.clone(),
+            run_id: self.run_id.clone(),
+            attempt_id: self.attempt_id.clone(),
+            root_run_id: self.root_run_id.clone(),
+        }
+    }
 }
 
 /// Where a task is in its life.
@@ -367,6 +402,7 @@ mod tests {
                 queue: String::new(),
                 tags: IndexMap::new(),
                 signature: String::new(),
+                parent: None,
             },
             phase: Phase::pending(),
         }

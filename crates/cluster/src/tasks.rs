@@ -103,3 +103,59 @@ pub fn cancel_requests(data: &Path) -> Vec<(PathBuf, String, String)> {
         })
         .collect()
 }
+
+/// Hands child runs of `call` steps with a label `worker_selector` to the coordinator
+/// through task files (shared-filesystem mode), signed when the cluster has a key.
+pub struct FileRemote {
+    pub data: PathBuf,
+    pub registry_dir: PathBuf,
+    pub key: Option<Vec<u8>>,
+}
+
+impl trellis_engine::Remote for FileRemote {
+    fn start_child(&self, c: &trellis_engine::RemoteChild<'_>) -> Result<(), String> {
+        use crate::registry::{self, Kind};
+        use crate::table::{ParentRef, Phase, TaskSpec};
+        let now = jiff::Timestamp::now();
+        if registry::live(&self.registry_dir, Kind::Coordinator, now).is_empty() {
+            let labels: Vec<String> = c.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Err(format!(
+                "no coordinator is running to hand sub-DAG `{}` to a worker matching {}",
+                c.dag.name,
+                labels.join(",")
+            ));
+        }
+        let mut spec = TaskSpec {
+            task_id: uuid::Uuid::now_v7().to_string(),
+            dag_name: c.dag.name.clone(),
+            run_id: c.run_id.to_string(),
+            attempt: 1,
+            max_attempts: 1,
+            definition_json: serde_json::to_string(c.dag).map_err(|e| e.to_string())?,
+            params: c.params.to_string(),
+            selector: c.selector.clone(),
+            queued_at: now.to_string(),
+            queued_ms: now.as_millisecond(),
+            env: c.env.iter().cloned().collect(),
+            existing_run: false,
+            queue: String::new(),
+            tags: Default::default(),
+            signature: String::new(),
+            parent: Some(ParentRef::of(c.parent)),
+        };
+        if let Some(key) = &self.key {
+            spec.signature = crate::security::sign_task(key, &spec);
+        }
+        let task = Task {
+            spec,
+            phase: Phase::pending(),
+        };
+        write(&self.data, &task).map_err(|e| format!("cannot hand the sub-DAG to a worker: {e}"))
+    }
+
+    fn cancel_child(&self, dag: &str, run_id: &str) {
+        if let Err(e) = request_cancel(&self.data, dag, run_id) {
+            eprintln!("cannot ask to cancel sub-DAG run {run_id} of {dag}: {e}");
+        }
+    }
+}

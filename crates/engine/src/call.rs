@@ -45,6 +45,13 @@ pub(crate) async fn call<S: Store + 'static, E: Executor + 'static>(
             env.cancel.clone(),
             sem.clone(),
         );
+        // The step's selector, else the sub-DAG's own; `local` keeps it in this process.
+        let selector = match (&step.worker_selector, &child.worker_selector) {
+            (trellis_core::WorkerSelector::Labels(l), _) => Some(l.clone()),
+            (trellis_core::WorkerSelector::Local, _) => None,
+            (_, trellis_core::WorkerSelector::Labels(l)) => Some(l.clone()),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let values = trellis_spec::resolve_params(&child, Some(&params), &[]).map_err(|e| {
@@ -53,19 +60,27 @@ pub(crate) async fn call<S: Store + 'static, E: Executor + 'static>(
                     .collect::<Vec<_>>()
                     .join("; ")
             })?;
+            let env = if item.is_empty() {
+                Vec::new()
+            } else {
+                vec![("ITEM".to_string(), item)]
+            };
+            let run_id = crate::new_run_id();
+            if let Some(selector) = &selector {
+                return on_worker(
+                    &engine, &child, &run_id, &params, &env, &parent, selector, &cancel,
+                )
+                .await;
+            }
             let req = RunRequest {
                 dag: child,
                 locals,
                 params: values,
-                run_id: crate::new_run_id(),
+                run_id,
                 parent: Some(parent),
                 retry: None,
                 queued: false,
-                env: if item.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![("ITEM".to_string(), item)]
-                },
+                env,
             };
             engine
                 .run_boxed(req, cancel)
@@ -106,6 +121,36 @@ pub(crate) async fn call<S: Store + 'static, E: Executor + 'static>(
             bad.and_then(|r| r.error.clone()).unwrap_or_default()
         ))
     }
+}
+
+/// A child run on a worker whose labels match the step's `worker_selector`.
+#[allow(clippy::too_many_arguments)]
+async fn on_worker<S: Store + 'static, E: Executor + 'static>(
+    engine: &crate::Engine<S, E>,
+    child: &trellis_core::Dag,
+    run_id: &str,
+    params: &str,
+    env: &[(String, String)],
+    parent: &trellis_store::Attempt,
+    selector: &indexmap::IndexMap<String, String>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<trellis_core::status::RunRecord, String> {
+    let Some(remote) = &engine.opts.remote else {
+        return Err(
+            "this step's worker_selector needs the cluster, and this process has no \
+                    coordinator to hand the sub-DAG to"
+                .into(),
+        );
+    };
+    let request = crate::RemoteChild {
+        dag: child,
+        run_id,
+        params,
+        env,
+        parent,
+        selector,
+    };
+    crate::remote::run_child(remote, &*engine.store, request, cancel).await
 }
 
 /// One child per item: its params, and the item itself (the child's `ITEM`). When the

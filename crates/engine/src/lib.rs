@@ -10,6 +10,7 @@ mod call;
 mod expand;
 mod links;
 mod output;
+mod remote;
 mod setup;
 mod step;
 
@@ -26,6 +27,7 @@ use trellis_executor::Executor;
 use trellis_store::{Attempt, Entry, Store};
 
 pub use expand::{Scope, StepVars};
+pub use remote::{Remote, RemoteChild, RemoteHandle};
 
 use crate::links::{Links, step_limit};
 use crate::setup::{initial_record, initial_scope, keep_settled};
@@ -39,6 +41,8 @@ pub struct Options {
     pub base_env: Vec<(String, String)>,
     /// The worker running the engine (recorded on the run and each step), when not local.
     pub worker_id: Option<String>,
+    /// Where `call` steps with a label `worker_selector` send their child runs.
+    pub remote: Option<RemoteHandle>,
 }
 
 /// Credentials Trellis reads from its environment that steps must not see (an operator's

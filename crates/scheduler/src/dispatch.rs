@@ -54,6 +54,7 @@ pub fn task(
             queue: item.queue.clone(),
             tags: item.tags.clone(),
             signature: String::new(),
+            parent: None,
         },
         phase: Phase::pending(),
     };
@@ -61,6 +62,16 @@ pub fn task(
         task.spec.signature = trellis_cluster::security::sign_task(key, &task.spec);
     }
     Ok(task)
+}
+
+/// Where `call` steps with a label selector send their child runs: task files for the
+/// coordinator in this data dir.
+pub fn remote(data: &Path, key: Option<Vec<u8>>) -> trellis_engine::RemoteHandle {
+    trellis_engine::RemoteHandle(std::sync::Arc::new(tasks::FileRemote {
+        data: data.to_path_buf(),
+        registry_dir: trellis_cluster::registry::default_dir(data),
+        key,
+    }))
 }
 
 pub fn write(data: &Path, task: &Task) -> std::io::Result<()> {

@@ -237,6 +237,15 @@ impl Store for FileStore {
         })
     }
 
+    fn find_child(&self, parent: &Attempt, run_id: &str) -> Result<Option<RunRecord>> {
+        crate::check_name(run_id)?;
+        let dir = parent.dir.join("children").join(format!("child_{run_id}"));
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        FileStore::read_latest_attempt(&dir)
+    }
+
     fn latest_attempt(&self, dag: &str, run_id: &str) -> Result<Option<Attempt>> {
         let Some(run_dir) = self.run_dir(dag, run_id)? else {
             return Ok(None);

@@ -84,6 +84,8 @@ pub trait Store: Send + Sync {
     fn latest_attempt(&self, dag: &str, run_id: &str) -> Result<Option<Attempt>>;
     /// Keeps the resolved DAG with the attempt, so a run can be retried without its file.
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()>;
+    /// A child run (of a `call` step) by id, under its parent's attempt.
+    fn find_child(&self, parent: &Attempt, run_id: &str) -> Result<Option<RunRecord>>;
     /// The DAG a run was started from.
     fn definition(&self, dag: &str, run_id: &str) -> Result<Option<Dag>>;
     /// Top-level runs of a DAG, newest first.

@@ -97,6 +97,12 @@ pub fn execute(
             dags_dir,
             base_env: trellis_engine::inherited_env(),
             worker_id: None,
+            remote: Some(trellis_scheduler::dispatch::remote(
+                &trellis_store::data_dir(&home()),
+                std::env::var("TRELLIS_COORDINATOR_SIGNING_KEY")
+                    .ok()
+                    .map(String::into_bytes),
+            )),
         };
         let engine = Engine::new(store, Arc::new(Local), opts);
         let cancel = CancellationToken::new();
@@ -171,7 +177,7 @@ fn step_json(s: &StepRecord) -> Value {
     json!({
         "name": s.name, "status": s.status, "exit_code": s.exit_code, "retry_count": s.retry_count,
         "output": s.output, "started_at": s.started_at, "finished_at": s.finished_at,
-        "worker_id": s.worker_id, "error": s.error, "notes": s.notes,
+        "worker_id": s.worker_id, "error": s.error, "notes": s.notes, "children": s.children,
     })
 }
 

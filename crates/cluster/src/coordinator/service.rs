@@ -97,6 +97,11 @@ fn to_proto(task: &Task) -> proto::Task {
         env: s.env.clone().into_iter().collect(),
         existing_run: s.existing_run,
         signature: s.signature.clone(),
+        parent_json: s
+            .parent
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -183,13 +188,7 @@ impl Service {
             );
             let status = trellis_core::status::Status::Failed;
             // The report that carries this removes the task.
-            super::upkeep::record(
-                &self.0,
-                &task.spec.dag_name,
-                &task.spec.run_id,
-                status,
-                &msg,
-            );
+            super::upkeep::record_task(&self.0, &task.spec, status, &msg);
             eprintln!(
                 "coordinator: run {} of {}: {msg}",
                 task.spec.run_id, task.spec.dag_name

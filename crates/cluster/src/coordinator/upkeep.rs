@@ -216,10 +216,45 @@ pub(crate) fn settle(coord: &Coord, spec: &crate::table::TaskSpec, status: RunSt
         "coordinator: run {} of {}: {msg}",
         spec.run_id, spec.dag_name
     );
-    record(coord, &spec.dag_name, &spec.run_id, status, msg);
+    record_task(coord, spec, status, msg);
     if status.is_final() {
         let _ = tasks::remove(&coord.data, &spec.task_id);
     }
+}
+
+/// Records a task's run: a top-level run in its latest attempt; a child run (of a `call`
+/// step) in a new attempt under its parent, where the parent is waiting for it to end.
+pub(crate) fn record_task(
+    coord: &Coord,
+    spec: &crate::table::TaskSpec,
+    status: RunStatus,
+    msg: &str,
+) {
+    let Some(parent) = &spec.parent else {
+        return record(coord, &spec.dag_name, &spec.run_id, status, msg);
+    };
+    let parent = parent.attempt();
+    let store = &coord.store;
+    let mut run = match store.find_child(&parent, &spec.run_id) {
+        Ok(Some(run)) => run,
+        _ => match serde_json::from_str::<trellis_core::Dag>(&spec.definition_json) {
+            Ok(dag) => trellis_core::status::RunRecord::new(&dag, &spec.run_id, "", status),
+            Err(_) => return,
+        },
+    };
+    let Ok(attempt) = store.create_attempt(&spec.dag_name, &spec.run_id, Some(&parent)) else {
+        eprintln!("coordinator: cannot record sub-DAG run {}", spec.run_id);
+        return;
+    };
+    run.attempt_id = attempt.attempt_id.clone();
+    run.parent = Some(parent.run_id.clone());
+    run.root = Some(parent.root_run_id.clone());
+    run.status = status;
+    run.error = Some(msg.to_string());
+    if status.is_final() {
+        run.finished_at = Some(jiff::Timestamp::now().to_string());
+    }
+    let _ = store.append(&attempt, &Entry::Snapshot(Box::new(run)));
 }
 
 /// Writes a status to the run's latest attempt: a failure ends the run (and its running
@@ -269,8 +304,7 @@ fn explain(coord: &Coord, now: i64, grace_until: i64) {
             && let Phase::Pending { reason, .. } = &t.phase
         {
             let msg = reason.clone().unwrap_or_default();
-            let (dag, run) = (&t.spec.dag_name, &t.spec.run_id);
-            record(coord, dag, run, RunStatus::Queued, &msg);
+            record_task(coord, &t.spec, RunStatus::Queued, &msg);
         }
     }
     let timeout = coord.opts.dispatch_timeout.as_millis() as i64;
@@ -299,14 +333,8 @@ pub(crate) fn cancel(coord: &Coord, dag: &str, run_id: &str) -> bool {
             true
         }
         Some(Some(task)) => {
-            record(
-                coord,
-                dag,
-                run_id,
-                RunStatus::Cancelled,
-                "cancelled before it started",
-            );
-            let _ = tasks::remove(&coord.data, &task.spec.task_id);
+            let msg = "cancelled before it started";
+            settle(coord, &task.spec, RunStatus::Cancelled, msg);
             true
         }
     }

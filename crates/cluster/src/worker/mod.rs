@@ -130,6 +130,16 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Strin
         dags_dir: None,
         base_env: trellis_engine::inherited_env(),
         worker_id: Some(opts.id.clone()),
+        // A parent running here can send its sub-DAGs to other workers through the shared
+        // data dir; a shared-nothing worker has none.
+        remote: opts.coordinators.is_empty().then(|| {
+            let data = trellis_store::data_dir(&opts.home);
+            trellis_engine::RemoteHandle(Arc::new(crate::tasks::FileRemote {
+                registry_dir: opts.registry_dir.clone(),
+                data,
+                key: opts.dial.key.clone(),
+            }))
+        }),
     };
     let shared_nothing = !opts.coordinators.is_empty();
     let relay = Arc::new(Relay::new(FileStore::new(&opts.home), shared_nothing));

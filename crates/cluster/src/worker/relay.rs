@@ -146,6 +146,14 @@ impl Store for Relay {
         Ok(attempt)
     }
 
+    fn find_child(
+        &self,
+        parent: &Attempt,
+        run_id: &str,
+    ) -> trellis_store::Result<Option<RunRecord>> {
+        self.inner.find_child(parent, run_id)
+    }
+
     fn latest_attempt(&self, dag: &str, run_id: &str) -> trellis_store::Result<Option<Attempt>> {
         self.inner.latest_attempt(dag, run_id)
     }

@@ -33,7 +33,14 @@ fn spec_of(task: &proto::Task) -> TaskSpec {
         queue: String::new(),
         tags: Default::default(),
         signature: task.signature.clone(),
+        parent: parent_of(task),
     }
+}
+
+fn parent_of(task: &proto::Task) -> Option<crate::table::ParentRef> {
+    (!task.parent_json.is_empty())
+        .then(|| serde_json::from_str(&task.parent_json).ok())
+        .flatten()
 }
 
 /// Why the worker will not run a task, if it will not.
@@ -145,7 +152,7 @@ async fn execute(
         dag,
         params,
         run_id: task.run_id.clone(),
-        parent: None,
+        parent: parent_of(task).map(|p| p.attempt()),
         retry: None,
         env: task.env.clone().into_iter().collect(),
         queued: task.existing_run,

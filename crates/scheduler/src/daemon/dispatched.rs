@@ -39,7 +39,11 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Counts the runs already on workers (tasks of an earlier leader) as active.
     pub(super) fn adopt_dispatched(&mut self) {
+        // Child runs of `call` steps are their parent's to wait for, not the queue's.
         for task in dispatch::outstanding(&self.data) {
+            if task.spec.parent.is_some() {
+                continue;
+            }
             let s = task.spec;
             let slot = Slot {
                 dag: s.dag_name,
