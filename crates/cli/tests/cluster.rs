@@ -275,8 +275,9 @@ fn a_killed_worker_without_retries_fails_the_run_with_worker_lost() {
         "",
         &["--coordinator.lease-timeout", "2"],
     );
+    // The step records its process id, so the test can see it die with its worker.
     let yaml = format!(
-        "worker_selector: {{pool: y}}\nsteps:\n  - name: wait\n    command: '{}'\n",
+        "worker_selector: {{pool: y}}\nsteps:\n  - name: wait\n    command: 'echo $$ > \"$DIR/step.pid\"; {}'\n",
         wait_step("never")
     );
     cluster.dag("lost", &yaml);
@@ -285,6 +286,17 @@ fn a_killed_worker_without_retries_fails_the_run_with_worker_lost() {
         s["steps"][0]["status"] == "running"
     });
     cluster.workers.get_mut("w-a").expect("w-a").kill9();
+    let pid = wait_for(10, "the step's pid", || {
+        std::fs::read_to_string(cluster.env.path("step.pid"))
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+    });
+    let proc_dir = format!("/proc/{}", pid.trim());
+    wait_for(10, "the step to die with its worker", || {
+        let state = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting to be reaped by init.
+        (state.is_empty() || state.split_whitespace().nth(2) == Some("Z")).then_some(())
+    });
     let done = cluster.finished("lost", &run, 30);
     assert_eq!(done["status"], "failed", "{done}");
     let error = done["error"].as_str().unwrap_or_default();

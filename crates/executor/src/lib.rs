@@ -91,6 +91,7 @@ impl Executor for Local {
         if let Some(dir) = &spec.working_dir {
             cmd.current_dir(dir);
         }
+        die_with_parent(&mut cmd);
         let spawned = cmd.spawn();
         // The command holds the environment and the log files' descriptors; free them
         // while the child runs, or a wide fan-out keeps thousands alive.
@@ -179,6 +180,28 @@ pub fn parse_signal(text: &str) -> Option<Signal> {
         format!("SIG{text}")
     };
     name.parse().ok()
+}
+
+/// A step must not outlive the process that runs it: if that process is killed (a worker
+/// or `trellis start` taking `kill -9`), the kernel kills the step too, so a re-queued
+/// attempt never runs beside an orphan of the lost one. (The signal follows the spawning
+/// thread; steps are spawned from the runtime's worker threads, which live as long as
+/// the process.)
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: between fork and exec this only makes two syscalls (prctl, getppid) and
+    // touches no memory the parent owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // The parent may have died before the prctl: then nobody would kill us.
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(std::io::Error::other("the parent process is gone"));
+            }
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]
