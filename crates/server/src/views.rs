@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use crate::error::{Error, Result};
 use crate::state::App;
 
-mod log;
+pub(crate) mod log;
 pub use log::{LogChunk, LogRange, LogStream, MAX_LOG_CHUNK, read_log};
 
 /// The status of a run or a step (Dagu's names).

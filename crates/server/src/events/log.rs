@@ -275,31 +275,9 @@ fn complete_len(buf: &[u8]) -> usize {
 
 /// Where the last `lines` lines of a file start.
 fn tail_offset(path: &Path, lines: usize) -> std::io::Result<u64> {
-    const BLOCK: u64 = 64 * 1024;
     let mut file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
-    if lines == 0 {
-        return Ok(size);
-    }
-    let (mut pos, mut seen) = (size, 0usize);
-    let mut buf = vec![0u8; BLOCK as usize];
-    while pos > 0 {
-        let len = BLOCK.min(pos);
-        pos -= len;
-        let slice = &mut buf[..len as usize];
-        file.seek(SeekFrom::Start(pos))?;
-        file.read_exact(slice)?;
-        for (i, byte) in slice.iter().enumerate().rev() {
-            // A newline ending the file ends the last line; it does not start another.
-            if *byte == b'\n' && pos + (i as u64) + 1 != size {
-                seen += 1;
-                if seen >= lines {
-                    return Ok(pos + i as u64 + 1);
-                }
-            }
-        }
-    }
-    Ok(0)
+    crate::views::log::tail_start(&mut file, size, lines)
 }
 
 #[cfg(test)]

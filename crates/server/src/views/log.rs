@@ -103,7 +103,8 @@ fn read_range(path: &str, range: LogRange) -> Result<Option<(String, u64, u64, u
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let limit = range.limit.unwrap_or(MAX_LOG_CHUNK).min(MAX_LOG_CHUNK);
     let start = match range.tail {
-        Some(lines) => tail_start(&mut file, size, lines)?,
+        Some(lines) => tail_start(&mut file, size, lines)
+            .map_err(|e| Error::internal(format!("reading a log: {e}")))?,
         None => range.offset.min(size),
     };
     let end = size.min(start.saturating_add(limit));
@@ -126,7 +127,12 @@ fn read_range(path: &str, range: LogRange) -> Result<Option<(String, u64, u64, u
 }
 
 /// The offset where the last `lines` lines of a file start, reading backwards in blocks.
-fn tail_start(file: &mut std::fs::File, size: u64, lines: usize) -> Result<u64> {
+/// Shared by the log route and the live log stream.
+pub(crate) fn tail_start(
+    file: &mut std::fs::File,
+    size: u64,
+    lines: usize,
+) -> std::io::Result<u64> {
     const BLOCK: u64 = 64 * 1024;
     if lines == 0 {
         return Ok(size);
@@ -140,9 +146,8 @@ fn tail_start(file: &mut std::fs::File, size: u64, lines: usize) -> Result<u64> 
         let len = BLOCK.min(pos);
         pos -= len;
         let slice = &mut buf[..len as usize];
-        file.seek(SeekFrom::Start(pos))
-            .and_then(|_| file.read_exact(slice))
-            .map_err(|e| Error::internal(format!("reading a log: {e}")))?;
+        file.seek(SeekFrom::Start(pos))?;
+        file.read_exact(slice)?;
         for i in (0..slice.len()).rev() {
             if slice[i] != b'\n' {
                 skip_last = false;
