@@ -97,6 +97,15 @@ impl Cluster {
             .to_string()
     }
 
+    /// Enqueues a run and waits until its first step runs.
+    fn enqueue_running(&self, dag: &str) -> String {
+        let run = self.enqueue(dag);
+        self.wait_run(dag, &run, 30, "the step to start", |s| {
+            s["steps"][0]["status"] == "running"
+        });
+        run
+    }
+
     fn touch(&self, file: &str) {
         std::fs::write(self.env.path(file), "").expect("touch");
     }
@@ -281,16 +290,14 @@ fn a_killed_worker_without_retries_fails_the_run_with_worker_lost() {
         wait_step("never")
     );
     cluster.dag("lost", &yaml);
-    let run = cluster.enqueue("lost");
-    cluster.wait_run("lost", &run, 30, "the step to start", |s| {
-        s["steps"][0]["status"] == "running"
-    });
-    cluster.workers.get_mut("w-a").expect("w-a").kill9();
+    let run = cluster.enqueue_running("lost");
+    // "running" is recorded just before the process starts: wait for the process itself.
     let pid = wait_for(10, "the step's pid", || {
         std::fs::read_to_string(cluster.env.path("step.pid"))
             .ok()
-            .filter(|p| !p.trim().is_empty())
+            .filter(|p| p.ends_with('\n'))
     });
+    cluster.workers.get_mut("w-a").expect("w-a").kill9();
     let proc_dir = format!("/proc/{}", pid.trim());
     wait_for(10, "the step to die with its worker", || {
         let state = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
@@ -312,10 +319,7 @@ fn a_coordinator_restart_does_not_kill_or_repeat_running_tasks() {
         wait_step("go")
     );
     cluster.dag("survives", &yaml);
-    let run = cluster.enqueue("survives");
-    cluster.wait_run("survives", &run, 30, "the step to start", |s| {
-        s["steps"][0]["status"] == "running"
-    });
+    let run = cluster.enqueue_running("survives");
     cluster.coordinator.as_mut().expect("coordinator").kill9();
     cluster.coordinator = None;
     let worker = cluster.workers.get("w-a").expect("w-a");
@@ -419,10 +423,7 @@ fn sigterm_drains_running_tasks_and_deregisters() {
         wait_step("go")
     );
     cluster.dag("drain", &yaml);
-    let run = cluster.enqueue("drain");
-    cluster.wait_run("drain", &run, 30, "the step to start", |s| {
-        s["steps"][0]["status"] == "running"
-    });
+    let run = cluster.enqueue_running("drain");
     let registry = cluster
         .env
         .home
@@ -543,10 +544,7 @@ fn workers_show_in_the_cli_the_api_and_the_ui() {
             wait_step("go")
         ),
     );
-    let run = cluster.enqueue("busy");
-    cluster.wait_run("busy", &run, 30, "the step to start", |s| {
-        s["steps"][0]["status"] == "running"
-    });
+    let run = cluster.enqueue_running("busy");
     let client = support::client();
     let api = wait_for(20, "the API to list the busy worker", || {
         let v: Value = client

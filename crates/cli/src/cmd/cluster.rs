@@ -12,7 +12,7 @@ use trellis_cluster::worker::link::Dial;
 use trellis_cluster::{client, coordinator, registry, worker};
 
 use super::run::home;
-use super::schedule::runtime;
+use super::schedule::{runtime, until_signal};
 use crate::cli::{CoordinatorArgs, CoordinatorFlags, Setup, WorkerArgs, WorkersArgs};
 
 /// The `coordinator:` and `worker:` sections of the config file.
@@ -129,12 +129,7 @@ pub async fn serve(opts: coordinator::Options, shutdown: CancellationToken) -> a
 
 pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let opts = coordinator_options(&args.setup, &args.coordinator)?;
-    runtime()?.block_on(async {
-        let shutdown = CancellationToken::new();
-        super::cancel_on_signals(shutdown.clone());
-        serve(opts, shutdown).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+    until_signal(|shutdown| serve(opts, shutdown))
 }
 
 fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
@@ -215,14 +210,11 @@ fn worker_dial(args: &WorkerArgs, file: &WorkerSection) -> anyhow::Result<Dial> 
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let opts = worker_options(args)?;
-    runtime()?
-        .block_on(async {
-            let shutdown = CancellationToken::new();
-            super::cancel_on_signals(shutdown.clone());
-            worker::run(opts, shutdown).await
-        })
-        .map_err(anyhow::Error::msg)?;
-    Ok(ExitCode::SUCCESS)
+    until_signal(|shutdown| async move {
+        worker::run(opts, shutdown)
+            .await
+            .map_err(anyhow::Error::msg)
+    })
 }
 
 /// The workers as JSON in the shape of `GET /api/v2/workers`: from the coordinator, else

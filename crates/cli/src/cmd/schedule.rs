@@ -59,6 +59,22 @@ pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daem
     })
 }
 
+/// Runs a long-lived service on [`runtime`] until it ends or SIGINT/SIGTERM cancels the
+/// token it is given.
+pub fn until_signal<F, Fut, E>(service: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    anyhow::Error: From<E>,
+{
+    runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        super::cancel_on_signals(shutdown.clone());
+        service(shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A runtime for the long-running services; two workers match the machines we target.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -69,12 +85,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 pub fn scheduler(args: &SchedulerArgs) -> anyhow::Result<ExitCode> {
     let opts = scheduler_options(&args.setup, args.id.as_deref())?;
-    runtime()?.block_on(async {
-        let shutdown = CancellationToken::new();
-        super::cancel_on_signals(shutdown.clone());
-        daemon::run(opts, Arc::new(SystemClock), shutdown).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+    until_signal(|shutdown| daemon::run(opts, Arc::new(SystemClock), shutdown))
 }
 
 pub fn dags(args: &DagsArgs) -> anyhow::Result<ExitCode> {

@@ -13,7 +13,7 @@ use trellis_server::auth::{self, Role, TokenEntry};
 use trellis_server::config::FileConfig;
 
 use super::run::home;
-use super::schedule::{config, dags_dir, runtime, scheduler_options};
+use super::schedule::{config, dags_dir, runtime, scheduler_options, until_signal};
 use crate::cli::{ServeFlags, ServerArgs, Setup, StartAllArgs, TokenCommand, WebhookArgs};
 
 pub fn config_file(setup: &Setup) -> Option<PathBuf> {
@@ -85,12 +85,7 @@ async fn serve(opts: trellis_server::Options, shutdown: CancellationToken) -> an
 pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let opts = server_options(&args.setup, &args.serve)?;
     trellis_server::check(&opts).map_err(anyhow::Error::msg)?;
-    runtime()?.block_on(async {
-        let shutdown = CancellationToken::new();
-        super::cancel_on_signals(shutdown.clone());
-        serve(opts, shutdown).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+    until_signal(|shutdown| serve(opts, shutdown))
 }
 
 /// The scheduler, the server and the coordinator in one process; any failing stops all.
