@@ -1,5 +1,6 @@
 //! `trellis`: the one binary. Parses arguments, dispatches to a command, and maps the
-//! outcome to an exit code: 0 success, 1 a run that did not succeed, 2 invalid input.
+//! outcome to an exit code: 0 success, 1 a run that did not succeed, 2 invalid input,
+//! 3 the database cannot be reached.
 
 mod cli;
 mod cmd;
@@ -16,6 +17,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            // A database that cannot be reached is not bad input: say so with its own code.
+            let unreachable = err.chain().any(|e| {
+                matches!(
+                    e.downcast_ref::<trellis_store::Error>(),
+                    Some(trellis_store::Error::Unreachable { .. })
+                )
+            });
+            if unreachable {
+                return ExitCode::from(report::EXIT_UNAVAILABLE);
+            }
             ExitCode::from(report::EXIT_INVALID)
         }
     }

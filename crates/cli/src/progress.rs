@@ -8,11 +8,11 @@ use std::time::Instant;
 use indexmap::IndexMap;
 use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status, StepRecord};
-use trellis_store::{Attempt, Entry, FileStore, Store};
+use trellis_store::{Attempt, Entry, Shared, Store};
 
 /// The file store, plus progress output on stderr.
 pub struct Progress {
-    inner: FileStore,
+    inner: Shared,
     quiet: bool,
     tty: bool,
     footer: Mutex<Footer>,
@@ -30,7 +30,7 @@ struct Footer {
 const SHOWN: usize = 8;
 
 impl Progress {
-    pub fn new(inner: FileStore, quiet: bool) -> Progress {
+    pub fn new(inner: Shared, quiet: bool) -> Progress {
         let tty = std::io::stderr().is_terminal();
         Progress {
             inner,

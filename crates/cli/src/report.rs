@@ -6,6 +6,8 @@ use trellis_spec::diag::{self, Problem};
 
 /// Exit code for invalid input: a bad file, bad params, bad flags.
 pub const EXIT_INVALID: u8 = 2;
+/// The configured database cannot be reached.
+pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// Renders problems for stderr, with colours when it is a terminal.
 pub fn problems(name: &str, source: &str, problems: &[Problem]) -> String {

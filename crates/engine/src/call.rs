@@ -14,7 +14,7 @@ use crate::expand::json_path;
 use crate::{RunRequest, StepEnv};
 
 /// A `call` step: one child run, or one per `parallel` item.
-pub(crate) async fn call<S: Store + 'static, E: Executor + 'static>(
+pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     step: &Step,
     record: &mut StepRecord,
@@ -125,7 +125,7 @@ pub(crate) async fn call<S: Store + 'static, E: Executor + 'static>(
 
 /// A child run on a worker whose labels match the step's `worker_selector`.
 #[allow(clippy::too_many_arguments)]
-async fn on_worker<S: Store + 'static, E: Executor + 'static>(
+async fn on_worker<S: Store + ?Sized + 'static, E: Executor + 'static>(
     engine: &crate::Engine<S, E>,
     child: &trellis_core::Dag,
     run_id: &str,
@@ -156,7 +156,7 @@ async fn on_worker<S: Store + 'static, E: Executor + 'static>(
 /// One child per item: its params, and the item itself (the child's `ITEM`). When the
 /// step has `params`, they are expanded with `${ITEM}` for each item; otherwise a
 /// `K=V ...` string or a map item is the child's params.
-fn parallel_items<S, E>(
+fn parallel_items<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     items: &trellis_core::ParallelItems,
     params: &str,
@@ -192,7 +192,7 @@ fn parallel_items<S, E>(
         .collect())
 }
 
-fn find_dag<S, E>(env: &StepEnv<S, E>, name: &str) -> Option<trellis_core::Dag> {
+fn find_dag<S: ?Sized, E>(env: &StepEnv<S, E>, name: &str) -> Option<trellis_core::Dag> {
     if let Some(d) = env.locals.iter().find(|d| d.name == name) {
         return Some(d.clone());
     }

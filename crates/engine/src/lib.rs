@@ -62,13 +62,13 @@ pub fn inherited_env() -> Vec<(String, String)> {
 }
 
 /// Drives runs. Cheap to clone.
-pub struct Engine<S, E> {
+pub struct Engine<S: ?Sized, E> {
     store: Arc<S>,
     exec: Arc<E>,
     opts: Arc<Options>,
 }
 
-impl<S, E> Clone for Engine<S, E> {
+impl<S: ?Sized, E> Clone for Engine<S, E> {
     fn clone(&self) -> Self {
         Engine {
             store: self.store.clone(),
@@ -113,7 +113,7 @@ pub(crate) struct Done {
     generated: Vec<Step>,
 }
 
-impl<S: Store + 'static, E: Executor + 'static> Engine<S, E> {
+impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
     pub fn new(store: Arc<S>, exec: Arc<E>, opts: Options) -> Self {
         Engine {
             store,
@@ -191,7 +191,7 @@ pub(crate) fn now() -> String {
 }
 
 /// The state of one run while it is driven.
-pub(crate) struct RunCtx<S, E> {
+pub(crate) struct RunCtx<S: ?Sized, E> {
     engine: Engine<S, E>,
     /// Shared with running step tasks: a snapshot per step must not copy every step.
     dag: Arc<Dag>,
@@ -203,7 +203,7 @@ pub(crate) struct RunCtx<S, E> {
     generated: Vec<Step>,
 }
 
-impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
+impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
     fn save_step(&self, run: &RunRecord, index: usize) {
         let entry = Entry::Step {
             index,
@@ -500,7 +500,7 @@ impl<S: Store + 'static, E: Executor + 'static> RunCtx<S, E> {
 }
 
 /// The read-only context a step runs in.
-pub(crate) struct StepEnv<S, E> {
+pub(crate) struct StepEnv<S: ?Sized, E> {
     engine: Engine<S, E>,
     dag: Arc<Dag>,
     locals: Arc<Vec<Dag>>,

@@ -31,7 +31,7 @@ pub(crate) fn matches(pattern: &str, text: &str) -> bool {
     }
 }
 
-pub(crate) fn capture_fields<S, E>(
+pub(crate) fn capture_fields<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
     fields: &indexmap::IndexMap<String, OutputField>,
@@ -85,7 +85,7 @@ pub(crate) fn capture_fields<S, E>(
     Ok(Value::Object(out))
 }
 
-pub(crate) fn expand_json<S, E>(env: &StepEnv<S, E>, v: &Value) -> Value {
+pub(crate) fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, v: &Value) -> Value {
     match v {
         Value::String(s) => Value::String(env.scope.expand(s, true)),
         Value::Array(items) => Value::Array(items.iter().map(|i| expand_json(env, i)).collect()),

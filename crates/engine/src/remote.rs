@@ -44,7 +44,7 @@ impl std::fmt::Debug for RemoteHandle {
 
 /// Starts the child on a worker and waits until its record is final. A cancelled parent
 /// asks the child to stop and keeps waiting for it to end.
-pub(crate) async fn run_child<S: Store>(
+pub(crate) async fn run_child<S: Store + ?Sized>(
     remote: &RemoteHandle,
     store: &S,
     child: RemoteChild<'_>,

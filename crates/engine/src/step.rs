@@ -16,7 +16,7 @@ use crate::expand::StepVars;
 use crate::output::{capture_fields, matches, out_text, read_capped};
 use crate::{Done, RunCtx, StepEnv, now};
 
-pub(crate) fn spawn<S: Store + 'static, E: Executor + 'static>(
+pub(crate) fn spawn<S: Store + ?Sized + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
     index: usize,
     tx: mpsc::UnboundedSender<Done>,
@@ -30,7 +30,7 @@ pub(crate) fn spawn<S: Store + 'static, E: Executor + 'static>(
 }
 
 /// Runs a step to its settled state.
-pub(crate) async fn execute<S: Store + 'static, E: Executor + 'static>(
+pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: Arc<StepEnv<S, E>>,
     step: Step,
     index: usize,
@@ -109,7 +109,7 @@ fn unsupported_type(step: &Step) -> String {
 }
 
 /// A Daggy generator's stdout becomes new steps; a bad document fails the generator.
-fn generate<S, E>(
+fn generate<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
     record: &mut StepRecord,
@@ -138,7 +138,7 @@ fn generate<S, E>(
     }
 }
 
-fn finish<S, E>(
+fn finish<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
     result: Result<i32, String>,
@@ -210,7 +210,7 @@ fn finish<S, E>(
 }
 
 /// Runs the process with retry_policy and repeat_policy. Ok(exit code) on success.
-async fn run_with_policies<S: Store + 'static, E: Executor + 'static>(
+async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     step: &Step,
     stdout: &Path,
@@ -267,7 +267,7 @@ async fn run_with_policies<S: Store + 'static, E: Executor + 'static>(
     result
 }
 
-async fn wait<S, E>(env: &StepEnv<S, E>, secs: f64) {
+async fn wait<S: ?Sized, E>(env: &StepEnv<S, E>, secs: f64) {
     if secs > 0.0 {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
@@ -277,7 +277,7 @@ async fn wait<S, E>(env: &StepEnv<S, E>, secs: f64) {
 }
 
 /// One attempt: each command line in turn, stopping at the first failure.
-async fn run_once<S: Store + 'static, E: Executor + 'static>(
+async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     step: &Step,
     stdout: &Path,
@@ -326,7 +326,7 @@ fn with_stderr(message: String, stderr: &Path) -> String {
     }
 }
 
-fn process_specs<S, E>(
+fn process_specs<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
     stdout: &Path,
@@ -435,7 +435,7 @@ fn direct(command: &str, env: &[(String, String)]) -> Option<(String, Vec<String
     ))
 }
 
-fn process_env<S, E>(
+fn process_env<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
     stdout: &Path,
@@ -464,14 +464,14 @@ fn process_env<S, E>(
     vars.into_iter().collect()
 }
 
-pub(crate) async fn check_conditions<S: Store + 'static, E: Executor + 'static>(
+pub(crate) async fn check_conditions<S: Store + ?Sized + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
     conditions: &[Condition],
 ) -> Result<(), String> {
     check_conditions_env(&ctx.snapshot(), conditions).await
 }
 
-async fn check_conditions_env<S: Store + 'static, E: Executor + 'static>(
+async fn check_conditions_env<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     conditions: &[Condition],
 ) -> Result<(), String> {
@@ -482,7 +482,7 @@ async fn check_conditions_env<S: Store + 'static, E: Executor + 'static>(
 }
 
 /// With `expected`, compares the expanded condition; without, runs it as a command.
-async fn check_condition<S: Store + 'static, E: Executor + 'static>(
+async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     c: &Condition,
 ) -> Result<(), String> {
@@ -515,7 +515,11 @@ async fn check_condition<S: Store + 'static, E: Executor + 'static>(
     }
 }
 
-fn route<S, E>(env: &StepEnv<S, E>, value: &str, routes: &[trellis_core::Route]) -> Vec<String> {
+fn route<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    value: &str,
+    routes: &[trellis_core::Route],
+) -> Vec<String> {
     let value = env.scope.expand(value, true);
     let exact = routes.iter().position(|r| r.pattern == value);
     let chosen = exact.or_else(|| {

@@ -21,6 +21,38 @@ pub struct Config {
     /// default) or `distributed` (any worker).
     #[serde(default, alias = "defaultExecutionMode")]
     pub default_execution_mode: ExecutionMode,
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+/// Where runs, queues and shared state live: `backend: file` (the default, under the data
+/// dir) or `postgres`/`mysql`/`mariadb` with a `url`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default, alias = "dsn")]
+    pub url: Option<String>,
+}
+
+impl Storage {
+    /// The database URL this section selects; `None` for the file store.
+    pub fn database_url(&self) -> Result<Option<String>, String> {
+        match (self.backend.as_deref(), &self.url) {
+            (None | Some("file"), None) => Ok(None),
+            (Some("file"), Some(_)) => Err("storage: `url` is only for a database backend".into()),
+            (Some("postgres" | "postgresql" | "mysql" | "mariadb") | None, Some(url)) => {
+                Ok(Some(url.clone()))
+            }
+            (Some(b @ ("postgres" | "postgresql" | "mysql" | "mariadb")), None) => {
+                Err(format!("storage: backend `{b}` needs a `url`"))
+            }
+            (Some(other), _) => Err(format!(
+                "storage: unknown backend `{other}` (use file, postgres, mysql or mariadb)"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -5,9 +5,7 @@
 pub mod catalog;
 pub mod clock;
 pub mod config;
-pub mod lease;
-pub mod suspend;
-pub mod ticks;
+pub mod heartbeat;
 
 pub mod daemon;
 pub mod dispatch;

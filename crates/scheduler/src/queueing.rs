@@ -7,7 +7,7 @@ use std::path::Path;
 use indexmap::IndexMap;
 use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status};
-use trellis_store::{Entry, FileStore, Queue, QueueItem, Store};
+use trellis_store::{Entry, Queue, QueueItem, Store};
 
 /// What to enqueue.
 pub struct Enqueue<'a> {
@@ -50,7 +50,10 @@ pub enum Outcome {
 
 /// Records the run as queued and writes its queue item. A run with the same id that ended
 /// without succeeding is queued again as a new attempt.
-pub fn enqueue(store: &FileStore, req: Enqueue) -> trellis_store::Result<Outcome> {
+pub fn enqueue<S: Store + Queue + ?Sized>(
+    store: &S,
+    req: Enqueue,
+) -> trellis_store::Result<Outcome> {
     let existing = store.find(&req.dag.name, &req.run_id)?;
     let attempt = match &existing {
         Some(run)
@@ -93,5 +96,10 @@ pub fn enqueue(store: &FileStore, req: Enqueue) -> trellis_store::Result<Outcome
 
 /// The run id of a scheduled or backfilled run: the same for the same (DAG, time).
 pub fn scheduled_run_id(at: jiff::Timestamp) -> String {
-    format!("sched-{}", crate::ticks::stamp(at))
+    format!("sched-{}", stamp(at))
+}
+
+/// The stored form of a tick time: `20261122T160000Z`.
+pub fn stamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y%m%dT%H%M%SZ").to_string()
 }

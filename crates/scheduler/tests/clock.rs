@@ -66,6 +66,7 @@ async fn ticks_follow_the_injected_clock() {
         config: Config::default(),
         id: "test".into(),
         signing_key: None,
+        store: std::sync::Arc::new(trellis_store::FileStore::new(home.path())),
     };
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(daemon::run(opts, clock.clone(), shutdown.clone()));

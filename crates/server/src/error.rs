@@ -79,7 +79,17 @@ impl From<trellis_store::Error> for Error {
             trellis_store::Error::InvalidName(_) => {
                 Error::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
             }
-            trellis_store::Error::Io { .. } => Error::internal(e.to_string()),
+            trellis_store::Error::Db {
+                transient: true, ..
+            }
+            | trellis_store::Error::Unreachable { .. } => Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            ),
+            trellis_store::Error::Io { .. }
+            | trellis_store::Error::Db { .. }
+            | trellis_store::Error::Fenced(_) => Error::internal(e.to_string()),
         }
     }
 }

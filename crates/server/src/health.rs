@@ -109,20 +109,14 @@ pub struct SchedulerCheck {
     )
 )]
 async fn deep(State(app): State<Arc<App>>) -> Response {
-    let data = app.data.clone();
-    let store = tokio::task::spawn_blocking(move || probe_store(&data))
+    let (data, backend) = (app.data.clone(), app.store.clone());
+    let store = tokio::task::spawn_blocking(move || probe_backend(&data, &*backend))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     let checks = Checks {
         store: match store {
-            Ok(()) => Check {
-                ok: true,
-                detail: "write, read and delete in the data dir work".into(),
-            },
-            Err(e) => Check {
-                ok: false,
-                detail: e,
-            },
+            Ok(detail) => Check { ok: true, detail },
+            Err(detail) => Check { ok: false, detail },
         },
         scheduler: scheduler_check(&app),
         coordinator: coordinator_check(&app).await,
@@ -138,6 +132,28 @@ async fn deep(State(app): State<Arc<App>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The data dir always (logs and work files live there); with a database, also one round
+/// trip to it and whether operations are waiting for it to come back.
+fn probe_backend(
+    data: &std::path::Path,
+    store: &dyn trellis_store::Backend,
+) -> Result<String, String> {
+    probe_store(data)?;
+    if store.kind() == "file" {
+        return Ok("write, read and delete in the data dir work".into());
+    }
+    store
+        .probe()
+        .map_err(|e| format!("{} store: {e}", store.kind()))?;
+    match store.failing() {
+        0 => Ok(format!("the {} database answers", store.kind())),
+        n => Err(format!(
+            "the {} database answers again, but {n} operation(s) are still retrying",
+            store.kind()
+        )),
+    }
 }
 
 /// Creates, reads back and deletes a probe file in the data dir.
@@ -163,7 +179,7 @@ fn probe_store(data: &std::path::Path) -> Result<(), String> {
 
 /// Seconds since the scheduler's heartbeat and who wrote it, if one was ever written.
 pub fn heartbeat_age(app: &App) -> Option<(f64, String)> {
-    let beat = trellis_scheduler::suspend::heartbeat::read(&app.data)?;
+    let beat = trellis_scheduler::heartbeat::read(&*app.store)?;
     let at: jiff::Timestamp = beat.at.parse().ok()?;
     let age = jiff::Timestamp::now().duration_since(at).as_secs_f64();
     Some((age.max(0.0), beat.holder))
@@ -283,7 +299,7 @@ pub struct SchedulerInfo {
 /// What is running and how it is set up.
 #[utoipa::path(get, path = "/server_info", tag = "ops", responses((status = 200, body = ServerInfo)))]
 async fn server_info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
-    let lease = trellis_scheduler::lease::read(&app.data);
+    let lease = app.store.leader().ok().flatten();
     Json(ServerInfo {
         trellis_version: env!("CARGO_PKG_VERSION").into(),
         api_version: "v2".into(),

@@ -25,7 +25,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use trellis_store::Queue;
 
 mod index;
 
@@ -240,7 +239,7 @@ fn register_scheduler(r: &mut Registry, s: &Snapshot) {
 /// Items waiting per queue, with configured queues shown even when empty.
 fn queue_depths(app: &App) -> BTreeMap<String, i64> {
     let mut out: BTreeMap<String, i64> = app.config.queues.keys().map(|q| (q.clone(), 0)).collect();
-    for queue in dag_dirs_of(&app.data.join("queue")) {
+    for queue in app.store.queues().unwrap_or_default() {
         let n = app.store.items(&queue).map(|i| i.len()).unwrap_or(0);
         out.insert(queue, n as i64);
     }

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use hmac::{KeyInit, Mac};
 use trellis_scheduler::config::Config;
-use trellis_store::FileStore;
+use trellis_store::Shared;
 
 use crate::Options;
 use crate::auth::{self, Principal, Role, Settings, TokenEntry};
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 pub struct App {
-    pub store: FileStore,
+    pub store: Shared,
     pub home: PathBuf,
     pub data: PathBuf,
     pub dags_dir: PathBuf,
@@ -63,7 +63,7 @@ impl App {
             None => load_secret(&data).map_err(|e| format!("server secret: {e}"))?,
         };
         Ok(App {
-            store: FileStore::new(&opts.home),
+            store: opts.store.clone(),
             // Absolute, as launched commands run in the dags dir.
             home: std::path::absolute(&opts.home).unwrap_or_else(|_| opts.home.clone()),
             data,

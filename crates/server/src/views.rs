@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status, StepRecord};
 use trellis_scheduler::catalog::Catalog;
-use trellis_store::{Queue, Store};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
@@ -160,7 +159,7 @@ fn catalog_entries(app: &App) -> Vec<trellis_scheduler::catalog::Entry> {
 fn summarize(app: &App, entry: &trellis_scheduler::catalog::Entry) -> DagSummary {
     let stem = trellis_spec::default_name(&entry.path.display().to_string());
     let dag_name = entry.name();
-    let suspended = trellis_scheduler::suspend::is_suspended(&app.data, &dag_name);
+    let suspended = trellis_scheduler::heartbeat::is_suspended(&*app.store, &dag_name);
     // A page of one reads cached listings: cheaper than `latest` with many runs.
     let last_run = app
         .store
@@ -440,14 +439,7 @@ pub struct QueueView {
 
 /// Every queue that has items or a configured limit, by name.
 pub fn queues(app: &App) -> Vec<QueueView> {
-    let mut names: Vec<String> = std::fs::read_dir(app.data.join("queue"))
-        .map(|dirs| {
-            dirs.filter_map(|d| d.ok())
-                .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|d| d.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names: Vec<String> = app.store.queues().unwrap_or_default();
     names.extend(app.config.queues.keys().cloned());
     names.sort();
     names.dedup();

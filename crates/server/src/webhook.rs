@@ -21,7 +21,6 @@ use hmac::{KeyInit, Mac};
 use serde::Serialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use trellis_store::Store;
 use utoipa::ToSchema;
 
 use crate::App;

@@ -12,6 +12,7 @@ use crate::{Attempt, Entry, Error, Result, Store, safe_name};
 
 mod listing;
 mod queue;
+mod state;
 
 /// Runs under `<home>/data/dag-runs` and logs under `<home>/logs`.
 #[derive(Debug)]
@@ -43,6 +44,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl FileStore {
+    /// Checks the data directory can be created and listed.
+    pub fn probe_dir(&self) -> Result<()> {
+        fs::create_dir_all(&self.data).map_err(io(&self.data))?;
+        fs::read_dir(&self.data).map_err(io(&self.data)).map(drop)
+    }
+
     pub fn new(home: &Path) -> FileStore {
         FileStore {
             data: crate::data_dir(home),

@@ -8,8 +8,12 @@
 //! ignored on read, so a stored run is always readable.
 
 mod file;
+mod sql;
+pub mod state;
 
 pub use file::{FileStore, read_log};
+pub use sql::{Dialect, SqlStore, redact};
+pub use state::{Lead, LeaseInfo, State};
 
 use std::path::PathBuf;
 
@@ -26,6 +30,15 @@ pub enum Error {
     },
     #[error("invalid name `{0}`: use letters, digits, `-`, `_` and `.`")]
     InvalidName(String),
+    /// A database operation failed; `transient` failures are worth retrying.
+    #[error("database: {message}")]
+    Db { transient: bool, message: String },
+    /// The database could not be reached when the store was opened.
+    #[error("cannot reach the database at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// A leader write from a lead (this fencing token) that has passed to another holder.
+    #[error("lost the scheduler lead (fencing token {0} is no longer current)")]
+    Fenced(u64),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -167,6 +180,68 @@ pub trait Queue: Send + Sync {
     /// Changes a queued item's priority, keeping its place among items of equal priority;
     /// `None` when it is not (or no longer) queued.
     fn set_priority(&self, queue: &str, run_id: &str, priority: i32) -> Result<Option<QueueItem>>;
+    /// Takes an item to start it, for the leader holding lease token `lead`: like
+    /// [`Queue::remove_item`], but refused with [`Error::Fenced`] once the lead has passed.
+    fn take(&self, lead: u64, queue: &str, run_id: &str) -> Result<bool> {
+        let _ = lead;
+        self.remove_item(queue, run_id)
+    }
+    /// Names of the queues that have items.
+    fn queues(&self) -> Result<Vec<String>>;
+}
+
+/// Everything a process needs from where runs live: runs, queues and shared state.
+pub trait Backend: Store + Queue + State + std::fmt::Debug {
+    /// `file`, `postgres` or `mysql`.
+    fn kind(&self) -> &'static str;
+    /// Checks the backend answers now (not retried), for deep health checks.
+    fn probe(&self) -> Result<()>;
+    /// Operations waiting for the backend to come back (0 when all is well).
+    fn failing(&self) -> u64 {
+        0
+    }
+}
+
+/// A backend shared by the parts of a process.
+pub type Shared = std::sync::Arc<dyn Backend>;
+
+/// The environment variable that selects a database (`postgres://…`, `mysql://…`); the
+/// CLI sets it from the config's `storage` section, so child processes agree.
+pub const DATABASE_URL_ENV: &str = "TRELLIS_DATABASE_URL";
+
+/// Opens the store of `home`: the database named by `TRELLIS_DATABASE_URL` when it is set,
+/// else the file store.
+pub fn open(home: &std::path::Path) -> Result<Shared> {
+    match std::env::var(DATABASE_URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => {
+            Ok(std::sync::Arc::new(SqlStore::connect(url.trim(), home)?))
+        }
+        _ => Ok(std::sync::Arc::new(FileStore::new(home))),
+    }
+}
+
+impl Backend for FileStore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+    fn probe(&self) -> Result<()> {
+        self.probe_dir()
+    }
+}
+
+impl Backend for SqlStore {
+    fn kind(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Postgres => "postgres",
+            Dialect::Mysql => "mysql",
+        }
+    }
+    fn probe(&self) -> Result<()> {
+        self.ping()
+    }
+    fn failing(&self) -> u64 {
+        SqlStore::failing(self)
+    }
 }
 
 /// Takes a queued run out of its queue and records it aborted (`trellis dequeue`).

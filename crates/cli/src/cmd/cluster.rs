@@ -60,6 +60,7 @@ pub fn coordinator_options(
         (None, None) => file.port.unwrap_or(50055),
     };
     let mut opts = coordinator::Options::new(home(), SocketAddr::new(parse_ip(&host)?, port));
+    opts.store = Some(super::open_store()?);
     opts.advertise = flags.advertise.clone().or(file.advertise);
     if let Some(secs) = flags.lease_timeout.or(file.lease_timeout) {
         opts.lease_timeout = Duration::from_secs(secs.max(1));

@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status};
-use trellis_store::{FileStore, Store};
+use trellis_store::Backend;
 
 use super::run::{dag_name, execute, home, load, mark_dead};
 use crate::cli::{CleanupArgs, HistoryArgs, LogsArgs, RestartArgs, RetryArgs, RunTarget};
 
-fn find(store: &FileStore, name: &str, run_id: Option<&str>) -> anyhow::Result<RunRecord> {
+fn find(store: &dyn Backend, name: &str, run_id: Option<&str>) -> anyhow::Result<RunRecord> {
     let found = match run_id {
         Some(id) => store.find(name, id)?,
         None => store.latest(name)?,
@@ -31,7 +31,7 @@ fn find(store: &FileStore, name: &str, run_id: Option<&str>) -> anyhow::Result<R
 }
 
 /// Asks the process running a run to stop, and waits for it to record the end.
-fn stop_run(store: &FileStore, run: &RunRecord) -> anyhow::Result<Status> {
+fn stop_run(store: &dyn Backend, run: &RunRecord) -> anyhow::Result<Status> {
     if run.status.is_final() {
         return Ok(run.status);
     }
@@ -70,7 +70,7 @@ fn stop_run(store: &FileStore, run: &RunRecord) -> anyhow::Result<Status> {
 }
 
 /// Takes a run out of whichever queue holds it.
-fn dequeue_anywhere(store: &FileStore, data: &Path, run_id: &str) -> anyhow::Result<bool> {
+fn dequeue_anywhere(store: &dyn Backend, data: &Path, run_id: &str) -> anyhow::Result<bool> {
     let Ok(queues) = std::fs::read_dir(data.join("queue")) else {
         return Ok(false);
     };
@@ -84,19 +84,19 @@ fn dequeue_anywhere(store: &FileStore, data: &Path, run_id: &str) -> anyhow::Res
 }
 
 pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {
-    let store = FileStore::new(&home());
-    let run = find(&store, &dag_name(&args.target)?, args.run_id.as_deref())?;
+    let store = super::open_store()?;
+    let run = find(&*store, &dag_name(&args.target)?, args.run_id.as_deref())?;
     if run.status.is_final() {
         println!("run {} already ended: {}", run.run_id, run.status);
         return Ok(ExitCode::SUCCESS);
     }
-    let status = stop_run(&store, &run)?;
+    let status = stop_run(&*store, &run)?;
     println!("run {} stopped: {status}", run.run_id);
     Ok(ExitCode::SUCCESS)
 }
 
 /// The DAG of a run: the file named on the command line, else the stored definition.
-fn definition(store: &FileStore, target: &str, run: &RunRecord) -> anyhow::Result<Option<Dag>> {
+fn definition(store: &dyn Backend, target: &str, run: &RunRecord) -> anyhow::Result<Option<Dag>> {
     if Path::new(target).is_file() {
         return load(Path::new(target));
     }
@@ -112,8 +112,8 @@ fn dags_dir(target: &str) -> Option<std::path::PathBuf> {
 }
 
 pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
-    let store = FileStore::new(&home());
-    let previous = find(&store, &dag_name(&args.target)?, Some(&args.run_id))?;
+    let store = super::open_store()?;
+    let previous = find(&*store, &dag_name(&args.target)?, Some(&args.run_id))?;
     if !previous.status.is_final() {
         bail!(
             "run {} is still {}; stop it first",
@@ -121,7 +121,7 @@ pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
             previous.status
         );
     }
-    let Some(dag) = definition(&store, &args.target, &previous)? else {
+    let Some(dag) = definition(&*store, &args.target, &previous)? else {
         return Ok(ExitCode::from(crate::report::EXIT_INVALID));
     };
     if let Some(step) = &args.step
@@ -150,12 +150,12 @@ pub fn restart(restart: &RestartArgs) -> anyhow::Result<ExitCode> {
     if let Some(id) = &restart.new_run_id {
         trellis_store::check_name(id).context("--new-run-id")?;
     }
-    let store = FileStore::new(&home());
-    let previous = find(&store, &dag_name(&args.target)?, args.run_id.as_deref())?;
+    let store = super::open_store()?;
+    let previous = find(&*store, &dag_name(&args.target)?, args.run_id.as_deref())?;
     if !previous.status.is_final() {
-        stop_run(&store, &previous)?;
+        stop_run(&*store, &previous)?;
     }
-    let Some(dag) = definition(&store, &args.target, &previous)? else {
+    let Some(dag) = definition(&*store, &args.target, &previous)? else {
         return Ok(ExitCode::from(crate::report::EXIT_INVALID));
     };
     let record = execute(
@@ -182,7 +182,7 @@ fn duration(run: &RunRecord) -> String {
 
 pub fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
     let name = dag_name(&args.target)?;
-    let store = FileStore::new(&home());
+    let store = super::open_store()?;
     let mut runs = store.list(&name, args.limit)?;
     runs.iter_mut().for_each(mark_dead);
     if args.json {
@@ -212,8 +212,8 @@ pub fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
 
 pub fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let name = dag_name(&args.target)?;
-    let store = FileStore::new(&home());
-    let run = find(&store, &name, args.run_id.as_deref())?;
+    let store = super::open_store()?;
+    let run = find(&*store, &name, args.run_id.as_deref())?;
     let step = run
         .steps
         .iter()
@@ -265,7 +265,7 @@ fn copy_from(path: &str, offset: u64, out: &mut impl Write) -> anyhow::Result<u6
 }
 
 pub fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
-    let store = FileStore::new(&home());
+    let store = super::open_store()?;
     let cutoff = jiff::Timestamp::now()
         - jiff::SignedDuration::from_hours(24 * i64::from(args.retention_days));
     let names = match &args.target {

@@ -60,9 +60,18 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
     let Some(path) = path else {
         return Ok(());
     };
-    let paths = trellis_scheduler::config::Config::load(&path)
-        .map_err(anyhow::Error::msg)?
-        .paths;
+    let config = trellis_scheduler::config::Config::load(&path).map_err(anyhow::Error::msg)?;
+    let database = config
+        .storage
+        .database_url()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let paths = config.paths;
+    if let Some(url) = database
+        && std::env::var_os(trellis_store::DATABASE_URL_ENV).is_none()
+    {
+        // SAFETY: as below — before any runtime or thread starts.
+        unsafe { std::env::set_var(trellis_store::DATABASE_URL_ENV, url) };
+    }
     for (var, value) in [
         ("TRELLIS_DATA_DIR", paths.data_dir),
         ("TRELLIS_LOG_DIR", paths.log_dir),
@@ -79,6 +88,18 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the store every command shares: the database named by the config's `storage`
+/// section or `TRELLIS_DATABASE_URL`, else the file store under the home.
+/// Opened once per process: `start-all` runs several services on one connection pool.
+pub fn open_store() -> anyhow::Result<trellis_store::Shared> {
+    static STORE: std::sync::OnceLock<trellis_store::Shared> = std::sync::OnceLock::new();
+    if let Some(store) = STORE.get() {
+        return Ok(store.clone());
+    }
+    let store = trellis_store::open(&run::home())?;
+    Ok(STORE.get_or_init(|| store).clone())
 }
 
 /// Reads a workflow file, naming it in the error.

@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use trellis_scheduler::queueing::{self, Enqueue, Outcome};
-use trellis_store::FileStore;
 
-use super::run::{home, load};
+use super::run::load;
 use crate::cli::{DequeueArgs, EnqueueArgs};
 use crate::report::EXIT_INVALID;
 
@@ -20,7 +19,7 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(EXIT_INVALID));
     }
-    let store = FileStore::new(&home());
+    let store = super::open_store()?;
     let run_id = args
         .run_id
         .clone()
@@ -32,7 +31,7 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<ExitCode> {
         queue: args.queue.clone(),
         ..Enqueue::new(&dag, &args.file, run_id.clone())
     };
-    match queueing::enqueue(&store, req)? {
+    match queueing::enqueue(&*store, req)? {
         Outcome::Queued => {
             println!("{run_id}");
             eprintln!("queued run {run_id} of {}", dag.name);
@@ -60,8 +59,8 @@ fn run_tags(extra: Option<&str>) -> indexmap::IndexMap<String, String> {
 }
 
 pub fn dequeue(args: &DequeueArgs) -> anyhow::Result<ExitCode> {
-    let store = FileStore::new(&home());
-    let item = trellis_store::dequeue(&store, &args.queue, &args.run_id)?
+    let store = super::open_store()?;
+    let item = trellis_store::dequeue(&*store, &args.queue, &args.run_id)?
         .with_context(|| format!("run {} is not in queue {}", args.run_id, args.queue))?;
     println!("dequeued run {} of {}", item.run_id, item.dag_name);
     Ok(ExitCode::SUCCESS)

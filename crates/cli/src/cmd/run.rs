@@ -11,7 +11,6 @@ use trellis_core::Dag;
 use trellis_core::status::{RunRecord, StepRecord};
 use trellis_engine::{Engine, Options, RunRequest};
 use trellis_executor::Local;
-use trellis_store::{FileStore, Store};
 
 use crate::cli::{StartArgs, StatusArgs};
 use crate::report;
@@ -87,11 +86,9 @@ pub fn execute(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let backend = super::open_store()?;
     let record = runtime.block_on(async {
-        let store = Arc::new(crate::progress::Progress::new(
-            FileStore::new(&home()),
-            quiet,
-        ));
+        let store = Arc::new(crate::progress::Progress::new(backend, quiet));
         let shown = store.clone();
         let opts = Options {
             dags_dir,
@@ -136,7 +133,7 @@ pub fn execute(
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let name = dag_name(&args.target)?;
-    let store = FileStore::new(&home());
+    let store = super::open_store()?;
     let found = match &args.run_id {
         Some(id) => store.find(&name, id)?,
         None => store.latest(&name)?,

@@ -12,7 +12,6 @@ use trellis_scheduler::clock::{Clock, SystemClock};
 use trellis_scheduler::config::Config;
 use trellis_scheduler::daemon::{self, due_times};
 use trellis_scheduler::queueing::{self, Enqueue, Outcome};
-use trellis_store::{FileStore, Store};
 
 use super::run::home;
 use crate::cli::{BackfillArgs, DagsArgs, SchedulerArgs, Setup};
@@ -56,6 +55,7 @@ pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daem
         config,
         id,
         signing_key: super::cluster::signing_key(setup, None)?,
+        store: super::open_store()?,
     })
 }
 
@@ -93,7 +93,7 @@ pub fn dags(args: &DagsArgs) -> anyhow::Result<ExitCode> {
     let dir = dags_dir(&args.setup, &config);
     let mut catalog = Catalog::default();
     catalog.refresh(&dir);
-    let store = FileStore::new(&home());
+    let store = super::open_store()?;
     let now = SystemClock.now();
     println!(
         "{:<28} {:<8} {:<20} {:<26} ",
@@ -142,7 +142,7 @@ pub fn backfill(args: &BackfillArgs) -> anyhow::Result<ExitCode> {
         from - jiff::SignedDuration::from_nanos(1),
         to,
     );
-    let store = FileStore::new(&home());
+    let store = super::open_store()?;
     let (mut queued, mut kept) = (0, 0);
     for at in times {
         let req = Enqueue {
@@ -151,7 +151,7 @@ pub fn backfill(args: &BackfillArgs) -> anyhow::Result<ExitCode> {
             queue_limit: Some(args.max_concurrent),
             ..Enqueue::new(dag, &entry.path, queueing::scheduled_run_id(at))
         };
-        match queueing::enqueue(&store, req)? {
+        match queueing::enqueue(&*store, req)? {
             Outcome::Queued => queued += 1,
             Outcome::Exists(status) => {
                 kept += 1;

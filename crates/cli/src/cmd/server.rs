@@ -64,6 +64,7 @@ fn server_options(setup: &Setup, flags: &ServeFlags) -> anyhow::Result<trellis_s
         launcher: std::env::current_exe().context("cannot find the trellis binary")?,
         insecure_no_auth: flags.insecure_no_auth,
         dial: super::cluster::client_dial(setup)?,
+        store: super::open_store()?,
     })
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use trellis_store::FileStore;
+use trellis_store::{FileStore, Shared};
 
 use crate::proto::RunningTask;
 use crate::proto::coordinator_server::CoordinatorServer;
@@ -44,6 +44,8 @@ pub struct Options {
     pub tls: Option<crate::security::ServerTls>,
     /// With a key, every call must carry a valid worker token.
     pub signing_key: Option<Vec<u8>>,
+    /// Where runs live; `None`: the file store of `home`.
+    pub store: Option<trellis_store::Shared>,
 }
 
 impl Options {
@@ -61,6 +63,7 @@ impl Options {
             dispatch_timeout: Duration::from_secs(300),
             tls: None,
             signing_key: None,
+            store: None,
         }
     }
 }
@@ -80,7 +83,7 @@ pub(crate) struct WorkerState {
 pub(crate) struct Coord {
     pub opts: Options,
     pub data: PathBuf,
-    pub store: FileStore,
+    pub store: Shared,
     pub table: Mutex<Table>,
     pub workers: Mutex<HashMap<String, WorkerState>>,
     /// Woken when a task becomes claimable.
@@ -153,7 +156,10 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let coord = Arc::new(Coord {
         data: trellis_store::data_dir(&opts.home),
-        store: FileStore::new(&opts.home),
+        store: opts
+            .store
+            .clone()
+            .unwrap_or_else(|| Arc::new(FileStore::new(&opts.home))),
         opts,
         table: Mutex::new(Table::default()),
         workers: Mutex::new(HashMap::new()),

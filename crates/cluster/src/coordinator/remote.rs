@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tonic::{Response, Status, Streaming};
 use trellis_core::status::RunRecord;
-use trellis_store::{Attempt, Entry, Store, safe_name};
+use trellis_store::{Attempt, Entry, safe_name};
 
 use super::Coord;
 use crate::proto;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use trellis_core::status::Status as RunStatus;
 use trellis_core::worker::Health;
-use trellis_store::{Entry, Store};
+use trellis_store::Entry;
 
 use super::Coord;
 use crate::registry::{self, Kind};

@@ -19,13 +19,15 @@ use trellis_core::status::Status;
 use trellis_core::{Dag, Schedule};
 use trellis_engine::{Engine, Options as EngineOptions, RunRequest};
 use trellis_executor::Local;
-use trellis_store::{Entry, FileStore, Queue, QueueItem, Store};
+use trellis_store::state::scope;
+use trellis_store::{Backend, Entry, Lead, QueueItem, Shared};
 
 use crate::catalog::{self, Catalog};
 use crate::clock::{Clock, Cron};
 use crate::config::Config;
+use crate::dispatch;
+use crate::queueing::stamp;
 use crate::queueing::{self, Enqueue};
-use crate::{dispatch, lease, ticks};
 
 /// How the scheduler is set up.
 #[derive(Clone, Debug)]
@@ -37,6 +39,8 @@ pub struct Options {
     pub id: String,
     /// The cluster signing key: tasks handed to workers are signed with it.
     pub signing_key: Option<Vec<u8>>,
+    /// Where runs, queues, ticks and the lead live.
+    pub store: Shared,
 }
 
 /// A run this scheduler started and has not seen finish.
@@ -51,10 +55,11 @@ struct Leader<C> {
     opts: Options,
     /// Fencing token of this leader's lease.
     token: u64,
+    lead: Option<Lead>,
     data: PathBuf,
     clock: Arc<C>,
-    store: Arc<FileStore>,
-    engine: Engine<FileStore, Local>,
+    store: Shared,
+    engine: Engine<dyn Backend, Local>,
     catalog: Catalog,
     active: HashMap<String, Active>,
     last_tick: HashMap<String, Timestamp>,
@@ -74,7 +79,11 @@ pub async fn run<C: Clock + 'static>(
 ) -> std::io::Result<()> {
     let data = trellis_store::data_dir(&opts.home);
     let lease = loop {
-        if let Some(lease) = lease::try_acquire(&data, &opts.id)? {
+        if let Some(lease) = opts
+            .store
+            .acquire_lead(&opts.id)
+            .map_err(std::io::Error::other)?
+        {
             break lease;
         }
         tokio::select! {
@@ -87,7 +96,7 @@ pub async fn run<C: Clock + 'static>(
         opts.id, lease.info.token
     );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let store = Arc::new(FileStore::new(&opts.home));
+    let store = opts.store.clone();
     let engine_opts = EngineOptions {
         dags_dir: Some(opts.dags_dir.clone()),
         base_env: trellis_engine::inherited_env(),
@@ -99,6 +108,7 @@ pub async fn run<C: Clock + 'static>(
     let mut leader = Leader {
         opts,
         token: lease.info.token,
+        lead: None,
         data,
         clock,
         store,
@@ -124,23 +134,38 @@ pub async fn run<C: Clock + 'static>(
             .map(|p| p.pid)
             .filter(|p| *p != std::process::id()),
     );
-    leader.lead(done_rx, shutdown).await;
-    drop(lease);
+    leader.lead = Some(lease);
+    let lost = leader.lead(done_rx, shutdown).await;
+    if let Some(lease) = leader.lead.take() {
+        leader.store.release_lead(lease);
+    }
+    if lost {
+        return Err(std::io::Error::other(format!(
+            "scheduler {}: lost the lead (fencing token {}); exiting so that only the new leader acts",
+            leader.opts.id, leader.token
+        )));
+    }
     Ok(())
 }
 
 impl<C: Clock + 'static> Leader<C> {
+    /// Leads until `shutdown`; `true` when the lead was lost instead.
     async fn lead(
         &mut self,
         mut done: mpsc::UnboundedReceiver<String>,
         shutdown: CancellationToken,
-    ) {
+    ) -> bool {
         let (wake_tx, mut wake) = mpsc::unbounded_channel::<()>();
         let _watcher = watch_queue(&self.data.join("queue"), wake_tx);
         let (gone_tx, mut gone) = mpsc::unbounded_channel::<String>();
         let _gone_watcher = dispatch::watch_gone(&self.data, gone_tx);
         let mut last_beat = None;
+        let mut lost = false;
         loop {
+            if !self.still_leading() {
+                lost = true;
+                break;
+            }
             if self.catalog.refresh(&self.opts.dags_dir) {
                 self.report_invalid();
             }
@@ -164,6 +189,23 @@ impl<C: Clock + 'static> Leader<C> {
         }
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+        lost
+    }
+
+    /// Renews the lead (each pass, at least every second); a store that cannot confirm it
+    /// means another scheduler may lead now.
+    fn still_leading(&self) -> bool {
+        let Some(lead) = &self.lead else {
+            return true;
+        };
+        match self.store.renew_lead(lead) {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(e) => {
+                eprintln!("scheduler {}: cannot renew the lead: {e}", self.opts.id);
+                false
+            }
         }
     }
 
@@ -221,7 +263,7 @@ impl<C: Clock + 'static> Leader<C> {
                 scheduled_time,
                 ..Enqueue::new(dag, &entry.path, run_id)
             };
-            if let Err(e) = queueing::enqueue(&self.store, req) {
+            if let Err(e) = queueing::enqueue(&*self.store, req) {
                 eprintln!("scheduler: cannot queue the retry of a run of {name}: {e}");
             }
         }
@@ -248,20 +290,26 @@ impl<C: Clock + 'static> Leader<C> {
         let wait = next.map_or(Duration::from_secs(1), |n| {
             n.duration_since(now).unsigned_abs()
         });
-        wait.min(Duration::from_secs(1))
+        // A file store wakes the pass through inotify when another process enqueues; a
+        // database cannot, so its queue is polled more often.
+        let poll = match self.store.kind() {
+            "file" => Duration::from_secs(1),
+            _ => Duration::from_millis(200),
+        };
+        wait.min(poll)
     }
 
-    /// Rewrites the heartbeat file at most every 5 s (the loop wakes at least every second).
+    /// Rewrites the heartbeat at most every 5 s (the loop wakes at least every second).
     fn beat(&self, now: Timestamp, last: &mut Option<Timestamp>) {
         if last.is_some_and(|l| now.duration_since(l).as_secs() < 5) {
             return;
         }
-        let beat = crate::suspend::heartbeat::Heartbeat {
+        let beat = crate::heartbeat::Heartbeat {
             holder: self.opts.id.clone(),
             token: self.token,
             at: now.to_string(),
         };
-        if let Err(e) = crate::suspend::heartbeat::write(&self.data, &beat) {
+        if let Err(e) = crate::heartbeat::write(&*self.store, &beat) {
             eprintln!("scheduler {}: cannot write heartbeat: {e}", self.opts.id);
         }
         *last = Some(now);
@@ -278,10 +326,10 @@ impl<C: Clock + 'static> Leader<C> {
             .collect();
         for (dag, path) in dags {
             let from = self.window_start(&dag, now);
-            if crate::suspend::is_suspended(&self.data, &dag.name) {
+            if self.suspended(&dag.name) {
                 for at in due_times(&dag.schedule.start, from, now) {
-                    if claim(&self.data, &dag.name, at) {
-                        ticks::mark_skipped(&self.data, &dag.name, at);
+                    if self.claim(&dag.name, at) {
+                        self.mark_skipped(&dag.name, at);
                     }
                 }
                 self.last_tick.insert(dag.name.clone(), now);
@@ -293,12 +341,12 @@ impl<C: Clock + 'static> Leader<C> {
                 self.fire(&dag, &path, at, from);
             }
             for at in due_times(&dag.schedule.stop, from, now) {
-                if claim(&self.data, &format!("{}.stop", dag.name), at) {
+                if self.claim(&format!("{}.stop", dag.name), at) {
                     self.stop_dag(&dag.name);
                 }
             }
             for at in due_times(&dag.schedule.restart, from, now) {
-                if claim(&self.data, &format!("{}.restart", dag.name), at) {
+                if self.claim(&format!("{}.restart", dag.name), at) {
                     self.stop_dag(&dag.name);
                     self.fire(&dag, &path, at, from);
                 }
@@ -315,7 +363,7 @@ impl<C: Clock + 'static> Leader<C> {
             .last_tick
             .get(&dag.name)
             .copied()
-            .or_else(|| ticks::last(&self.data, &dag.name));
+            .or_else(|| self.last_recorded_tick(&dag.name));
         let Some(last) = recorded else {
             return self.started.min(now);
         };
@@ -344,7 +392,7 @@ impl<C: Clock + 'static> Leader<C> {
     }
 
     fn fire(&mut self, dag: &Dag, path: &std::path::Path, at: Timestamp, since: Timestamp) {
-        if !claim(&self.data, &dag.name, at) {
+        if !self.claim(&dag.name, at) {
             return;
         }
         if dag.skip_if_successful && self.succeeded_since(dag, since) {
@@ -352,7 +400,7 @@ impl<C: Clock + 'static> Leader<C> {
                 "scheduler: {} at {at}: skipped, already succeeded since the previous tick",
                 dag.name
             );
-            ticks::mark_skipped(&self.data, &dag.name, at);
+            self.mark_skipped(&dag.name, at);
             return;
         }
         self.enqueue_tick(dag, path, at);
@@ -380,11 +428,31 @@ impl<C: Clock + 'static> Leader<C> {
     }
 }
 
-fn claim(data: &std::path::Path, key: &str, at: Timestamp) -> bool {
-    ticks::claim(data, key, at).unwrap_or_else(|e| {
-        eprintln!("scheduler: cannot record tick {key} at {at}: {e}");
-        false
-    })
+impl<C: Clock + 'static> Leader<C> {
+    /// Claims a tick for this leader; `false` if it fired before (or the lead is gone).
+    fn claim(&self, key: &str, at: Timestamp) -> bool {
+        self.store
+            .claim_tick(self.token, key, &stamp(at))
+            .unwrap_or_else(|e| {
+                eprintln!("scheduler: cannot record tick {key} at {at}: {e}");
+                false
+            })
+    }
+
+    fn mark_skipped(&self, dag: &str, at: Timestamp) {
+        if let Err(e) = self.store.mark_tick_skipped(dag, &stamp(at)) {
+            eprintln!("scheduler: cannot mark tick {dag} at {at} skipped: {e}");
+        }
+    }
+
+    fn suspended(&self, dag: &str) -> bool {
+        matches!(self.store.get(scope::SUSPEND, dag), Ok(Some(_)))
+    }
+
+    fn last_recorded_tick(&self, dag: &str) -> Option<Timestamp> {
+        let last = self.store.last_tick(dag).ok().flatten()?;
+        scheduled_time_of(&format!("sched-{last}"))
+    }
 }
 
 /// The cron schedules of a list, in the DAG's timezone; invalid ones were rejected at load.

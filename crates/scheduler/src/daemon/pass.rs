@@ -30,13 +30,13 @@ impl<C: Clock + 'static> Leader<C> {
     }
 
     pub(super) fn queued_items(&self) -> Vec<QueueItem> {
-        let Ok(dirs) = std::fs::read_dir(self.data.join("queue")) else {
-            return Vec::new();
-        };
-        let mut items: Vec<QueueItem> = dirs
-            .filter_map(|d| d.ok())
-            .filter_map(|d| d.file_name().into_string().ok())
-            .flat_map(|q| self.store.items(&q).unwrap_or_default())
+        let queues = self.store.queues().unwrap_or_else(|e| {
+            eprintln!("scheduler: cannot list queues: {e}");
+            Vec::new()
+        });
+        let mut items: Vec<QueueItem> = queues
+            .iter()
+            .flat_map(|q| self.store.items(q).unwrap_or_default())
             .collect();
         items.sort_by(|a, b| {
             b.priority
@@ -74,8 +74,14 @@ impl<C: Clock + 'static> Leader<C> {
     pub(super) fn start(&mut self, item: &QueueItem, slot: Slot) {
         if !self
             .store
-            .remove_item(&item.queue, &item.run_id)
-            .unwrap_or(false)
+            .take(self.token, &item.queue, &item.run_id)
+            .unwrap_or_else(|e| {
+                eprintln!(
+                    "scheduler: cannot take run {} from its queue: {e}",
+                    item.run_id
+                );
+                false
+            })
         {
             return;
         }

@@ -43,8 +43,9 @@ impl<C: Clock + 'static> Leader<C> {
                     self.requeue(dag, path, run, orphaned);
                 }
             }
-            if let Some(at) = ticks::last(&self.data, &dag.name)
-                .filter(|at| !ticks::skipped(&self.data, &dag.name, *at))
+            if let Some(at) = self
+                .last_recorded_tick(&dag.name)
+                .filter(|at| !matches!(self.store.tick_skipped(&dag.name, &stamp(*at)), Ok(true)))
                 && matches!(
                     self.store.find(&dag.name, &queueing::scheduled_run_id(at)),
                     Ok(None)
@@ -81,7 +82,7 @@ impl<C: Clock + 'static> Leader<C> {
                 scheduled_time,
                 ..Enqueue::new(dag, path, run.run_id.clone())
             };
-            match queueing::enqueue(&self.store, req) {
+            match queueing::enqueue(&*self.store, req) {
                 Ok(_) => eprintln!(
                     "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
                     run.run_id, dag.name
@@ -122,7 +123,7 @@ impl<C: Clock + 'static> Leader<C> {
             scheduled_time: Some(at),
             ..Enqueue::new(dag, path, queueing::scheduled_run_id(at))
         };
-        if let Err(e) = queueing::enqueue(&self.store, req) {
+        if let Err(e) = queueing::enqueue(&*self.store, req) {
             eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
         }
     }

@@ -429,7 +429,7 @@ async fn suspend(
 ) -> Result<Json<DagSummary>> {
     blocking(move || {
         let summary = views::dag_summary(&app, &name)?;
-        trellis_scheduler::suspend::set(&app.data, &summary.dag_name, req.suspended)
+        trellis_scheduler::heartbeat::set_suspended(&*app.store, &summary.dag_name, req.suspended)
             .map_err(|e| Error::internal(format!("cannot change the suspend flag: {e}")))?;
         views::dag_summary(&app, &name).map(Json)
     })

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use trellis_store::Queue;
 use utoipa::ToSchema;
 
 use super::{Body, Path, QueuePath, blocking, check_id};
@@ -53,7 +52,7 @@ async fn dequeue(
     check_id("queue name", &queue)?;
     check_id("run id", &run_id)?;
     blocking(
-        move || match trellis_store::dequeue(&app.store, &queue, &run_id)? {
+        move || match trellis_store::dequeue(&*app.store, &queue, &run_id)? {
             Some(_) => Ok(StatusCode::NO_CONTENT),
             None => Err(not_queued(&queue, &run_id)),
         },

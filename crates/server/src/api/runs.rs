@@ -15,7 +15,6 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use trellis_core::status::{RunRecord, Status};
 use trellis_scheduler::queueing::{self, Enqueue, Outcome};
-use trellis_store::Store;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Body, DagPath, Path, Query, RunPath, StepPath, blocking, check_id, dags, poll};
@@ -247,7 +246,7 @@ async fn enqueue(
             queue: Some(queue.clone()),
             ..Enqueue::new(&dag, &path, run_id.clone())
         };
-        match queueing::enqueue(&app.store, enqueue)? {
+        match queueing::enqueue(&*app.store, enqueue)? {
             Outcome::Queued => Ok(Enqueued {
                 name: dag.name.clone(),
                 run_id,

@@ -7,7 +7,6 @@ use axum::response::Response;
 use serde::Deserialize;
 use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status, StepRecord};
-use trellis_store::Store;
 
 use super::format::{self, When};
 use super::graph::{self, Layout};

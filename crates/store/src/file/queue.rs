@@ -114,6 +114,22 @@ impl crate::Queue for FileStore {
         fs::remove_file(&claimed).map_err(io(&claimed))?;
         Ok(Some(item))
     }
+
+    fn queues(&self) -> Result<Vec<String>> {
+        let root = self.data.join("queue");
+        let entries = match fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&root)(e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
 }
 
 impl FileStore {

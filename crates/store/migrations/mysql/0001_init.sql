@@ -1,0 +1,101 @@
+-- The PostgreSQL schema in MariaDB/MySQL types: keys are VARCHAR, documents LONGTEXT.
+-- Runs: one row per top-level run, pointing at its latest attempt.
+CREATE TABLE runs (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    dag VARCHAR(255) NOT NULL,
+    run_id VARCHAR(255) NOT NULL,
+    attempt BIGINT NOT NULL,
+    status VARCHAR(255) NOT NULL DEFAULT '',
+    UNIQUE (dag, run_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX runs_by_dag ON runs (dag, id);
+CREATE INDEX runs_by_status ON runs (status, id);
+
+-- Attempts of top-level and child runs. `record` is the latest snapshot; the step
+-- changes after it are the events with a larger id than `snapshot_event`.
+CREATE TABLE attempts (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    attempt_id VARCHAR(64) NOT NULL UNIQUE,
+    dag VARCHAR(255) NOT NULL,
+    run_id VARCHAR(255) NOT NULL,
+    root_dag VARCHAR(255) NOT NULL,
+    root_run_id VARCHAR(255) NOT NULL,
+    parent_attempt VARCHAR(255),
+    dir LONGTEXT NOT NULL,
+    log_dir LONGTEXT NOT NULL,
+    record LONGTEXT,
+    snapshot_event BIGINT NOT NULL DEFAULT 0,
+    definition LONGTEXT
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX attempts_by_run ON attempts (dag, run_id, id);
+CREATE INDEX attempts_by_parent ON attempts (parent_attempt, run_id, id);
+CREATE INDEX attempts_by_root ON attempts (root_dag, root_run_id);
+
+-- Every change of every attempt, in order: the run's event log.
+CREATE TABLE events (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    attempt BIGINT NOT NULL,
+    entry LONGTEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX events_by_attempt ON events (attempt, id);
+
+-- Queued runs. A claimed item keeps its row (with the claimant's nonce) so a claim whose
+-- reply was lost can be confirmed when it is tried again.
+CREATE TABLE queue_items (
+    seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+    queue VARCHAR(255) NOT NULL,
+    run_id VARCHAR(255) NOT NULL,
+    priority BIGINT NOT NULL,
+    item LONGTEXT NOT NULL,
+    claim VARCHAR(255),
+    claimed_at BIGINT,
+    UNIQUE (queue, run_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX queue_items_order ON queue_items (queue, claim, priority DESC, seq);
+
+-- Schedule ticks: one row per (DAG, scheduled time), so a tick fires once.
+CREATE TABLE ticks (
+    dag VARCHAR(255) NOT NULL,
+    at VARCHAR(255) NOT NULL,
+    skipped BIGINT NOT NULL DEFAULT 0,
+    token BIGINT NOT NULL,
+    PRIMARY KEY (dag, at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Leases (the scheduler's lead). `token` is the fencing token: it grows with each holder.
+CREATE TABLE leases (
+    name VARCHAR(255) PRIMARY KEY,
+    holder VARCHAR(255) NOT NULL,
+    pid BIGINT NOT NULL DEFAULT 0,
+    token BIGINT NOT NULL,
+    since TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+INSERT INTO leases (name, holder, token, since, expires_ms) VALUES ('scheduler', '', 0, '', 0);
+
+-- Small named values: suspended DAGs, the leader's heartbeat, step state.
+CREATE TABLE kv (
+    scope VARCHAR(255) NOT NULL,
+    name VARCHAR(255) NOT NULL,
+    value LONGTEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (scope, name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Workers known to a coordinator, with their last heartbeat.
+CREATE TABLE workers (
+    id VARCHAR(255) PRIMARY KEY,
+    info LONGTEXT NOT NULL,
+    heartbeat_ms BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Where each step's logs are: host and path of the file, and its size when last seen.
+CREATE TABLE log_index (
+    attempt VARCHAR(64) NOT NULL,
+    step VARCHAR(255) NOT NULL,
+    stream VARCHAR(255) NOT NULL,
+    host TEXT NOT NULL,
+    path LONGTEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    PRIMARY KEY (attempt, step, stream)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

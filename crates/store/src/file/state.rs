@@ -1,0 +1,153 @@
+//! The lead, ticks and named values on the file backend, under `data/`:
+//! - the lead is an exclusive lock on `scheduler/leader.lock` (held by the kernel for as
+//!   long as the process lives, so a `kill -9` frees it at once) and `scheduler/lease.json`,
+//!   whose fencing token grows with every new leader;
+//! - a tick is a file `scheduler/ticks/<dag>/<stamp>` created with `O_EXCL`;
+//! - a named value is a file `<scope>/<name>`; suspended DAGs keep Dagu-era
+//!   `suspend/<dag>.suspended` flags.
+
+use std::fs::{self, OpenOptions};
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+use super::{FileStore, io, write_atomic};
+use crate::state::{Lead, LeaseInfo, State, scope};
+use crate::{Error, Result, safe_name};
+
+impl FileStore {
+    fn scheduler_dir(&self) -> PathBuf {
+        self.data.join("scheduler")
+    }
+
+    fn tick_path(&self, dag: &str, at: &str) -> PathBuf {
+        self.scheduler_dir()
+            .join("ticks")
+            .join(safe_name(dag))
+            .join(safe_name(at))
+    }
+
+    fn value_path(&self, scope: &str, name: &str) -> PathBuf {
+        match scope {
+            scope::SUSPEND => self
+                .data
+                .join("suspend")
+                .join(format!("{}.suspended", safe_name(name))),
+            scope::SCHEDULER => self
+                .scheduler_dir()
+                .join(format!("{}.json", safe_name(name))),
+            _ => self
+                .data
+                .join("state")
+                .join(safe_name(scope))
+                .join(safe_name(name)),
+        }
+    }
+}
+
+impl State for FileStore {
+    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>> {
+        let dir = self.scheduler_dir();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join("leader.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+        }
+        let previous = self.leader()?;
+        let info = LeaseInfo {
+            token: previous.as_ref().map_or(0, |i| i.token) + 1,
+            holder: holder.to_string(),
+            pid: std::process::id(),
+            since: jiff::Timestamp::now().to_string(),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| io(&dir)(e.into()))?;
+        write_atomic(&dir.join("lease.json"), &json)?;
+        Ok(Some(Lead {
+            info,
+            previous,
+            guard: Some(lock),
+        }))
+    }
+
+    fn renew_lead(&self, lead: &Lead) -> Result<bool> {
+        // The lock is held for as long as the process lives; nobody can take it over.
+        Ok(lead.guard.is_some())
+    }
+
+    fn release_lead(&self, lead: Lead) {
+        drop(lead);
+    }
+
+    fn leader(&self) -> Result<Option<LeaseInfo>> {
+        let path = self.scheduler_dir().join("lease.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(serde_json::from_str(&text).ok()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool> {
+        if self.leader()?.is_some_and(|l| l.token != lead) {
+            return Err(Error::Fenced(lead));
+        }
+        let path = self.tick_path(dag, at);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    fn mark_tick_skipped(&self, dag: &str, at: &str) -> Result<()> {
+        let path = self.tick_path(dag, at);
+        fs::write(&path, "skipped").map_err(io(&path))
+    }
+
+    fn tick_skipped(&self, dag: &str, at: &str) -> Result<bool> {
+        Ok(fs::read_to_string(self.tick_path(dag, at)).is_ok_and(|s| s == "skipped"))
+    }
+
+    fn last_tick(&self, dag: &str) -> Result<Option<String>> {
+        let dir = self.scheduler_dir().join("ticks").join(safe_name(dag));
+        let Ok(names) = fs::read_dir(&dir) else {
+            return Ok(None);
+        };
+        Ok(names
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .max())
+    }
+
+    fn get(&self, scope: &str, name: &str) -> Result<Option<String>> {
+        let path = self.value_path(scope, name);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    fn put(&self, scope: &str, name: &str, value: Option<&str>) -> Result<()> {
+        let path = self.value_path(scope, name);
+        let Some(value) = value else {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(io(&path)(e)),
+                _ => Ok(()),
+            };
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        write_atomic(&path, value.as_bytes())
+    }
+}

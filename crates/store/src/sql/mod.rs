@@ -1,0 +1,214 @@
+//! The SQL backend: runs, attempts and their event log, queues, ticks, the leader lease and
+//! small state in PostgreSQL or MariaDB/MySQL, so several servers and schedulers on
+//! different machines share one history with no shared filesystem.
+//!
+//! Step logs and an attempt's working files stay on the machine that runs it (under the
+//! local data and log dirs); the `log_index` table records where they are.
+
+mod db;
+mod queue;
+mod runs;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use db::Dialect;
+use db::{Arg, Bridge, K, Pool, Rows};
+
+use crate::{Error, Result};
+
+/// How long an operation keeps retrying while the database is away before it fails.
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+/// A store in a PostgreSQL or MariaDB/MySQL database.
+pub struct SqlStore {
+    inner: Arc<Inner>,
+    bridge: Bridge,
+}
+
+struct Inner {
+    pool: Pool,
+    dialect: Dialect,
+    /// Local directories for attempts' working files and logs.
+    data: PathBuf,
+    logs: PathBuf,
+    /// This process's claims on queue items carry this prefix.
+    nonce: String,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SqlStore({:?})", self.inner.dialect)
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl SqlStore {
+    /// Connects to `url` (`postgres://…` or `mysql://…`/`mariadb://…`) and applies the
+    /// embedded migrations. Fails at once, with [`Error::Unreachable`], when the
+    /// database cannot be reached: a process should not start against a database it
+    /// cannot see.
+    pub fn connect(url: &str, home: &Path) -> Result<SqlStore> {
+        let bridge = Bridge::new(GIVE_UP)?;
+        let unreachable = |e: Error| Error::Unreachable {
+            url: redact(url),
+            message: e.to_string(),
+        };
+        let (dialect, url) = match url.split_once("://") {
+            Some(("postgres" | "postgresql", _)) => (Dialect::Postgres, url.to_string()),
+            Some(("mysql", _)) => (Dialect::Mysql, url.to_string()),
+            Some(("mariadb", rest)) => (Dialect::Mysql, format!("mysql://{rest}")),
+            _ => {
+                return Err(Error::Db {
+                    transient: false,
+                    message: format!(
+                        "storage URL `{}`: use postgres://… or mysql://…",
+                        redact(&url.to_string())
+                    ),
+                });
+            }
+        };
+        let pool = bridge
+            .once(async move { connect_pool(dialect, &url).await })
+            .map_err(unreachable)?;
+        let migrate = pool.clone();
+        bridge
+            .once(async move { migrations(dialect, &migrate).await })
+            .map_err(unreachable)?;
+        let nonce = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        Ok(SqlStore {
+            inner: Arc::new(Inner {
+                pool,
+                dialect,
+                data: crate::data_dir(home),
+                logs: crate::log_dir(home),
+                nonce,
+            }),
+            bridge,
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    /// Operations failing right now because the database is away.
+    pub fn failing(&self) -> u64 {
+        self.bridge.failing()
+    }
+
+    /// One round trip to the database, not retried: for health checks.
+    pub fn ping(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        self.bridge.once(async move {
+            inner
+                .fetch("SELECT COUNT(*) FROM leases", &[], &[K::Int])
+                .await
+                .map(drop)
+        })
+    }
+
+    /// Runs `op` on the database with retries (see [`Bridge::run`]).
+    fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<Inner>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.bridge.run(move || op(inner.clone()))
+    }
+}
+
+async fn connect_pool(dialect: Dialect, url: &str) -> Result<Pool> {
+    let acquire = Duration::from_secs(5);
+    Ok(match dialect {
+        Dialect::Postgres => Pool::Pg(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(acquire)
+                // A dead connection shows as an I/O error, which is retried; a ping
+                // before every query would double the round trips.
+                .test_before_acquire(false)
+                .connect(url)
+                .await
+                .map_err(db::db)?,
+        ),
+        Dialect::Mysql => Pool::My(
+            sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(acquire)
+                .test_before_acquire(false)
+                .connect(url)
+                .await
+                .map_err(db::db)?,
+        ),
+    })
+}
+
+/// Applies the embedded schema. sqlx's migrator takes a database lock, so processes
+/// starting together apply each migration once.
+async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let init = match dialect {
+        Dialect::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+        Dialect::Mysql => include_str!("../../migrations/mysql/0001_init.sql"),
+    };
+    let migrator = Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        init.into_sql_str(),
+        false,
+    )]);
+    let done = match pool {
+        Pool::Pg(p) => migrator.run(p).await,
+        Pool::My(p) => migrator.run(p).await,
+    };
+    done.map_err(|e| Error::Db {
+        transient: false,
+        message: format!("migrating the database: {e}"),
+    })
+}
+
+impl Inner {
+    async fn exec(&self, sql: &str, args: &[Arg]) -> Result<u64> {
+        self.pool.exec(self.dialect, sql, args).await
+    }
+
+    async fn fetch(&self, sql: &str, args: &[Arg], kinds: &[K]) -> Result<Rows> {
+        self.pool.fetch(self.dialect, sql, args, kinds).await
+    }
+
+    /// `pg` on PostgreSQL, `my` on MariaDB/MySQL: for the few statements (upserts) whose
+    /// syntax differs.
+    fn pick(&self, pg: &'static str, my: &'static str) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => pg,
+            Dialect::Mysql => my,
+        }
+    }
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::Db {
+        transient: false,
+        message: format!("stored JSON: {e}"),
+    }
+}

@@ -1,0 +1,184 @@
+//! Queues in SQL. Taking an item marks it claimed (with a nonce) instead of deleting it, in
+//! a transaction that skips rows another process has locked (`FOR UPDATE SKIP LOCKED`):
+//! two schedulers never both take an item, and a claim whose reply was lost is recognised
+//! as ours when it is tried again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::db::{Arg, K, Val};
+use super::{Inner, SqlStore, json_err};
+use crate::{Queue, QueueItem, Result};
+
+static CLAIMS: AtomicU64 = AtomicU64::new(0);
+
+/// Claimed rows are kept this long (for retried claims), then deleted.
+const KEEP_CLAIMED_MS: i64 = 3_600_000;
+
+async fn enqueue(db: &Inner, item: &QueueItem, json: &str) -> Result<()> {
+    let d = db.dialect;
+    let mut tx = db.pool.begin().await?;
+    let sweep = "DELETE FROM queue_items WHERE claim IS NOT NULL \
+                 AND (claimed_at < {now} - ? OR (queue = ? AND run_id = ?))";
+    let args = [
+        KEEP_CLAIMED_MS.into(),
+        item.queue.as_str().into(),
+        item.run_id.as_str().into(),
+    ];
+    tx.exec(d, sweep, &args).await?;
+    // Already waiting (or a repeat of this call): nothing to add.
+    let insert = db.pick(
+        "INSERT INTO queue_items (queue, run_id, priority, item) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (queue, run_id) DO NOTHING",
+        "INSERT IGNORE INTO queue_items (queue, run_id, priority, item) VALUES (?, ?, ?, ?)",
+    );
+    let args = [
+        item.queue.as_str().into(),
+        item.run_id.as_str().into(),
+        i64::from(item.priority).into(),
+        json.into(),
+    ];
+    tx.exec(d, insert, &args).await?;
+    tx.commit().await
+}
+
+/// Claims an item for `nonce`. With `fence`, only while that lease token still leads.
+async fn claim(
+    db: &Inner,
+    queue: &str,
+    run_id: &str,
+    nonce: &str,
+    fence: Option<u64>,
+) -> Result<bool> {
+    let d = db.dialect;
+    let mut tx = db.pool.begin().await?;
+    if let Some(token) = fence {
+        super::state::check_fence(&mut tx, d, token).await?;
+    }
+    let sql = "SELECT claim FROM queue_items WHERE queue = ? AND run_id = ? \
+               FOR UPDATE SKIP LOCKED";
+    let rows = tx
+        .fetch(d, sql, &[queue.into(), run_id.into()], &[K::Text])
+        .await?;
+    let Some(row) = rows.into_iter().next() else {
+        // Not queued, or being taken by someone else right now.
+        return Ok(false);
+    };
+    match row.into_iter().next().and_then(Val::into_text) {
+        Some(holder) => Ok(holder == nonce),
+        None => {
+            let sql = "UPDATE queue_items SET claim = ?, claimed_at = {now} \
+                       WHERE queue = ? AND run_id = ?";
+            tx.exec(d, sql, &[nonce.into(), queue.into(), run_id.into()])
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+    }
+}
+
+async fn set_priority(
+    db: &Inner,
+    queue: &str,
+    run_id: &str,
+    priority: i32,
+) -> Result<Option<QueueItem>> {
+    let d = db.dialect;
+    let mut tx = db.pool.begin().await?;
+    let sql = "SELECT item FROM queue_items WHERE queue = ? AND run_id = ? \
+               AND claim IS NULL FOR UPDATE";
+    let rows = tx
+        .fetch(d, sql, &[queue.into(), run_id.into()], &[K::Text])
+        .await?;
+    let Some(json) = rows.into_iter().next().and_then(|r| r.into_iter().next()) else {
+        return Ok(None);
+    };
+    let mut item: QueueItem =
+        serde_json::from_str(json.text().unwrap_or_default()).map_err(json_err)?;
+    item.priority = priority;
+    let json = serde_json::to_string(&item).map_err(json_err)?;
+    let sql = "UPDATE queue_items SET priority = ?, item = ? WHERE queue = ? AND run_id = ?";
+    let args = [
+        i64::from(priority).into(),
+        json.into(),
+        queue.into(),
+        run_id.into(),
+    ];
+    tx.exec(d, sql, &args).await?;
+    tx.commit().await?;
+    Ok(Some(item))
+}
+
+impl SqlStore {
+    fn claim_as(&self, queue: &str, run_id: &str, fence: Option<u64>) -> Result<bool> {
+        // One nonce for every try of this claim, so a retry recognises its own claim.
+        let n = CLAIMS.fetch_add(1, Ordering::Relaxed);
+        let nonce = Arc::new(format!("{}-{n}", self.inner.nonce));
+        let (queue, run_id) = (Arc::new(queue.to_string()), Arc::new(run_id.to_string()));
+        self.run(move |db| {
+            let (q, r, n) = (queue.clone(), run_id.clone(), nonce.clone());
+            async move { claim(&db, &q, &r, &n, fence).await }
+        })
+    }
+}
+
+impl Queue for SqlStore {
+    fn enqueue(&self, item: &QueueItem) -> Result<()> {
+        crate::check_name(&item.run_id)?;
+        let json = Arc::new(serde_json::to_string(item).map_err(json_err)?);
+        let item = Arc::new(item.clone());
+        self.run(move |db| {
+            let (item, json) = (item.clone(), json.clone());
+            async move { enqueue(&db, &item, &json).await }
+        })
+    }
+
+    fn items(&self, queue: &str) -> Result<Vec<QueueItem>> {
+        let queue = Arc::new(queue.to_string());
+        let rows = self.run(move |db| {
+            let queue = queue.clone();
+            async move {
+                let sql = "SELECT item FROM queue_items WHERE queue = ? AND claim IS NULL \
+                           ORDER BY priority DESC, seq";
+                db.fetch(sql, &[Arg::from(queue.as_str())], &[K::Text])
+                    .await
+            }
+        })?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let json = row.into_iter().next().and_then(Val::into_text);
+            match serde_json::from_str(json.as_deref().unwrap_or_default()) {
+                Ok(item) => items.push(item),
+                Err(e) => eprintln!("queue: a stored item is not valid ({e}); skipped"),
+            }
+        }
+        Ok(items)
+    }
+
+    fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool> {
+        self.claim_as(queue, run_id, None)
+    }
+
+    fn take(&self, lead: u64, queue: &str, run_id: &str) -> Result<bool> {
+        self.claim_as(queue, run_id, Some(lead))
+    }
+
+    fn set_priority(&self, queue: &str, run_id: &str, priority: i32) -> Result<Option<QueueItem>> {
+        let (queue, run_id) = (Arc::new(queue.to_string()), Arc::new(run_id.to_string()));
+        self.run(move |db| {
+            let (q, r) = (queue.clone(), run_id.clone());
+            async move { set_priority(&db, &q, &r, priority).await }
+        })
+    }
+
+    fn queues(&self) -> Result<Vec<String>> {
+        let rows = self.run(|db| async move {
+            let sql = "SELECT DISTINCT queue FROM queue_items WHERE claim IS NULL ORDER BY queue";
+            db.fetch(sql, &[], &[K::Text]).await
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().and_then(Val::into_text))
+            .collect())
+    }
+}

@@ -1,0 +1,227 @@
+//! The lead, ticks and named values in SQL. The lease is timed by the database's clock;
+//! every leader write checks the fencing token in the same transaction, so a leader that
+//! stalled past its lease cannot write after another has taken over.
+
+use std::sync::Arc;
+
+use super::db::{Arg, Dialect, K, Tx, Val};
+use super::{Inner, SqlStore};
+use crate::state::{Lead, LeaseInfo, State};
+use crate::{Error, Result};
+
+/// A leader that stops renewing loses the lead after this long.
+const LEASE_MS: i64 = 5_000;
+
+/// Fails with [`Error::Fenced`] unless `token` still leads.
+pub(super) async fn check_fence(tx: &mut Tx, d: Dialect, token: u64) -> Result<()> {
+    let sql = "SELECT token FROM leases WHERE name = 'scheduler' AND token = ? \
+               AND expires_ms > {now}";
+    let rows = tx
+        .fetch(d, sql, &[Arg::Int(token as i64)], &[K::Int])
+        .await?;
+    if rows.is_empty() {
+        return Err(Error::Fenced(token));
+    }
+    Ok(())
+}
+
+fn info(row: Vec<Val>) -> LeaseInfo {
+    let mut row = row.into_iter();
+    let mut next = || row.next().unwrap_or(Val::Null);
+    LeaseInfo {
+        holder: next().into_text().unwrap_or_default(),
+        token: next().int() as u64,
+        pid: next().int() as u32,
+        since: next().into_text().unwrap_or_default(),
+    }
+}
+
+async fn acquire(db: &Inner, holder: &str, pid: u32) -> Result<Option<Lead>> {
+    let d = db.dialect;
+    let mut tx = db.pool.begin().await?;
+    let sql = "SELECT holder, token, pid, since, expires_ms - {now} FROM leases \
+               WHERE name = 'scheduler' FOR UPDATE";
+    let kinds = [K::Text, K::Int, K::Int, K::Text, K::Int];
+    let mut rows = tx.fetch(d, sql, &[], &kinds).await?;
+    let Some(mut row) = rows.pop() else {
+        return Err(Error::Db {
+            transient: false,
+            message: "the leases table has no scheduler row".into(),
+        });
+    };
+    let left = row.pop().map_or(0, |v| v.int());
+    let current = info(row);
+    let mine = current.holder == holder && current.pid == pid;
+    if left > 0 && !mine {
+        return Ok(None);
+    }
+    // Ours already (a retried call whose reply was lost): keep the token.
+    let token = if mine && left > 0 {
+        current.token
+    } else {
+        current.token + 1
+    };
+    let since = jiff::Timestamp::now().to_string();
+    let sql = "UPDATE leases SET holder = ?, token = ?, pid = ?, since = ?, \
+               expires_ms = {now} + ? WHERE name = 'scheduler'";
+    let args = [
+        holder.into(),
+        Arg::Int(token as i64),
+        Arg::Int(i64::from(pid)),
+        since.as_str().into(),
+        LEASE_MS.into(),
+    ];
+    tx.exec(d, sql, &args).await?;
+    tx.commit().await?;
+    let previous = (current.token > 0 && !mine).then_some(current);
+    Ok(Some(Lead {
+        info: LeaseInfo {
+            token,
+            holder: holder.to_string(),
+            pid,
+            since,
+        },
+        previous,
+        guard: None,
+    }))
+}
+
+async fn renew(db: &Inner, token: u64) -> Result<bool> {
+    let d = db.dialect;
+    let mut tx = db.pool.begin().await?;
+    let sql = "SELECT token FROM leases WHERE name = 'scheduler' AND token = ? FOR UPDATE";
+    if tx
+        .fetch(d, sql, &[Arg::Int(token as i64)], &[K::Int])
+        .await?
+        .is_empty()
+    {
+        return Ok(false);
+    }
+    let sql = "UPDATE leases SET expires_ms = {now} + ? WHERE name = 'scheduler'";
+    tx.exec(d, sql, &[LEASE_MS.into()]).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn claim_tick(db: &Inner, token: u64, dag: &str, at: &str) -> Result<bool> {
+    let d = db.dialect;
+    let mut tx = db.pool.begin().await?;
+    check_fence(&mut tx, d, token).await?;
+    let sql = db.pick(
+        "INSERT INTO ticks (dag, at, token) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        "INSERT IGNORE INTO ticks (dag, at, token) VALUES (?, ?, ?)",
+    );
+    let n = tx
+        .exec(d, sql, &[dag.into(), at.into(), Arg::Int(token as i64)])
+        .await?;
+    tx.commit().await?;
+    Ok(n > 0)
+}
+
+impl SqlStore {
+    /// Runs one statement with owned arguments and returns its rows.
+    fn query(
+        &self,
+        sql: &'static str,
+        args: Vec<Arg>,
+        kinds: &'static [K],
+    ) -> Result<Vec<Vec<Val>>> {
+        let args = Arc::new(args);
+        self.run(move |db| {
+            let args = args.clone();
+            async move { db.fetch(sql, &args, kinds).await }
+        })
+    }
+
+    fn execute(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64> {
+        let args = Arc::new(args);
+        self.run(move |db| {
+            let args = args.clone();
+            async move { db.exec(sql, &args).await }
+        })
+    }
+}
+
+fn first(rows: Vec<Vec<Val>>) -> Option<Val> {
+    rows.into_iter().next().and_then(|r| r.into_iter().next())
+}
+
+impl State for SqlStore {
+    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>> {
+        let (holder, pid) = (Arc::new(holder.to_string()), std::process::id());
+        self.run(move |db| {
+            let holder = holder.clone();
+            async move { acquire(&db, &holder, pid).await }
+        })
+    }
+
+    fn renew_lead(&self, lead: &Lead) -> Result<bool> {
+        let token = lead.info.token;
+        self.run(move |db| async move { renew(&db, token).await })
+    }
+
+    fn release_lead(&self, lead: Lead) {
+        let sql = "UPDATE leases SET expires_ms = 0 WHERE name = 'scheduler' AND token = ?";
+        if let Err(e) = self.execute(sql, vec![Arg::Int(lead.info.token as i64)]) {
+            eprintln!("scheduler: could not release the lead: {e}");
+        }
+    }
+
+    fn leader(&self) -> Result<Option<LeaseInfo>> {
+        let sql = "SELECT holder, token, pid, since FROM leases \
+                   WHERE name = 'scheduler' AND token > 0";
+        let rows = self.query(sql, vec![], &[K::Text, K::Int, K::Int, K::Text])?;
+        Ok(rows.into_iter().next().map(info))
+    }
+
+    fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool> {
+        let (dag, at) = (Arc::new(dag.to_string()), Arc::new(at.to_string()));
+        self.run(move |db| {
+            let (dag, at) = (dag.clone(), at.clone());
+            async move { claim_tick(&db, lead, &dag, &at).await }
+        })
+    }
+
+    fn mark_tick_skipped(&self, dag: &str, at: &str) -> Result<()> {
+        let sql = "UPDATE ticks SET skipped = 1 WHERE dag = ? AND at = ?";
+        self.execute(sql, vec![dag.into(), at.into()]).map(drop)
+    }
+
+    fn tick_skipped(&self, dag: &str, at: &str) -> Result<bool> {
+        let sql = "SELECT skipped FROM ticks WHERE dag = ? AND at = ?";
+        let rows = self.query(sql, vec![dag.into(), at.into()], &[K::Int])?;
+        Ok(first(rows).is_some_and(|v| v.int() == 1))
+    }
+
+    fn last_tick(&self, dag: &str) -> Result<Option<String>> {
+        let sql = "SELECT MAX(at) FROM ticks WHERE dag = ?";
+        let rows = self.query(sql, vec![dag.into()], &[K::Text])?;
+        Ok(first(rows).and_then(Val::into_text))
+    }
+
+    fn get(&self, scope: &str, name: &str) -> Result<Option<String>> {
+        let sql = "SELECT value FROM kv WHERE scope = ? AND name = ?";
+        let rows = self.query(sql, vec![scope.into(), name.into()], &[K::Text])?;
+        Ok(first(rows).and_then(Val::into_text))
+    }
+
+    fn put(&self, scope: &str, name: &str, value: Option<&str>) -> Result<()> {
+        let Some(value) = value else {
+            let sql = "DELETE FROM kv WHERE scope = ? AND name = ?";
+            return self.execute(sql, vec![scope.into(), name.into()]).map(drop);
+        };
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "INSERT INTO kv (scope, name, value, updated_ms) VALUES (?, ?, ?, {now}) \
+                 ON CONFLICT (scope, name) DO UPDATE SET value = EXCLUDED.value, \
+                 updated_ms = EXCLUDED.updated_ms"
+            }
+            Dialect::Mysql => {
+                "INSERT INTO kv (scope, name, value, updated_ms) VALUES (?, ?, ?, {now}) \
+                 ON DUPLICATE KEY UPDATE value = VALUES(value), updated_ms = VALUES(updated_ms)"
+            }
+        };
+        self.execute(sql, vec![scope.into(), name.into(), value.into()])
+            .map(drop)
+    }
+}

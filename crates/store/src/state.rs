@@ -1,0 +1,58 @@
+//! Small shared state beside the runs: the scheduler's lead (a lease with a fencing token
+//! that grows with every holder), schedule ticks claimed once, and named values (suspended
+//! DAGs, the leader's heartbeat). Every backend keeps it where it keeps runs, so processes
+//! that share a store share this too.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// What the store says about the scheduler's leader.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub token: u64,
+    pub holder: String,
+    pub pid: u32,
+    pub since: String,
+}
+
+/// Held while this process leads; give it back with [`State::release_lead`] (a killed
+/// process loses it when its lock is freed or its lease expires).
+#[derive(Debug)]
+pub struct Lead {
+    pub info: LeaseInfo,
+    /// The leader before this one, whose in-flight runs may need recovering.
+    pub previous: Option<LeaseInfo>,
+    /// The file lock that holds the lead on the file backend.
+    pub(crate) guard: Option<std::fs::File>,
+}
+
+/// Scopes of named values.
+pub mod scope {
+    /// `name` = DAG name; present = its schedules are suspended.
+    pub const SUSPEND: &str = "suspend";
+    /// `name` = `heartbeat`: the leading scheduler's last beat (JSON).
+    pub const SCHEDULER: &str = "scheduler";
+}
+
+pub trait State: Send + Sync {
+    /// Takes the scheduler's lead if nobody holds it. `Ok(None)`: another process leads.
+    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>>;
+    /// Keeps the lead; `Ok(false)` when it has been lost (then stop leading at once).
+    fn renew_lead(&self, lead: &Lead) -> Result<bool>;
+    fn release_lead(&self, lead: Lead);
+    /// The last leader recorded (it may have died since).
+    fn leader(&self) -> Result<Option<LeaseInfo>>;
+    /// Claims a schedule tick (`at` in the form `20261122T160000Z`) for the leader holding
+    /// `lead`. `Ok(false)`: already claimed. A lead that has passed on is
+    /// [`crate::Error::Fenced`].
+    fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool>;
+    /// Notes that a claimed tick deliberately started no run.
+    fn mark_tick_skipped(&self, dag: &str, at: &str) -> Result<()>;
+    fn tick_skipped(&self, dag: &str, at: &str) -> Result<bool>;
+    /// The latest tick claimed for a DAG.
+    fn last_tick(&self, dag: &str) -> Result<Option<String>>;
+    fn get(&self, scope: &str, name: &str) -> Result<Option<String>>;
+    /// Sets a value; `None` removes it.
+    fn put(&self, scope: &str, name: &str, value: Option<&str>) -> Result<()>;
+}

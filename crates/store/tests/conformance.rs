@@ -1,0 +1,436 @@
+//! One suite for every backend: the file store, PostgreSQL and MariaDB must behave alike.
+//! Each database test gets a fresh database on a throwaway server started for this test
+//! binary (see `trellis-testdb`), so the suite needs no running service.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use trellis_core::status::{RunRecord, Status, StepRecord};
+use trellis_store::{Backend, Entry, Error, FileStore, QueueItem, Shared, SqlStore};
+use trellis_testdb::{Kind, Server};
+
+/// One server per kind for the whole binary; each test makes its own database on it.
+fn server(kind: Kind) -> &'static Mutex<Server> {
+    static PG: OnceLock<Mutex<Server>> = OnceLock::new();
+    static MY: OnceLock<Mutex<Server>> = OnceLock::new();
+    let cell = match kind {
+        Kind::Postgres => &PG,
+        Kind::Mariadb => &MY,
+    };
+    cell.get_or_init(|| Mutex::new(Server::start(kind).expect("start a throwaway server")))
+}
+
+fn open(kind: Option<Kind>, home: &Path, name: &str) -> Shared {
+    match kind {
+        None => Arc::new(FileStore::new(home)),
+        Some(kind) => {
+            let server = server(kind).lock().unwrap_or_else(|e| e.into_inner());
+            let url = server
+                .create_database(&format!("t_{name}"))
+                .expect("create a test database");
+            Arc::new(SqlStore::connect(&url, home).expect("connect"))
+        }
+    }
+}
+
+fn record(dag: &str, run_id: &str, attempt: &str, status: Status) -> RunRecord {
+    RunRecord {
+        name: dag.into(),
+        run_id: run_id.into(),
+        attempt_id: attempt.into(),
+        status,
+        steps: vec![
+            StepRecord {
+                name: "a".into(),
+                ..Default::default()
+            },
+            StepRecord {
+                name: "b".into(),
+                ..Default::default()
+            },
+        ],
+        handlers: Default::default(),
+        outputs: Default::default(),
+        params: vec![],
+        error: None,
+        started_at: Some("2026-11-22T10:00:00Z".into()),
+        finished_at: None,
+        pid: None,
+        root: None,
+        parent: None,
+        log_file: None,
+        queued: false,
+        queued_at: None,
+        worker_id: None,
+    }
+}
+
+/// Starts a run: a new attempt with a snapshot.
+fn start(store: &dyn Backend, dag: &str, run_id: &str, status: Status) -> trellis_store::Attempt {
+    let attempt = store.create_attempt(dag, run_id, None).unwrap();
+    let rec = record(dag, run_id, &attempt.attempt_id, status);
+    store
+        .append(&attempt, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    attempt
+}
+
+fn item(queue: &str, run_id: &str, priority: i32) -> QueueItem {
+    QueueItem {
+        queue: queue.into(),
+        dag_name: "etl".into(),
+        run_id: run_id.into(),
+        file: "/dags/etl.yaml".into(),
+        params: None,
+        priority,
+        queued_at: "2026-11-22T10:00:00Z".into(),
+        tags: Default::default(),
+        scheduled_time: None,
+        queue_limit: None,
+    }
+}
+
+fn runs_fold_their_events(store: &dyn Backend) {
+    let attempt = start(store, "etl", "r1", Status::Running);
+    let mut step = StepRecord {
+        name: "a".into(),
+        ..Default::default()
+    };
+    step.status = Status::Succeeded;
+    store
+        .append(&attempt, &Entry::Step { index: 0, step })
+        .unwrap();
+    let run = store.find("etl", "r1").unwrap().expect("the run is stored");
+    assert_eq!(run.status, Status::Running);
+    assert_eq!(run.steps[0].status, Status::Succeeded);
+    assert_eq!(run.steps[1].status, Status::NotStarted);
+    assert!(store.find("etl", "nope").unwrap().is_none());
+
+    let mut done = run.clone();
+    done.status = Status::Succeeded;
+    store
+        .append(&attempt, &Entry::Snapshot(Box::new(done)))
+        .unwrap();
+    assert_eq!(
+        store.find("etl", "r1").unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert!(matches!(
+        store.find("etl", "../x"),
+        Err(Error::InvalidName(_))
+    ));
+}
+
+fn newest_first_and_pages(store: &dyn Backend) {
+    for i in 0..12 {
+        let dag = if i % 3 == 0 { "b" } else { "a" };
+        let status = if i % 2 == 0 {
+            Status::Succeeded
+        } else {
+            Status::Failed
+        };
+        start(store, dag, &format!("r{i:02}"), status);
+    }
+    assert_eq!(store.dag_names().unwrap(), ["a", "b"]);
+    assert_eq!(store.latest("a").unwrap().unwrap().run_id, "r11");
+    let ids = |runs: &[RunRecord]| runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&store.list("b", 10).unwrap()),
+        ["r09", "r06", "r03", "r00"]
+    );
+
+    let page = store.page(None, None, 2, 3).unwrap();
+    assert_eq!(ids(&page.runs), ["r09", "r08", "r07"]);
+    assert_eq!(page.total, Some(12));
+    assert!(page.has_more);
+    let last = store.page(Some("a"), None, 6, 5).unwrap();
+    assert_eq!(ids(&last.runs), ["r02", "r01"]);
+    assert!(!last.has_more);
+
+    let failed = |r: &RunRecord| r.status == Status::Failed;
+    let page = store.page(None, Some(&failed), 1, 2).unwrap();
+    assert_eq!(ids(&page.runs), ["r09", "r07"]);
+    assert!(page.has_more);
+}
+
+fn attempts_children_and_definitions(store: &dyn Backend) {
+    let first = start(store, "etl", "r1", Status::Failed);
+    let dag = trellis_core::Dag {
+        name: "etl".into(),
+        ..Default::default()
+    };
+    store.save_definition(&first, &dag).unwrap();
+    let child = store.create_attempt("sub", "c1", Some(&first)).unwrap();
+    assert_eq!(child.root_run_id, "r1");
+    let rec = record("sub", "c1", &child.attempt_id, Status::Succeeded);
+    store
+        .append(&child, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    assert_eq!(
+        store.find_child(&first, "c1").unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert!(store.find_child(&first, "c2").unwrap().is_none());
+    assert_eq!(
+        store.dag_names().unwrap(),
+        ["etl"],
+        "a child run is not a top-level run"
+    );
+
+    let second = store.retry_attempt("etl", "r1").unwrap();
+    assert_ne!(second.attempt_id, first.attempt_id);
+    let latest = store.latest_attempt("etl", "r1").unwrap().unwrap();
+    assert_eq!(latest.attempt_id, second.attempt_id);
+    assert_eq!(latest.log_dir, second.log_dir);
+    assert!(store.retry_attempt("etl", "missing").is_err());
+    // The retry has no record yet: the run shows nothing until it writes one.
+    let rec = record("etl", "r1", &second.attempt_id, Status::Running);
+    store
+        .append(&second, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    assert_eq!(
+        store.find("etl", "r1").unwrap().unwrap().attempt_id,
+        second.attempt_id
+    );
+    assert_eq!(store.definition("etl", "r1").unwrap().unwrap().name, "etl");
+
+    store.remove("etl", "r1").unwrap();
+    assert!(store.find("etl", "r1").unwrap().is_none());
+    assert!(store.list("etl", 10).unwrap().is_empty());
+    assert!(store.remove("etl", "r1").is_err());
+}
+
+fn queues_keep_order_and_give_each_item_once(store: &dyn Backend) {
+    store.enqueue(&item("q", "low", 0)).unwrap();
+    store.enqueue(&item("q", "high", 5)).unwrap();
+    store.enqueue(&item("q", "low2", 0)).unwrap();
+    store.enqueue(&item("other", "x", 0)).unwrap();
+    let order = |s: &dyn Backend| -> Vec<String> {
+        s.items("q")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.run_id)
+            .collect()
+    };
+    assert_eq!(order(store), ["high", "low", "low2"]);
+    assert_eq!(store.queues().unwrap(), ["other", "q"]);
+    let moved = store.set_priority("q", "low2", 5).unwrap().unwrap();
+    assert_eq!(moved.priority, 5);
+    assert_eq!(
+        order(store),
+        ["high", "low2", "low"],
+        "equal priorities stay FIFO"
+    );
+    assert!(store.set_priority("q", "nope", 1).unwrap().is_none());
+    assert!(store.remove_item("q", "high").unwrap());
+    assert!(
+        !store.remove_item("q", "high").unwrap(),
+        "an item is taken once"
+    );
+    assert_eq!(order(store), ["low2", "low"]);
+}
+
+fn concurrent_takers_take_each_item_once(store: Shared) {
+    for i in 0..40 {
+        store.enqueue(&item("race", &format!("r{i}"), 0)).unwrap();
+    }
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, taken) = (store.clone(), taken.clone());
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let id = format!("r{i}");
+                    if store.remove_item("race", &id).unwrap() {
+                        taken.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut taken = taken.lock().unwrap().clone();
+    taken.sort();
+    taken.dedup();
+    assert_eq!(taken.len(), 40, "every item taken exactly once");
+    assert!(store.items("race").unwrap().is_empty());
+}
+
+fn one_leader_and_fenced_writes(store: &dyn Backend, other: &dyn Backend) {
+    let a = store.acquire_lead("a").unwrap().expect("a leads");
+    assert!(other.acquire_lead("b").unwrap().is_none(), "b must wait");
+    assert!(store.renew_lead(&a).unwrap());
+    assert_eq!(other.leader().unwrap().unwrap().holder, "a");
+    assert!(
+        store
+            .claim_tick(a.info.token, "etl", "20261122T100000Z")
+            .unwrap()
+    );
+    assert!(
+        !other
+            .claim_tick(a.info.token, "etl", "20261122T100000Z")
+            .unwrap()
+    );
+    let old = a.info.token;
+    store.release_lead(a);
+    let b = other.acquire_lead("b").unwrap().expect("b leads after a");
+    assert!(b.info.token > old, "fencing tokens grow");
+    assert_eq!(b.previous.as_ref().map(|p| p.holder.as_str()), Some("a"));
+    assert!(matches!(
+        store.claim_tick(old, "etl", "20261122T110000Z"),
+        Err(Error::Fenced(_))
+    ));
+    assert!(matches!(
+        store.take(old, "q", "x"),
+        Err(Error::Fenced(_)) | Ok(false)
+    ));
+    assert!(
+        other
+            .claim_tick(b.info.token, "etl", "20261122T110000Z")
+            .unwrap()
+    );
+    assert_eq!(
+        store.last_tick("etl").unwrap().as_deref(),
+        Some("20261122T110000Z")
+    );
+    other.mark_tick_skipped("etl", "20261122T110000Z").unwrap();
+    assert!(store.tick_skipped("etl", "20261122T110000Z").unwrap());
+    assert!(!store.tick_skipped("etl", "20261122T100000Z").unwrap());
+}
+
+fn named_values(store: &dyn Backend, other: &dyn Backend) {
+    use trellis_store::state::scope;
+    assert_eq!(store.get(scope::SUSPEND, "etl").unwrap(), None);
+    store.put(scope::SUSPEND, "etl", Some("yes")).unwrap();
+    store.put(scope::SUSPEND, "etl", Some("still")).unwrap();
+    assert_eq!(
+        other.get(scope::SUSPEND, "etl").unwrap().as_deref(),
+        Some("still")
+    );
+    other.put(scope::SUSPEND, "etl", None).unwrap();
+    other.put(scope::SUSPEND, "etl", None).unwrap();
+    assert_eq!(store.get(scope::SUSPEND, "etl").unwrap(), None);
+}
+
+/// The same test for each backend: `file_x`, `postgres_x`, `mariadb_x`.
+macro_rules! suite {
+    ($($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
+        mod file {
+            use super::*;
+            $(#[test] fn $name() {
+                let home = tempfile::tempdir().unwrap();
+                let $s = open(None, home.path(), stringify!($name));
+                let $o = open(None, home.path(), stringify!($name));
+                let _ = &$o;
+                $body
+            })*
+        }
+        mod postgres {
+            use super::*;
+            $(#[test] fn $name() {
+                let home = tempfile::tempdir().unwrap();
+                let $s = open(Some(Kind::Postgres), home.path(), stringify!($name));
+                let $o: Shared = Arc::new(SqlStore::connect(&db_url(Kind::Postgres, stringify!($name)), home.path()).unwrap());
+                let _ = &$o;
+                $body
+            })*
+        }
+        mod mariadb {
+            use super::*;
+            $(#[test] fn $name() {
+                let home = tempfile::tempdir().unwrap();
+                let $s = open(Some(Kind::Mariadb), home.path(), stringify!($name));
+                let $o: Shared = Arc::new(SqlStore::connect(&db_url(Kind::Mariadb, stringify!($name)), home.path()).unwrap());
+                let _ = &$o;
+                $body
+            })*
+        }
+    };
+}
+
+/// The URL of a database made by [`open`] for this test.
+fn db_url(kind: Kind, name: &str) -> String {
+    let server = server(kind).lock().unwrap_or_else(|e| e.into_inner());
+    server.database_url(&format!("t_{name}"))
+}
+
+suite! {
+    runs_fold: |s, o| runs_fold_their_events(&*s);
+    pages: |s, o| newest_first_and_pages(&*s);
+    attempts: |s, o| attempts_children_and_definitions(&*s);
+    queues: |s, o| queues_keep_order_and_give_each_item_once(&*s);
+    racing_takers: |s, o| concurrent_takers_take_each_item_once(s);
+    leader: |s, o| one_leader_and_fenced_writes(&*s, &*o);
+    values: |s, o| named_values(&*s, &*o);
+}
+
+/// A database that goes away mid-operation: the call waits and retries, health sees it
+/// failing, and when the server is back the write lands once.
+fn survives_a_database_restart(kind: Kind) {
+    let mut server = Server::start(kind).expect("start a throwaway server");
+    let home = tempfile::tempdir().unwrap();
+    let store: Shared = Arc::new(SqlStore::connect(&server.url(), home.path()).unwrap());
+    start(&*store, "etl", "before", Status::Succeeded);
+    server.stop().unwrap();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.enqueue(&item("q", "during", 0)).unwrap();
+            start(&*store, "etl", "during", Status::Queued);
+        })
+    };
+    // Await the retry loop (the writer cannot finish while the server is down).
+    while store.failing() == 0 {
+        std::thread::yield_now();
+    }
+    assert!(store.probe().is_err(), "the probe sees the database away");
+    server.restart().unwrap();
+    writer.join().unwrap();
+    assert_eq!(store.failing(), 0);
+    store.probe().unwrap();
+    let ids: Vec<String> = store
+        .list("etl", 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(ids, ["during", "before"]);
+    let queued: Vec<String> = store
+        .items("q")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.run_id)
+        .collect();
+    assert_eq!(queued, ["during"], "queued exactly once");
+}
+
+#[test]
+fn postgres_restart_mid_operation() {
+    survives_a_database_restart(Kind::Postgres);
+}
+
+#[test]
+fn mariadb_restart_mid_operation() {
+    survives_a_database_restart(Kind::Mariadb);
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("postgres://trellis:secret@127.0.0.1:{port}/trellis");
+    let err = SqlStore::connect(&url, home.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        !text.contains("secret"),
+        "the password is not shown: {text}"
+    );
+}
