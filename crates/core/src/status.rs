@@ -116,6 +116,9 @@ pub struct RunRecord {
     /// coordinator's lease, not `pid` (a process on another machine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+    /// The machine whose process `pid` is: only there can it be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl RunRecord {

@@ -24,6 +24,7 @@ pub(crate) fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
             .collect(),
         started_at: Some(now()),
         pid: Some(std::process::id()),
+        host: Some(trellis_store::hostname().to_string()),
         queued: req.queued,
         parent: req.parent.as_ref().map(|p| p.run_id.clone()),
         root: req.parent.as_ref().map(|p| p.root_run_id.clone()),

@@ -138,6 +138,9 @@ async fn locate(app: &App, name: &str, run_id: &str) -> Result<Tracked> {
     trellis_store::check_name(name)?;
     trellis_store::check_name(run_id)?;
     let deadline = tokio::time::Instant::now() + APPEAR_GRACE;
+    if app.store.kind() != "file" {
+        return locate_stored(app, name, run_id, deadline).await;
+    }
     loop {
         let (data, dag, id) = (app.data.clone(), name.to_string(), run_id.to_string());
         let found = tokio::task::spawn_blocking(move || watch::find_run_dir(&data, &dag, &id))
@@ -145,6 +148,32 @@ async fn locate(app: &App, name: &str, run_id: &str) -> Result<Tracked> {
             .map_err(|e| Error::internal(e.to_string()))?;
         if let Some(dir) = found {
             return Ok(Tracked::new(dir));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::not_found(format!("no run {run_id} of DAG `{name}`")));
+        }
+        tokio::time::sleep(RUN_POLL).await;
+    }
+}
+
+/// [`locate`] in a database store.
+async fn locate_stored(
+    app: &App,
+    name: &str,
+    run_id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Tracked> {
+    loop {
+        let (store, dag, id) = (app.store.clone(), name.to_string(), run_id.to_string());
+        let found = tokio::task::spawn_blocking(move || {
+            store
+                .find(&dag, &id)
+                .map(|r| r.map(|_| Tracked::in_store(store.clone(), &dag, &id)))
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+        if let Some(run) = found {
+            return Ok(run);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::not_found(format!("no run {run_id} of DAG `{name}`")));
@@ -325,6 +354,7 @@ fn subscribe(app: &Arc<App>) -> broadcast::Receiver<Arc<str>> {
 /// Scans until the last subscriber leaves or the server shuts down.
 async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
     let mut scan = Scan {
+        stored: (app.store.kind() != "file").then(|| (app.store.clone(), HashMap::new())),
         data: app.data.clone(),
         runs: HashMap::new(),
         listings: Listings::default(),
@@ -349,6 +379,8 @@ async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
 }
 
 struct Scan {
+    /// A database store, with the status last announced per (DAG, run id).
+    stored: Option<(trellis_store::Shared, HashMap<(String, String), Status>)>,
     data: PathBuf,
     /// Watched runs with the status last announced.
     runs: HashMap<PathBuf, (Tracked, Option<Status>)>,
@@ -360,6 +392,9 @@ impl Scan {
     /// One look at the newest runs of every DAG; the summaries of those that changed
     /// status (none on the first pass, which only learns the current state).
     fn pass(&mut self) -> Vec<Arc<str>> {
+        if self.stored.is_some() {
+            return self.pass_stored();
+        }
         let mut out = Vec::new();
         let mut visited = HashSet::new();
         for dag in dag_dirs(&self.data) {
@@ -388,6 +423,32 @@ impl Scan {
         }
         self.runs.retain(|dir, _| visited.contains(dir));
         self.listings.sweep();
+        self.first = false;
+        out
+    }
+
+    /// [`Scan::pass`] over the newest runs of a database store: one query.
+    fn pass_stored(&mut self) -> Vec<Arc<str>> {
+        let Some((store, announced)) = &mut self.stored else {
+            return Vec::new();
+        };
+        let Ok(page) = store.page(None, None, 0, FEED_RUNS_PER_DAG * 8) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen = HashMap::new();
+        for mut run in page.runs {
+            trellis_store::mark_dead(&mut run);
+            let key = (run.name.clone(), run.run_id.clone());
+            if announced.get(&key) != Some(&run.status)
+                && !self.first
+                && let Ok(json) = serde_json::to_string(&RunSummary::of(&run))
+            {
+                out.push(Arc::from(json));
+            }
+            seen.insert(key, run.status);
+        }
+        *announced = seen;
         self.first = false;
         out
     }

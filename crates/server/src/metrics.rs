@@ -121,12 +121,15 @@ struct Snapshot {
 }
 
 fn snapshot(app: &App) -> Snapshot {
-    let runs = app
-        .metrics
-        .index
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .counts(&app.data, app.started_at, &app.metrics.steps);
+    let runs = match app.store.status_counts() {
+        Some(counts) => stored_counts(counts),
+        None => app
+            .metrics
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts(&app.data, app.started_at, &app.metrics.steps),
+    };
     Snapshot {
         runs,
         queues: queue_depths(app),
@@ -242,6 +245,20 @@ fn queue_depths(app: &App) -> BTreeMap<String, i64> {
     for queue in app.store.queues().unwrap_or_default() {
         let n = app.store.items(&queue).map(|i| i.len()).unwrap_or(0);
         out.insert(queue, n as i64);
+    }
+    out
+}
+
+/// Counts from a database store, keyed by the statuses' own names.
+fn stored_counts(
+    counts: trellis_store::Result<Vec<(String, i64)>>,
+) -> BTreeMap<&'static str, i64> {
+    let mut out = BTreeMap::new();
+    for (status, n) in counts.unwrap_or_default() {
+        let parsed = serde_json::from_value::<trellis_core::status::Status>(status.into());
+        if let Ok(status) = parsed {
+            *out.entry(status.as_str()).or_default() += n;
+        }
     }
     out
 }

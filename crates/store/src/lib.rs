@@ -200,6 +200,11 @@ pub trait Backend: Store + Queue + State + std::fmt::Debug {
     fn failing(&self) -> u64 {
         0
     }
+    /// Top-level runs by their latest attempt's recorded status, when the backend can
+    /// count them cheaply (`None`: count by reading runs).
+    fn status_counts(&self) -> Option<Result<Vec<(String, i64)>>> {
+        None
+    }
 }
 
 /// A backend shared by the parts of a process.
@@ -242,6 +247,9 @@ impl Backend for SqlStore {
     fn failing(&self) -> u64 {
         SqlStore::failing(self)
     }
+    fn status_counts(&self) -> Option<Result<Vec<(String, i64)>>> {
+        Some(SqlStore::status_counts(self))
+    }
 }
 
 /// Takes a queued run out of its queue and records it aborted (`trellis dequeue`).
@@ -277,6 +285,10 @@ pub fn mark_dead(run: &mut RunRecord) {
     if run.worker_id.is_some() {
         return;
     }
+    // A process on another machine (sharing a database) cannot be checked from here.
+    if run.host.as_deref().is_some_and(|h| h != hostname()) {
+        return;
+    }
     let alive = run
         .pid
         .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
@@ -290,6 +302,16 @@ pub fn mark_dead(run: &mut RunRecord) {
             }
         }
     }
+}
+
+/// This machine's name, as runs record it.
+pub fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// Where run data lives: `TRELLIS_DATA_DIR` (the CLI sets it from the config's

@@ -62,6 +62,7 @@ fn record(dag: &str, run_id: &str, attempt: &str, status: Status) -> RunRecord {
         queued: false,
         queued_at: None,
         worker_id: None,
+        host: None,
     }
 }
 

@@ -53,6 +53,8 @@ pub(crate) struct Tracked {
     dir: PathBuf,
     files: Files,
     pub record: Option<RunRecord>,
+    /// A run in a database: there are no files to `stat`, so every look reads it.
+    stored: Option<(trellis_store::Shared, String, String)>,
 }
 
 impl Tracked {
@@ -61,6 +63,15 @@ impl Tracked {
             dir,
             files: Files::default(),
             record: None,
+            stored: None,
+        }
+    }
+
+    /// A run kept in a database store.
+    pub fn in_store(store: trellis_store::Shared, dag: &str, run_id: &str) -> Tracked {
+        Tracked {
+            stored: Some((store, dag.to_string(), run_id.to_string())),
+            ..Tracked::new(PathBuf::new())
         }
     }
 
@@ -75,11 +86,23 @@ impl Tracked {
 
     /// Looks without reading: the status log's new signature when it changed.
     pub fn stale(&mut self) -> Option<Sig> {
+        if self.stored.is_some() {
+            return Some((0, None)); // cannot tell without reading
+        }
         self.files.stale(&self.dir, false)
     }
 
-    /// Reads the status log that [`Tracked::stale`] found changed; false if it could not.
+    /// Reads the status log that [`Tracked::stale`] found changed; false if it could not
+    /// (or, for a stored run, if the record is unchanged).
     pub fn load(&mut self, sig: Sig) -> bool {
+        if let Some((store, dag, run_id)) = &self.stored {
+            let Ok(Some(record)) = store.find(dag, run_id) else {
+                return false;
+            };
+            let changed = self.record.as_ref() != Some(&record);
+            self.record = Some(record);
+            return changed;
+        }
         match self.files.file().map(trellis_store::read_log) {
             Some(Ok(Some(record))) => {
                 self.files.read_as(sig);
@@ -93,6 +116,9 @@ impl Tracked {
     /// The run's status now: a run recorded as running whose process is gone is failed.
     pub fn status(&self) -> Option<Status> {
         let record = self.record.as_ref()?;
+        if record.host.as_deref().is_some_and(|h| h != trellis_store::hostname()) {
+            return Some(record.status); // another machine's process: not ours to check
+        }
         Some(status_now(
             record.status,
             record.pid,

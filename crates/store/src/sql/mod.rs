@@ -136,7 +136,25 @@ impl SqlStore {
 }
 
 async fn connect_pool(dialect: Dialect, url: &str) -> Result<Pool> {
+    use sqlx::Connection;
     let acquire = Duration::from_secs(5);
+    // One plain connection first: a pool would only say it timed out, where this gives
+    // the real reason (refused, unknown host, bad password, no such database).
+    let probe = async {
+        match dialect {
+            Dialect::Postgres => sqlx::PgConnection::connect(url).await?.close().await,
+            Dialect::Mysql => sqlx::MySqlConnection::connect(url).await?.close().await,
+        }
+    };
+    match tokio::time::timeout(acquire, probe).await {
+        Ok(result) => result.map_err(db::db)?,
+        Err(_) => {
+            return Err(Error::Db {
+                transient: true,
+                message: format!("no answer within {} s", acquire.as_secs()),
+            });
+        }
+    }
     Ok(match dialect {
         Dialect::Postgres => Pool::Pg(
             sqlx::postgres::PgPoolOptions::new()

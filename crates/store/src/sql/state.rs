@@ -142,6 +142,22 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Top-level runs by status, from the runs table's summary column.
+    pub fn status_counts(&self) -> Result<Vec<(String, i64)>> {
+        let sql = "SELECT status, COUNT(*) FROM runs GROUP BY status";
+        let rows = self.query(sql, vec![], &[K::Text, K::Int])?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let mut r = r.into_iter();
+                let status = r.next().and_then(Val::into_text).unwrap_or_default();
+                (status, r.next().map_or(0, |v| v.int()))
+            })
+            .collect())
+    }
+}
+
 fn first(rows: Vec<Vec<Val>>) -> Option<Val> {
     rows.into_iter().next().and_then(|r| r.into_iter().next())
 }
