@@ -78,6 +78,9 @@ pub enum Command {
     Dags(DagsArgs),
     /// Queue one run per scheduled time in a range (the scheduler starts them).
     Backfill(BackfillArgs),
+    /// Copy the file store (runs, queued items, suspended DAGs) into the configured
+    /// database; safe to repeat, and checks every run arrived.
+    Migrate(MigrateArgs),
 }
 
 impl Command {
@@ -93,6 +96,7 @@ impl Command {
             Command::Webhook(a) => Some(&a.setup),
             Command::Dags(a) => Some(&a.setup),
             Command::Backfill(a) => Some(&a.setup),
+            Command::Migrate(a) => Some(&a.setup),
             _ => None,
         }
     }
@@ -367,6 +371,16 @@ pub struct BackfillArgs {
     pub max_concurrent: usize,
     #[command(flatten)]
     pub setup: Setup,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub setup: Setup,
+    /// The database to fill (default: the config's `storage.url` or
+    /// $TRELLIS_DATABASE_URL).
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -378,9 +378,12 @@ async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
     *app.live.feed.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
+/// The status last announced per (DAG, run id).
+type Announced = HashMap<(String, String), Status>;
+
 struct Scan {
     /// A database store, with the status last announced per (DAG, run id).
-    stored: Option<(trellis_store::Shared, HashMap<(String, String), Status>)>,
+    stored: Option<(trellis_store::Shared, Announced)>,
     data: PathBuf,
     /// Watched runs with the status last announced.
     runs: HashMap<PathBuf, (Tracked, Option<Status>)>,

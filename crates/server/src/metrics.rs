@@ -250,9 +250,7 @@ fn queue_depths(app: &App) -> BTreeMap<String, i64> {
 }
 
 /// Counts from a database store, keyed by the statuses' own names.
-fn stored_counts(
-    counts: trellis_store::Result<Vec<(String, i64)>>,
-) -> BTreeMap<&'static str, i64> {
+fn stored_counts(counts: trellis_store::Result<Vec<(String, i64)>>) -> BTreeMap<&'static str, i64> {
     let mut out = BTreeMap::new();
     for (status, n) in counts.unwrap_or_default() {
         let parsed = serde_json::from_value::<trellis_core::status::Status>(status.into());

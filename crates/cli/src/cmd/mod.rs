@@ -3,6 +3,7 @@
 mod cluster;
 mod dry;
 mod manage;
+mod migrate;
 mod queue;
 mod run;
 mod schedule;
@@ -41,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Webhook(a) => server::webhook(&a),
         Command::Dags(a) => schedule::dags(&a),
         Command::Backfill(a) => schedule::backfill(&a),
+        Command::Migrate(a) => migrate::migrate(&a),
         Command::Schema => {
             let schema = trellis_spec::schema::dag_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -116,7 +116,11 @@ impl Tracked {
     /// The run's status now: a run recorded as running whose process is gone is failed.
     pub fn status(&self) -> Option<Status> {
         let record = self.record.as_ref()?;
-        if record.host.as_deref().is_some_and(|h| h != trellis_store::hostname()) {
+        if record
+            .host
+            .as_deref()
+            .is_some_and(|h| h != trellis_store::hostname())
+        {
             return Some(record.status); // another machine's process: not ours to check
         }
         Some(status_now(

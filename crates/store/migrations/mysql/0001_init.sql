@@ -1,6 +1,8 @@
 -- The PostgreSQL schema in MariaDB/MySQL types: keys are VARCHAR, documents LONGTEXT.
+-- Every statement may be repeated: MariaDB cannot roll back DDL, so a migration cut off
+-- half way is finished by the next start.
 -- Runs: one row per top-level run, pointing at its latest attempt.
-CREATE TABLE runs (
+CREATE TABLE IF NOT EXISTS runs (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
     dag VARCHAR(255) NOT NULL,
     run_id VARCHAR(255) NOT NULL,
@@ -8,12 +10,12 @@ CREATE TABLE runs (
     status VARCHAR(255) NOT NULL DEFAULT '',
     UNIQUE (dag, run_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX runs_by_dag ON runs (dag, id);
-CREATE INDEX runs_by_status ON runs (status, id);
+CREATE INDEX IF NOT EXISTS runs_by_dag ON runs (dag, id);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
 
 -- Attempts of top-level and child runs. `record` is the latest snapshot; the step
 -- changes after it are the events with a larger id than `snapshot_event`.
-CREATE TABLE attempts (
+CREATE TABLE IF NOT EXISTS attempts (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
     attempt_id VARCHAR(64) NOT NULL UNIQUE,
     dag VARCHAR(255) NOT NULL,
@@ -27,21 +29,21 @@ CREATE TABLE attempts (
     snapshot_event BIGINT NOT NULL DEFAULT 0,
     definition LONGTEXT
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX attempts_by_run ON attempts (dag, run_id, id);
-CREATE INDEX attempts_by_parent ON attempts (parent_attempt, run_id, id);
-CREATE INDEX attempts_by_root ON attempts (root_dag, root_run_id);
+CREATE INDEX IF NOT EXISTS attempts_by_run ON attempts (dag, run_id, id);
+CREATE INDEX IF NOT EXISTS attempts_by_parent ON attempts (parent_attempt, run_id, id);
+CREATE INDEX IF NOT EXISTS attempts_by_root ON attempts (root_dag, root_run_id);
 
 -- Every change of every attempt, in order: the run's event log.
-CREATE TABLE events (
+CREATE TABLE IF NOT EXISTS events (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
     attempt BIGINT NOT NULL,
     entry LONGTEXT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX events_by_attempt ON events (attempt, id);
+CREATE INDEX IF NOT EXISTS events_by_attempt ON events (attempt, id);
 
 -- Queued runs. A claimed item keeps its row (with the claimant's nonce) so a claim whose
 -- reply was lost can be confirmed when it is tried again.
-CREATE TABLE queue_items (
+CREATE TABLE IF NOT EXISTS queue_items (
     seq BIGINT AUTO_INCREMENT PRIMARY KEY,
     queue VARCHAR(255) NOT NULL,
     run_id VARCHAR(255) NOT NULL,
@@ -51,10 +53,10 @@ CREATE TABLE queue_items (
     claimed_at BIGINT,
     UNIQUE (queue, run_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX queue_items_order ON queue_items (queue, claim, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS queue_items_order ON queue_items (queue, claim, priority DESC, seq);
 
 -- Schedule ticks: one row per (DAG, scheduled time), so a tick fires once.
-CREATE TABLE ticks (
+CREATE TABLE IF NOT EXISTS ticks (
     dag VARCHAR(255) NOT NULL,
     at VARCHAR(255) NOT NULL,
     skipped BIGINT NOT NULL DEFAULT 0,
@@ -63,7 +65,7 @@ CREATE TABLE ticks (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Leases (the scheduler's lead). `token` is the fencing token: it grows with each holder.
-CREATE TABLE leases (
+CREATE TABLE IF NOT EXISTS leases (
     name VARCHAR(255) PRIMARY KEY,
     holder VARCHAR(255) NOT NULL,
     pid BIGINT NOT NULL DEFAULT 0,
@@ -71,10 +73,10 @@ CREATE TABLE leases (
     since TEXT NOT NULL,
     expires_ms BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-INSERT INTO leases (name, holder, token, since, expires_ms) VALUES ('scheduler', '', 0, '', 0);
+INSERT IGNORE INTO leases (name, holder, token, since, expires_ms) VALUES ('scheduler', '', 0, '', 0);
 
 -- Small named values: suspended DAGs, the leader's heartbeat, step state.
-CREATE TABLE kv (
+CREATE TABLE IF NOT EXISTS kv (
     scope VARCHAR(255) NOT NULL,
     name VARCHAR(255) NOT NULL,
     value LONGTEXT NOT NULL,
@@ -83,14 +85,14 @@ CREATE TABLE kv (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Workers known to a coordinator, with their last heartbeat.
-CREATE TABLE workers (
+CREATE TABLE IF NOT EXISTS workers (
     id VARCHAR(255) PRIMARY KEY,
     info LONGTEXT NOT NULL,
     heartbeat_ms BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Where each step's logs are: host and path of the file, and its size when last seen.
-CREATE TABLE log_index (
+CREATE TABLE IF NOT EXISTS log_index (
     attempt VARCHAR(64) NOT NULL,
     step VARCHAR(255) NOT NULL,
     stream VARCHAR(255) NOT NULL,

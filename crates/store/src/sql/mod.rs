@@ -6,6 +6,7 @@
 //! local data and log dirs); the `log_index` table records where they are.
 
 mod db;
+mod import;
 mod queue;
 mod runs;
 mod state;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use db::Dialect;
 use db::{Arg, Bridge, K, Pool, Rows};
+use sqlx::AssertSqlSafe;
 
 use crate::{Error, Result};
 
@@ -78,7 +80,7 @@ impl SqlStore {
                     transient: false,
                     message: format!(
                         "storage URL `{}`: use postgres://… or mysql://…",
-                        redact(&url.to_string())
+                        redact(url)
                     ),
                 });
             }
@@ -179,30 +181,65 @@ async fn connect_pool(dialect: Dialect, url: &str) -> Result<Pool> {
     })
 }
 
-/// Applies the embedded schema. sqlx's migrator takes a database lock, so processes
-/// starting together apply each migration once.
+/// The schema, one embedded SQL file per version and dialect.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/mysql/0001_init.sql"),
+)];
+
+/// Applies the embedded migrations not applied yet, under a database lock held on the
+/// migrating connection, so processes starting together apply each one once. On
+/// PostgreSQL a migration and its version row go in one implicit transaction.
 async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
-    use sqlx::SqlSafeStr;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let init = match dialect {
-        Dialect::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
-        Dialect::Mysql => include_str!("../../migrations/mysql/0001_init.sql"),
-    };
-    let migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        init.into_sql_str(),
-        false,
-    )]);
-    let done = match pool {
-        Pool::Pg(p) => migrator.run(p).await,
-        Pool::My(p) => migrator.run(p).await,
-    };
-    done.map_err(|e| Error::Db {
+    let failed = |e: sqlx::Error| Error::Db {
         transient: false,
         message: format!("migrating the database: {e}"),
-    })
+    };
+    let (lock, unlock) = match dialect {
+        Dialect::Postgres => (
+            "SELECT pg_advisory_lock(7215870412)",
+            "SELECT pg_advisory_unlock(7215870412)",
+        ),
+        Dialect::Mysql => (
+            "SELECT GET_LOCK('trellis_migrate', 60)",
+            "SELECT RELEASE_LOCK('trellis_migrate')",
+        ),
+    };
+    let table = "CREATE TABLE IF NOT EXISTS trellis_schema \
+                 (version BIGINT PRIMARY KEY, applied_at VARCHAR(64) NOT NULL)";
+    macro_rules! migrate_on {
+        ($pool:expr) => {{
+            let mut conn = $pool.acquire().await.map_err(db::db)?;
+            sqlx::query(lock).execute(&mut *conn).await.map_err(db::db)?;
+            let done = async {
+                sqlx::raw_sql(table).execute(&mut *conn).await?;
+                let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM trellis_schema")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                for (version, pg, my) in MIGRATIONS {
+                    if applied.contains(version) {
+                        continue;
+                    }
+                    let body = if dialect == Dialect::Postgres { pg } else { my };
+                    let body = body.trim_end().trim_end_matches(';');
+                    let now = jiff::Timestamp::now();
+                    let sql = format!(
+                        "{body};\nINSERT INTO trellis_schema (version, applied_at) VALUES ({version}, '{now}')"
+                    );
+                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+                }
+                Ok::<(), sqlx::Error>(())
+            }
+            .await;
+            let _ = sqlx::query(unlock).execute(&mut *conn).await;
+            done.map_err(failed)
+        }};
+    }
+    match pool {
+        Pool::Pg(p) => migrate_on!(p),
+        Pool::My(p) => migrate_on!(p),
+    }
 }
 
 impl Inner {

@@ -1,0 +1,324 @@
+//! Trellis on a database, with real processes and a throwaway PostgreSQL (and MariaDB):
+//! stateless servers and schedulers that share nothing but the database, surviving a
+//! `kill -9` of the leader and of a server; `trellis migrate`; and the exit code when the
+//! database cannot be reached.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use support::{Env, Proc, client, free_port, wait_for};
+use trellis_testdb::{Kind, Server as Db};
+
+const DB_URL: &str = "TRELLIS_DATABASE_URL";
+
+/// A DAG whose one step appends the run id to `done.log` once it has finished its work.
+fn work_dag(env: &Env, done: &std::path::Path) {
+    env.dag(
+        "work",
+        &format!(
+            "max_active_runs: -1\nsteps:\n  - name: work\n    command: sh -c 'sleep 0.2; echo \"$DAG_RUN_ID\" >> {}'\n",
+            done.display()
+        ),
+    );
+}
+
+/// `trellis server` on port 0 with this database; its URL.
+fn server(env: &Env, url: &str) -> (Proc, String) {
+    let p = Proc::spawn_with(
+        env,
+        &["server", "--port", "0"],
+        "server listening on",
+        &[(DB_URL, url)],
+    );
+    let at = p
+        .ready_line
+        .split("server listening on ")
+        .nth(1)
+        .unwrap_or_default();
+    let base = at
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    (p, base)
+}
+
+fn enqueue(base: &str, run_id: &str) {
+    let resp = client()
+        .post(format!("{base}/api/v2/dags/work/enqueue"))
+        .json(&json!({ "run_id": run_id }))
+        .send()
+        .expect("enqueue");
+    assert!(
+        resp.status().is_success(),
+        "enqueue {run_id}: {}",
+        resp.text().unwrap_or_default()
+    );
+}
+
+/// Every run the server lists, by id, with its status.
+fn history(base: &str) -> Vec<(String, String)> {
+    let page: Value = client()
+        .get(format!("{base}/api/v2/dag-runs?per_page=500"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("list runs");
+    page["runs"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .map(|r| {
+                    (
+                        r["run_id"].as_str().unwrap_or_default().to_string(),
+                        r["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn leader_pid(base: &str) -> Option<(u64, u64)> {
+    let info: Value = client()
+        .get(format!("{base}/server_info"))
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+    let pid = info["scheduler"]["leader_pid"]
+        .as_u64()
+        .or_else(|| info["leader_pid"].as_u64())?;
+    let token = info["scheduler"]["lease_token"]
+        .as_u64()
+        .or_else(|| info["lease_token"].as_u64())?;
+    Some((pid, token))
+}
+
+#[test]
+fn servers_and_schedulers_share_only_postgres_and_survive_kill_9() {
+    let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("ha").expect("database");
+    let shared = tempfile::tempdir().unwrap();
+    let done = shared.path().join("done.log");
+    // Every process has a home of its own: nothing is shared but the database (and the
+    // DAG file, which each machine would have in its own dags dir).
+    let envs: Vec<Env> = (0..5).map(|_| Env::new()).collect();
+    for env in &envs {
+        work_dag(env, &done);
+    }
+    let mut schedulers: Vec<Proc> = envs[..3]
+        .iter()
+        .map(|env| Proc::spawn_with(env, &["scheduler"], "scheduler", &[(DB_URL, url.as_str())]))
+        .collect();
+    let (mut server_a, a) = server(&envs[3], &url);
+    let (_server_b, b) = server(&envs[4], &url);
+    let (first_leader, first_token) = wait_for(30, "a scheduler to lead", || leader_pid(&b));
+
+    let ids: Vec<String> = (0..60).map(|i| format!("r{i:02}")).collect();
+    for id in &ids[..30] {
+        enqueue(
+            if id.ends_with(['0', '2', '4', '6', '8']) {
+                &a
+            } else {
+                &b
+            },
+            id,
+        );
+    }
+    // Under load: some runs done, some running, some queued.
+    wait_for(30, "some runs to finish", || {
+        std::fs::read_to_string(&done)
+            .ok()
+            .filter(|d| d.lines().count() >= 5)
+    });
+    let leader = schedulers
+        .iter()
+        .position(|p| u64::from(p.child.id()) == first_leader)
+        .expect("the leader is one of ours");
+    schedulers[leader].kill9();
+    server_a.kill9();
+    for id in &ids[30..] {
+        enqueue(&b, id);
+    }
+    let (_, token) = wait_for(30, "another scheduler to lead", || {
+        leader_pid(&b).filter(|(pid, _)| *pid != first_leader)
+    });
+    assert!(
+        token > first_token,
+        "the fencing token grows with the new leader"
+    );
+
+    wait_for(90, "every run to finish", || {
+        let runs = history(&b);
+        (runs.len() == ids.len() && runs.iter().all(|(_, s)| s != "queued" && s != "running"))
+            .then_some(())
+    });
+    let runs: HashMap<String, String> = history(&b).into_iter().collect();
+    for id in &ids {
+        assert_eq!(
+            runs.get(id).map(String::as_str),
+            Some("succeeded"),
+            "run {id}"
+        );
+    }
+    let log = std::fs::read_to_string(&done).unwrap();
+    let mut completions: HashMap<&str, usize> = HashMap::new();
+    for line in log.lines() {
+        *completions.entry(line).or_default() += 1;
+    }
+    // A step that finished just before its scheduler was killed, but whose end was not
+    // recorded yet, runs again in the new attempt the new leader queues: at least once.
+    // Every other run's step ran exactly once.
+    let requeued: String = schedulers.iter().map(Proc::output).collect();
+    for id in &ids {
+        let n = completions.get(id.as_str()).copied().unwrap_or(0);
+        let orphaned = requeued.contains(&format!("run {id} of work was orphaned"));
+        assert!(
+            n == 1 || (n == 2 && orphaned),
+            "run {id} ran {n} times:\n{log}\n{requeued}"
+        );
+    }
+    // A new server with an empty home shows the same history as the one that stayed.
+    let (_server_c, c) = server(&Env::new(), &url);
+    assert_eq!(history(&c), history(&b));
+    drop(db);
+}
+
+/// Some runs in a file store, copied into a database twice: the second copy adds
+/// nothing, and the database then serves the runs.
+#[test]
+fn migrate_copies_the_file_store_once() {
+    let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("migrate").expect("database");
+    let env = Env::new();
+    let dag = env.dag("hello", "steps:\n  - name: a\n    command: echo hi\n");
+    for i in 0..3 {
+        let ok = env
+            .trellis()
+            .args(["start", "-r", &format!("m{i}")])
+            .arg(&dag)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let bad = env.dag("broken", "steps:\n  - name: a\n    command: exit 4\n");
+    assert!(
+        !env.trellis()
+            .args(["start", "-r", "b0"])
+            .arg(&bad)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = env
+        .trellis()
+        .args(["enqueue", "-r", "q0"])
+        .arg(&dag)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let migrate = |env: &Env| {
+        let out = env
+            .trellis()
+            .args(["migrate", "--to", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let first = migrate(&env);
+    assert!(
+        first.contains("5 in the file store, 5 copied, 0 already there"),
+        "{first}"
+    );
+    assert!(first.contains("queued items: 1"), "{first}");
+    assert!(first.contains("verified: all 5 runs"), "{first}");
+    let again = migrate(&env);
+    assert!(
+        again.contains("5 in the file store, 0 copied, 5 already there"),
+        "{again}"
+    );
+
+    let on_db = |args: &[&str]| {
+        let out = env.trellis().env(DB_URL, &url).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let history = on_db(&["history", "hello"]);
+    for id in ["m0", "m1", "m2", "q0"] {
+        assert!(history.contains(id), "{id} in\n{history}");
+    }
+    assert!(on_db(&["status", "broken"]).contains("failed"));
+    // The queued item came along: taking it out of the database's queue works once.
+    let dequeue = |env: &Env| {
+        env.trellis()
+            .env(DB_URL, &url)
+            .args(["dequeue", "-r", "q0", "hello"])
+            .status()
+            .unwrap()
+    };
+    assert!(dequeue(&env).success());
+    assert!(!dequeue(&env).success());
+}
+
+#[test]
+fn an_unreachable_database_exits_3_with_the_reason() {
+    let env = Env::new();
+    env.dag("hello", "steps:\n  - command: echo hi\n");
+    let url = format!(
+        "postgres://trellis:hunter2@127.0.0.1:{}/trellis",
+        free_port()
+    );
+    for args in [
+        &["status", "hello"][..],
+        &["scheduler"][..],
+        &["server", "--port", "0"][..],
+    ] {
+        let out = env.trellis().env(DB_URL, &url).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "trellis {args:?}: {err}");
+        assert!(err.contains("cannot reach the database"), "{err}");
+        assert!(err.contains("refused"), "the reason is given: {err}");
+        assert!(!err.contains("hunter2"), "no password in messages: {err}");
+    }
+}
+
+/// The same cluster on MariaDB, smaller: two schedulers, one server.
+#[test]
+fn schedulers_on_mariadb_run_every_run_once() {
+    let db = Db::start(Kind::Mariadb).expect("throwaway MariaDB");
+    let url = db.create_database("ha").expect("database");
+    let shared = tempfile::tempdir().unwrap();
+    let done = shared.path().join("done.log");
+    let envs: Vec<Env> = (0..3).map(|_| Env::new()).collect();
+    for env in &envs {
+        work_dag(env, &done);
+    }
+    let _schedulers: Vec<Proc> = envs[..2]
+        .iter()
+        .map(|env| Proc::spawn_with(env, &["scheduler"], "scheduler", &[(DB_URL, url.as_str())]))
+        .collect();
+    let (_server, base) = server(&envs[2], &url);
+    let ids: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    for id in &ids {
+        enqueue(&base, id);
+    }
+    wait_for(60, "every run to finish", || {
+        let runs = history(&base);
+        (runs.len() == ids.len() && runs.iter().all(|(_, s)| s == "succeeded")).then_some(())
+    });
+    let log = std::fs::read_to_string(&done).unwrap();
+    assert_eq!(log.lines().count(), ids.len(), "each run once:\n{log}");
+}
