@@ -56,6 +56,8 @@ struct Leader<C> {
     /// Fencing token of this leader's lease.
     token: u64,
     lead: Option<Lead>,
+    /// When the lead was last renewed.
+    renewed: Option<std::time::Instant>,
     data: PathBuf,
     clock: Arc<C>,
     store: Shared,
@@ -109,6 +111,7 @@ pub async fn run<C: Clock + 'static>(
         opts,
         token: lease.info.token,
         lead: None,
+        renewed: None,
         data,
         clock,
         store,
@@ -178,7 +181,13 @@ impl<C: Clock + 'static> Leader<C> {
             let wait = self.until_next_tick(now);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                Some(run_id) = done.recv() => self.finished(&run_id),
+                Some(run_id) = done.recv() => {
+                    self.finished(&run_id);
+                    // Runs that ended meanwhile share the next pass.
+                    while let Ok(run_id) = done.try_recv() {
+                        self.finished(&run_id);
+                    }
+                }
                 Some(task_id) = gone.recv() => self.task_ended(&task_id),
                 Some(()) = wake.recv() => {}
                 _ = shutdown.cancelled() => break,
@@ -195,10 +204,18 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Renews the lead (each pass, at least every second); a store that cannot confirm it
     /// means another scheduler may lead now.
-    fn still_leading(&self) -> bool {
+    fn still_leading(&mut self) -> bool {
         let Some(lead) = &self.lead else {
             return true;
         };
+        // Every pass could be many per second; the lease lasts seconds.
+        if self
+            .renewed
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(1000))
+        {
+            return true;
+        }
+        self.renewed = Some(std::time::Instant::now());
         match self.store.renew_lead(lead) {
             Ok(true) => true,
             Ok(false) => false,

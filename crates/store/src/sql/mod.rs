@@ -38,6 +38,8 @@ struct Inner {
     logs: PathBuf,
     /// This process's claims on queue items carry this prefix.
     nonce: String,
+    /// Queue items read so far, by seq, with the priority they were read at.
+    items: std::sync::Mutex<std::collections::HashMap<i64, (i64, crate::QueueItem)>>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -100,6 +102,7 @@ impl SqlStore {
                 data: crate::data_dir(home),
                 logs: crate::log_dir(home),
                 nonce,
+                items: Default::default(),
             }),
             bridge,
         })

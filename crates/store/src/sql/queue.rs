@@ -122,6 +122,47 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Reads the items of `order` (seq, priority) not cached yet. The scheduler lists
+    /// every queue on every pass; items do not change but for their priority, so each is
+    /// read and parsed once.
+    fn cache_items(&self, order: &[(i64, i64)]) -> Result<()> {
+        let missing: Vec<i64> = {
+            let cache = self.inner.items.lock().unwrap_or_else(|e| e.into_inner());
+            order
+                .iter()
+                .filter(|(seq, p)| cache.get(seq).is_none_or(|(cp, _)| cp != p))
+                .map(|(seq, _)| *seq)
+                .collect()
+        };
+        for chunk in missing.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = Arc::new(format!(
+                "SELECT seq, priority, item FROM queue_items WHERE seq IN ({marks})"
+            ));
+            let args = Arc::new(chunk.iter().map(|s| Arg::Int(*s)).collect::<Vec<_>>());
+            let rows = self.run(move |db| {
+                let (sql, args) = (sql.clone(), args.clone());
+                async move { db.fetch(&sql, &args, &[K::Int, K::Int, K::Text]).await }
+            })?;
+            let mut cache = self.inner.items.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            for row in rows {
+                let (seq, priority) = (row[0].int(), row[1].int());
+                match serde_json::from_str(row[2].text().unwrap_or_default()) {
+                    Ok(item) => {
+                        cache.insert(seq, (priority, item));
+                    }
+                    Err(e) => eprintln!("queue: a stored item is not valid ({e}); skipped"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Queue for SqlStore {
     fn enqueue(&self, item: &QueueItem) -> Result<()> {
         crate::check_name(&item.run_id)?;
@@ -135,24 +176,25 @@ impl Queue for SqlStore {
 
     fn items(&self, queue: &str) -> Result<Vec<QueueItem>> {
         let queue = Arc::new(queue.to_string());
-        let rows = self.run(move |db| {
+        let order = self.run(move |db| {
             let queue = queue.clone();
             async move {
-                let sql = "SELECT item FROM queue_items WHERE queue = ? AND claim IS NULL \
-                           ORDER BY priority DESC, seq";
-                db.fetch(sql, &[Arg::from(queue.as_str())], &[K::Text])
+                let sql = "SELECT seq, priority FROM queue_items WHERE queue = ? \
+                           AND claim IS NULL ORDER BY priority DESC, seq";
+                db.fetch(sql, &[Arg::from(queue.as_str())], &[K::Int, K::Int])
                     .await
             }
         })?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            let json = row.into_iter().next().and_then(Val::into_text);
-            match serde_json::from_str(json.as_deref().unwrap_or_default()) {
-                Ok(item) => items.push(item),
-                Err(e) => eprintln!("queue: a stored item is not valid ({e}); skipped"),
-            }
-        }
-        Ok(items)
+        let order: Vec<(i64, i64)> = order
+            .into_iter()
+            .map(|r| (r[0].int(), r[1].int()))
+            .collect();
+        self.cache_items(&order)?;
+        let cache = self.inner.items.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(order
+            .iter()
+            .filter_map(|(seq, _)| cache.get(seq).map(|(_, item)| item.clone()))
+            .collect())
     }
 
     fn remove_item(&self, queue: &str, run_id: &str) -> Result<bool> {

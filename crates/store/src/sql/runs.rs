@@ -292,40 +292,54 @@ async fn insert_attempt(db: &Inner, row: &AttemptRow, must_exist: bool) -> Resul
     Ok(true)
 }
 
-/// Appends one entry to an attempt's event log; a snapshot also becomes the attempt's
-/// record (and its status the run's).
-async fn append(db: &Inner, attempt_id: &str, entry: &str, snapshot: Option<&str>) -> Result<()> {
-    let d = db.dialect;
-    let mut tx = db.pool.begin().await?;
-    let sql = "SELECT id FROM attempts WHERE attempt_id = ?";
-    let rows = tx.fetch(d, sql, &[attempt_id.into()], &[K::Int]).await?;
-    let Some(pk) = rows.first().and_then(|r| r.first()).map(Val::int) else {
-        return Err(Error::Db {
-            transient: false,
-            message: format!("no attempt {attempt_id}"),
-        });
-    };
-    let insert = "INSERT INTO events (attempt, entry) VALUES (?, ?)";
-    tx.exec(d, insert, &[pk.into(), entry.into()]).await?;
-    if let Some(status) = snapshot {
-        let last = db.pick(
-            "SELECT lastval()",
-            "SELECT CAST(LAST_INSERT_ID() AS SIGNED)",
-        );
-        let event = tx.fetch(d, last, &[], &[K::Int]).await?;
-        let event = event.first().and_then(|r| r.first()).map_or(0, Val::int);
-        let update = "UPDATE attempts SET record = ?, snapshot_event = ? WHERE id = ?";
-        let record = serde_json::from_str::<Entry>(entry)
-            .ok()
-            .and_then(|e| match e {
-                Entry::Snapshot(r) => serde_json::to_string(&r).ok(),
-                _ => None,
+/// Appends one entry to an attempt's event log; a snapshot (`status`, `record`) also
+/// becomes the attempt's record and its status the run's. A step entry is one statement,
+/// and so is a snapshot on PostgreSQL: a run writes several per step.
+async fn append(
+    db: &Inner,
+    attempt_id: &str,
+    entry: &str,
+    snapshot: Option<(&str, &str)>,
+) -> Result<()> {
+    let insert =
+        "INSERT INTO events (attempt, entry) SELECT id, ? FROM attempts WHERE attempt_id = ?";
+    let Some((status, record)) = snapshot else {
+        if db.exec(insert, &[entry.into(), attempt_id.into()]).await? == 0 {
+            return Err(Error::Db {
+                transient: false,
+                message: format!("no attempt {attempt_id}"),
             });
-        tx.exec(d, update, &[record.into(), event.into(), pk.into()])
-            .await?;
-        let runs = "UPDATE runs SET status = ? WHERE attempt = ?";
-        tx.exec(d, runs, &[status.into(), pk.into()]).await?;
+        }
+        return Ok(());
+    };
+    let d = db.dialect;
+    if d == super::Dialect::Postgres {
+        let sql = "WITH e AS (INSERT INTO events (attempt, entry) \
+                     SELECT id, ? FROM attempts WHERE attempt_id = ? RETURNING id, attempt), \
+                   u AS (UPDATE attempts SET record = ?, snapshot_event = e.id FROM e \
+                     WHERE attempts.id = e.attempt RETURNING attempts.id) \
+                   UPDATE runs SET status = ? FROM u WHERE runs.attempt = u.id";
+        let args = [
+            entry.into(),
+            attempt_id.into(),
+            record.into(),
+            status.into(),
+        ];
+        return db.exec(sql, &args).await.map(drop);
     }
+    let mut tx = db.pool.begin().await?;
+    tx.exec(d, insert, &[entry.into(), attempt_id.into()])
+        .await?;
+    let last = "SELECT CAST(LAST_INSERT_ID() AS SIGNED)";
+    let event = tx.fetch(d, last, &[], &[K::Int]).await?;
+    let event = event.first().and_then(|r| r.first()).map_or(0, Val::int);
+    let update = "UPDATE attempts SET record = ?, snapshot_event = ? WHERE attempt_id = ?";
+    tx.exec(d, update, &[record.into(), event.into(), attempt_id.into()])
+        .await?;
+    let runs = "UPDATE runs r JOIN attempts a ON r.attempt = a.id SET r.status = ? \
+                WHERE a.attempt_id = ?";
+    tx.exec(d, runs, &[status.into(), attempt_id.into()])
+        .await?;
     tx.commit().await
 }
 
@@ -336,14 +350,25 @@ impl Store for SqlStore {
 
     fn append(&self, attempt: &Attempt, entry: &Entry) -> Result<()> {
         let json = serde_json::to_string(entry).map_err(json_err)?;
-        let status = match entry {
-            Entry::Snapshot(r) => Some(r.status.to_string()),
+        let snapshot = match entry {
+            Entry::Snapshot(r) => {
+                let record = serde_json::to_string(r).map_err(json_err)?;
+                Some((r.status.to_string(), record))
+            }
             _ => None,
         };
-        let (id, json) = (Arc::new(attempt.attempt_id.clone()), Arc::new(json));
+        let (id, json, snapshot) = (
+            Arc::new(attempt.attempt_id.clone()),
+            Arc::new(json),
+            Arc::new(snapshot),
+        );
         self.run(move |db| {
-            let (id, json, status) = (id.clone(), json.clone(), status.clone());
-            async move { append(&db, &id, &json, status.as_deref()).await }
+            let (id, json, snapshot) = (id.clone(), json.clone(), snapshot.clone());
+            async move {
+                let snapshot = snapshot.as_ref().as_ref();
+                let snapshot = snapshot.map(|(s, r)| (s.as_str(), r.as_str()));
+                append(&db, &id, &json, snapshot).await
+            }
         })
     }
 
