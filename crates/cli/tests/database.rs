@@ -46,9 +46,9 @@ fn server(env: &Env, url: &str) -> (Proc, String) {
     (p, base)
 }
 
-fn enqueue(base: &str, run_id: &str) {
+fn enqueue_dag(base: &str, dag: &str, run_id: &str) {
     let resp = client()
-        .post(format!("{base}/api/v2/dags/work/enqueue"))
+        .post(format!("{base}/api/v2/dags/{dag}/enqueue"))
         .json(&json!({ "run_id": run_id }))
         .send()
         .expect("enqueue");
@@ -97,18 +97,80 @@ fn leader_pid(base: &str) -> Option<(u64, u64)> {
     Some((pid, token))
 }
 
+/// A DAG for the workers labelled `pool=ha`: its step appends the run id to `file`.
+fn remote_dag(env: &Env, file: &std::path::Path) {
+    env.dag(
+        "remote",
+        &format!(
+            "max_active_runs: -1\nworker_selector:\n  pool: ha\nsteps:\n  - name: work\n    command: sh -c 'sleep 0.1; echo \"$DAG_RUN_ID\" >> {}'\n",
+            file.display()
+        ),
+    );
+}
+
+/// Two coordinators (one stands by) and three shared-nothing workers, each with a home of
+/// its own, on the database.
+fn cluster(url: &str) -> (Vec<Env>, Vec<Proc>) {
+    let envs: Vec<Env> = (0..5).map(|_| Env::new()).collect();
+    let db = [(DB_URL, url)];
+    let ports = [free_port(), free_port()];
+    let mut procs = Vec::new();
+    for (i, ready) in ["coordinator listening on", "standing by"]
+        .into_iter()
+        .enumerate()
+    {
+        let port = ports[i].to_string();
+        let args = ["coordinator", "--coordinator.port", &port];
+        procs.push(Proc::spawn_with(&envs[i], &args, ready, &db));
+    }
+    let list = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    for (i, env) in envs[2..].iter().enumerate() {
+        let id = format!("w{i}");
+        let args = [
+            "worker",
+            "--worker.id",
+            &id,
+            "--worker.labels",
+            "pool=ha",
+            "--worker.coordinators",
+            &list,
+        ];
+        procs.push(Proc::spawn_with(
+            env,
+            &args,
+            "registered with the coordinator",
+            &db,
+        ));
+    }
+    (envs, procs)
+}
+
+/// Each id's count of lines in a log of completed steps.
+fn completions(log: &str) -> HashMap<&str, usize> {
+    let mut out: HashMap<&str, usize> = HashMap::new();
+    for line in log.lines() {
+        *out.entry(line).or_default() += 1;
+    }
+    out
+}
+
 #[test]
 fn servers_and_schedulers_share_only_postgres_and_survive_kill_9() {
     let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
     let url = db.create_database("ha").expect("database");
     let shared = tempfile::tempdir().unwrap();
-    let done = shared.path().join("done.log");
+    let (done, done_remote) = (
+        shared.path().join("done.log"),
+        shared.path().join("remote.log"),
+    );
     // Every process has a home of its own: nothing is shared but the database (and the
-    // DAG file, which each machine would have in its own dags dir).
+    // DAG files, which each machine would have in its own dags dir).
     let envs: Vec<Env> = (0..5).map(|_| Env::new()).collect();
     for env in &envs {
         work_dag(env, &done);
+        remote_dag(env, &done_remote);
     }
+    let (_cluster_envs, _cluster) = cluster(&url);
     let mut schedulers: Vec<Proc> = envs[..3]
         .iter()
         .map(|env| Proc::spawn_with(env, &["scheduler"], "scheduler", &[(DB_URL, url.as_str())]))
@@ -117,16 +179,15 @@ fn servers_and_schedulers_share_only_postgres_and_survive_kill_9() {
     let (_server_b, b) = server(&envs[4], &url);
     let (first_leader, first_token) = wait_for(30, "a scheduler to lead", || leader_pid(&b));
 
+    // 60 runs on the schedulers and 30 on the workers, through both servers.
     let ids: Vec<String> = (0..60).map(|i| format!("r{i:02}")).collect();
-    for id in &ids[..30] {
-        enqueue(
-            if id.ends_with(['0', '2', '4', '6', '8']) {
-                &a
-            } else {
-                &b
-            },
-            id,
-        );
+    let remote: Vec<String> = (0..30).map(|i| format!("w{i:02}")).collect();
+    for i in 0..30 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        enqueue_dag(via, "work", &ids[i]);
+        if i % 2 == 0 {
+            enqueue_dag(via, "remote", &remote[i / 2]);
+        }
     }
     // Under load: some runs done, some running, some queued.
     wait_for(30, "some runs to finish", || {
@@ -140,8 +201,11 @@ fn servers_and_schedulers_share_only_postgres_and_survive_kill_9() {
         .expect("the leader is one of ours");
     schedulers[leader].kill9();
     server_a.kill9();
-    for id in &ids[30..] {
-        enqueue(&b, id);
+    for i in 30..60 {
+        enqueue_dag(&b, "work", &ids[i]);
+        if i % 2 == 0 {
+            enqueue_dag(&b, "remote", &remote[i / 2]);
+        }
     }
     let (_, token) = wait_for(30, "another scheduler to lead", || {
         leader_pid(&b).filter(|(pid, _)| *pid != first_leader)
@@ -151,36 +215,57 @@ fn servers_and_schedulers_share_only_postgres_and_survive_kill_9() {
         "the fencing token grows with the new leader"
     );
 
-    wait_for(90, "every run to finish", || {
+    let all = ids.len() + remote.len();
+    wait_for(120, "every run to finish", || {
         let runs = history(&b);
-        (runs.len() == ids.len() && runs.iter().all(|(_, s)| s != "queued" && s != "running"))
+        (runs.len() == all && runs.iter().all(|(_, s)| s != "queued" && s != "running"))
             .then_some(())
     });
     let runs: HashMap<String, String> = history(&b).into_iter().collect();
-    for id in &ids {
+    for id in ids.iter().chain(&remote) {
         assert_eq!(
             runs.get(id).map(String::as_str),
             Some("succeeded"),
             "run {id}"
         );
     }
-    let log = std::fs::read_to_string(&done).unwrap();
-    let mut completions: HashMap<&str, usize> = HashMap::new();
-    for line in log.lines() {
-        *completions.entry(line).or_default() += 1;
-    }
     // A step that finished just before its scheduler was killed, but whose end was not
     // recorded yet, runs again in the new attempt the new leader queues: at least once.
     // Every other run's step ran exactly once.
+    let log = std::fs::read_to_string(&done).unwrap();
+    let counts = completions(&log);
     let requeued: String = schedulers.iter().map(Proc::output).collect();
     for id in &ids {
-        let n = completions.get(id.as_str()).copied().unwrap_or(0);
+        let n = counts.get(id.as_str()).copied().unwrap_or(0);
         let orphaned = requeued.contains(&format!("run {id} of work was orphaned"));
         assert!(
             n == 1 || (n == 2 && orphaned),
             "run {id} ran {n} times:\n{log}\n{requeued}"
         );
     }
+    // The workers' runs did not depend on the dead leader: each ran exactly once.
+    let log = std::fs::read_to_string(&done_remote).unwrap();
+    let counts = completions(&log);
+    for id in &remote {
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "run {id} on a worker:\n{log}"
+        );
+    }
+    // Every server sees the workers the coordinator published in the database.
+    let workers: Value = client()
+        .get(format!("{b}/api/v2/workers"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut seen: Vec<&str> = workers["workers"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|w| w["id"].as_str()).collect())
+        .unwrap_or_default();
+    seen.sort();
+    assert_eq!(seen, ["w0", "w1", "w2"], "{workers}");
     // A new server with an empty home shows the same history as the one that stayed.
     let (_server_c, c) = server(&Env::new(), &url);
     assert_eq!(history(&c), history(&b));
@@ -313,7 +398,7 @@ fn schedulers_on_mariadb_run_every_run_once() {
     let (_server, base) = server(&envs[2], &url);
     let ids: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
     for id in &ids {
-        enqueue(&base, id);
+        enqueue_dag(&base, "work", id);
     }
     wait_for(60, "every run to finish", || {
         let runs = history(&base);

@@ -41,6 +41,68 @@ pub fn registry_workers(registry_dir: &Path) -> Vec<proto::WorkerInfo> {
         .collect()
 }
 
+/// A worker as a coordinator publishes it in a database store, for servers on other
+/// machines (`trellis_store::State::put_worker`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub id: String,
+    pub labels: indexmap::IndexMap<String, String>,
+    pub host: String,
+    pub max_active_runs: u32,
+    pub connected_at: String,
+    pub last_heartbeat_ms: i64,
+    /// (task id, DAG, run id, root run id, started at) of each running task.
+    pub running: Vec<(String, String, String, String, String)>,
+}
+
+impl Published {
+    pub fn info(self, now_ms: i64) -> proto::WorkerInfo {
+        proto::WorkerInfo {
+            health_status: trellis_core::worker::Health::from_age_ms(
+                now_ms - self.last_heartbeat_ms,
+            )
+            .as_str()
+            .into(),
+            last_heartbeat: jiff::Timestamp::from_millisecond(self.last_heartbeat_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            labels: self.labels.into_iter().collect(),
+            max_active_runs: self.max_active_runs,
+            running_tasks: self
+                .running
+                .into_iter()
+                .map(
+                    |(task_id, dag_name, run_id, root_run_id, started_at)| proto::RunningTask {
+                        task_id,
+                        dag_name,
+                        run_id,
+                        root_run_id,
+                        started_at,
+                        claim_token: String::new(),
+                    },
+                )
+                .collect(),
+            id: self.id,
+            host: self.host,
+            connected_at: self.connected_at,
+        }
+    }
+}
+
+/// The workers coordinators published in a database store, with their health now.
+pub fn stored_workers(store: &dyn trellis_store::Backend) -> Vec<proto::WorkerInfo> {
+    let now = crate::now_ms();
+    let mut out: Vec<proto::WorkerInfo> = store
+        .workers()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|json| serde_json::from_str::<Published>(&json).ok())
+        .map(|p| p.info(now))
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 pub async fn connect(addr: &str, how: &Dial) -> Result<Client, String> {
     link::dial(addr, how, "trellis-client").await
 }

@@ -11,6 +11,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use trellis_store::state::scope;
+
 use crate::table::Task;
 
 pub fn dir(data: &Path) -> PathBuf {
@@ -102,6 +104,158 @@ pub fn cancel_requests(data: &Path) -> Vec<(PathBuf, String, String)> {
             Some((e.path(), dag.to_string(), run.to_string()))
         })
         .collect()
+}
+
+/// Where tasks and cancel requests live: task files under a data dir (one machine, or a
+/// shared filesystem), or named values in a database store, which every scheduler and
+/// coordinator sharing the database sees.
+#[derive(Clone, Debug)]
+pub enum Tasks {
+    Files(PathBuf),
+    Store(trellis_store::Shared),
+}
+
+/// A cancel request, with how long it has waited.
+pub struct CancelRequest {
+    key: String,
+    pub dag: String,
+    pub run_id: String,
+    pub age_secs: u64,
+}
+
+impl Tasks {
+    /// Task files in `data` for the file store; the database for a database store.
+    pub fn of(data: &Path, store: &trellis_store::Shared) -> Tasks {
+        match store.kind() {
+            "file" => Tasks::Files(data.to_path_buf()),
+            _ => Tasks::Store(store.clone()),
+        }
+    }
+
+    pub fn write(&self, task: &Task) -> std::io::Result<()> {
+        match self {
+            Tasks::Files(data) => write(data, task),
+            Tasks::Store(store) => {
+                let json = serde_json::to_string(task).map_err(std::io::Error::other)?;
+                let id = &task.spec.task_id;
+                store
+                    .put(scope::TASK, id, Some(&json))
+                    .map_err(std::io::Error::other)
+            }
+        }
+    }
+
+    pub fn remove(&self, task_id: &str) -> std::io::Result<()> {
+        match self {
+            Tasks::Files(data) => remove(data, task_id),
+            Tasks::Store(store) => store
+                .put(scope::TASK, task_id, None)
+                .map_err(std::io::Error::other),
+        }
+    }
+
+    /// Every task; unreadable ones are reported and skipped.
+    pub fn load_all(&self) -> Vec<Task> {
+        let Tasks::Store(store) = self else {
+            let Tasks::Files(data) = self else {
+                return Vec::new();
+            };
+            return load_all(data);
+        };
+        match store.values(scope::TASK) {
+            Ok(values) => values
+                .into_iter()
+                .filter_map(|(id, json)| match serde_json::from_str(&json) {
+                    Ok(task) => Some(task),
+                    Err(e) => {
+                        eprintln!("coordinator: cannot read task {id}: {e}");
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                eprintln!("cannot list tasks: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Ids of every task (`None` when they cannot be listed now).
+    pub fn ids(&self) -> Option<std::collections::HashSet<String>> {
+        match self {
+            Tasks::Files(data) => {
+                let entries = fs::read_dir(dir(data)).ok()?;
+                Some(entries.flatten().filter_map(|e| id_of(&e.path())).collect())
+            }
+            Tasks::Store(store) => {
+                let values = store.values(scope::TASK).ok()?;
+                Some(values.into_iter().map(|(id, _)| id).collect())
+            }
+        }
+    }
+
+    pub fn request_cancel(&self, dag: &str, run_id: &str) -> std::io::Result<()> {
+        match self {
+            Tasks::Files(data) => request_cancel(data, dag, run_id),
+            Tasks::Store(store) => {
+                let now = jiff::Timestamp::now().to_string();
+                let key = cancel_name(dag, run_id);
+                store
+                    .put(scope::CANCEL, &key, Some(&now))
+                    .map_err(std::io::Error::other)
+            }
+        }
+    }
+
+    pub fn cancel_requests(&self) -> Vec<CancelRequest> {
+        match self {
+            Tasks::Files(data) => cancel_requests(data)
+                .into_iter()
+                .map(|(path, dag, run_id)| {
+                    let age = fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    let age_secs = age
+                        .and_then(|t| t.elapsed().ok())
+                        .map_or(0, |e| e.as_secs());
+                    let key = path.display().to_string();
+                    CancelRequest {
+                        key,
+                        dag,
+                        run_id,
+                        age_secs,
+                    }
+                })
+                .collect(),
+            Tasks::Store(store) => {
+                let now = jiff::Timestamp::now();
+                let values = store.values(scope::CANCEL).unwrap_or_default();
+                values
+                    .into_iter()
+                    .filter_map(|(key, at)| {
+                        let (dag, run) = key.split_once('~')?;
+                        let at: jiff::Timestamp = at.parse().ok()?;
+                        let age_secs = now.duration_since(at).as_secs().max(0) as u64;
+                        let (dag, run_id) = (dag.to_string(), run.to_string());
+                        Some(CancelRequest {
+                            key,
+                            dag,
+                            run_id,
+                            age_secs,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Forgets a cancel request that was handled (or waited too long).
+    pub fn drop_cancel(&self, request: &CancelRequest) {
+        let _ = match self {
+            Tasks::Files(_) => fs::remove_file(&request.key).map_err(|e| e.to_string()),
+            Tasks::Store(store) => store
+                .put(scope::CANCEL, &request.key, None)
+                .map_err(|e| e.to_string()),
+        };
+    }
 }
 
 /// Hands child runs of `call` steps with a label `worker_selector` to the coordinator

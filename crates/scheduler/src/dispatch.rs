@@ -8,7 +8,7 @@ use std::path::Path;
 use indexmap::IndexMap;
 use tokio::sync::mpsc;
 use trellis_cluster::table::{Phase, Task, TaskSpec};
-use trellis_cluster::tasks;
+use trellis_cluster::tasks::{self, Tasks};
 use trellis_core::{Dag, WorkerSelector};
 use trellis_store::QueueItem;
 
@@ -74,31 +74,22 @@ pub fn remote(data: &Path, key: Option<Vec<u8>>) -> trellis_engine::RemoteHandle
     }))
 }
 
-pub fn write(data: &Path, task: &Task) -> std::io::Result<()> {
-    tasks::write(data, task)
-}
-
-/// Tasks on disk, for a new leader to count as active.
-pub fn outstanding(data: &Path) -> Vec<Task> {
-    tasks::load_all(data)
-}
-
-pub fn exists(data: &Path, task_id: &str) -> bool {
-    tasks::dir(data).join(format!("{task_id}.json")).exists()
-}
-
-pub fn cancel(data: &Path, dag: &str, run_id: &str) {
-    if let Err(e) = tasks::request_cancel(data, dag, run_id) {
+pub fn cancel(tasks: &Tasks, dag: &str, run_id: &str) {
+    if let Err(e) = tasks.request_cancel(dag, run_id) {
         eprintln!("scheduler: cannot ask to cancel run {run_id} of {dag}: {e}");
     }
 }
 
-/// Sends the id of every task file removed (its run ended).
+/// Sends the id of every task file removed (its run ended). Tasks in a database are
+/// looked at on each pass instead.
 pub fn watch_gone(
-    data: &Path,
+    tasks: &Tasks,
     gone: mpsc::UnboundedSender<String>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
+    let Tasks::Files(data) = tasks else {
+        return None;
+    };
     let dir = tasks::dir(data);
     std::fs::create_dir_all(&dir).ok()?;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

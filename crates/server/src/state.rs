@@ -97,6 +97,14 @@ impl App {
     /// reachable, reads the workers' registry entries, whose age gives a coarser health.
     pub async fn refresh_workers(&self) {
         use trellis_cluster::{client, registry};
+        if self.store.kind() != "file" {
+            let store = self.store.clone();
+            let list = tokio::task::spawn_blocking(move || client::stored_workers(&*store))
+                .await
+                .unwrap_or_default();
+            *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = list;
+            return;
+        }
         let dir = registry::default_dir(&self.data);
         let fetched = match client::discover(&dir) {
             Some(addr) => client::workers(&addr, &self.dial).await.ok(),

@@ -205,6 +205,20 @@ pub trait Backend: Store + Queue + State + std::fmt::Debug {
     fn status_counts(&self) -> Option<Result<Vec<(String, i64)>>> {
         None
     }
+    /// Where a step's log is kept (host, path, bytes when the step ended), for a log on
+    /// another machine; `None` when the backend keeps no log index.
+    fn log_location(&self, attempt_id: &str, step: &str, stream: &str) -> Option<LogLocation> {
+        let _ = (attempt_id, step, stream);
+        None
+    }
+}
+
+/// A step's log as the log index records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLocation {
+    pub host: String,
+    pub path: String,
+    pub bytes: i64,
 }
 
 /// A backend shared by the parts of a process.
@@ -249,6 +263,9 @@ impl Backend for SqlStore {
     }
     fn status_counts(&self) -> Option<Result<Vec<(String, i64)>>> {
         Some(SqlStore::status_counts(self))
+    }
+    fn log_location(&self, attempt_id: &str, step: &str, stream: &str) -> Option<LogLocation> {
+        SqlStore::log_location(self, attempt_id, step, stream)
     }
 }
 

@@ -16,10 +16,12 @@ pub struct LeaseInfo {
     pub since: String,
 }
 
-/// Held while this process leads; give it back with [`State::release_lead`] (a killed
+/// Held while this process leads; give it back with [`State::release_lease`] (a killed
 /// process loses it when its lock is freed or its lease expires).
 #[derive(Debug)]
 pub struct Lead {
+    /// Which lease: [`SCHEDULER`] or [`COORDINATOR`].
+    pub name: String,
     pub info: LeaseInfo,
     /// The leader before this one, whose in-flight runs may need recovering.
     pub previous: Option<LeaseInfo>,
@@ -27,22 +29,56 @@ pub struct Lead {
     pub(crate) guard: Option<std::fs::File>,
 }
 
+/// The scheduler's lease: one scheduler acts.
+pub const SCHEDULER: &str = "scheduler";
+/// The coordinator's lease: one coordinator hands out tasks.
+pub const COORDINATOR: &str = "coordinator";
+
 /// Scopes of named values.
 pub mod scope {
     /// `name` = DAG name; present = its schedules are suspended.
     pub const SUSPEND: &str = "suspend";
     /// `name` = `heartbeat`: the leading scheduler's last beat (JSON).
     pub const SCHEDULER: &str = "scheduler";
+    /// `name` = task id: a run handed to workers (JSON), while it is not finished.
+    pub const TASK: &str = "task";
+    /// `name` = `<dag>~<run id>`: a request to cancel a run on a worker.
+    pub const CANCEL: &str = "cancel";
+    /// `name` = `<dag>~<run id>`: a request to stop a run a scheduler on another machine
+    /// executes (a database store).
+    pub const STOP: &str = "stop";
 }
 
 pub trait State: Send + Sync {
+    /// Takes lease `name` ([`SCHEDULER`], [`COORDINATOR`]) if nobody holds it.
+    /// `Ok(None)`: another process holds it.
+    fn acquire_lease(&self, name: &str, holder: &str) -> Result<Option<Lead>>;
+    /// Keeps a lease; `Ok(false)` when it has been lost (then stop acting at once).
+    fn renew_lease(&self, lead: &Lead) -> Result<bool>;
+    fn release_lease(&self, lead: Lead);
+    /// The last holder of lease `name` recorded (it may have died since).
+    fn lease(&self, name: &str) -> Result<Option<LeaseInfo>>;
     /// Takes the scheduler's lead if nobody holds it. `Ok(None)`: another process leads.
-    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>>;
+    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>> {
+        self.acquire_lease(SCHEDULER, holder)
+    }
     /// Keeps the lead; `Ok(false)` when it has been lost (then stop leading at once).
-    fn renew_lead(&self, lead: &Lead) -> Result<bool>;
-    fn release_lead(&self, lead: Lead);
+    fn renew_lead(&self, lead: &Lead) -> Result<bool> {
+        self.renew_lease(lead)
+    }
+    fn release_lead(&self, lead: Lead) {
+        self.release_lease(lead)
+    }
     /// The last leader recorded (it may have died since).
-    fn leader(&self) -> Result<Option<LeaseInfo>>;
+    fn leader(&self) -> Result<Option<LeaseInfo>> {
+        self.lease(SCHEDULER)
+    }
+    /// Every value of a scope, by name.
+    fn values(&self, scope: &str) -> Result<Vec<(String, String)>>;
+    /// Records a worker as a coordinator sees it (`info` is JSON), stamped now.
+    fn put_worker(&self, id: &str, info: &str) -> Result<()>;
+    /// The workers recorded within the last 10 minutes.
+    fn workers(&self) -> Result<Vec<String>>;
     /// Claims a schedule tick (`at` in the form `20261122T160000Z`) for the leader holding
     /// `lead`. `Ok(false)`: already claimed. A lead that has passed on is
     /// [`crate::Error::Fenced`].

@@ -222,10 +222,18 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
 /// (none reachable) from the registry files, where health is the registry entry's age.
 pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json::Value {
     let registry_dir = registry::default_dir(&trellis_store::data_dir(&home()));
+    let stored = match super::open_store() {
+        Ok(store) if store.kind() != "file" && coordinator.is_none() => {
+            Some(client::stored_workers(&*store))
+        }
+        _ => None,
+    };
     let addr = coordinator.or_else(|| client::discover(&registry_dir));
-    if let Some(addr) = &addr
-        && let Ok(list) = client::workers(addr, how).await
-    {
+    let fetched = match (&stored, &addr) {
+        (Some(_), _) | (None, None) => None,
+        (None, Some(addr)) => client::workers(addr, how).await.ok(),
+    };
+    if let Some(list) = stored.or(fetched) {
         let workers: Vec<_> = list
             .iter()
             .map(|w| {

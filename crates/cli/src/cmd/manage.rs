@@ -36,20 +36,42 @@ fn stop_run(store: &dyn Backend, run: &RunRecord) -> anyhow::Result<Status> {
         return Ok(run.status);
     }
     let data = trellis_store::data_dir(&home());
+    let tasks = trellis_cluster::tasks::Tasks::of(&data, &super::open_store()?);
     let on_worker = run.worker_id.is_some()
-        || trellis_cluster::tasks::load_all(&data)
+        || tasks
+            .load_all()
             .iter()
             .any(|t| t.spec.dag_name == run.name && t.spec.run_id == run.run_id);
+    let elsewhere = run
+        .host
+        .as_deref()
+        .is_some_and(|h| h != trellis_store::hostname());
     if on_worker {
         // On (or waiting for) a worker: the coordinator relays the stop at the worker's
         // next heartbeat, or cancels the task if it has not started.
-        trellis_cluster::tasks::request_cancel(&data, &run.name, &run.run_id)
+        tasks
+            .request_cancel(&run.name, &run.run_id)
             .context("cannot ask the coordinator to stop the run")?;
     } else if run.status == Status::Queued {
         // Still in a queue: take it out (it is recorded aborted, like `dequeue`).
-        if !dequeue_anywhere(store, &data, &run.run_id)? {
+        if !dequeue_anywhere(store, &run.run_id)? {
             bail!("run {} is queued but in no queue; try again", run.run_id);
         }
+    } else if elsewhere {
+        // Run by a scheduler on another machine sharing the database: it looks for stop
+        // requests on every pass.
+        if !run.queued {
+            bail!(
+                "run {} runs in a `trellis start` on {}; stop it there",
+                run.run_id,
+                run.host.as_deref().unwrap_or_default()
+            );
+        }
+        let key = trellis_cluster::tasks::cancel_name(&run.name, &run.run_id);
+        let now = jiff::Timestamp::now().to_string();
+        store
+            .put(trellis_store::state::scope::STOP, &key, Some(&now))
+            .context("cannot ask the scheduler to stop the run")?;
     } else {
         let pid = run.pid.context("the run has no process id")?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
@@ -70,12 +92,8 @@ fn stop_run(store: &dyn Backend, run: &RunRecord) -> anyhow::Result<Status> {
 }
 
 /// Takes a run out of whichever queue holds it.
-fn dequeue_anywhere(store: &dyn Backend, data: &Path, run_id: &str) -> anyhow::Result<bool> {
-    let Ok(queues) = std::fs::read_dir(data.join("queue")) else {
-        return Ok(false);
-    };
-    for queue in queues.flatten() {
-        let name = queue.file_name().to_string_lossy().into_owned();
+fn dequeue_anywhere(store: &dyn Backend, run_id: &str) -> anyhow::Result<bool> {
+    for name in store.queues()? {
         if trellis_store::dequeue(store, &name, run_id)?.is_some() {
             return Ok(true);
         }

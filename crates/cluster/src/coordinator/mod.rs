@@ -82,8 +82,13 @@ pub(crate) struct WorkerState {
 /// Shared by the gRPC handlers and the upkeep loops.
 pub(crate) struct Coord {
     pub opts: Options,
-    pub data: PathBuf,
     pub store: Shared,
+    /// Tasks and cancel requests: files in `data`, or the database.
+    pub tasks: crate::tasks::Tasks,
+    /// The coordinator's lease: one coordinator acts per data dir or database.
+    pub lead: Mutex<Option<trellis_store::Lead>>,
+    /// Set when the lease was lost (the serve call then fails).
+    pub lost: std::sync::atomic::AtomicBool,
     pub table: Mutex<Table>,
     pub workers: Mutex<HashMap<String, WorkerState>>,
     /// Woken when a task becomes claimable.
@@ -109,25 +114,24 @@ impl Coord {
     }
 }
 
-/// One coordinator per data dir: a second one waits (as a standby) until the lock is
-/// free, so two never hand out the same task. `None` when shut down while waiting.
+/// One coordinator per data dir (a lock file) or database (a lease row): a second one
+/// waits, as a standby that does not listen, until the lease is free, so two never hand
+/// out the same task and workers fail over to whichever serves. `None` when shut down
+/// while waiting.
 async fn exclusive(
-    data: &std::path::Path,
+    store: &Shared,
+    id: &str,
     shutdown: &CancellationToken,
-) -> Result<Option<std::fs::File>, Box<dyn std::error::Error + Send + Sync>> {
-    let dir = data.join("distributed");
-    std::fs::create_dir_all(&dir)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("coordinator.lock"))?;
+) -> Result<Option<trellis_store::Lead>, Box<dyn std::error::Error + Send + Sync>> {
     let mut said = false;
     loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        let (store, holder) = (store.clone(), id.to_string());
+        let lead = tokio::task::spawn_blocking(move || {
+            store.acquire_lease(trellis_store::state::COORDINATOR, &holder)
+        })
+        .await??;
+        if let Some(lead) = lead {
+            return Ok(Some(lead));
         }
         if !said {
             eprintln!("coordinator: another coordinator serves this data dir; standing by");
@@ -147,7 +151,11 @@ pub async fn serve(
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let data = trellis_store::data_dir(&opts.home);
-    let Some(_lock) = exclusive(&data, &shutdown).await? else {
+    let store = opts
+        .store
+        .clone()
+        .unwrap_or_else(|| Arc::new(FileStore::new(&opts.home)));
+    let Some(lead) = exclusive(&store, &opts.id, &shutdown).await? else {
         return Ok(());
     };
     let listener = tokio::net::TcpListener::bind(opts.addr)
@@ -155,11 +163,10 @@ pub async fn serve(
         .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
     let addr = listener.local_addr()?;
     let coord = Arc::new(Coord {
-        data: trellis_store::data_dir(&opts.home),
-        store: opts
-            .store
-            .clone()
-            .unwrap_or_else(|| Arc::new(FileStore::new(&opts.home))),
+        tasks: crate::tasks::Tasks::of(&data, &store),
+        store,
+        lead: Mutex::new(Some(lead)),
+        lost: Default::default(),
         opts,
         table: Mutex::new(Table::default()),
         workers: Mutex::new(HashMap::new()),
@@ -194,5 +201,11 @@ pub async fn serve(
         &coord.opts.id,
     );
     result?;
+    if coord.lost.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err("the coordinator lost its lease to another coordinator".into());
+    }
+    if let Some(lead) = coord.lead.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        coord.store.release_lease(lead);
+    }
     Ok(())
 }

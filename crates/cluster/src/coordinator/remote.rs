@@ -14,7 +14,6 @@ use trellis_store::{Attempt, Entry, safe_name};
 use super::Coord;
 use crate::proto;
 use crate::table::Phase;
-use crate::tasks;
 
 /// Stores a run record a worker reported, in the run's attempt for that task. A claim
 /// that is not the worker's is `PermissionDenied` (final); a store failure is
@@ -71,7 +70,7 @@ fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Resul
         table.get(task_id).cloned()
     };
     if let Some(task) = task {
-        let _ = tasks::write(&coord.data, &task);
+        let _ = coord.tasks.write(&task);
     }
     Ok(attempt)
 }

@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status, Streaming};
 use trellis_core::worker::Health;
 
 use super::{Coord, WorkerState};
+use crate::now_ms;
 use crate::proto::{self, coordinator_server::Coordinator};
 use crate::table::{Phase, Task};
-use crate::{now_ms, tasks};
 
 pub(crate) struct Service(pub Arc<Coord>);
 
@@ -129,7 +129,7 @@ impl Service {
                 .claim(worker_id, labels, &token, now_ms(), self.0.timing())
                 .cloned()
         }?;
-        if let Err(e) = tasks::write(&self.0.data, &task) {
+        if let Err(e) = self.0.tasks.write(&task) {
             eprintln!(
                 "coordinator: cannot persist claim of {}: {e}",
                 task.spec.task_id
@@ -293,7 +293,7 @@ impl Coordinator for Service {
                 error: "the claim expired or is not yours".into(),
             }));
         };
-        if let Err(e) = tasks::write(&self.0.data, &task) {
+        if let Err(e) = self.0.tasks.write(&task) {
             eprintln!("coordinator: cannot persist ack of {}: {e}", r.task_id);
         }
         Ok(Response::new(proto::AckResponse {
@@ -354,7 +354,7 @@ impl Coordinator for Service {
         };
         match removed {
             Ok(true) => {
-                if let Err(e) = tasks::remove(&self.0.data, &r.task_id) {
+                if let Err(e) = self.0.tasks.remove(&r.task_id) {
                     eprintln!("coordinator: cannot remove task {}: {e}", r.task_id);
                 }
                 Ok(Response::new(proto::StatusAck {

@@ -23,7 +23,7 @@ pub(crate) fn load_tasks(coord: &Coord) {
     let now = now_ms();
     let lease = coord.opts.lease_timeout.as_millis() as i64;
     let mut table = coord.table();
-    for mut task in tasks::load_all(&coord.data) {
+    for mut task in coord.tasks.load_all() {
         match &mut task.phase {
             Phase::Claimed { lease_until_ms, .. } => *lease_until_ms = now + lease,
             // Workers are registering again: "no live worker" starts over.
@@ -56,29 +56,51 @@ fn sync_new(coord: &Coord, paths: impl Iterator<Item = std::path::PathBuf>) -> b
             );
             continue;
         }
-        if !matches!(task.phase, Phase::Pending { .. }) {
-            continue;
-        }
-        // A task file put back after its run ended (a replay) must not run it again.
-        if ended_any(coord, &task.spec.dag_name, &task.spec.run_id) {
-            eprintln!(
-                "coordinator: dropping task {id}: run {} already ended",
-                task.spec.run_id
-            );
-            let _ = tasks::remove(&coord.data, &id);
-            continue;
-        }
-        coord.table().insert(task);
-        added = true;
+        added |= adopt(coord, task);
     }
     added
 }
 
+/// Adds stored tasks the table does not have yet (a database store).
+fn sync_stored(coord: &Coord) -> bool {
+    let mut added = false;
+    for task in coord.tasks.load_all() {
+        if coord.table().get(&task.spec.task_id).is_none() {
+            added |= adopt(coord, task);
+        }
+    }
+    added
+}
+
+/// Takes a new pending task into the table; `false` when it is not one to run.
+fn adopt(coord: &Coord, task: crate::table::Task) -> bool {
+    if !matches!(task.phase, Phase::Pending { .. }) {
+        return false;
+    }
+    // A task put back after its run ended (a replay) must not run it again.
+    if ended_any(coord, &task.spec.dag_name, &task.spec.run_id) {
+        eprintln!(
+            "coordinator: dropping task {}: run {} already ended",
+            task.spec.task_id, task.spec.run_id
+        );
+        let _ = coord.tasks.remove(&task.spec.task_id);
+        return false;
+    }
+    coord.table().insert(task);
+    true
+}
+
 fn scan(coord: &Coord) {
-    let Ok(entries) = std::fs::read_dir(tasks::dir(&coord.data)) else {
-        return;
+    let added = match &coord.tasks {
+        tasks::Tasks::Store(_) => sync_stored(coord),
+        tasks::Tasks::Files(data) => {
+            let Ok(entries) = std::fs::read_dir(tasks::dir(data)) else {
+                return;
+            };
+            sync_new(coord, entries.flatten().map(|e| e.path()))
+        }
     };
-    if sync_new(coord, entries.flatten().map(|e| e.path())) {
+    if added {
         coord.wake.notify_waiters();
     }
 }
@@ -86,7 +108,10 @@ fn scan(coord: &Coord) {
 /// Watches the task dir so a new task reaches a waiting worker at once.
 fn watch(coord: Arc<Coord>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let dir = tasks::dir(&coord.data);
+    let tasks::Tasks::Files(data) = &coord.tasks else {
+        return None; // a database is polled (every 250 ms)
+    };
+    let dir = tasks::dir(data);
     std::fs::create_dir_all(&dir).ok()?;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
@@ -126,14 +151,38 @@ pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: Cancellat
         expire(&coord, now);
         if now - last_slow >= 1_000 {
             last_slow = now;
+            if !still_leading(&coord) {
+                eprintln!(
+                    "coordinator: lost its lease; stopping so that only one coordinator acts"
+                );
+                coord.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                shutdown.cancel();
+                return;
+            }
             scan(&coord);
             handle_cancel_requests(&coord);
             explain(&coord, now, grace_until);
             forget_offline(&coord, now);
+            publish_workers(&coord);
         }
         if now - last_registry >= coord.opts.registry_interval.as_millis() as i64 {
             last_registry = now;
             refresh_registry(&coord, addr);
+        }
+    }
+}
+
+/// Renews the coordinator's lease (a database lease lapses 5 s after its last renewal).
+fn still_leading(coord: &Coord) -> bool {
+    let lead = coord.lead.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lead) = lead.as_ref() else {
+        return true;
+    };
+    match coord.store.renew_lease(lead) {
+        Ok(held) => held,
+        Err(e) => {
+            eprintln!("coordinator: cannot renew its lease: {e}");
+            false
         }
     }
 }
@@ -156,7 +205,7 @@ fn expire(coord: &Coord, now: i64) {
                     && ended(coord, &task.spec.dag_name, &task.spec.run_id)
                 {
                     coord.table().remove(&task_id);
-                    let _ = tasks::remove(&coord.data, &task_id);
+                    let _ = coord.tasks.remove(&task_id);
                     continue;
                 }
                 if let Some(task) = task {
@@ -173,7 +222,7 @@ fn expire(coord: &Coord, now: i64) {
             Expired::Lost { task, worker_id } => {
                 let s = &task.spec;
                 if ended(coord, &s.dag_name, &s.run_id) {
-                    let _ = tasks::remove(&coord.data, &s.task_id);
+                    let _ = coord.tasks.remove(&s.task_id);
                     continue;
                 }
                 let msg = format!(
@@ -203,7 +252,7 @@ fn ended_any(coord: &Coord, dag: &str, run_id: &str) -> bool {
 fn persist(coord: &Coord, task_id: &str) {
     let task = coord.table().get(task_id).cloned();
     if let Some(task) = task
-        && let Err(e) = tasks::write(&coord.data, &task)
+        && let Err(e) = coord.tasks.write(&task)
     {
         eprintln!("coordinator: cannot persist task {task_id}: {e}");
     }
@@ -218,7 +267,7 @@ pub(crate) fn settle(coord: &Coord, spec: &crate::table::TaskSpec, status: RunSt
     );
     record_task(coord, spec, status, msg);
     if status.is_final() {
-        let _ = tasks::remove(&coord.data, &spec.task_id);
+        let _ = coord.tasks.remove(&spec.task_id);
     }
 }
 
@@ -352,20 +401,54 @@ fn persist_run(coord: &Coord, dag: &str, run_id: &str) {
 }
 
 fn handle_cancel_requests(coord: &Coord) {
-    for (path, dag, run_id) in tasks::cancel_requests(&coord.data) {
+    for request in coord.tasks.cancel_requests() {
+        let (dag, run_id) = (&request.dag, request.run_id.clone());
         let dag_name = coord
             .table()
             .tasks()
-            .find(|t| trellis_store::safe_name(&t.spec.dag_name) == dag && t.spec.run_id == run_id)
+            .find(|t| trellis_store::safe_name(&t.spec.dag_name) == *dag && t.spec.run_id == run_id)
             .map(|t| t.spec.dag_name.clone());
         let matched = dag_name.is_some_and(|name| cancel(coord, &name, &run_id));
         // An unmatched request may be for a task the scheduler is writing right now:
         // keep it for a while before giving up on it.
-        let old = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 30));
-        if matched || old {
-            let _ = std::fs::remove_file(path);
+        if matched || request.age_secs > 30 {
+            coord.tasks.drop_cancel(&request);
+        }
+    }
+}
+
+/// Publishes the workers in a database store, where servers on other machines read them
+/// (with files, servers ask the coordinator found in the shared registry).
+fn publish_workers(coord: &Coord) {
+    if coord.store.kind() == "file" {
+        return;
+    }
+    let workers: Vec<(String, String)> = coord
+        .workers()
+        .iter()
+        .filter_map(|(id, w)| {
+            let published = crate::client::Published {
+                id: id.clone(),
+                labels: w.labels.clone(),
+                host: w.host.clone(),
+                max_active_runs: w.max_active_runs,
+                connected_at: w.connected_at.clone(),
+                last_heartbeat_ms: w.last_heartbeat_ms,
+                running: w
+                    .running
+                    .iter()
+                    .map(|t| {
+                        let t = t.clone();
+                        (t.task_id, t.dag_name, t.run_id, t.root_run_id, t.started_at)
+                    })
+                    .collect(),
+            };
+            Some((id.clone(), serde_json::to_string(&published).ok()?))
+        })
+        .collect();
+    for (id, json) in workers {
+        if let Err(e) = coord.store.put_worker(&id, &json) {
+            eprintln!("coordinator: cannot publish worker {id}: {e}");
         }
     }
 }

@@ -18,7 +18,7 @@ impl<C: Clock + 'static> Leader<C> {
             Ok(task) => task,
             Err(e) => return self.fail(item, &e),
         };
-        if let Err(e) = dispatch::write(&self.data, &task) {
+        if let Err(e) = self.handoff.write(&task) {
             return self.fail(item, &format!("cannot hand the run to a worker: {e}"));
         }
         eprintln!(
@@ -40,7 +40,7 @@ impl<C: Clock + 'static> Leader<C> {
     /// Counts the runs already on workers (tasks of an earlier leader) as active.
     pub(super) fn adopt_dispatched(&mut self) {
         // Child runs of `call` steps are their parent's to wait for, not the queue's.
-        for task in dispatch::outstanding(&self.data) {
+        for task in self.handoff.load_all() {
             if task.spec.parent.is_some() {
                 continue;
             }
@@ -63,14 +63,17 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Runs whose task file is gone have ended (the safety net under the watcher).
     pub(super) fn reap_dispatched(&mut self) {
+        if !self.active.values().any(|a| a.task.is_some()) {
+            return;
+        }
+        // One listing for every task (one query on a database).
+        let Some(ids) = self.handoff.ids() else {
+            return;
+        };
         let ended: Vec<String> = self
             .active
             .iter()
-            .filter(|(_, a)| {
-                a.task
-                    .as_ref()
-                    .is_some_and(|t| !dispatch::exists(&self.data, t))
-            })
+            .filter(|(_, a)| a.task.as_ref().is_some_and(|t| !ids.contains(t)))
             .map(|(run, _)| run.clone())
             .collect();
         for run in ended {

@@ -58,9 +58,13 @@ struct Leader<C> {
     lead: Option<Lead>,
     /// When the lead was last renewed.
     renewed: Option<std::time::Instant>,
+    /// When stop requests from other machines were last looked at.
+    stops_checked: Option<std::time::Instant>,
     data: PathBuf,
     clock: Arc<C>,
     store: Shared,
+    /// Runs handed to workers: task files, or the database.
+    handoff: trellis_cluster::tasks::Tasks,
     engine: Engine<dyn Backend, Local>,
     catalog: Catalog,
     active: HashMap<String, Active>,
@@ -112,6 +116,8 @@ pub async fn run<C: Clock + 'static>(
         token: lease.info.token,
         lead: None,
         renewed: None,
+        stops_checked: None,
+        handoff: trellis_cluster::tasks::Tasks::of(&data, &store),
         data,
         clock,
         store,
@@ -161,7 +167,7 @@ impl<C: Clock + 'static> Leader<C> {
         let (wake_tx, mut wake) = mpsc::unbounded_channel::<()>();
         let _watcher = watch_queue(&self.data.join("queue"), wake_tx);
         let (gone_tx, mut gone) = mpsc::unbounded_channel::<String>();
-        let _gone_watcher = dispatch::watch_gone(&self.data, gone_tx);
+        let _gone_watcher = dispatch::watch_gone(&self.handoff, gone_tx);
         let mut last_beat = None;
         let mut lost = false;
         loop {
@@ -175,6 +181,7 @@ impl<C: Clock + 'static> Leader<C> {
             let now = self.clock.now();
             self.beat(now, &mut last_beat);
             self.reap_dispatched();
+            self.stop_requested();
             self.fire_due(now);
             self.retry_due(now);
             self.process_queue(now);
@@ -435,10 +442,45 @@ impl<C: Clock + 'static> Leader<C> {
         run.status == Status::Succeeded && finished.is_some_and(|f| f >= since)
     }
 
+    /// `trellis stop` of a run this leader executes, asked on another machine sharing the
+    /// database (on one machine it signals the process). Looked at twice a second.
+    fn stop_requested(&mut self) {
+        if self.store.kind() == "file"
+            || self
+                .stops_checked
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.stops_checked = Some(std::time::Instant::now());
+        for (key, at) in self.store.values(scope::STOP).unwrap_or_default() {
+            let Some((dag, run_id)) = key.split_once('~') else {
+                continue;
+            };
+            let stale = at
+                .parse::<Timestamp>()
+                .is_ok_and(|t| Timestamp::now().duration_since(t).as_secs() > 60);
+            let found = self
+                .active
+                .get(run_id)
+                .filter(|a| trellis_store::safe_name(&a.slot.dag) == dag);
+            if let Some(active) = found {
+                eprintln!("scheduler: stopping run {run_id} of {dag}, as asked");
+                match &active.task {
+                    Some(_) => dispatch::cancel(&self.handoff, &active.slot.dag, run_id),
+                    None => active.cancel.cancel(),
+                }
+            }
+            if found.is_some() || stale {
+                let _ = self.store.put(scope::STOP, &key, None);
+            }
+        }
+    }
+
     fn stop_dag(&mut self, dag: &str) {
         for (run_id, active) in self.active.iter().filter(|(_, a)| a.slot.dag == dag) {
             match &active.task {
-                Some(_) => dispatch::cancel(&self.data, dag, run_id),
+                Some(_) => dispatch::cancel(&self.handoff, dag, run_id),
                 None => active.cancel.cancel(),
             }
         }

@@ -82,6 +82,14 @@ pub fn read_log(
         Some(path) => read_range(path, range)?,
         None => None,
     };
+    if piece.is_none()
+        && let Some(host) = run
+            .host
+            .as_deref()
+            .filter(|h| *h != trellis_store::hostname())
+    {
+        return Err(elsewhere(app, &run, step, stream, host));
+    }
     let (text, offset, next_offset, size) = piece.unwrap_or_default();
     Ok(LogChunk {
         step: step.to_string(),
@@ -92,6 +100,31 @@ pub fn read_log(
         size,
         complete: record.status.is_final() || run.status.is_final(),
     })
+}
+
+/// The step ran on another machine (a database store): its log is there, and the log
+/// index says where.
+fn elsewhere(
+    app: &App,
+    run: &trellis_core::status::RunRecord,
+    step: &str,
+    stream: LogStream,
+    host: &str,
+) -> Error {
+    let stream = match stream {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+    };
+    let at = app
+        .store
+        .log_location(&run.attempt_id, step, stream)
+        .map(|l| format!(" at {} ({} bytes)", l.path, l.bytes))
+        .unwrap_or_default();
+    Error::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "log_on_other_host",
+        format!("the {stream} log of step `{step}` is on {host}{at}, where the step ran"),
+    )
 }
 
 /// `(text, start, end, size)` of a range of a file; `None` when the file does not exist.

@@ -44,54 +44,113 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// The lock and lease file of lease `name`; the scheduler's and the coordinator's keep
+    /// the places earlier versions used.
+    fn lease_paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        match name {
+            crate::state::SCHEDULER => (
+                self.scheduler_dir().join("leader.lock"),
+                self.scheduler_dir().join("lease.json"),
+            ),
+            crate::state::COORDINATOR => (
+                self.data.join("distributed").join("coordinator.lock"),
+                self.data.join("distributed").join("coordinator-lease.json"),
+            ),
+            other => {
+                let dir = self.data.join("leases");
+                let name = safe_name(other);
+                (
+                    dir.join(format!("{name}.lock")),
+                    dir.join(format!("{name}.json")),
+                )
+            }
+        }
+    }
+}
+
 impl State for FileStore {
-    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>> {
-        let dir = self.scheduler_dir();
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join("leader.lock");
+    fn acquire_lease(&self, name: &str, holder: &str) -> Result<Option<Lead>> {
+        let (lock_path, info_path) = self.lease_paths(name);
+        if let Some(dir) = lock_path.parent() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
-        let previous = self.leader()?;
+        let previous = self.lease(name)?;
         let info = LeaseInfo {
             token: previous.as_ref().map_or(0, |i| i.token) + 1,
             holder: holder.to_string(),
             pid: std::process::id(),
             since: jiff::Timestamp::now().to_string(),
         };
-        let json = serde_json::to_vec(&info).map_err(|e| io(&dir)(e.into()))?;
-        write_atomic(&dir.join("lease.json"), &json)?;
+        let json = serde_json::to_vec(&info).map_err(|e| io(&info_path)(e.into()))?;
+        write_atomic(&info_path, &json)?;
         Ok(Some(Lead {
+            name: name.to_string(),
             info,
             previous,
             guard: Some(lock),
         }))
     }
 
-    fn renew_lead(&self, lead: &Lead) -> Result<bool> {
+    fn renew_lease(&self, lead: &Lead) -> Result<bool> {
         // The lock is held for as long as the process lives; nobody can take it over.
         Ok(lead.guard.is_some())
     }
 
-    fn release_lead(&self, lead: Lead) {
+    fn release_lease(&self, lead: Lead) {
         drop(lead);
     }
 
-    fn leader(&self) -> Result<Option<LeaseInfo>> {
-        let path = self.scheduler_dir().join("lease.json");
+    fn lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        let path = self.lease_paths(name).1;
         match fs::read_to_string(&path) {
             Ok(text) => Ok(serde_json::from_str(&text).ok()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
+    }
+
+    fn put_worker(&self, id: &str, info: &str) -> Result<()> {
+        self.put("worker", id, Some(info))
+    }
+
+    fn workers(&self) -> Result<Vec<String>> {
+        Ok(self.values("worker")?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    fn values(&self, scope: &str) -> Result<Vec<(String, String)>> {
+        let dir = self.data.join("state").join(safe_name(scope));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Gone meanwhile, or a write in progress (`.tmp`): skip it.
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            if let Ok(value) = fs::read_to_string(entry.path()) {
+                out.push((name, value));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool> {

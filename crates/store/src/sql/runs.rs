@@ -343,12 +343,8 @@ async fn append(
     tx.commit().await
 }
 
-impl Store for SqlStore {
-    fn create_attempt(&self, dag: &str, run_id: &str, parent: Option<&Attempt>) -> Result<Attempt> {
-        self.new_attempt(dag, run_id, parent, false)
-    }
-
-    fn append(&self, attempt: &Attempt, entry: &Entry) -> Result<()> {
+impl SqlStore {
+    fn append_entry(&self, attempt: &Attempt, entry: &Entry) -> Result<()> {
         let json = serde_json::to_string(entry).map_err(json_err)?;
         let snapshot = match entry {
             Entry::Snapshot(r) => {
@@ -370,6 +366,22 @@ impl Store for SqlStore {
                 append(&db, &id, &json, snapshot).await
             }
         })
+    }
+}
+
+impl Store for SqlStore {
+    fn create_attempt(&self, dag: &str, run_id: &str, parent: Option<&Attempt>) -> Result<Attempt> {
+        self.new_attempt(dag, run_id, parent, false)
+    }
+
+    fn append(&self, attempt: &Attempt, entry: &Entry) -> Result<()> {
+        self.append_entry(attempt, entry)?;
+        if let Entry::Step { step, .. } | Entry::Handler { step, .. } = entry
+            && step.status.is_final()
+        {
+            self.index_logs(&attempt.attempt_id, step);
+        }
+        Ok(())
     }
 
     fn latest(&self, dag: &str) -> Result<Option<RunRecord>> {

@@ -14,6 +14,7 @@ const LEASE_MS: i64 = 5_000;
 
 /// Fails with [`Error::Fenced`] unless `token` still leads.
 pub(super) async fn check_fence(tx: &mut Tx, d: Dialect, token: u64) -> Result<()> {
+    // Ticks and queue takes are the scheduler's writes.
     let sql = "SELECT token FROM leases WHERE name = 'scheduler' AND token = ? \
                AND expires_ms > {now}";
     let rows = tx
@@ -36,17 +37,23 @@ fn info(row: Vec<Val>) -> LeaseInfo {
     }
 }
 
-async fn acquire(db: &Inner, holder: &str, pid: u32) -> Result<Option<Lead>> {
+async fn acquire(db: &Inner, name: &str, holder: &str, pid: u32) -> Result<Option<Lead>> {
     let d = db.dialect;
+    let seed = db.pick(
+        "INSERT INTO leases (name, holder, token, since, expires_ms) VALUES (?, '', 0, '', 0) \
+         ON CONFLICT (name) DO NOTHING",
+        "INSERT IGNORE INTO leases (name, holder, token, since, expires_ms) VALUES (?, '', 0, '', 0)",
+    );
+    db.exec(seed, &[name.into()]).await?;
     let mut tx = db.pool.begin().await?;
     let sql = "SELECT holder, token, pid, since, expires_ms - {now} FROM leases \
-               WHERE name = 'scheduler' FOR UPDATE";
+               WHERE name = ? FOR UPDATE";
     let kinds = [K::Text, K::Int, K::Int, K::Text, K::Int];
-    let mut rows = tx.fetch(d, sql, &[], &kinds).await?;
+    let mut rows = tx.fetch(d, sql, &[name.into()], &kinds).await?;
     let Some(mut row) = rows.pop() else {
         return Err(Error::Db {
             transient: false,
-            message: "the leases table has no scheduler row".into(),
+            message: format!("the leases table has no `{name}` row"),
         });
     };
     let left = row.pop().map_or(0, |v| v.int());
@@ -63,18 +70,20 @@ async fn acquire(db: &Inner, holder: &str, pid: u32) -> Result<Option<Lead>> {
     };
     let since = jiff::Timestamp::now().to_string();
     let sql = "UPDATE leases SET holder = ?, token = ?, pid = ?, since = ?, \
-               expires_ms = {now} + ? WHERE name = 'scheduler'";
+               expires_ms = {now} + ? WHERE name = ?";
     let args = [
         holder.into(),
         Arg::Int(token as i64),
         Arg::Int(i64::from(pid)),
         since.as_str().into(),
         LEASE_MS.into(),
+        name.into(),
     ];
     tx.exec(d, sql, &args).await?;
     tx.commit().await?;
     let previous = (current.token > 0 && !mine).then_some(current);
     Ok(Some(Lead {
+        name: name.to_string(),
         info: LeaseInfo {
             token,
             holder: holder.to_string(),
@@ -86,19 +95,16 @@ async fn acquire(db: &Inner, holder: &str, pid: u32) -> Result<Option<Lead>> {
     }))
 }
 
-async fn renew(db: &Inner, token: u64) -> Result<bool> {
+async fn renew(db: &Inner, name: &str, token: u64) -> Result<bool> {
     let d = db.dialect;
     let mut tx = db.pool.begin().await?;
-    let sql = "SELECT token FROM leases WHERE name = 'scheduler' AND token = ? FOR UPDATE";
-    if tx
-        .fetch(d, sql, &[Arg::Int(token as i64)], &[K::Int])
-        .await?
-        .is_empty()
-    {
+    let sql = "SELECT token FROM leases WHERE name = ? AND token = ? FOR UPDATE";
+    let args = [name.into(), Arg::Int(token as i64)];
+    if tx.fetch(d, sql, &args, &[K::Int]).await?.is_empty() {
         return Ok(false);
     }
-    let sql = "UPDATE leases SET expires_ms = {now} + ? WHERE name = 'scheduler'";
-    tx.exec(d, sql, &[LEASE_MS.into()]).await?;
+    let sql = "UPDATE leases SET expires_ms = {now} + ? WHERE name = ?";
+    tx.exec(d, sql, &[LEASE_MS.into(), name.into()]).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -143,6 +149,55 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// Records where a finished step's logs are (this machine, their paths and sizes).
+    pub(crate) fn index_logs(&self, attempt_id: &str, step: &trellis_core::status::StepRecord) {
+        for (stream, path) in [("stdout", &step.stdout), ("stderr", &step.stderr)] {
+            let Some(path) = path else { continue };
+            let bytes = std::fs::metadata(path).map_or(0, |m| m.len() as i64);
+            let sql = match self.dialect() {
+                Dialect::Postgres => {
+                    "INSERT INTO log_index (attempt, step, stream, host, path, bytes) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (attempt, step, stream) \
+                     DO UPDATE SET host = EXCLUDED.host, path = EXCLUDED.path, bytes = EXCLUDED.bytes"
+                }
+                Dialect::Mysql => {
+                    "INSERT INTO log_index (attempt, step, stream, host, path, bytes) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE host = VALUES(host), \
+                     path = VALUES(path), bytes = VALUES(bytes)"
+                }
+            };
+            let args = vec![
+                attempt_id.into(),
+                step.name.as_str().into(),
+                stream.into(),
+                crate::hostname().into(),
+                path.as_str().into(),
+                bytes.into(),
+            ];
+            if let Err(e) = self.execute(sql, args) {
+                eprintln!("store: cannot index the log of step {}: {e}", step.name);
+            }
+        }
+    }
+
+    pub fn log_location(
+        &self,
+        attempt_id: &str,
+        step: &str,
+        stream: &str,
+    ) -> Option<crate::LogLocation> {
+        let sql =
+            "SELECT host, path, bytes FROM log_index WHERE attempt = ? AND step = ? AND stream = ?";
+        let args = vec![attempt_id.into(), step.into(), stream.into()];
+        let rows = self.query(sql, args, &[K::Text, K::Text, K::Int]).ok()?;
+        let mut row = rows.into_iter().next()?.into_iter();
+        Some(crate::LogLocation {
+            host: row.next()?.into_text()?,
+            path: row.next()?.into_text()?,
+            bytes: row.next()?.int(),
+        })
+    }
+
     /// Top-level runs by status, from the runs table's summary column.
     pub fn status_counts(&self) -> Result<Vec<(String, i64)>> {
         let sql = "SELECT status, COUNT(*) FROM runs GROUP BY status";
@@ -163,31 +218,74 @@ fn first(rows: Vec<Vec<Val>>) -> Option<Val> {
 }
 
 impl State for SqlStore {
-    fn acquire_lead(&self, holder: &str) -> Result<Option<Lead>> {
-        let (holder, pid) = (Arc::new(holder.to_string()), std::process::id());
+    fn acquire_lease(&self, name: &str, holder: &str) -> Result<Option<Lead>> {
+        let (name, holder, pid) = (
+            Arc::new(name.to_string()),
+            Arc::new(holder.to_string()),
+            std::process::id(),
+        );
         self.run(move |db| {
-            let holder = holder.clone();
-            async move { acquire(&db, &holder, pid).await }
+            let (name, holder) = (name.clone(), holder.clone());
+            async move { acquire(&db, &name, &holder, pid).await }
         })
     }
 
-    fn renew_lead(&self, lead: &Lead) -> Result<bool> {
-        let token = lead.info.token;
-        self.run(move |db| async move { renew(&db, token).await })
+    fn renew_lease(&self, lead: &Lead) -> Result<bool> {
+        let (name, token) = (Arc::new(lead.name.clone()), lead.info.token);
+        self.run(move |db| {
+            let name = name.clone();
+            async move { renew(&db, &name, token).await }
+        })
     }
 
-    fn release_lead(&self, lead: Lead) {
-        let sql = "UPDATE leases SET expires_ms = 0 WHERE name = 'scheduler' AND token = ?";
-        if let Err(e) = self.execute(sql, vec![Arg::Int(lead.info.token as i64)]) {
-            eprintln!("scheduler: could not release the lead: {e}");
+    fn release_lease(&self, lead: Lead) {
+        let sql = "UPDATE leases SET expires_ms = 0 WHERE name = ? AND token = ?";
+        let args = vec![lead.name.as_str().into(), Arg::Int(lead.info.token as i64)];
+        if let Err(e) = self.execute(sql, args) {
+            eprintln!("cannot release the {} lease: {e}", lead.name);
         }
     }
 
-    fn leader(&self) -> Result<Option<LeaseInfo>> {
-        let sql = "SELECT holder, token, pid, since FROM leases \
-                   WHERE name = 'scheduler' AND token > 0";
-        let rows = self.query(sql, vec![], &[K::Text, K::Int, K::Int, K::Text])?;
+    fn lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        let sql = "SELECT holder, token, pid, since FROM leases WHERE name = ? AND token > 0";
+        let rows = self.query(sql, vec![name.into()], &[K::Text, K::Int, K::Int, K::Text])?;
         Ok(rows.into_iter().next().map(info))
+    }
+
+    fn put_worker(&self, id: &str, info: &str) -> Result<()> {
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "INSERT INTO workers (id, info, heartbeat_ms) VALUES (?, ?, {now}) \
+                 ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, \
+                 heartbeat_ms = EXCLUDED.heartbeat_ms"
+            }
+            Dialect::Mysql => {
+                "INSERT INTO workers (id, info, heartbeat_ms) VALUES (?, ?, {now}) \
+                 ON DUPLICATE KEY UPDATE info = VALUES(info), heartbeat_ms = VALUES(heartbeat_ms)"
+            }
+        };
+        self.execute(sql, vec![id.into(), info.into()]).map(drop)
+    }
+
+    fn workers(&self) -> Result<Vec<String>> {
+        let sql = "SELECT info FROM workers WHERE heartbeat_ms > {now} - 600000 ORDER BY id";
+        let rows = self.query(sql, vec![], &[K::Text])?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| first(vec![r]).and_then(Val::into_text))
+            .collect())
+    }
+
+    fn values(&self, scope: &str) -> Result<Vec<(String, String)>> {
+        let sql = "SELECT name, value FROM kv WHERE scope = ? ORDER BY name";
+        let rows = self.query(sql, vec![scope.into()], &[K::Text, K::Text])?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let mut r = r.into_iter().map(|v| v.into_text().unwrap_or_default());
+                (r.next().unwrap_or_default(), r.next().unwrap_or_default())
+            })
+            .collect())
     }
 
     fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool> {
