@@ -259,9 +259,10 @@ impl Tasks {
 }
 
 /// Hands child runs of `call` steps with a label `worker_selector` to the coordinator
-/// through task files (shared-filesystem mode), signed when the cluster has a key.
+/// through task files (shared-filesystem mode) or the database, signed when the cluster
+/// has a key.
 pub struct FileRemote {
-    pub data: PathBuf,
+    pub tasks: Tasks,
     pub registry_dir: PathBuf,
     pub key: Option<Vec<u8>>,
 }
@@ -271,7 +272,11 @@ impl trellis_engine::Remote for FileRemote {
         use crate::registry::{self, Kind};
         use crate::table::{ParentRef, Phase, TaskSpec};
         let now = jiff::Timestamp::now();
-        if registry::live(&self.registry_dir, Kind::Coordinator, now).is_empty() {
+        // With a database, coordinators are found by their lease, not a shared registry;
+        // a task no coordinator takes fails after the dispatch timeout.
+        if matches!(self.tasks, Tasks::Files(_))
+            && registry::live(&self.registry_dir, Kind::Coordinator, now).is_empty()
+        {
             let labels: Vec<String> = c.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Err(format!(
                 "no coordinator is running to hand sub-DAG `{}` to a worker matching {}",
@@ -304,11 +309,13 @@ impl trellis_engine::Remote for FileRemote {
             spec,
             phase: Phase::pending(),
         };
-        write(&self.data, &task).map_err(|e| format!("cannot hand the sub-DAG to a worker: {e}"))
+        self.tasks
+            .write(&task)
+            .map_err(|e| format!("cannot hand the sub-DAG to a worker: {e}"))
     }
 
     fn cancel_child(&self, dag: &str, run_id: &str) {
-        if let Err(e) = request_cancel(&self.data, dag, run_id) {
+        if let Err(e) = self.tasks.request_cancel(dag, run_id) {
             eprintln!("cannot ask to cancel sub-DAG run {run_id} of {dag}: {e}");
         }
     }

@@ -65,10 +65,14 @@ pub fn task(
 }
 
 /// Where `call` steps with a label selector send their child runs: task files for the
-/// coordinator in this data dir.
-pub fn remote(data: &Path, key: Option<Vec<u8>>) -> trellis_engine::RemoteHandle {
+/// coordinator in this data dir, or the database the coordinator shares.
+pub fn remote(
+    data: &Path,
+    store: &trellis_store::Shared,
+    key: Option<Vec<u8>>,
+) -> trellis_engine::RemoteHandle {
     trellis_engine::RemoteHandle(std::sync::Arc::new(tasks::FileRemote {
-        data: data.to_path_buf(),
+        tasks: Tasks::of(data, store),
         registry_dir: trellis_cluster::registry::default_dir(data),
         key,
     }))

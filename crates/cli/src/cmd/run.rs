@@ -87,6 +87,13 @@ pub fn execute(
         .enable_all()
         .build()?;
     let backend = super::open_store()?;
+    let remote = trellis_scheduler::dispatch::remote(
+        &trellis_store::data_dir(&home()),
+        &backend,
+        std::env::var("TRELLIS_COORDINATOR_SIGNING_KEY")
+            .ok()
+            .map(String::into_bytes),
+    );
     let record = runtime.block_on(async {
         let store = Arc::new(crate::progress::Progress::new(backend, quiet));
         let shown = store.clone();
@@ -94,12 +101,7 @@ pub fn execute(
             dags_dir,
             base_env: trellis_engine::inherited_env(),
             worker_id: None,
-            remote: Some(trellis_scheduler::dispatch::remote(
-                &trellis_store::data_dir(&home()),
-                std::env::var("TRELLIS_COORDINATOR_SIGNING_KEY")
-                    .ok()
-                    .map(String::into_bytes),
-            )),
+            remote: Some(remote),
         };
         let engine = Engine::new(store, Arc::new(Local), opts);
         let cancel = CancellationToken::new();

@@ -136,7 +136,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Strin
             let data = trellis_store::data_dir(&opts.home);
             trellis_engine::RemoteHandle(Arc::new(crate::tasks::FileRemote {
                 registry_dir: opts.registry_dir.clone(),
-                data,
+                tasks: crate::tasks::Tasks::Files(data),
                 key: opts.dial.key.clone(),
             }))
         }),

@@ -107,7 +107,11 @@ pub async fn run<C: Clock + 'static>(
         dags_dir: Some(opts.dags_dir.clone()),
         base_env: trellis_engine::inherited_env(),
         worker_id: None,
-        remote: Some(crate::dispatch::remote(&data, opts.signing_key.clone())),
+        remote: Some(crate::dispatch::remote(
+            &data,
+            &store,
+            opts.signing_key.clone(),
+        )),
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), engine_opts);
     let started = clock.now();
