@@ -475,32 +475,16 @@ fn filtered_page(
     offset: usize,
     end: usize,
 ) -> Result<crate::Page> {
-    let (mut runs, mut matched) = (Vec::new(), 0usize);
+    let mut page = crate::Filtered::new(keep, offset, end);
     for dir in dirs {
         let Some(run) = FileStore::read_latest_attempt(&dir)? else {
             continue;
         };
-        if !keep(&run) {
-            continue;
+        if page.offer(run) {
+            return Ok(page.page(true));
         }
-        if matched >= end {
-            // One more match past the page: there is a next page.
-            return Ok(crate::Page {
-                runs,
-                total: None,
-                has_more: true,
-            });
-        }
-        if matched >= offset {
-            runs.push(run);
-        }
-        matched += 1;
     }
-    Ok(crate::Page {
-        runs,
-        total: Some(matched),
-        has_more: false,
-    })
+    Ok(page.page(false))
 }
 
 #[cfg(test)]

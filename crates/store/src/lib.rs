@@ -147,6 +147,52 @@ pub struct Page {
     pub has_more: bool,
 }
 
+/// Builds a page of the runs a filter keeps, from runs offered newest first: the runs
+/// `offset..end` among those kept, and whether one more was kept after them.
+pub(crate) struct Filtered<'a> {
+    keep: &'a dyn Fn(&RunRecord) -> bool,
+    offset: usize,
+    end: usize,
+    runs: Vec<RunRecord>,
+    matched: usize,
+}
+
+impl<'a> Filtered<'a> {
+    pub fn new(keep: &'a dyn Fn(&RunRecord) -> bool, offset: usize, end: usize) -> Self {
+        Filtered {
+            keep,
+            offset,
+            end,
+            runs: Vec::new(),
+            matched: 0,
+        }
+    }
+
+    /// Takes the next run; `true` once a kept run falls past the page (stop reading).
+    pub fn offer(&mut self, run: RunRecord) -> bool {
+        if !(self.keep)(&run) {
+            return false;
+        }
+        if self.matched >= self.end {
+            return true;
+        }
+        if self.matched >= self.offset {
+            self.runs.push(run);
+        }
+        self.matched += 1;
+        false
+    }
+
+    /// The page; `more` when [`Filtered::offer`] said so (then the total is unknown).
+    pub fn page(self, more: bool) -> Page {
+        Page {
+            runs: self.runs,
+            total: (!more).then_some(self.matched),
+            has_more: more,
+        }
+    }
+}
+
 /// A run waiting in a queue for the scheduler.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueItem {

@@ -117,6 +117,13 @@ impl Val {
 
 pub type Rows = Vec<Vec<Val>>;
 
+/// The first column of each row, as text (rows where it is not text are left out).
+pub fn texts(rows: Rows) -> Vec<String> {
+    rows.into_iter()
+        .filter_map(|r| r.into_iter().next().and_then(Val::into_text))
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 pub enum Pool {
     Pg(sqlx::PgPool),

@@ -218,9 +218,6 @@ impl Queue for SqlStore {
             let sql = "SELECT DISTINCT queue FROM queue_items WHERE claim IS NULL ORDER BY queue";
             db.fetch(sql, &[], &[K::Text]).await
         })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| r.into_iter().next().and_then(Val::into_text))
-            .collect())
+        Ok(super::db::texts(rows))
     }
 }

@@ -174,33 +174,18 @@ impl SqlStore {
         limit: usize,
     ) -> Result<Page> {
         const BATCH: usize = 500;
-        let end = offset.saturating_add(limit);
-        let (mut runs, mut matched, mut at) = (Vec::new(), 0usize, 0usize);
+        let mut page = crate::Filtered::new(keep, offset, offset.saturating_add(limit));
+        let mut at = 0;
         loop {
             let batch = self.page_all(dag, at, BATCH)?;
             at += BATCH;
             for run in batch.runs {
-                if !keep(&run) {
-                    continue;
+                if page.offer(run) {
+                    return Ok(page.page(true));
                 }
-                if matched >= end {
-                    return Ok(Page {
-                        runs,
-                        total: None,
-                        has_more: true,
-                    });
-                }
-                if matched >= offset {
-                    runs.push(run);
-                }
-                matched += 1;
             }
             if !batch.has_more {
-                return Ok(Page {
-                    runs,
-                    total: Some(matched),
-                    has_more: false,
-                });
+                return Ok(page.page(false));
             }
         }
     }
@@ -472,10 +457,7 @@ impl Store for SqlStore {
             let sql = "SELECT DISTINCT dag FROM runs ORDER BY dag";
             db.fetch(sql, &[], &[K::Text]).await
         })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| r.into_iter().next().and_then(Val::into_text))
-            .collect())
+        Ok(super::db::texts(rows))
     }
 
     fn remove(&self, dag: &str, run_id: &str) -> Result<()> {

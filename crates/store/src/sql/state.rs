@@ -151,32 +151,47 @@ impl SqlStore {
 impl SqlStore {
     /// Records where a finished step's logs are (this machine, their paths and sizes).
     pub(crate) fn index_logs(&self, attempt_id: &str, step: &trellis_core::status::StepRecord) {
-        for (stream, path) in [("stdout", &step.stdout), ("stderr", &step.stderr)] {
-            let Some(path) = path else { continue };
+        let streams: Vec<(&str, &String)> = [("stdout", &step.stdout), ("stderr", &step.stderr)]
+            .into_iter()
+            .filter_map(|(stream, path)| path.as_ref().map(|p| (stream, p)))
+            .collect();
+        if streams.is_empty() {
+            return;
+        }
+        // Both streams in one statement: this runs once per finished step.
+        let rows = vec!["(?, ?, ?, ?, ?, ?)"; streams.len()].join(", ");
+        let upsert = match self.dialect() {
+            Dialect::Postgres => {
+                " ON CONFLICT (attempt, step, stream) DO UPDATE SET host = EXCLUDED.host, \
+                 path = EXCLUDED.path, bytes = EXCLUDED.bytes"
+            }
+            Dialect::Mysql => {
+                " ON DUPLICATE KEY UPDATE host = VALUES(host), path = VALUES(path), \
+                 bytes = VALUES(bytes)"
+            }
+        };
+        let sql = format!(
+            "INSERT INTO log_index (attempt, step, stream, host, path, bytes) VALUES {rows}{upsert}"
+        );
+        let mut args = Vec::new();
+        for (stream, path) in streams {
             let bytes = std::fs::metadata(path).map_or(0, |m| m.len() as i64);
-            let sql = match self.dialect() {
-                Dialect::Postgres => {
-                    "INSERT INTO log_index (attempt, step, stream, host, path, bytes) \
-                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (attempt, step, stream) \
-                     DO UPDATE SET host = EXCLUDED.host, path = EXCLUDED.path, bytes = EXCLUDED.bytes"
-                }
-                Dialect::Mysql => {
-                    "INSERT INTO log_index (attempt, step, stream, host, path, bytes) \
-                     VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE host = VALUES(host), \
-                     path = VALUES(path), bytes = VALUES(bytes)"
-                }
-            };
-            let args = vec![
+            args.extend([
                 attempt_id.into(),
                 step.name.as_str().into(),
                 stream.into(),
                 crate::hostname().into(),
                 path.as_str().into(),
-                bytes.into(),
-            ];
-            if let Err(e) = self.execute(sql, args) {
-                eprintln!("store: cannot index the log of step {}: {e}", step.name);
-            }
+                Arg::Int(bytes),
+            ]);
+        }
+        let (sql, args) = (Arc::new(sql), Arc::new(args));
+        let done = self.run(move |db| {
+            let (sql, args) = (sql.clone(), args.clone());
+            async move { db.exec(&sql, &args).await }
+        });
+        if let Err(e) = done {
+            eprintln!("store: cannot index the logs of step {}: {e}", step.name);
         }
     }
 
