@@ -407,3 +407,69 @@ fn schedulers_on_mariadb_run_every_run_once() {
     let log = std::fs::read_to_string(&done).unwrap();
     assert_eq!(log.lines().count(), ids.len(), "each run once:\n{log}");
 }
+
+/// PostgreSQL goes away in the middle of a drain and comes back: the deep health check
+/// says so meanwhile, and afterwards every run has finished once.
+#[test]
+fn a_database_outage_loses_and_duplicates_nothing() {
+    let mut db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("outage").expect("database");
+    let shared = tempfile::tempdir().unwrap();
+    let done = shared.path().join("done.log");
+    let env = Env::new();
+    work_dag(&env, &done);
+    // Two at a time, so the outage falls in the middle of the drain.
+    let config = env.config("run_queue:\n  max_concurrent_runs: 2\n");
+    let config = config.to_str().unwrap();
+    let args = ["scheduler", "--config", config];
+    let _scheduler = Proc::spawn_with(&env, &args, "leading", &[(DB_URL, url.as_str())]);
+    let server_env = Env::new();
+    work_dag(&server_env, &done);
+    let (_server, base) = server(&server_env, &url);
+    let ids: Vec<String> = (0..20).map(|i| format!("o{i:02}")).collect();
+    for id in &ids {
+        enqueue_dag(&base, "work", id);
+    }
+    wait_for(30, "some runs to finish", || {
+        std::fs::read_to_string(&done)
+            .ok()
+            .filter(|d| d.lines().count() >= 3)
+    });
+    db.stop().expect("stop PostgreSQL");
+    let before = std::fs::read_to_string(&done).unwrap().lines().count();
+    assert!(
+        before < ids.len(),
+        "the drain was still going when the database went"
+    );
+    let health = |want: u16| {
+        let resp = client().get(format!("{base}/health/deep")).send().ok()?;
+        (resp.status().as_u16() == want)
+            .then(|| resp.json::<Value>().ok())
+            .flatten()
+    };
+    let down = wait_for(30, "the deep health check to see the database gone", || {
+        health(503)
+    });
+    assert_eq!(down["checks"]["store"]["ok"], false, "{down}");
+    db.restart().expect("restart PostgreSQL");
+    wait_for(60, "every run to finish", || {
+        let runs = history(&base);
+        (runs.len() == ids.len() && runs.iter().all(|(_, s)| s == "succeeded")).then_some(())
+    });
+    let log = std::fs::read_to_string(&done).unwrap();
+    let counts = completions(&log);
+    for id in &ids {
+        assert_eq!(counts.get(id.as_str()), Some(&1), "run {id}:\n{log}");
+    }
+    let store = wait_for(30, "the store check to pass again", || {
+        let resp = client().get(format!("{base}/health/deep")).send().ok()?;
+        let body: Value = resp.json().ok()?;
+        (body["checks"]["store"]["ok"] == true).then_some(body)
+    });
+    assert!(
+        store["checks"]["store"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("postgres")
+    );
+}

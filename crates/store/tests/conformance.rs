@@ -101,6 +101,34 @@ fn runs_fold_their_events(store: &dyn Backend) {
     store
         .append(&attempt, &Entry::Step { index: 0, step })
         .unwrap();
+    // A finished step's log is indexed by a database store: where it is, and its size.
+    let log = attempt.log_dir.join("b.out");
+    std::fs::write(&log, "12345").unwrap();
+    let step = StepRecord {
+        name: "b".into(),
+        status: Status::Failed,
+        stdout: Some(log.display().to_string()),
+        ..Default::default()
+    };
+    store
+        .append(&attempt, &Entry::Step { index: 1, step })
+        .unwrap();
+    let at = store.log_location(&attempt.attempt_id, "b", "stdout");
+    if store.kind() == "file" {
+        assert_eq!(at, None, "the file store keeps logs beside the run");
+    } else {
+        let at = at.expect("indexed");
+        assert_eq!((at.host.as_str(), at.bytes), (trellis_store::hostname(), 5));
+        assert_eq!(at.path, log.display().to_string());
+    }
+    let mut step = StepRecord {
+        name: "b".into(),
+        ..Default::default()
+    };
+    step.status = Status::NotStarted;
+    store
+        .append(&attempt, &Entry::Step { index: 1, step })
+        .unwrap();
     let run = store.find("etl", "r1").unwrap().expect("the run is stored");
     assert_eq!(run.status, Status::Running);
     assert_eq!(run.steps[0].status, Status::Succeeded);
@@ -315,6 +343,44 @@ fn named_values(store: &dyn Backend, other: &dyn Backend) {
     assert_eq!(store.get(scope::SUSPEND, "etl").unwrap(), None);
 }
 
+fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Backend) {
+    use trellis_store::state::{COORDINATOR, scope};
+    let first = store
+        .acquire_lease(COORDINATOR, "c1")
+        .unwrap()
+        .expect("c1 serves");
+    assert!(
+        other.acquire_lease(COORDINATOR, "c2").unwrap().is_none(),
+        "c2 stands by"
+    );
+    assert!(
+        other.acquire_lead("s1").unwrap().is_some(),
+        "the scheduler's lease is another one"
+    );
+    assert!(store.renew_lease(&first).unwrap());
+    assert_eq!(other.lease(COORDINATOR).unwrap().unwrap().holder, "c1");
+    let token = first.info.token;
+    store.release_lease(first);
+    let second = other
+        .acquire_lease(COORDINATOR, "c2")
+        .unwrap()
+        .expect("c2 takes over");
+    assert!(second.info.token > token);
+
+    for (id, task) in [("t2", "{\"b\":2}"), ("t1", "{\"a\":1}")] {
+        store.put(scope::TASK, id, Some(task)).unwrap();
+    }
+    let values = other.values(scope::TASK).unwrap();
+    let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["t1", "t2"]);
+    other.put(scope::TASK, "t1", None).unwrap();
+    assert_eq!(store.values(scope::TASK).unwrap().len(), 1);
+
+    store.put_worker("w1", "{\"id\":\"w1\"}").unwrap();
+    store.put_worker("w1", "{\"id\":\"w1\",\"n\":2}").unwrap();
+    assert_eq!(other.workers().unwrap(), ["{\"id\":\"w1\",\"n\":2}"]);
+}
+
 /// The same test for each backend: `file_x`, `postgres_x`, `mariadb_x`.
 macro_rules! suite {
     ($($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
@@ -365,6 +431,7 @@ suite! {
     racing_takers: |s, o| concurrent_takers_take_each_item_once(s);
     leader: |s, o| one_leader_and_fenced_writes(&*s, &*o);
     values: |s, o| named_values(&*s, &*o);
+    coordinator_lease: |s, o| coordinators_lease_and_shared_values(&*s, &*o);
 }
 
 /// A database that goes away mid-operation: the call waits and retries, health sees it
