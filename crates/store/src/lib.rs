@@ -277,10 +277,19 @@ pub const DATABASE_URL_ENV: &str = "TRELLIS_DATABASE_URL";
 /// Opens the store of `home`: the database named by `TRELLIS_DATABASE_URL` when it is set,
 /// else the file store.
 pub fn open(home: &std::path::Path) -> Result<Shared> {
+    open_with(home, sql::GIVE_UP)
+}
+
+/// [`open`], with how long a database operation keeps retrying while the database is
+/// away: long for what must not be lost (runs recording their steps), short where a
+/// caller waits (a web request, which then gets a 503).
+pub fn open_with(home: &std::path::Path, patience: std::time::Duration) -> Result<Shared> {
     match std::env::var(DATABASE_URL_ENV) {
-        Ok(url) if !url.trim().is_empty() => {
-            Ok(std::sync::Arc::new(SqlStore::connect(url.trim(), home)?))
-        }
+        Ok(url) if !url.trim().is_empty() => Ok(std::sync::Arc::new(SqlStore::connect_with(
+            url.trim(),
+            home,
+            patience,
+        )?)),
         _ => Ok(std::sync::Arc::new(FileStore::new(home))),
     }
 }

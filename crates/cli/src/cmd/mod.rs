@@ -100,9 +100,16 @@ pub fn open_store() -> anyhow::Result<trellis_store::Shared> {
     if let Some(store) = STORE.get() {
         return Ok(store.clone());
     }
-    let store = trellis_store::open(&run::home())?;
+    let patience =
+        std::time::Duration::from_secs(PATIENCE.load(std::sync::atomic::Ordering::Relaxed));
+    let store = trellis_store::open_with(&run::home(), patience)?;
     Ok(STORE.get_or_init(|| store).clone())
 }
+
+/// How long database operations retry while the database is away (see
+/// [`trellis_store::open_with`]): 10 minutes, so a run loses nothing; `trellis server`
+/// sets 15 s before opening, so a request waits that long at most, then gets a 503.
+pub static PATIENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(600);
 
 /// Reads a workflow file, naming it in the error.
 pub fn read(path: &Path) -> anyhow::Result<String> {

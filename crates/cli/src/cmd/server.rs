@@ -84,6 +84,8 @@ async fn serve(opts: trellis_server::Options, shutdown: CancellationToken) -> an
 }
 
 pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
+    // A request waits for an absent database 15 s at most, then gets a 503.
+    super::PATIENCE.store(15, std::sync::atomic::Ordering::Relaxed);
     let opts = server_options(&args.setup, &args.serve)?;
     trellis_server::check(&opts).map_err(anyhow::Error::msg)?;
     until_signal(|shutdown| serve(opts, shutdown))

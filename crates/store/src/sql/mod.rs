@@ -22,7 +22,7 @@ use sqlx::AssertSqlSafe;
 use crate::{Error, Result};
 
 /// How long an operation keeps retrying while the database is away before it fails.
-const GIVE_UP: Duration = Duration::from_secs(600);
+pub(crate) const GIVE_UP: Duration = Duration::from_secs(600);
 
 /// A store in a PostgreSQL or MariaDB/MySQL database.
 pub struct SqlStore {
@@ -68,7 +68,13 @@ impl SqlStore {
     /// database cannot be reached: a process should not start against a database it
     /// cannot see.
     pub fn connect(url: &str, home: &Path) -> Result<SqlStore> {
-        let bridge = Bridge::new(GIVE_UP)?;
+        SqlStore::connect_with(url, home, GIVE_UP)
+    }
+
+    /// [`SqlStore::connect`], retrying each operation for up to `patience` while the
+    /// database is away.
+    pub fn connect_with(url: &str, home: &Path, patience: Duration) -> Result<SqlStore> {
+        let bridge = Bridge::new(patience)?;
         let unreachable = |e: Error| Error::Unreachable {
             url: redact(url),
             message: e.to_string(),
