@@ -452,7 +452,10 @@ fn a_database_outage_loses_and_duplicates_nothing() {
     });
     assert_eq!(down["checks"]["store"]["ok"], false, "{down}");
     // A request that needs the store waits a little, then gets a 503 that says why.
-    let resp = client().get(format!("{base}/api/v2/dag-runs")).send().unwrap();
+    let resp = client()
+        .get(format!("{base}/api/v2/dag-runs"))
+        .send()
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = resp.json().unwrap();
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");

@@ -52,6 +52,8 @@ pub const SECRET_VARS: &[&str] = &[
     "TRELLIS_AUTH_BASIC_USERNAME",
     "TRELLIS_AUTH_BASIC_PASSWORD",
     "TRELLIS_COORDINATOR_SIGNING_KEY",
+    // Holds the database password; `trellis` processes get it back explicitly.
+    "TRELLIS_DATABASE_URL",
 ];
 
 /// This process's environment without [`SECRET_VARS`]: what steps inherit.

@@ -207,6 +207,10 @@ impl App {
         for var in trellis_engine::SECRET_VARS {
             command.env_remove(var);
         }
+        // The run must record itself where this server reads (not what a caller's env said).
+        if let Ok(url) = std::env::var(trellis_store::DATABASE_URL_ENV) {
+            command.env(trellis_store::DATABASE_URL_ENV, url);
+        }
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command.spawn().map_err(|e| {
             Error::internal(format!("cannot start {}: {e}", self.launcher.display()))

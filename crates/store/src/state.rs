@@ -14,6 +14,9 @@ pub struct LeaseInfo {
     pub holder: String,
     pub pid: u32,
     pub since: String,
+    /// The machine `pid` is on.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// Held while this process leads; give it back with [`State::release_lease`] (a killed

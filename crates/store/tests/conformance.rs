@@ -298,9 +298,10 @@ fn one_leader_and_fenced_writes(store: &dyn Backend, other: &dyn Backend) {
             .unwrap()
     );
     assert!(
-        !other
+        other
             .claim_tick(a.info.token, "etl", "20261122T100000Z")
-            .unwrap()
+            .unwrap(),
+        "a repeated claim by the same lead (a retry) still fires"
     );
     let old = a.info.token;
     store.release_lead(a);
@@ -315,6 +316,12 @@ fn one_leader_and_fenced_writes(store: &dyn Backend, other: &dyn Backend) {
         store.take(old, "q", "x"),
         Err(Error::Fenced(_)) | Ok(false)
     ));
+    assert!(
+        !other
+            .claim_tick(b.info.token, "etl", "20261122T100000Z")
+            .unwrap(),
+        "a tick an earlier leader claimed does not fire again"
+    );
     assert!(
         other
             .claim_tick(b.info.token, "etl", "20261122T110000Z")

@@ -71,11 +71,16 @@ fn started(run: &trellis_core::status::RunRecord) -> &str {
         .unwrap_or_default()
 }
 
-/// Queued items; enqueueing is idempotent per (queue, run id).
+/// Queued items of runs still queued in the database: a run that a scheduler on the
+/// database has started since an earlier migrate is not queued again.
 fn copy_queues(files: &FileStore, db: &SqlStore) -> anyhow::Result<usize> {
     let mut n = 0;
     for queue in files.queues()? {
         for item in files.items(&queue)? {
+            let run = db.find(&item.dag_name, &item.run_id)?;
+            if run.is_some_and(|r| r.status != trellis_core::status::Status::Queued) {
+                continue;
+            }
             db.enqueue(&item)?;
             n += 1;
         }

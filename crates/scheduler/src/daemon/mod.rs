@@ -140,13 +140,13 @@ pub async fn run<C: Clock + 'static>(
         leader.report_invalid();
     }
     leader.adopt_dispatched();
-    leader.recover(
-        lease
-            .previous
-            .as_ref()
-            .map(|p| p.pid)
-            .filter(|p| *p != std::process::id()),
-    );
+    // The previous leader's process (machine and pid), unless it was this one.
+    let previous = lease
+        .previous
+        .as_ref()
+        .map(|p| (p.host.clone(), p.pid))
+        .filter(|(h, p)| (h.as_str(), *p) != (trellis_store::hostname(), std::process::id()));
+    leader.recover(previous);
     leader.lead = Some(lease);
     let lost = leader.lead(done_rx, shutdown).await;
     if let Some(lease) = leader.lead.take() {

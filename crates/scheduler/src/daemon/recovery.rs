@@ -11,7 +11,7 @@ impl<C: Clock + 'static> Leader<C> {
     /// leader is) are failed and queued again; queued runs whose queue item is missing (taken
     /// just before a crash) get it back; a claimed tick whose run was never written is
     /// enqueued.
-    pub(super) fn recover(&mut self, previous_pid: Option<u32>) {
+    pub(super) fn recover(&mut self, previous: Option<(String, u32)>) {
         let entries: Vec<(Dag, PathBuf)> = self
             .catalog
             .entries
@@ -27,9 +27,7 @@ impl<C: Clock + 'static> Leader<C> {
                 let orphaned = run.status == Status::Running
                     && run.queued
                     && run.worker_id.is_none()
-                    && run
-                        .pid
-                        .is_some_and(|p| Some(p) == previous_pid || !alive(p));
+                    && (ran_in(&run, previous.as_ref()) || died_here(&run));
                 // An enqueue writes the record just before the queue item: only a run queued
                 // well before this scheduler took over can have lost its item.
                 let settled = run
@@ -127,4 +125,26 @@ impl<C: Clock + 'static> Leader<C> {
             eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
         }
     }
+}
+
+/// The run was executed by the previous leader's process (which is gone: its lease was).
+/// A run recorded before runs named their machine is taken to be on the leader's.
+fn ran_in(run: &trellis_core::status::RunRecord, previous: Option<&(String, u32)>) -> bool {
+    previous.is_some_and(|(host, pid)| {
+        run.pid == Some(*pid)
+            && run
+                .host
+                .as_deref()
+                .is_none_or(|h| h == host || host.is_empty())
+    })
+}
+
+/// The run's process was on this machine and is gone. A process on another machine can
+/// only be judged by its scheduler's lease ([`ran_in`]).
+fn died_here(run: &trellis_core::status::RunRecord) -> bool {
+    let here = run
+        .host
+        .as_deref()
+        .is_none_or(|h| h == trellis_store::hostname());
+    here && run.pid.is_some_and(|p| !alive(p))
 }

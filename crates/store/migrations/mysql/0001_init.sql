@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS queue_items (
     item LONGTEXT NOT NULL,
     claim VARCHAR(255),
     claimed_at BIGINT,
+    -- Which enqueue call wrote the row: a retried call must not revive its own taken item.
+    enqueue_nonce VARCHAR(255),
     UNIQUE (queue, run_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE INDEX IF NOT EXISTS queue_items_order ON queue_items (queue, claim, priority DESC, seq);
@@ -69,6 +71,7 @@ CREATE TABLE IF NOT EXISTS leases (
     name VARCHAR(255) PRIMARY KEY,
     holder VARCHAR(255) NOT NULL,
     pid BIGINT NOT NULL DEFAULT 0,
+    host VARCHAR(255) NOT NULL DEFAULT '',
     token BIGINT NOT NULL,
     since TEXT NOT NULL,
     expires_ms BIGINT NOT NULL

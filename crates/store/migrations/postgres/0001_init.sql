@@ -48,6 +48,8 @@ CREATE TABLE queue_items (
     item TEXT NOT NULL,
     claim TEXT,
     claimed_at BIGINT,
+    -- Which enqueue call wrote the row: a retried call must not revive its own taken item.
+    enqueue_nonce VARCHAR(255),
     UNIQUE (queue, run_id)
 );
 CREATE INDEX queue_items_order ON queue_items (queue, claim, priority DESC, seq);
@@ -66,6 +68,7 @@ CREATE TABLE leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     pid BIGINT NOT NULL DEFAULT 0,
+    host VARCHAR(255) NOT NULL DEFAULT '',
     token BIGINT NOT NULL,
     since TEXT NOT NULL,
     expires_ms BIGINT NOT NULL

@@ -92,6 +92,7 @@ impl State for FileStore {
             holder: holder.to_string(),
             pid: std::process::id(),
             since: jiff::Timestamp::now().to_string(),
+            host: crate::hostname().to_string(),
         };
         let json = serde_json::to_vec(&info).map_err(|e| io(&info_path)(e.into()))?;
         write_atomic(&info_path, &json)?;
@@ -162,8 +163,16 @@ impl State for FileStore {
             fs::create_dir_all(dir).map_err(io(dir))?;
         }
         match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(lead.to_string().as_bytes())
+                    .map_err(io(&path))?;
+                Ok(true)
+            }
+            // Claimed by this same lead: a repeat of this call, which must still fire.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                Ok(fs::read_to_string(&path).is_ok_and(|t| t == lead.to_string()))
+            }
             Err(e) => Err(io(&path)(e)),
         }
     }

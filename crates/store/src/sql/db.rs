@@ -190,15 +190,15 @@ fn transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(d) => {
+            // MySQL's `code()` is the SQLSTATE; the error number tells these apart.
+            if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return [1053, 1205, 1213, 1927, 2006, 2013].contains(&my.number());
+            }
             let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
             // PostgreSQL: connection exceptions (08xxx), shutdown and startup (57Pxx),
-            // serialization failures and deadlocks (40001, 40P01). MySQL: server gone,
-            // lost connection, shutdown, deadlock, lock wait timeout.
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code == "40001"
-                || code == "40P01"
-                || ["1053", "1205", "1213", "1927", "2006", "2013"].contains(&code.as_str())
+            // serialization failures and deadlocks (40001, 40P01). (MySQL above: shutdown,
+            // lock wait timeout, deadlock, connection killed, server gone, lost connection.)
+            code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
         }
         _ => false,
     }

@@ -51,14 +51,17 @@ impl std::fmt::Debug for SqlStore {
 /// The URL with any password replaced, for messages.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return "(not a URL)".to_string();
     };
-    match rest.split_once('@') {
+    // Parameters may carry a password (`?password=…`): leave them out.
+    let rest = rest.split('?').next().unwrap_or_default();
+    // The host follows the last `@`: a password may contain `@` itself.
+    match rest.rsplit_once('@') {
         Some((user, host)) => {
             let user = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
-        None => url.to_string(),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -97,9 +100,8 @@ impl SqlStore {
             .once(async move { connect_pool(dialect, &url).await })
             .map_err(unreachable)?;
         let migrate = pool.clone();
-        bridge
-            .once(async move { migrations(dialect, &migrate).await })
-            .map_err(unreachable)?;
+        // Reached, but the schema could not be brought up to date: not "unreachable".
+        bridge.once(async move { migrations(dialect, &migrate).await })?;
         let nonce = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         Ok(SqlStore {
             inner: Arc::new(Inner {
@@ -207,11 +209,11 @@ async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
     };
     let (lock, unlock) = match dialect {
         Dialect::Postgres => (
-            "SELECT pg_advisory_lock(7215870412)",
+            "SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_lock(7215870412)) AS l",
             "SELECT pg_advisory_unlock(7215870412)",
         ),
         Dialect::Mysql => (
-            "SELECT GET_LOCK('trellis_migrate', 60)",
+            "SELECT CAST(GET_LOCK('trellis_migrate', 60) AS SIGNED)",
             "SELECT RELEASE_LOCK('trellis_migrate')",
         ),
     };
@@ -220,7 +222,16 @@ async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
     macro_rules! migrate_on {
         ($pool:expr) => {{
             let mut conn = $pool.acquire().await.map_err(db::db)?;
-            sqlx::query(lock).execute(&mut *conn).await.map_err(db::db)?;
+            let locked: Option<i64> = sqlx::query_scalar(lock)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db::db)?;
+            if locked != Some(1) {
+                return Err(Error::Db {
+                    transient: false,
+                    message: "another process held the migration lock for 60 s".into(),
+                });
+            }
             let done = async {
                 sqlx::raw_sql(table).execute(&mut *conn).await?;
                 let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM trellis_schema")

@@ -15,28 +15,38 @@ static CLAIMS: AtomicU64 = AtomicU64::new(0);
 /// Claimed rows are kept this long (for retried claims), then deleted.
 const KEEP_CLAIMED_MS: i64 = 3_600_000;
 
-async fn enqueue(db: &Inner, item: &QueueItem, json: &str) -> Result<()> {
+/// Adds an item once. `nonce` names this enqueue call (the same on every retry of it): a
+/// taken item of an earlier call for the same run is replaced (the run is queued again,
+/// e.g. a retry), while a retry of this call finds its item taken and adds nothing.
+async fn enqueue(db: &Inner, item: &QueueItem, json: &str, nonce: &str) -> Result<()> {
     let d = db.dialect;
     let mut tx = db.pool.begin().await?;
-    let sweep = "DELETE FROM queue_items WHERE claim IS NOT NULL \
-                 AND (claimed_at < {now} - ? OR (queue = ? AND run_id = ?))";
-    let args = [
-        KEEP_CLAIMED_MS.into(),
-        item.queue.as_str().into(),
-        item.run_id.as_str().into(),
+    let sweep = "DELETE FROM queue_items WHERE claim IS NOT NULL AND claimed_at < {now} - ?";
+    tx.exec(d, sweep, &[KEEP_CLAIMED_MS.into()]).await?;
+    let key = [
+        Arg::from(item.queue.as_str()),
+        Arg::from(item.run_id.as_str()),
     ];
-    tx.exec(d, sweep, &args).await?;
-    // Already waiting (or a repeat of this call): nothing to add.
-    let insert = db.pick(
-        "INSERT INTO queue_items (queue, run_id, priority, item) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (queue, run_id) DO NOTHING",
-        "INSERT IGNORE INTO queue_items (queue, run_id, priority, item) VALUES (?, ?, ?, ?)",
-    );
+    let sql = "SELECT claim, enqueue_nonce FROM queue_items WHERE queue = ? AND run_id = ? \
+               FOR UPDATE";
+    let rows = tx.fetch(d, sql, &key, &[K::Text, K::Text]).await?;
+    if let Some(row) = rows.into_iter().next() {
+        let mut row = row.into_iter().map(Val::into_text);
+        let (claim, by) = (row.next().flatten(), row.next().flatten());
+        if claim.is_none() || by.as_deref() == Some(nonce) {
+            return Ok(()); // waiting already, or this call's item, taken since
+        }
+        let sql = "DELETE FROM queue_items WHERE queue = ? AND run_id = ?";
+        tx.exec(d, sql, &key).await?;
+    }
+    let insert = "INSERT INTO queue_items (queue, run_id, priority, item, enqueue_nonce) \
+                  VALUES (?, ?, ?, ?, ?)";
     let args = [
-        item.queue.as_str().into(),
-        item.run_id.as_str().into(),
+        key[0].clone(),
+        key[1].clone(),
         i64::from(item.priority).into(),
         json.into(),
+        nonce.into(),
     ];
     tx.exec(d, insert, &args).await?;
     tx.commit().await
@@ -168,9 +178,11 @@ impl Queue for SqlStore {
         crate::check_name(&item.run_id)?;
         let json = Arc::new(serde_json::to_string(item).map_err(json_err)?);
         let item = Arc::new(item.clone());
+        let n = CLAIMS.fetch_add(1, Ordering::Relaxed);
+        let nonce = Arc::new(format!("{}-e{n}", self.inner.nonce));
         self.run(move |db| {
-            let (item, json) = (item.clone(), json.clone());
-            async move { enqueue(&db, &item, &json).await }
+            let (item, json, nonce) = (item.clone(), json.clone(), nonce.clone());
+            async move { enqueue(&db, &item, &json, &nonce).await }
         })
     }
 

@@ -34,6 +34,7 @@ fn info(row: Vec<Val>) -> LeaseInfo {
         token: next().int() as u64,
         pid: next().int() as u32,
         since: next().into_text().unwrap_or_default(),
+        host: next().into_text().unwrap_or_default(),
     }
 }
 
@@ -46,9 +47,9 @@ async fn acquire(db: &Inner, name: &str, holder: &str, pid: u32) -> Result<Optio
     );
     db.exec(seed, &[name.into()]).await?;
     let mut tx = db.pool.begin().await?;
-    let sql = "SELECT holder, token, pid, since, expires_ms - {now} FROM leases \
+    let sql = "SELECT holder, token, pid, since, host, expires_ms - {now} FROM leases \
                WHERE name = ? FOR UPDATE";
-    let kinds = [K::Text, K::Int, K::Int, K::Text, K::Int];
+    let kinds = [K::Text, K::Int, K::Int, K::Text, K::Text, K::Int];
     let mut rows = tx.fetch(d, sql, &[name.into()], &kinds).await?;
     let Some(mut row) = rows.pop() else {
         return Err(Error::Db {
@@ -58,7 +59,8 @@ async fn acquire(db: &Inner, name: &str, holder: &str, pid: u32) -> Result<Optio
     };
     let left = row.pop().map_or(0, |v| v.int());
     let current = info(row);
-    let mine = current.holder == holder && current.pid == pid;
+    let host = crate::hostname();
+    let mine = current.holder == holder && current.pid == pid && current.host == host;
     if left > 0 && !mine {
         return Ok(None);
     }
@@ -69,13 +71,14 @@ async fn acquire(db: &Inner, name: &str, holder: &str, pid: u32) -> Result<Optio
         current.token + 1
     };
     let since = jiff::Timestamp::now().to_string();
-    let sql = "UPDATE leases SET holder = ?, token = ?, pid = ?, since = ?, \
+    let sql = "UPDATE leases SET holder = ?, token = ?, pid = ?, since = ?, host = ?, \
                expires_ms = {now} + ? WHERE name = ?";
     let args = [
         holder.into(),
         Arg::Int(token as i64),
         Arg::Int(i64::from(pid)),
         since.as_str().into(),
+        host.into(),
         LEASE_MS.into(),
         name.into(),
     ];
@@ -89,6 +92,7 @@ async fn acquire(db: &Inner, name: &str, holder: &str, pid: u32) -> Result<Optio
             holder: holder.to_string(),
             pid,
             since,
+            host: host.to_string(),
         },
         previous,
         guard: None,
@@ -120,8 +124,17 @@ async fn claim_tick(db: &Inner, token: u64, dag: &str, at: &str) -> Result<bool>
     let n = tx
         .exec(d, sql, &[dag.into(), at.into(), Arg::Int(token as i64)])
         .await?;
+    if n == 0 {
+        // Claimed already: by this lead too when this is a retry whose commit went
+        // through but whose reply was lost; the tick must still fire then.
+        let sql = "SELECT token FROM ticks WHERE dag = ? AND at = ?";
+        let rows = tx
+            .fetch(d, sql, &[dag.into(), at.into()], &[K::Int])
+            .await?;
+        return Ok(first(rows).is_some_and(|t| t.int() == token as i64));
+    }
     tx.commit().await?;
-    Ok(n > 0)
+    Ok(true)
 }
 
 impl SqlStore {
@@ -262,8 +275,10 @@ impl State for SqlStore {
     }
 
     fn lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        let sql = "SELECT holder, token, pid, since FROM leases WHERE name = ? AND token > 0";
-        let rows = self.query(sql, vec![name.into()], &[K::Text, K::Int, K::Int, K::Text])?;
+        let sql = "SELECT holder, token, pid, since, host FROM leases \
+                   WHERE name = ? AND token > 0";
+        let kinds = &[K::Text, K::Int, K::Int, K::Text, K::Text];
+        let rows = self.query(sql, vec![name.into()], kinds)?;
         Ok(rows.into_iter().next().map(info))
     }
 
