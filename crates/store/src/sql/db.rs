@@ -288,6 +288,9 @@ impl Tx {
     }
 }
 
+/// How long one try of a database operation may take.
+const TRY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs async database work for sync callers on a runtime the store owns, so the store
 /// works the same from plain threads and from inside tokio tasks (where a nested
 /// `block_on` would panic). Transient failures are retried with backoff until
@@ -359,7 +362,18 @@ impl Bridge {
         let mut failed = false;
         loop {
             let op = op.clone();
-            match self.once(async move { op().await }) {
+            // A try that hangs (a half-open connection, a lock held by a dead session)
+            // is abandoned and tried again, like a lost connection.
+            let bounded = async move {
+                match tokio::time::timeout(TRY_TIMEOUT, op()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Db {
+                        transient: true,
+                        message: format!("no answer within {} s", TRY_TIMEOUT.as_secs()),
+                    }),
+                }
+            };
+            match self.once(bounded) {
                 Err(Error::Db {
                     transient: true,
                     message,

@@ -494,6 +494,9 @@ async fn remove(db: &Inner, args: &[Arg]) -> Result<bool> {
     let events = "DELETE FROM events WHERE attempt IN \
                   (SELECT id FROM attempts WHERE root_dag = ? AND root_run_id = ?)";
     tx.exec(d, events, args).await?;
+    let logs = "DELETE FROM log_index WHERE attempt IN \
+                (SELECT attempt_id FROM attempts WHERE root_dag = ? AND root_run_id = ?)";
+    tx.exec(d, logs, args).await?;
     let attempts = "DELETE FROM attempts WHERE root_dag = ? AND root_run_id = ?";
     tx.exec(d, attempts, args).await?;
     let runs = "DELETE FROM runs WHERE dag = ? AND run_id = ?";
