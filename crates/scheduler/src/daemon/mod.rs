@@ -5,6 +5,7 @@
 mod dispatched;
 mod pass;
 mod recovery;
+mod shared;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -211,30 +212,6 @@ impl<C: Clock + 'static> Leader<C> {
             let _ = task.await;
         }
         lost
-    }
-
-    /// Renews the lead (each pass, at least every second); a store that cannot confirm it
-    /// means another scheduler may lead now.
-    fn still_leading(&mut self) -> bool {
-        let Some(lead) = &self.lead else {
-            return true;
-        };
-        // Every pass could be many per second; the lease lasts seconds.
-        if self
-            .renewed
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(1000))
-        {
-            return true;
-        }
-        self.renewed = Some(std::time::Instant::now());
-        match self.store.renew_lead(lead) {
-            Ok(true) => true,
-            Ok(false) => false,
-            Err(e) => {
-                eprintln!("scheduler {}: cannot renew the lead: {e}", self.opts.id);
-                false
-            }
-        }
     }
 
     /// A run ended: its slot frees, and a failed run of a DAG with a `retry_policy` is due
@@ -446,41 +423,6 @@ impl<C: Clock + 'static> Leader<C> {
         run.status == Status::Succeeded && finished.is_some_and(|f| f >= since)
     }
 
-    /// `trellis stop` of a run this leader executes, asked on another machine sharing the
-    /// database (on one machine it signals the process). Looked at twice a second.
-    fn stop_requested(&mut self) {
-        if self.store.kind() == "file"
-            || self
-                .stops_checked
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
-        {
-            return;
-        }
-        self.stops_checked = Some(std::time::Instant::now());
-        for (key, at) in self.store.values(scope::STOP).unwrap_or_default() {
-            let Some((dag, run_id)) = key.split_once('~') else {
-                continue;
-            };
-            let stale = at
-                .parse::<Timestamp>()
-                .is_ok_and(|t| Timestamp::now().duration_since(t).as_secs() > 60);
-            let found = self
-                .active
-                .get(run_id)
-                .filter(|a| trellis_store::safe_name(&a.slot.dag) == dag);
-            if let Some(active) = found {
-                eprintln!("scheduler: stopping run {run_id} of {dag}, as asked");
-                match &active.task {
-                    Some(_) => dispatch::cancel(&self.handoff, &active.slot.dag, run_id),
-                    None => active.cancel.cancel(),
-                }
-            }
-            if found.is_some() || stale {
-                let _ = self.store.put(scope::STOP, &key, None);
-            }
-        }
-    }
-
     fn stop_dag(&mut self, dag: &str) {
         for (run_id, active) in self.active.iter().filter(|(_, a)| a.slot.dag == dag) {
             match &active.task {
@@ -488,33 +430,6 @@ impl<C: Clock + 'static> Leader<C> {
                 None => active.cancel.cancel(),
             }
         }
-    }
-}
-
-impl<C: Clock + 'static> Leader<C> {
-    /// Claims a tick for this leader; `false` if it fired before (or the lead is gone).
-    fn claim(&self, key: &str, at: Timestamp) -> bool {
-        self.store
-            .claim_tick(self.token, key, &stamp(at))
-            .unwrap_or_else(|e| {
-                eprintln!("scheduler: cannot record tick {key} at {at}: {e}");
-                false
-            })
-    }
-
-    fn mark_skipped(&self, dag: &str, at: Timestamp) {
-        if let Err(e) = self.store.mark_tick_skipped(dag, &stamp(at)) {
-            eprintln!("scheduler: cannot mark tick {dag} at {at} skipped: {e}");
-        }
-    }
-
-    fn suspended(&self, dag: &str) -> bool {
-        matches!(self.store.get(scope::SUSPEND, dag), Ok(Some(_)))
-    }
-
-    fn last_recorded_tick(&self, dag: &str) -> Option<Timestamp> {
-        let last = self.store.last_tick(dag).ok().flatten()?;
-        scheduled_time_of(&format!("sched-{last}"))
     }
 }
 

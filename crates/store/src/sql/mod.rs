@@ -169,27 +169,18 @@ async fn connect_pool(dialect: Dialect, url: &str) -> Result<Pool> {
         }
     }
     Ok(match dialect {
-        Dialect::Postgres => Pool::Pg(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(acquire)
-                // A dead connection shows as an I/O error, which is retried; a ping
-                // before every query would double the round trips.
-                .test_before_acquire(false)
-                .connect(url)
-                .await
-                .map_err(db::db)?,
-        ),
-        Dialect::Mysql => Pool::My(
-            sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(acquire)
-                .test_before_acquire(false)
-                .connect(url)
-                .await
-                .map_err(db::db)?,
-        ),
+        Dialect::Postgres => Pool::Pg(pool_options(acquire).connect(url).await.map_err(db::db)?),
+        Dialect::Mysql => Pool::My(pool_options(acquire).connect(url).await.map_err(db::db)?),
     })
+}
+
+fn pool_options<DB: sqlx::Database>(acquire: Duration) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(acquire)
+        // A dead connection shows as an I/O error, which is retried; a ping before every
+        // query would double the round trips.
+        .test_before_acquire(false)
 }
 
 /// The schema, one embedded SQL file per version and dialect.
