@@ -1,6 +1,7 @@
 -- The PostgreSQL schema in MariaDB/MySQL types: keys are VARCHAR, documents LONGTEXT.
--- Every statement may be repeated: MariaDB cannot roll back DDL, so a migration cut off
--- half way is finished by the next start.
+-- Every statement may be repeated (MariaDB and MySQL cannot roll back DDL, so a migration
+-- cut off half way is finished by the next start); indexes are declared in their tables,
+-- as MySQL has no CREATE INDEX IF NOT EXISTS.
 -- Runs: one row per top-level run, pointing at its latest attempt.
 CREATE TABLE IF NOT EXISTS runs (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
@@ -8,10 +9,10 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR(255) NOT NULL,
     attempt BIGINT NOT NULL,
     status VARCHAR(255) NOT NULL DEFAULT '',
-    UNIQUE (dag, run_id)
+    UNIQUE (dag, run_id),
+    INDEX runs_by_dag (dag, id),
+    INDEX runs_by_status (status, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX IF NOT EXISTS runs_by_dag ON runs (dag, id);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
 
 -- Attempts of top-level and child runs. `record` is the latest snapshot; the step
 -- changes after it are the events with a larger id than `snapshot_event`.
@@ -27,19 +28,19 @@ CREATE TABLE IF NOT EXISTS attempts (
     log_dir LONGTEXT NOT NULL,
     record LONGTEXT,
     snapshot_event BIGINT NOT NULL DEFAULT 0,
-    definition LONGTEXT
+    definition LONGTEXT,
+    INDEX attempts_by_run (dag, run_id, id),
+    INDEX attempts_by_parent (parent_attempt, run_id, id),
+    INDEX attempts_by_root (root_dag, root_run_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX IF NOT EXISTS attempts_by_run ON attempts (dag, run_id, id);
-CREATE INDEX IF NOT EXISTS attempts_by_parent ON attempts (parent_attempt, run_id, id);
-CREATE INDEX IF NOT EXISTS attempts_by_root ON attempts (root_dag, root_run_id);
 
 -- Every change of every attempt, in order: the run's event log.
 CREATE TABLE IF NOT EXISTS events (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
     attempt BIGINT NOT NULL,
-    entry LONGTEXT NOT NULL
+    entry LONGTEXT NOT NULL,
+    INDEX events_by_attempt (attempt, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX IF NOT EXISTS events_by_attempt ON events (attempt, id);
 
 -- Queued runs. A claimed item keeps its row (with the claimant's nonce) so a claim whose
 -- reply was lost can be confirmed when it is tried again.
@@ -53,9 +54,9 @@ CREATE TABLE IF NOT EXISTS queue_items (
     claimed_at BIGINT,
     -- Which enqueue call wrote the row: a retried call must not revive its own taken item.
     enqueue_nonce VARCHAR(255),
-    UNIQUE (queue, run_id)
+    UNIQUE (queue, run_id),
+    INDEX queue_items_order (queue, claim, priority DESC, seq)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX IF NOT EXISTS queue_items_order ON queue_items (queue, claim, priority DESC, seq);
 
 -- Schedule ticks: one row per (DAG, scheduled time), so a tick fires once.
 CREATE TABLE IF NOT EXISTS ticks (
