@@ -481,3 +481,68 @@ fn a_database_outage_loses_and_duplicates_nothing() {
             .contains("postgres")
     );
 }
+
+/// The live run feed on a database announces the end of a run that started long before
+/// the newest runs (it is not among the latest pages any more).
+#[test]
+fn the_run_feed_announces_an_old_run_ending() {
+    use std::io::BufRead;
+    let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("feed").expect("database");
+    let env = Env::new();
+    let gate = env.path("gate");
+    let long = format!(
+        "steps:\n  - name: wait\n    command: sh -c 'while [ ! -f {} ]; do sleep 0.05; done'\n",
+        gate.display()
+    );
+    env.dag("long", &long);
+    env.dag(
+        "quick",
+        "max_active_runs: -1\nsteps:\n  - name: one\n    command: \"true\"\n",
+    );
+    let _scheduler = Proc::spawn_with(&env, &["scheduler"], "leading", &[(DB_URL, url.as_str())]);
+    let (_server, base) = server(&env, &url);
+    enqueue_dag(&base, "long", "old");
+    wait_for(30, "the long run to start", || {
+        history(&base)
+            .iter()
+            .any(|(id, s)| id == "old" && s == "running")
+            .then_some(())
+    });
+    let response = client()
+        .get(format!("{base}/api/v2/events"))
+        .send()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(response)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(data) = line.strip_prefix("data:")
+                && tx.send(data.to_string()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    for i in 0..80 {
+        enqueue_dag(&base, "quick", &format!("q{i:02}"));
+    }
+    wait_for(60, "the quick runs to finish", || {
+        let runs = history(&base);
+        (runs.iter().filter(|(_, s)| s == "succeeded").count() == 80).then_some(())
+    });
+    std::fs::write(&gate, "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let data = rx
+            .recv_timeout(left)
+            .expect("the feed to announce the old run's end");
+        let event: Value = serde_json::from_str(data.trim()).unwrap_or_default();
+        if event["run_id"] == "old" && event["status"] == "succeeded" {
+            break;
+        }
+    }
+}

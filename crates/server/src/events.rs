@@ -430,7 +430,8 @@ impl Scan {
         out
     }
 
-    /// [`Scan::pass`] over the newest runs of a database store: one query.
+    /// [`Scan::pass`] over a database store: the newest runs, every run still going, and
+    /// those announced going that have ended since.
     fn pass_stored(&mut self) -> Vec<Arc<str>> {
         let Some((store, announced)) = &mut self.stored else {
             return Vec::new();
@@ -438,9 +439,27 @@ impl Scan {
         let Ok(page) = store.page(None, None, 0, FEED_RUNS_PER_DAG * 8) else {
             return Vec::new();
         };
+        // Runs still going, however old: their end must be announced too.
+        let going = store
+            .unfinished(500)
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        // A run that just ended left `going` (and maybe the newest page): read it again.
+        let still: HashSet<(&str, &str)> = going
+            .iter()
+            .map(|r| (r.name.as_str(), r.run_id.as_str()))
+            .collect();
+        let ended = announced
+            .iter()
+            .filter(|((dag, id), s)| !s.is_final() && !still.contains(&(dag.as_str(), id.as_str())))
+            .filter_map(|((dag, id), _)| store.find(dag, id).ok().flatten())
+            .collect::<Vec<_>>();
         let mut out = Vec::new();
         let mut seen = HashMap::new();
-        for mut run in page.runs {
+        for mut run in page.runs.into_iter().chain(going).chain(ended) {
+            if seen.contains_key(&(run.name.clone(), run.run_id.clone())) {
+                continue;
+            }
             trellis_store::mark_dead(&mut run);
             let key = (run.name.clone(), run.run_id.clone());
             if announced.get(&key) != Some(&run.status)

@@ -251,6 +251,12 @@ pub trait Backend: Store + Queue + State + std::fmt::Debug {
     fn status_counts(&self) -> Option<Result<Vec<(String, i64)>>> {
         None
     }
+    /// Top-level runs not finished yet (queued, running, waiting), newest first, at most
+    /// `limit`, when the backend can find them without reading every run.
+    fn unfinished(&self, limit: usize) -> Option<Result<Vec<RunRecord>>> {
+        let _ = limit;
+        None
+    }
     /// Where a step's log is kept (host, path, bytes when the step ended), for a log on
     /// another machine; `None` when the backend keeps no log index.
     fn log_location(&self, attempt_id: &str, step: &str, stream: &str) -> Option<LogLocation> {
@@ -321,6 +327,9 @@ impl Backend for SqlStore {
     }
     fn log_location(&self, attempt_id: &str, step: &str, stream: &str) -> Option<LogLocation> {
         SqlStore::log_location(self, attempt_id, step, stream)
+    }
+    fn unfinished(&self, limit: usize) -> Option<Result<Vec<RunRecord>>> {
+        Some(SqlStore::unfinished(self, limit))
     }
 }
 

@@ -135,6 +135,14 @@ impl SqlStore {
         fold(rows)
     }
 
+    /// Runs whose recorded status is not final (the `runs_by_status` index), newest first.
+    pub fn unfinished(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let from = "(SELECT id AS k, attempt FROM runs WHERE status IN \
+                    ('not_started', 'queued', 'running', 'retrying', 'waiting') \
+                    ORDER BY id DESC LIMIT ?) r";
+        self.records(from, vec![Arg::Int(limit.min(i64::MAX as usize) as i64)])
+    }
+
     fn page_all(&self, dag: Option<&str>, offset: usize, limit: usize) -> Result<Page> {
         let (count, from, mut args): (&str, &str, Vec<Arg>) = match dag {
             Some(d) => (
