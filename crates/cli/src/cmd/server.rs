@@ -83,9 +83,12 @@ async fn serve(opts: trellis_server::Options, shutdown: CancellationToken) -> an
     Ok(())
 }
 
+/// How long a web request waits for an absent database before its 503.
+const SERVER_PATIENCE_SECS: u64 = 15;
+
 pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
     // A request waits for an absent database 15 s at most, then gets a 503.
-    super::PATIENCE.store(15, std::sync::atomic::Ordering::Relaxed);
+    super::PATIENCE.store(SERVER_PATIENCE_SECS, std::sync::atomic::Ordering::Relaxed);
     let opts = server_options(&args.setup, &args.serve)?;
     trellis_server::check(&opts).map_err(anyhow::Error::msg)?;
     until_signal(|shutdown| serve(opts, shutdown))
@@ -94,6 +97,12 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
 /// The scheduler, the server and the coordinator in one process; any failing stops all.
 pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     let mut server_opts = server_options(&args.setup, &args.serve)?;
+    // Requests wait 15 s at most for an absent database, while the scheduler and the
+    // coordinator keep retrying theirs (a pool of their own).
+    if server_opts.store.kind() != "file" {
+        let patience = std::time::Duration::from_secs(SERVER_PATIENCE_SECS);
+        server_opts.store = trellis_store::open_with(&home(), patience)?;
+    }
     trellis_server::check(&server_opts).map_err(anyhow::Error::msg)?;
     let mut scheduler_opts = scheduler_options(&args.setup, args.id.as_deref())?;
     let coordinator_opts = super::cluster::coordinator_options(&args.setup, &args.coordinator)?;
