@@ -546,3 +546,43 @@ fn the_run_feed_announces_an_old_run_ending() {
         }
     }
 }
+
+/// `/metrics` on a database counts a run whose process was killed as failed, as it does on
+/// the file store, not as running for ever.
+#[test]
+fn metrics_count_a_killed_run_as_failed() {
+    let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("metrics").expect("database");
+    let env = Env::new();
+    let file = env.dag("sleepy", "steps:\n  - name: nap\n    command: sleep 30\n");
+    let file = file.to_str().unwrap();
+    let mut run = env
+        .trellis()
+        .env(DB_URL, &url)
+        .args(["start", file])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (_server, base) = server(&env, &url);
+    let count = |status: &str| -> Option<f64> {
+        let text = client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        let key = format!("trellis_dag_runs{{status=\"{status}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&key))?;
+        line[key.len()..].trim().parse().ok()
+    };
+    wait_for(30, "the run to count as running", || {
+        (count("running") == Some(1.0)).then_some(())
+    });
+    run.kill().unwrap(); // SIGKILL: the run cannot record its end
+    run.wait().unwrap();
+    // The store still says running: the server sees the process is gone.
+    wait_for(30, "the killed run to count as failed", || {
+        (count("failed") == Some(1.0) && count("running").unwrap_or(0.0) == 0.0).then_some(())
+    });
+}

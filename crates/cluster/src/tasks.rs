@@ -156,11 +156,9 @@ impl Tasks {
 
     /// Every task; unreadable ones are reported and skipped.
     pub fn load_all(&self) -> Vec<Task> {
-        let Tasks::Store(store) = self else {
-            let Tasks::Files(data) = self else {
-                return Vec::new();
-            };
-            return load_all(data);
+        let store = match self {
+            Tasks::Files(data) => return load_all(data),
+            Tasks::Store(store) => store,
         };
         match store.values(scope::TASK) {
             Ok(values) => values

@@ -122,7 +122,7 @@ struct Snapshot {
 
 fn snapshot(app: &App) -> Snapshot {
     let runs = match app.store.status_counts() {
-        Some(counts) => stored_counts(counts),
+        Some(counts) => alive_counts(app, stored_counts(counts)),
         None => app
             .metrics
             .index
@@ -247,6 +247,23 @@ fn queue_depths(app: &App) -> BTreeMap<String, i64> {
         out.insert(queue, n as i64);
     }
     out
+}
+
+/// A run recorded running whose process on this machine is gone counts as failed, as
+/// the file store's index counts it (the store's counts are as recorded).
+fn alive_counts(app: &App, mut counts: BTreeMap<&'static str, i64>) -> BTreeMap<&'static str, i64> {
+    let Some(Ok(going)) = app.store.unfinished(10_000) else {
+        return counts;
+    };
+    for mut run in going {
+        let recorded = run.status;
+        trellis_store::mark_dead(&mut run);
+        if run.status != recorded {
+            *counts.entry(recorded.as_str()).or_default() -= 1;
+            *counts.entry(run.status.as_str()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// Counts from a database store, keyed by the statuses' own names.
