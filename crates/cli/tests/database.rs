@@ -586,3 +586,59 @@ fn metrics_count_a_killed_run_as_failed() {
         (count("failed") == Some(1.0) && count("running").unwrap_or(0.0) == 0.0).then_some(())
     });
 }
+
+/// A step's log kept on another machine: the API and the live log stream say where it
+/// is (from the log index) instead of showing nothing.
+#[test]
+fn a_log_on_another_machine_is_named_not_blank() {
+    let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("logs").expect("database");
+    let env = Env::new();
+    let file = env.dag("hello", "steps:\n  - name: a\n    command: echo hi\n");
+    let out = env
+        .trellis()
+        .env(DB_URL, &url)
+        .args(["start", "-r", "h1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // As if another machine had run it: its name in the record, and no log file here.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let moved = format!(
+        "UPDATE attempts SET record = replace(record, '\"host\":\"{}\"', '\"host\":\"far-away\"')",
+        host.trim()
+    );
+    let psql = std::process::Command::new("psql")
+        .args(["-X", "-q", &url, "-c", &moved])
+        .status();
+    assert!(psql.unwrap().success());
+    std::fs::remove_dir_all(env.home.path().join("logs")).unwrap();
+    let (_server, base) = server(&Env::new(), &url);
+
+    let resp = client()
+        .get(format!("{base}/api/v2/dag-runs/hello/h1/steps/a/log"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["error"]["code"], "log_on_other_host", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("far-away") && message.contains("(3 bytes)"),
+        "{message}"
+    );
+
+    let stream = client()
+        .get(format!(
+            "{base}/api/v2/dag-runs/hello/h1/steps/a/log/stream"
+        ))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        stream.contains("event: error") && stream.contains("far-away"),
+        "{stream}"
+    );
+}

@@ -204,6 +204,20 @@ impl LogFeed {
             self.path = path;
         }
         let finished = view.status.is_final();
+        // Written on another machine (a database store): say where, and end.
+        if let Some(host) = view
+            .host
+            .as_deref()
+            .filter(|h| *h != trellis_store::hostname())
+            && self.path.as_deref().is_some_and(|p| !p.exists())
+        {
+            let message =
+                crate::views::log::log_elsewhere(&self.app, &view, &self.step, self.stream, host);
+            let body = serde_json::json!({ "code": "log_on_other_host", "message": message });
+            self.pending.push_back(super::json_event("error", &body));
+            self.done = true;
+            return false;
+        }
         let chunk = self.path.clone().and_then(|p| self.read(&p, finished));
         if let Some(chunk) = chunk {
             self.pending.push_back(chunk);

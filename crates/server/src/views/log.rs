@@ -111,6 +111,21 @@ fn elsewhere(
     stream: LogStream,
     host: &str,
 ) -> Error {
+    Error::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "log_on_other_host",
+        log_elsewhere(app, run, step, stream, host),
+    )
+}
+
+/// Where a log kept on another machine is, in words.
+pub fn log_elsewhere(
+    app: &App,
+    run: &trellis_core::status::RunRecord,
+    step: &str,
+    stream: LogStream,
+    host: &str,
+) -> String {
     let stream = match stream {
         LogStream::Stdout => "stdout",
         LogStream::Stderr => "stderr",
@@ -120,11 +135,7 @@ fn elsewhere(
         .log_location(&run.attempt_id, step, stream)
         .map(|l| format!(" at {} ({} bytes)", l.path, l.bytes))
         .unwrap_or_default();
-    Error::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "log_on_other_host",
-        format!("the {stream} log of step `{step}` is on {host}{at}, where the step ran"),
-    )
+    format!("the {stream} log of step `{step}` is on {host}{at}, where the step ran")
 }
 
 /// `(text, start, end, size)` of a range of a file; `None` when the file does not exist.
