@@ -642,3 +642,61 @@ fn a_log_on_another_machine_is_named_not_blank() {
         "{stream}"
     );
 }
+
+/// `trellis stop` of a run that another machine executes leaves a stop request in the
+/// database, and that machine's `trellis start` stops the run.
+#[test]
+fn a_run_on_another_machine_is_stopped_through_the_database() {
+    let db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("stops").expect("database");
+    let env = Env::new();
+    let file = env.dag("sleepy", "steps:\n  - name: nap\n    command: sleep 60\n");
+    let mut run = env
+        .trellis()
+        .env(DB_URL, &url)
+        .args(["start", "-r", "s1"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = |env: &Env| -> String {
+        let out = env
+            .trellis()
+            .env(DB_URL, &url)
+            .args(["status", "--json", "sleepy"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["status"].as_str().unwrap_or_default().to_string()
+    };
+    wait_for(30, "the run to start", || {
+        (status(&env) == "running").then_some(())
+    });
+    // As seen from another machine: the record names a host that is not this one.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let moved = format!(
+        "UPDATE attempts SET record = replace(record, '\"host\":\"{}\"', '\"host\":\"far-away\"')",
+        host.trim()
+    );
+    let psql = std::process::Command::new("psql")
+        .args(["-X", "-q", &url, "-c", &moved])
+        .status();
+    assert!(psql.unwrap().success());
+    let out = env
+        .trellis()
+        .env(DB_URL, &url)
+        .args(["stop", "sleepy"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("stopped"), "{said}");
+    let exit = run.wait().unwrap();
+    assert!(!exit.success(), "the run ended stopped, not succeeded");
+    assert_ne!(status(&env), "succeeded");
+}

@@ -58,15 +58,8 @@ fn stop_run(store: &dyn Backend, run: &RunRecord) -> anyhow::Result<Status> {
             bail!("run {} is queued but in no queue; try again", run.run_id);
         }
     } else if elsewhere {
-        // Run by a scheduler on another machine sharing the database: it looks for stop
-        // requests on every pass.
-        if !run.queued {
-            bail!(
-                "run {} runs in a `trellis start` on {}; stop it there",
-                run.run_id,
-                run.host.as_deref().unwrap_or_default()
-            );
-        }
+        // Run by a scheduler or a `trellis start` on another machine sharing the
+        // database: both look for stop requests.
         let key = trellis_cluster::tasks::cancel_name(&run.name, &run.run_id);
         let now = jiff::Timestamp::now().to_string();
         store
