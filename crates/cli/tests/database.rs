@@ -216,11 +216,29 @@ fn servers_and_schedulers_share_only_postgres_and_survive_kill_9() {
     );
 
     let all = ids.len() + remote.len();
-    wait_for(120, "every run to finish", || {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
         let runs = history(&b);
-        (runs.len() == all && runs.iter().all(|(_, s)| s != "queued" && s != "running"))
-            .then_some(())
-    });
+        let going: Vec<_> = runs
+            .iter()
+            .filter(|(_, s)| s == "queued" || s == "running")
+            .collect();
+        if runs.len() == all && going.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let said: String = schedulers
+                .iter()
+                .map(Proc::output)
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "{} of {all} runs recorded; still going: {going:?}\n{said}",
+                runs.len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let runs: HashMap<String, String> = history(&b).into_iter().collect();
     for id in ids.iter().chain(&remote) {
         assert_eq!(

@@ -61,6 +61,8 @@ struct Leader<C> {
     renewed: Option<std::time::Instant>,
     /// When stop requests from other machines were last looked at.
     stops_checked: Option<std::time::Instant>,
+    /// When queued runs that lost their item were last looked for.
+    swept: Option<std::time::Instant>,
     data: PathBuf,
     clock: Arc<C>,
     store: Shared,
@@ -122,6 +124,7 @@ pub async fn run<C: Clock + 'static>(
         lead: None,
         renewed: None,
         stops_checked: None,
+        swept: None,
         handoff: trellis_cluster::tasks::Tasks::of(&data, &store),
         data,
         clock,
@@ -187,6 +190,7 @@ impl<C: Clock + 'static> Leader<C> {
             self.beat(now, &mut last_beat);
             self.reap_dispatched();
             self.stop_requested();
+            self.sweep();
             self.fire_due(now);
             self.retry_due(now);
             self.process_queue(now);

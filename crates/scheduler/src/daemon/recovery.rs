@@ -58,6 +58,20 @@ impl<C: Clock + 'static> Leader<C> {
         }
     }
 
+    /// Recovery again, every 30 s while leading: a run the previous leader took from its
+    /// queue just before it died may still have looked freshly queued at takeover.
+    pub(super) fn sweep(&mut self) {
+        let now = std::time::Instant::now();
+        match self.swept {
+            None => self.swept = Some(now),
+            Some(t) if t.elapsed() >= std::time::Duration::from_secs(30) => {
+                self.swept = Some(now);
+                self.recover(None);
+            }
+            Some(_) => {}
+        }
+    }
+
     pub(super) fn requeue(
         &self,
         dag: &Dag,
