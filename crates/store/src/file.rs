@@ -85,16 +85,20 @@ impl FileStore {
         Ok(dirs)
     }
 
+    /// The record of the latest attempt that has one: an attempt whose process was
+    /// killed before it wrote anything must not hide the run.
     fn read_latest_attempt(run_dir: &Path) -> Result<Option<RunRecord>> {
         let attempts = sorted_children(run_dir)?;
-        let latest = attempts.into_iter().rfind(|a| {
+        let attempts = attempts.into_iter().rev().filter(|a| {
             a.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("attempt_"))
         });
-        match latest {
-            Some(dir) => read_log(&dir.join("status.jsonl")),
-            None => Ok(None),
+        for dir in attempts {
+            if let Some(record) = read_log(&dir.join("status.jsonl"))? {
+                return Ok(Some(record));
+            }
         }
+        Ok(None)
     }
 }
 

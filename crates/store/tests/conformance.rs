@@ -212,7 +212,14 @@ fn attempts_children_and_definitions(store: &dyn Backend) {
     assert_eq!(latest.attempt_id, second.attempt_id);
     assert_eq!(latest.log_dir, second.log_dir);
     assert!(store.retry_attempt("etl", "missing").is_err());
-    // The retry has no record yet: the run shows nothing until it writes one.
+    // The retry has no record yet (its process may have died before writing one): the
+    // run still shows the attempt before it, in `find` and in lists.
+    let shown = store
+        .find("etl", "r1")
+        .unwrap()
+        .expect("the run stays visible");
+    assert_eq!(shown.attempt_id, first.attempt_id);
+    assert_eq!(store.list("etl", 10).unwrap().len(), 1);
     let rec = record("etl", "r1", &second.attempt_id, Status::Running);
     store
         .append(&second, &Entry::Snapshot(Box::new(rec)))

@@ -268,11 +268,13 @@ async fn insert_attempt(db: &Inner, row: &AttemptRow, must_exist: bool) -> Resul
             .fetch(d, id_of, &[row.attempt_id.as_str().into()], &[K::Int])
             .await?;
         let pk = pk.first().and_then(|r| r.first()).map_or(0, Val::int);
+        // A new run points at its first attempt; a run that has one keeps pointing at the
+        // attempt it shows until the new one writes its first snapshot (see `append`), so
+        // an attempt whose process dies before writing anything does not hide the run.
         let upsert = db.pick(
             "INSERT INTO runs (dag, run_id, attempt) VALUES (?, ?, ?) \
-             ON CONFLICT (dag, run_id) DO UPDATE SET attempt = EXCLUDED.attempt",
-            "INSERT INTO runs (dag, run_id, attempt) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE attempt = VALUES(attempt)",
+             ON CONFLICT (dag, run_id) DO NOTHING",
+            "INSERT IGNORE INTO runs (dag, run_id, attempt) VALUES (?, ?, ?)",
         );
         let args = [
             row.dag.as_str().into(),
@@ -310,8 +312,11 @@ async fn append(
         let sql = "WITH e AS (INSERT INTO events (attempt, entry) \
                      SELECT id, ? FROM attempts WHERE attempt_id = ? RETURNING id, attempt), \
                    u AS (UPDATE attempts SET record = ?, snapshot_event = e.id FROM e \
-                     WHERE attempts.id = e.attempt RETURNING attempts.id) \
-                   UPDATE runs SET status = ? FROM u WHERE runs.attempt = u.id";
+                     WHERE attempts.id = e.attempt \
+                     RETURNING attempts.id, attempts.dag, attempts.run_id, attempts.parent_attempt) \
+                   UPDATE runs SET status = ?, attempt = u.id FROM u \
+                   WHERE u.parent_attempt IS NULL AND runs.dag = u.dag \
+                     AND runs.run_id = u.run_id AND runs.attempt <= u.id";
         let args = [
             entry.into(),
             attempt_id.into(),
@@ -329,8 +334,9 @@ async fn append(
     let update = "UPDATE attempts SET record = ?, snapshot_event = ? WHERE attempt_id = ?";
     tx.exec(d, update, &[record.into(), event.into(), attempt_id.into()])
         .await?;
-    let runs = "UPDATE runs r JOIN attempts a ON r.attempt = a.id SET r.status = ? \
-                WHERE a.attempt_id = ?";
+    let runs = "UPDATE runs r JOIN attempts a ON r.dag = a.dag AND r.run_id = a.run_id \
+                AND a.parent_attempt IS NULL AND r.attempt <= a.id \
+                SET r.status = ?, r.attempt = a.id WHERE a.attempt_id = ?";
     tx.exec(d, runs, &[status.into(), attempt_id.into()])
         .await?;
     tx.commit().await
@@ -398,8 +404,10 @@ impl Store for SqlStore {
         let rows = self.run(move |db| {
             let args = args.clone();
             async move {
-                let sql = "SELECT a.attempt_id, a.dir, a.log_dir, a.root_run_id FROM runs r \
-                           JOIN attempts a ON a.id = r.attempt WHERE r.dag = ? AND r.run_id = ?";
+                // The newest attempt, even one that has not written its first snapshot.
+                let sql = "SELECT attempt_id, dir, log_dir, root_run_id FROM attempts \
+                           WHERE dag = ? AND run_id = ? AND parent_attempt IS NULL \
+                           ORDER BY id DESC LIMIT 1";
                 db.fetch(sql, &args, &[K::Text; 4]).await
             }
         })?;
