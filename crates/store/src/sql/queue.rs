@@ -61,6 +61,9 @@ async fn claim(
     fence: Option<u64>,
 ) -> Result<bool> {
     let d = db.dialect;
+    if d == super::Dialect::Postgres {
+        return claim_pg(db, queue, run_id, nonce, fence).await;
+    }
     let mut tx = db.pool.begin().await?;
     if let Some(token) = fence {
         super::state::check_fence(&mut tx, d, token).await?;
@@ -85,6 +88,46 @@ async fn claim(
             Ok(true)
         }
     }
+}
+
+/// [`claim`] in one statement on PostgreSQL (the scheduler takes an item per run it
+/// starts): the row is taken only if unclaimed, not locked by another taker, and — for
+/// the leader — while its lease token is current. When nothing is taken, one more look
+/// tells a fenced leader, a repeat of this call and an item someone else has apart.
+async fn claim_pg(
+    db: &Inner,
+    queue: &str,
+    run_id: &str,
+    nonce: &str,
+    fence: Option<u64>,
+) -> Result<bool> {
+    let token = fence.map_or(-1, |t| t as i64);
+    let sql = "UPDATE queue_items SET claim = ?, claimed_at = {now} WHERE seq = \
+                 (SELECT seq FROM queue_items WHERE queue = ? AND run_id = ? \
+                  AND claim IS NULL FOR UPDATE SKIP LOCKED) \
+               AND (? < 0 OR EXISTS (SELECT 1 FROM leases WHERE name = 'scheduler' \
+                  AND token = ? AND expires_ms > {now}))";
+    let args = [
+        nonce.into(),
+        queue.into(),
+        run_id.into(),
+        Arg::Int(token),
+        Arg::Int(token),
+    ];
+    if db.exec(sql, &args).await? == 1 {
+        return Ok(true);
+    }
+    let sql = "SELECT claim FROM queue_items WHERE queue = ? AND run_id = ?";
+    let rows = db.fetch(sql, &[queue.into(), run_id.into()], &[K::Text]).await?;
+    let holder = rows.into_iter().next().and_then(|r| r.into_iter().next());
+    if holder.as_ref().and_then(Val::text) == Some(nonce) {
+        return Ok(true); // this call's take, whose reply was lost
+    }
+    if let Some(token) = fence {
+        let mut tx = db.pool.begin().await?;
+        super::state::check_fence(&mut tx, super::Dialect::Postgres, token).await?;
+    }
+    Ok(false)
 }
 
 async fn set_priority(
