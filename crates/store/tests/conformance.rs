@@ -3,34 +3,23 @@
 //! binary (see `trellis-testdb`), so the suite needs no running service.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use trellis_core::status::{RunRecord, Status, StepRecord};
 use trellis_store::{Backend, Entry, Error, FileStore, QueueItem, Shared, SqlStore};
 use trellis_testdb::{Kind, Server};
 
-/// One server per kind for the whole binary; each test makes its own database on it.
-fn server(kind: Kind) -> &'static Mutex<Server> {
-    static PG: OnceLock<Mutex<Server>> = OnceLock::new();
-    static MY: OnceLock<Mutex<Server>> = OnceLock::new();
-    let cell = match kind {
-        Kind::Postgres => &PG,
-        Kind::Mariadb => &MY,
+/// Two handles on one store, as two processes would have (and the throwaway server of a
+/// database store, stopped when the test ends).
+fn open(kind: Option<Kind>, home: &Path) -> (Shared, Shared, Option<Server>) {
+    let Some(kind) = kind else {
+        let files = || -> Shared { Arc::new(FileStore::new(home)) };
+        return (files(), files(), None);
     };
-    cell.get_or_init(|| Mutex::new(Server::start(kind).expect("start a throwaway server")))
-}
-
-fn open(kind: Option<Kind>, home: &Path, name: &str) -> Shared {
-    match kind {
-        None => Arc::new(FileStore::new(home)),
-        Some(kind) => {
-            let server = server(kind).lock().unwrap_or_else(|e| e.into_inner());
-            let url = server
-                .create_database(&format!("t_{name}"))
-                .expect("create a test database");
-            Arc::new(SqlStore::connect(&url, home).expect("connect"))
-        }
-    }
+    let server = Server::start(kind).expect("start a throwaway server");
+    let url = server.url();
+    let connect = || -> Shared { Arc::new(SqlStore::connect(&url, home).expect("connect")) };
+    (connect(), connect(), Some(server))
 }
 
 fn record(dag: &str, run_id: &str, attempt: &str, status: Status) -> RunRecord {
@@ -395,46 +384,24 @@ fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Backend
     assert_eq!(other.workers().unwrap(), ["{\"id\":\"w1\",\"n\":2}"]);
 }
 
-/// The same test for each backend: `file_x`, `postgres_x`, `mariadb_x`.
+/// The same test for each backend: `file::x`, `postgres::x`, `mariadb::x`.
 macro_rules! suite {
     ($($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
-        mod file {
+        suite!(@kind file, None, $($name: |$s, $o| $body;)*);
+        suite!(@kind postgres, Some(Kind::Postgres), $($name: |$s, $o| $body;)*);
+        suite!(@kind mariadb, Some(Kind::Mariadb), $($name: |$s, $o| $body;)*);
+    };
+    (@kind $module:ident, $kind:expr, $($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
+        mod $module {
             use super::*;
             $(#[test] fn $name() {
                 let home = tempfile::tempdir().unwrap();
-                let $s = open(None, home.path(), stringify!($name));
-                let $o = open(None, home.path(), stringify!($name));
-                let _ = &$o;
-                $body
-            })*
-        }
-        mod postgres {
-            use super::*;
-            $(#[test] fn $name() {
-                let home = tempfile::tempdir().unwrap();
-                let $s = open(Some(Kind::Postgres), home.path(), stringify!($name));
-                let $o: Shared = Arc::new(SqlStore::connect(&db_url(Kind::Postgres, stringify!($name)), home.path()).unwrap());
-                let _ = &$o;
-                $body
-            })*
-        }
-        mod mariadb {
-            use super::*;
-            $(#[test] fn $name() {
-                let home = tempfile::tempdir().unwrap();
-                let $s = open(Some(Kind::Mariadb), home.path(), stringify!($name));
-                let $o: Shared = Arc::new(SqlStore::connect(&db_url(Kind::Mariadb, stringify!($name)), home.path()).unwrap());
+                let ($s, $o, _server) = open($kind, home.path());
                 let _ = &$o;
                 $body
             })*
         }
     };
-}
-
-/// The URL of a database made by [`open`] for this test.
-fn db_url(kind: Kind, name: &str) -> String {
-    let server = server(kind).lock().unwrap_or_else(|e| e.into_inner());
-    server.database_url(&format!("t_{name}"))
 }
 
 suite! {

@@ -118,7 +118,9 @@ async fn claim_pg(
         return Ok(true);
     }
     let sql = "SELECT claim FROM queue_items WHERE queue = ? AND run_id = ?";
-    let rows = db.fetch(sql, &[queue.into(), run_id.into()], &[K::Text]).await?;
+    let rows = db
+        .fetch(sql, &[queue.into(), run_id.into()], &[K::Text])
+        .await?;
     let holder = rows.into_iter().next().and_then(|r| r.into_iter().next());
     if holder.as_ref().and_then(Val::text) == Some(nonce) {
         return Ok(true); // this call's take, whose reply was lost
