@@ -605,6 +605,19 @@ fn metrics_count_a_killed_run_as_failed() {
     });
 }
 
+/// Rewrites the stored runs as if the machine `far-away` had run them.
+fn run_elsewhere(url: &str) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let moved = format!(
+        "UPDATE attempts SET record = replace(record, '\"host\":\"{}\"', '\"host\":\"far-away\"')",
+        host.trim()
+    );
+    let psql = std::process::Command::new("psql")
+        .args(["-X", "-q", url, "-c", &moved])
+        .status();
+    assert!(psql.unwrap().success());
+}
+
 /// A step's log kept on another machine: the API and the live log stream say where it
 /// is (from the log index) instead of showing nothing.
 #[test]
@@ -622,15 +635,7 @@ fn a_log_on_another_machine_is_named_not_blank() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     // As if another machine had run it: its name in the record, and no log file here.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    let moved = format!(
-        "UPDATE attempts SET record = replace(record, '\"host\":\"{}\"', '\"host\":\"far-away\"')",
-        host.trim()
-    );
-    let psql = std::process::Command::new("psql")
-        .args(["-X", "-q", &url, "-c", &moved])
-        .status();
-    assert!(psql.unwrap().success());
+    run_elsewhere(&url);
     std::fs::remove_dir_all(env.home.path().join("logs")).unwrap();
     let (_server, base) = server(&Env::new(), &url);
 
@@ -692,15 +697,7 @@ fn a_run_on_another_machine_is_stopped_through_the_database() {
         (status(&env) == "running").then_some(())
     });
     // As seen from another machine: the record names a host that is not this one.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    let moved = format!(
-        "UPDATE attempts SET record = replace(record, '\"host\":\"{}\"', '\"host\":\"far-away\"')",
-        host.trim()
-    );
-    let psql = std::process::Command::new("psql")
-        .args(["-X", "-q", &url, "-c", &moved])
-        .status();
-    assert!(psql.unwrap().success());
+    run_elsewhere(&url);
     let out = env
         .trellis()
         .env(DB_URL, &url)
