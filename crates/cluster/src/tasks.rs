@@ -126,9 +126,10 @@ pub struct CancelRequest {
 impl Tasks {
     /// Task files in `data` for the file store; the database for a database store.
     pub fn of(data: &Path, store: &trellis_store::Shared) -> Tasks {
-        match store.kind() {
-            "file" => Tasks::Files(data.to_path_buf()),
-            _ => Tasks::Store(store.clone()),
+        if store.is_database() {
+            Tasks::Store(store.clone())
+        } else {
+            Tasks::Files(data.to_path_buf())
         }
     }
 

@@ -138,7 +138,7 @@ async fn locate(app: &App, name: &str, run_id: &str) -> Result<Tracked> {
     trellis_store::check_name(name)?;
     trellis_store::check_name(run_id)?;
     let deadline = tokio::time::Instant::now() + APPEAR_GRACE;
-    if app.store.kind() != "file" {
+    if app.store.is_database() {
         return locate_stored(app, name, run_id, deadline).await;
     }
     loop {
@@ -354,7 +354,10 @@ fn subscribe(app: &Arc<App>) -> broadcast::Receiver<Arc<str>> {
 /// Scans until the last subscriber leaves or the server shuts down.
 async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
     let mut scan = Scan {
-        stored: (app.store.kind() != "file").then(|| (app.store.clone(), HashMap::new())),
+        stored: app
+            .store
+            .is_database()
+            .then(|| (app.store.clone(), HashMap::new())),
         data: app.data.clone(),
         runs: HashMap::new(),
         listings: Listings::default(),

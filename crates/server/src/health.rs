@@ -151,7 +151,7 @@ fn probe_backend(
     store: &dyn trellis_store::Backend,
 ) -> Result<String, String> {
     probe_store(data)?;
-    if store.kind() == "file" {
+    if !store.is_database() {
         return Ok("write, read and delete in the data dir work".into());
     }
     store

@@ -97,7 +97,7 @@ impl App {
     /// reachable, reads the workers' registry entries, whose age gives a coarser health.
     pub async fn refresh_workers(&self) {
         use trellis_cluster::{client, registry};
-        if self.store.kind() != "file" {
+        if self.store.is_database() {
             let store = self.store.clone();
             let list = tokio::task::spawn_blocking(move || client::stored_workers(&*store))
                 .await

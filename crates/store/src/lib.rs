@@ -240,6 +240,11 @@ pub trait Queue: Send + Sync {
 pub trait Backend: Store + Queue + State + std::fmt::Debug {
     /// `file`, `postgres` or `mysql`.
     fn kind(&self) -> &'static str;
+    /// A database shared by processes on several machines: no inotify, no pids of other
+    /// machines, tasks and workers kept in it.
+    fn is_database(&self) -> bool {
+        self.kind() != "file"
+    }
     /// Checks the backend answers now (not retried), for deep health checks.
     fn probe(&self) -> Result<()>;
     /// Operations waiting for the backend to come back (0 when all is well).

@@ -140,7 +140,7 @@ pub fn execute(
 /// the run (`scope::STOP`); this cancels the run when one appears, like SIGTERM would.
 async fn stop_requests(store: trellis_store::Shared, key: String, cancel: CancellationToken) {
     use trellis_store::state::scope::STOP;
-    if store.kind() == "file" {
+    if !store.is_database() {
         return; // on one machine, `trellis stop` signals the process
     }
     while !cancel.is_cancelled() {

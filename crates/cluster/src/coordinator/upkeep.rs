@@ -420,7 +420,7 @@ fn handle_cancel_requests(coord: &Coord) {
 /// Publishes the workers in a database store, where servers on other machines read them
 /// (with files, servers ask the coordinator found in the shared registry).
 fn publish_workers(coord: &Coord) {
-    if coord.store.kind() == "file" {
+    if !coord.store.is_database() {
         return;
     }
     let workers: Vec<(String, String)> = coord

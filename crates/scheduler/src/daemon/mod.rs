@@ -301,9 +301,10 @@ impl<C: Clock + 'static> Leader<C> {
         });
         // A file store wakes the pass through inotify when another process enqueues; a
         // database cannot, so its queue is polled more often.
-        let poll = match self.store.kind() {
-            "file" => Duration::from_secs(1),
-            _ => Duration::from_millis(200),
+        let poll = if self.store.is_database() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
         };
         wait.min(poll)
     }

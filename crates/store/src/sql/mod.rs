@@ -194,10 +194,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 /// migrating connection, so processes starting together apply each one once. On
 /// PostgreSQL a migration and its version row go in one implicit transaction.
 async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
-    let failed = |e: sqlx::Error| Error::Db {
-        transient: false,
-        message: format!("migrating the database: {e}"),
-    };
     let (lock, unlock) = match dialect {
         Dialect::Postgres => (
             "SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_lock(7215870412)) AS l",
@@ -208,8 +204,6 @@ async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
             "SELECT RELEASE_LOCK('trellis_migrate')",
         ),
     };
-    let table = "CREATE TABLE IF NOT EXISTS trellis_schema \
-                 (version BIGINT PRIMARY KEY, applied_at VARCHAR(64) NOT NULL)";
     macro_rules! migrate_on {
         ($pool:expr) => {{
             let mut conn = $pool.acquire().await.map_err(db::db)?;
@@ -224,33 +218,49 @@ async fn migrations(dialect: Dialect, pool: &Pool) -> Result<()> {
                 });
             }
             let done = async {
-                sqlx::raw_sql(table).execute(&mut *conn).await?;
+                sqlx::raw_sql(SCHEMA_TABLE).execute(&mut *conn).await?;
                 let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM trellis_schema")
                     .fetch_all(&mut *conn)
                     .await?;
-                for (version, pg, my) in MIGRATIONS {
-                    if applied.contains(version) {
-                        continue;
-                    }
-                    let body = if dialect == Dialect::Postgres { pg } else { my };
-                    let body = body.trim_end().trim_end_matches(';');
-                    let now = jiff::Timestamp::now();
-                    let sql = format!(
-                        "{body};\nINSERT INTO trellis_schema (version, applied_at) VALUES ({version}, '{now}')"
-                    );
-                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+                for sql in pending(dialect, &applied) {
+                    sqlx::raw_sql(AssertSqlSafe(sql))
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok::<(), sqlx::Error>(())
             }
             .await;
             let _ = sqlx::query(unlock).execute(&mut *conn).await;
-            done.map_err(failed)
+            done.map_err(|e| Error::Db {
+                transient: false,
+                message: format!("migrating the database: {e}"),
+            })
         }};
     }
     match pool {
         Pool::Pg(p) => migrate_on!(p),
         Pool::My(p) => migrate_on!(p),
     }
+}
+
+const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS trellis_schema \
+                            (version BIGINT PRIMARY KEY, applied_at VARCHAR(64) NOT NULL)";
+
+/// The migrations not in `applied`, each with the row that records it (one text, so on
+/// PostgreSQL both happen in one implicit transaction).
+fn pending(dialect: Dialect, applied: &[i64]) -> Vec<String> {
+    let now = jiff::Timestamp::now();
+    MIGRATIONS
+        .iter()
+        .filter(|(version, _, _)| !applied.contains(version))
+        .map(|(version, pg, my)| {
+            let body = if dialect == Dialect::Postgres { pg } else { my };
+            let body = body.trim_end().trim_end_matches(';');
+            format!(
+                "{body};\nINSERT INTO trellis_schema (version, applied_at) VALUES ({version}, '{now}')"
+            )
+        })
+        .collect()
 }
 
 impl Inner {
