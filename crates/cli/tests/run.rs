@@ -796,6 +796,47 @@ fn retry_keeps_the_run_id_and_reruns_only_what_failed() {
     );
 }
 
+/// Backtick commands in env values see what steps see and run like steps: a secret
+/// Trellis was started with (the admin token, the database URL) cannot be read through
+/// one, while ordinary variables, earlier env values and params can.
+#[test]
+fn env_command_substitution_cannot_read_secrets() {
+    let env = Env::new(&[(
+        "subst.yaml",
+        r#"name: subst
+params: [WHO=param]
+env:
+  - FIRST: first
+  - TOKEN: "`echo tok=$TRELLIS_AUTH_TOKEN`"
+  - DB: "`printf 'db=%s' \"$TRELLIS_DATABASE_URL\"`"
+  - SEEN: "`echo $FIRST-$WHO-$SUBST_PLAIN`"
+  - KEPT: "x`exit 3`y"
+steps:
+  - name: show
+    command: echo "$TOKEN|$DB|$SEEN|$KEPT"
+    output: SHOWN
+"#,
+    )]);
+    let out = Command::cargo_bin("trellis")
+        .expect("trellis binary")
+        .args(["start", "-q", "subst.yaml"])
+        .current_dir(env.work.path())
+        .env("TRELLIS_HOME", env.home.path())
+        .env("TRELLIS_AUTH_TOKEN", "s3cret-token")
+        .env("SUBST_PLAIN", "plain")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("run trellis");
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let run = env.status("subst");
+    assert_eq!(
+        run["outputs"]["SHOWN"], "tok=|db=|first-param-plain|x`exit 3`y",
+        "{run:#}"
+    );
+    let logs = text(&env.run(&["logs", "subst", "--step", "show"]).stdout);
+    assert!(!logs.contains("s3cret"), "{logs}");
+}
+
 #[test]
 fn logs_print_a_steps_stdout_or_stderr() {
     let env = Env::new(&[(

@@ -13,6 +13,7 @@ mod output;
 mod remote;
 mod setup;
 mod step;
+mod subst;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ pub use expand::{Scope, StepVars};
 pub use remote::{Remote, RemoteChild, RemoteHandle};
 
 use crate::links::{Links, step_limit};
-use crate::setup::{initial_record, initial_scope, keep_settled};
+use crate::setup::{initial_record, initial_scope, keep_settled, resolve_env};
 
 /// Settings shared by every run the engine drives.
 #[derive(Clone, Debug, Default)]
@@ -153,6 +154,8 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         run.worker_id = self.opts.worker_id.clone();
         snapshot(&*self.store, &attempt, &mut run)?;
         let scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
+        let base = &self.opts.base_env;
+        resolve_env(&req, &scope, &*self.exec, base, &attempt, &cancel).await;
         if let Some(retry) = &req.retry {
             keep_settled(&req.dag, retry, &mut run, &scope);
         }

@@ -7,6 +7,10 @@ use trellis_core::status::{RunRecord, Status};
 use trellis_core::{Dag, Output};
 use trellis_store::Attempt;
 
+use tokio_util::sync::CancellationToken;
+use trellis_executor::Executor;
+
+use crate::subst::Subst;
 use crate::{Retry, RunRequest, Scope, StepVars, now};
 
 pub(crate) fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
@@ -73,11 +77,32 @@ pub(crate) fn initial_scope(
             scope.set_var(&k, v);
         }
     }
+    scope
+}
+
+/// The DAG's `env:` in order, each value expanded and its backtick commands run through
+/// the executor with what steps see (base environment and the scope so far), never secrets.
+pub(crate) async fn resolve_env<E: Executor>(
+    req: &RunRequest,
+    scope: &Scope,
+    exec: &E,
+    base_env: &[(String, String)],
+    attempt: &Attempt,
+    cancel: &CancellationToken,
+) {
     for (k, v) in &req.dag.env {
-        let value = substitute_commands(&scope.expand(v, true));
+        let expanded = scope.expand(v, true);
+        let mut env: indexmap::IndexMap<String, String> = base_env.iter().cloned().collect();
+        env.extend(scope.all_vars());
+        let subst = Subst {
+            exec,
+            env: env.into_iter().collect(),
+            dir: &attempt.dir,
+            cancel,
+        };
+        let value = subst.apply(&expanded).await;
         scope.set_var(k, value);
     }
-    scope
 }
 
 /// `KEY=value` lines of a .env file (`export`, quotes and `#` comments allowed). A missing
@@ -100,32 +125,6 @@ fn read_dotenv(path: &std::path::Path) -> Vec<(String, String)> {
             Some((k.trim().to_string(), unquoted.to_string()))
         })
         .collect()
-}
-
-/// Replaces each `` `command` `` with the command's trimmed stdout, as Dagu does for env
-/// values. A command that fails leaves its text as written.
-pub(crate) fn substitute_commands(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find('`') {
-        let Some(len) = rest[start + 1..].find('`') else {
-            break;
-        };
-        let command = &rest[start + 1..start + 1 + len];
-        out.push_str(&rest[..start]);
-        match std::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-        {
-            Ok(o) if o.status.success() => out.push_str(String::from_utf8_lossy(&o.stdout).trim()),
-            _ => out.push_str(&rest[start..start + len + 2]),
-        }
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Copies the steps a retry keeps (and what they published) from the previous attempt.

@@ -488,7 +488,16 @@ async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
 ) -> Result<(), String> {
     let held = match &c.expected {
         Some(expected) => {
-            let got = crate::setup::substitute_commands(&env.scope.expand(&c.condition, true));
+            let mut vars: indexmap::IndexMap<String, String> =
+                env.engine.opts.base_env.iter().cloned().collect();
+            vars.extend(env.scope.all_vars());
+            let subst = crate::subst::Subst {
+                exec: &*env.engine.exec,
+                env: vars.into_iter().collect(),
+                dir: &env.attempt.dir,
+                cancel: &env.cancel,
+            };
+            let got = subst.apply(&env.scope.expand(&c.condition, true)).await;
             let want = env.scope.expand(expected, true);
             match want.strip_prefix("re:") {
                 Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(&got)),
