@@ -9,4 +9,4 @@ pub mod heartbeat;
 
 pub mod daemon;
 pub mod dispatch;
-pub mod queueing;
+pub use trellis_runs::queueing;

@@ -94,6 +94,20 @@ impl From<trellis_store::Error> for Error {
     }
 }
 
+impl From<trellis_runs::Error> for Error {
+    fn from(e: trellis_runs::Error) -> Error {
+        use trellis_runs::Error as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::NotFound { .. } => Error::not_found(e.to_string()),
+            E::NotInAnyQueue { .. } => Error::conflict(e.to_string()),
+            E::NoProcess { .. } | E::Io { .. } | E::Deadline { .. } => {
+                Error::internal(e.to_string())
+            }
+        }
+    }
+}
+
 /// Rejections from axum's extractors (bad JSON, bad query) as our JSON errors.
 impl From<axum::extract::rejection::JsonRejection> for Error {
     fn from(e: axum::extract::rejection::JsonRejection) -> Error {

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
@@ -25,7 +24,8 @@ pub struct App {
     pub dags_dir: PathBuf,
     pub config: Config,
     pub auth: Settings,
-    pub launcher: PathBuf,
+    /// Run control: every start, stop, retry and restart goes through it.
+    pub runs: trellis_runs::Runs,
     pub path_prefix: String,
     pub started: Instant,
     pub started_at: jiff::Timestamp,
@@ -62,6 +62,7 @@ impl App {
             Some(s) => s.as_bytes().to_vec(),
             None => load_secret(&data).map_err(|e| format!("server secret: {e}"))?,
         };
+        let runs = runs(opts, &data);
         Ok(App {
             store: opts.store.clone(),
             // Absolute, as launched commands run in the dags dir.
@@ -70,7 +71,7 @@ impl App {
             dags_dir: std::path::absolute(&opts.dags_dir).unwrap_or_else(|_| opts.dags_dir.clone()),
             config,
             auth: opts.auth.clone(),
-            launcher: opts.launcher.clone(),
+            runs,
             path_prefix: opts.path_prefix.clone(),
             started: Instant::now(),
             started_at: jiff::Timestamp::now(),
@@ -188,53 +189,27 @@ impl App {
         }
         Err(Error::not_found(format!("no DAG named `{name}`")))
     }
+}
 
-    /// Runs `trellis <args>` detached from the server (its own session, output discarded),
-    /// so the run outlives the server; returns without waiting.
-    pub fn launch(&self, args: &[String], env: &[(String, String)]) -> Result<()> {
-        let mut command = std::process::Command::new(&self.launcher);
-        // Steps without a working_dir run in the dags dir (as they would next to the
-        // file), never in wherever the server happened to start.
-        command
-            .args(args)
-            .current_dir(&self.dags_dir)
-            .env("TRELLIS_HOME", &self.home)
-            .env("TRELLIS_DAGS_DIR", &self.dags_dir)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for var in trellis_engine::SECRET_VARS {
-            command.env_remove(var);
-        }
-        // The run must record itself where this server reads (not what a caller's env said).
-        if let Ok(url) = std::env::var(trellis_store::DATABASE_URL_ENV) {
-            command.env(trellis_store::DATABASE_URL_ENV, url);
-        }
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command.spawn().map_err(|e| {
-            Error::internal(format!("cannot start {}: {e}", self.launcher.display()))
-        })?;
-        // Reap it in the background so it does not linger as a zombie.
-        std::thread::spawn(move || child.wait());
-        Ok(())
-    }
-
-    /// Runs `trellis <args>` and waits for it, returning its exit status and stderr.
-    pub async fn call(&self, args: &[String]) -> Result<(bool, String)> {
-        let output = tokio::process::Command::new(&self.launcher)
-            .args(args)
-            .current_dir(&self.dags_dir)
-            .env("TRELLIS_HOME", &self.home)
-            .env("TRELLIS_DAGS_DIR", &self.dags_dir)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| Error::internal(format!("cannot run {}: {e}", self.launcher.display())))?;
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        Ok((output.status.success(), text.trim().to_string()))
-    }
+/// The run-control service, starting detached runs with `opts.launcher` in the dags dir:
+/// they outlive the server, and record themselves in the store this server reads.
+fn runs(opts: &Options, data: &Path) -> trellis_runs::Runs {
+    let home = std::path::absolute(&opts.home).unwrap_or_else(|_| opts.home.clone());
+    let dags_dir = std::path::absolute(&opts.dags_dir).unwrap_or_else(|_| opts.dags_dir.clone());
+    let pass_env = std::env::var(trellis_store::DATABASE_URL_ENV)
+        .map(|url| vec![(trellis_store::DATABASE_URL_ENV.to_string(), url)])
+        .unwrap_or_default();
+    let launcher = trellis_runs::Launcher {
+        program: opts.launcher.clone(),
+        home,
+        dags_dir,
+        pass_env,
+        remove_env: trellis_engine::SECRET_VARS
+            .iter()
+            .map(|v| v.to_string())
+            .collect(),
+    };
+    trellis_runs::Runs::new(opts.store.clone(), data.to_path_buf()).with_launcher(launcher)
 }
 
 /// The server secret in the data dir, made on first use (mode 0600); shared by every

@@ -11,7 +11,6 @@
 //! `params` (a string, or an object of `KEY: value`) and `run_id` fields shape the run.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -29,9 +28,6 @@ use crate::error::{Error, ErrorBody, Result};
 /// The largest body accepted. The body is handed to the run as one environment variable,
 /// and Linux refuses to start a process with any single variable over 128 KiB.
 pub const MAX_BODY: usize = 120 * 1024;
-
-/// How long the launched run has to appear in the store before the request fails.
-const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The OpenAPI description of this module's routes (merged into `/api/v2/openapi.json`).
 #[derive(utoipa::OpenApi)]
@@ -120,29 +116,15 @@ async fn start(app: &App, run: &Launch, body: &[u8]) -> Result<()> {
     } else {
         String::from_utf8_lossy(body).into_owned()
     };
-    let mut args = vec![
-        "start".to_string(),
-        "--quiet".to_string(),
-        format!("--run-id={}", run.run_id),
-    ];
-    if let Some(params) = &run.params {
-        args.push(format!("--params={params}"));
-    }
-    args.push(run.path.display().to_string());
-    app.launch(&args, &[("WEBHOOK_PAYLOAD".to_string(), payload)])?;
-    let seen = crate::api::poll(VISIBLE_WITHIN, || {
-        Ok(app.store.find(&run.dag_name, &run.run_id)?)
-    })
-    .await?;
-    match seen {
-        Some(_) => Ok(()),
-        None => Err(Error::internal(format!(
-            "run {} of {} did not start within {} s",
-            run.run_id,
-            run.dag_name,
-            VISIBLE_WITHIN.as_secs()
-        ))),
-    }
+    let launch = trellis_runs::Launch::Start {
+        file: run.path.clone(),
+        dag: run.dag_name.clone(),
+        run_id: run.run_id.clone(),
+        params: run.params.clone(),
+        env: vec![("WEBHOOK_PAYLOAD".to_string(), payload)],
+    };
+    app.runs.launch(launch).await?;
+    Ok(())
 }
 
 async fn read_body(request: Request) -> Result<axum::body::Bytes> {

@@ -10,7 +10,7 @@ use trellis_core::Dag;
 use trellis_core::status::{RunRecord, Status};
 use trellis_store::Backend;
 
-use super::run::{dag_name, execute, home, load, mark_dead};
+use super::run::{dag_name, execute, load, mark_dead};
 use crate::cli::{CleanupArgs, HistoryArgs, LogsArgs, RestartArgs, RetryArgs, RunTarget};
 
 fn find(store: &dyn Backend, name: &str, run_id: Option<&str>) -> anyhow::Result<RunRecord> {
@@ -30,68 +30,13 @@ fn find(store: &dyn Backend, name: &str, run_id: Option<&str>) -> anyhow::Result
     Ok(run)
 }
 
-/// Asks the process running a run to stop, and waits for it to record the end.
-fn stop_run(store: &dyn Backend, run: &RunRecord) -> anyhow::Result<Status> {
-    if run.status.is_final() {
-        return Ok(run.status);
-    }
-    let data = trellis_store::data_dir(&home());
-    let tasks = trellis_cluster::tasks::Tasks::of(&data, &super::open_store()?);
-    let on_worker = run.worker_id.is_some()
-        || tasks
-            .load_all()
-            .iter()
-            .any(|t| t.spec.dag_name == run.name && t.spec.run_id == run.run_id);
-    let elsewhere = run
-        .host
-        .as_deref()
-        .is_some_and(|h| h != trellis_store::hostname());
-    if on_worker {
-        // On (or waiting for) a worker: the coordinator relays the stop at the worker's
-        // next heartbeat, or cancels the task if it has not started.
-        tasks
-            .request_cancel(&run.name, &run.run_id)
-            .context("cannot ask the coordinator to stop the run")?;
-    } else if run.status == Status::Queued {
-        // Still in a queue: take it out (it is recorded aborted, like `dequeue`).
-        if !dequeue_anywhere(store, &run.run_id)? {
-            bail!("run {} is queued but in no queue; try again", run.run_id);
-        }
-    } else if elsewhere {
-        // Run by a scheduler or a `trellis start` on another machine sharing the
-        // database: both look for stop requests.
-        let key = trellis_cluster::tasks::cancel_name(&run.name, &run.run_id);
-        let now = jiff::Timestamp::now().to_string();
-        store
-            .put(trellis_store::state::scope::STOP, &key, Some(&now))
-            .context("cannot ask the scheduler to stop the run")?;
-    } else {
-        let pid = run.pid.context("the run has no process id")?;
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-            .context("cannot signal the run's process")?;
-    }
-    // The run's own process records the outcome; watch its log until it does.
-    for _ in 0..600 {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Some(mut now) = store.find(&run.name, &run.run_id)? {
-            mark_dead(&mut now);
-            if now.status.is_final() {
-                return Ok(now.status);
-            }
-        }
-    }
-    bail!("run {} did not stop within 60 s", run.run_id)
-}
-
-/// Takes a run out of whichever queue holds it.
-fn dequeue_anywhere(store: &dyn Backend, run_id: &str) -> anyhow::Result<bool> {
-    for name in store.queues()? {
-        if trellis_store::dequeue(store, &name, run_id)?.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// Stops a run through the run-control service and waits for its end.
+fn stop_run(run: &RunRecord) -> anyhow::Result<Status> {
+    let runs = super::runs()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(runs.stop(run, trellis_runs::STOP_WITHIN))?)
 }
 
 pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {
@@ -101,7 +46,7 @@ pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {
         println!("run {} already ended: {}", run.run_id, run.status);
         return Ok(ExitCode::SUCCESS);
     }
-    let status = stop_run(&*store, &run)?;
+    let status = stop_run(&run)?;
     println!("run {} stopped: {status}", run.run_id);
     Ok(ExitCode::SUCCESS)
 }
@@ -164,7 +109,7 @@ pub fn restart(restart: &RestartArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store()?;
     let previous = find(&*store, &dag_name(&args.target)?, args.run_id.as_deref())?;
     if !previous.status.is_final() {
-        stop_run(&*store, &previous)?;
+        stop_run(&previous)?;
     }
     let Some(dag) = definition(&*store, &args.target, &previous)? else {
         return Ok(ExitCode::from(crate::report::EXIT_INVALID));

@@ -106,6 +106,12 @@ pub fn open_store() -> anyhow::Result<trellis_store::Shared> {
     Ok(STORE.get_or_init(|| store).clone())
 }
 
+/// The run-control service over this process's store.
+pub fn runs() -> anyhow::Result<trellis_runs::Runs> {
+    let data = trellis_store::data_dir(&run::home());
+    Ok(trellis_runs::Runs::new(open_store()?, data))
+}
+
 /// How long database operations retry while the database is away (see
 /// [`trellis_store::open_with`]): 10 minutes, so a run loses nothing; `trellis server`
 /// sets 15 s before opening, so a request waits that long at most, then gets a 503.

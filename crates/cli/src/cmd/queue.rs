@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use trellis_scheduler::queueing::{self, Enqueue, Outcome};
+use trellis_runs::queueing::{Enqueue, Outcome};
 
 use super::run::load;
 use crate::cli::{DequeueArgs, EnqueueArgs};
@@ -19,7 +19,7 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(EXIT_INVALID));
     }
-    let store = super::open_store()?;
+    let runs = super::runs()?;
     let run_id = args
         .run_id
         .clone()
@@ -31,7 +31,7 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<ExitCode> {
         queue: args.queue.clone(),
         ..Enqueue::new(&dag, &args.file, run_id.clone())
     };
-    match queueing::enqueue(&*store, req)? {
+    match runs.enqueue(req)? {
         Outcome::Queued => {
             println!("{run_id}");
             eprintln!("queued run {run_id} of {}", dag.name);
@@ -59,8 +59,12 @@ fn run_tags(extra: Option<&str>) -> indexmap::IndexMap<String, String> {
 }
 
 pub fn dequeue(args: &DequeueArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store()?;
-    let item = trellis_store::dequeue(&*store, &args.queue, &args.run_id)?
+    let runs = super::runs()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let item = runtime
+        .block_on(runs.dequeue(&args.queue, &args.run_id))?
         .with_context(|| format!("run {} is not in queue {}", args.run_id, args.queue))?;
     println!("dequeued run {} of {}", item.run_id, item.dag_name);
     Ok(ExitCode::SUCCESS)

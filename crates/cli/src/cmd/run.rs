@@ -95,7 +95,7 @@ pub fn execute(
             .map(String::into_bytes),
     );
     let record = runtime.block_on(async {
-        let stops = backend.clone();
+        let stops = trellis_runs::Runs::new(backend.clone(), trellis_store::data_dir(&home()));
         let store = Arc::new(crate::progress::Progress::new(backend, quiet));
         let shown = store.clone();
         let opts = Options {
@@ -107,8 +107,8 @@ pub fn execute(
         let engine = Engine::new(store, Arc::new(Local), opts);
         let cancel = CancellationToken::new();
         super::cancel_on_signals(cancel.clone());
-        let key = trellis_cluster::tasks::cancel_name(&dag.name, &run_id);
-        tokio::spawn(stop_requests(stops, key, cancel.clone()));
+        let (name, id, token) = (dag.name.clone(), run_id.clone(), cancel.clone());
+        tokio::spawn(async move { stops.listen_for_stop(&name, &id, token).await });
         let req = RunRequest {
             locals: Arc::new(dag.local_dags.clone()),
             dag: dag.clone(),
@@ -134,32 +134,6 @@ pub fn execute(
         }
     }
     Ok(record)
-}
-
-/// On a database store, `trellis stop` from another machine leaves a stop request for
-/// the run (`scope::STOP`); this cancels the run when one appears, like SIGTERM would.
-async fn stop_requests(store: trellis_store::Shared, key: String, cancel: CancellationToken) {
-    use trellis_store::state::scope::STOP;
-    if !store.is_database() {
-        return; // on one machine, `trellis stop` signals the process
-    }
-    while !cancel.is_cancelled() {
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            _ = cancel.cancelled() => return,
-        }
-        let (store, key) = (store.clone(), key.clone());
-        let asked = tokio::task::spawn_blocking(move || {
-            let asked = store.get(STOP, &key).ok().flatten().is_some();
-            if asked {
-                let _ = store.put(STOP, &key, None);
-            }
-            asked
-        });
-        if asked.await.unwrap_or(false) {
-            cancel.cancel();
-        }
-    }
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {

@@ -12,7 +12,6 @@ mod runs;
 mod workers;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -119,23 +118,6 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("task failed: {e}")))?
-}
-
-/// Polls `check` every 50 ms until it returns `Some` or `within` passes.
-pub async fn poll<T>(
-    within: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<Option<T>> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check()? {
-            return Ok(Some(found));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Longest run id or queue name accepted: the store adds a time stamp and a prefix to

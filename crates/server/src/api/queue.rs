@@ -51,13 +51,10 @@ async fn dequeue(
 ) -> Result<StatusCode> {
     check_id("queue name", &queue)?;
     check_id("run id", &run_id)?;
-    blocking(
-        move || match trellis_store::dequeue(&*app.store, &queue, &run_id)? {
-            Some(_) => Ok(StatusCode::NO_CONTENT),
-            None => Err(not_queued(&queue, &run_id)),
-        },
-    )
-    .await
+    match app.runs.dequeue(&queue, &run_id).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(not_queued(&queue, &run_id)),
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

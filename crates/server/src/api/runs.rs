@@ -14,10 +14,10 @@ use axum::routing::{get, post};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use trellis_core::status::{RunRecord, Status};
-use trellis_scheduler::queueing::{self, Enqueue, Outcome};
+use trellis_runs::queueing::{Enqueue, Outcome};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Body, DagPath, Path, Query, RunPath, StepPath, blocking, check_id, dags, poll};
+use super::{Body, DagPath, Path, Query, RunPath, StepPath, blocking, check_id, dags};
 use crate::App;
 use crate::error::{Error, ErrorBody, Result};
 use crate::views::{
@@ -41,9 +41,6 @@ pub fn routes() -> Router<Arc<App>> {
             get(log),
         )
 }
-
-/// How long a launched run has to appear in the store before the request fails.
-const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -102,26 +99,14 @@ async fn launch_start(app: &Arc<App>, name: String, req: StartRequest) -> Result
     let task = app.clone();
     let (dag, path, run_id) =
         blocking(move || prepare(&task, &name, params.as_deref(), req.run_id)).await?;
-    let mut args = vec![
-        "start".to_string(),
-        "--quiet".to_string(),
-        format!("--run-id={run_id}"),
-    ];
-    if let Some(params) = &req.params {
-        args.push(format!("--params={params}"));
-    }
-    // An absolute path cannot be mistaken for an option (a DAG name may start with `-`).
-    let path = std::path::absolute(&path).unwrap_or(path);
-    args.push(path.display().to_string());
-    app.launch(&args, &[])?;
-    let seen = poll(VISIBLE_WITHIN, || Ok(app.store.find(&dag.name, &run_id)?)).await?;
-    if seen.is_none() {
-        return Err(Error::internal(format!(
-            "run {run_id} of {} did not start within {} s",
-            dag.name,
-            VISIBLE_WITHIN.as_secs()
-        )));
-    }
+    let launch = trellis_runs::Launch::Start {
+        file: path,
+        dag: dag.name.clone(),
+        run_id: run_id.clone(),
+        params: req.params,
+        env: Vec::new(),
+    };
+    app.runs.launch(launch).await?;
     Ok(Started {
         name: dag.name,
         run_id,
@@ -176,15 +161,17 @@ async fn start_sync(
         run_id: req.run_id,
     };
     let started = launch_start(&app, name, start).await?;
-    let done = poll(Duration::from_secs(timeout), || {
-        match views::find_run(&app, &started.name, &started.run_id) {
-            Ok(run) if run.status.is_final() => Ok(Some(run)),
-            Ok(_) => Ok(None),
-            Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
-            Err(e) => Err(e),
-        }
-    })
-    .await?;
+    let within = Duration::from_secs(timeout);
+    let ended = app
+        .runs
+        .watch(&started.name, &started.run_id, within, |r| {
+            r.status.is_final()
+        })
+        .await?;
+    let done = match ended {
+        Some(_) => Some(views::find_run(&app, &started.name, &started.run_id)?),
+        None => None,
+    };
     match done {
         Some(run) => Ok(Json(RunDetail::from(run))),
         None => Err(Error::new(
@@ -246,7 +233,7 @@ async fn enqueue(
             queue: Some(queue.clone()),
             ..Enqueue::new(&dag, &path, run_id.clone())
         };
-        match queueing::enqueue(&*app.store, enqueue)? {
+        match app.runs.enqueue(enqueue)? {
             Outcome::Queued => Ok(Enqueued {
                 name: dag.name.clone(),
                 run_id,
@@ -391,7 +378,7 @@ async fn stop(
     }))
 }
 
-/// Stops a run through `trellis stop` (which waits for the run to record its end).
+/// Stops a run through the run-control service (which waits for it to record its end).
 async fn stop_run(app: &Arc<App>, run: &RunRecord) -> Result<Status> {
     if run.status.is_final() {
         return Ok(run.status);
@@ -402,22 +389,7 @@ async fn stop_run(app: &Arc<App>, run: &RunRecord) -> Result<Status> {
             run.run_id
         )));
     }
-    // Options first, then `--`: a DAG name may start with `-`.
-    let args = [
-        "stop".to_string(),
-        format!("--run-id={}", run.run_id),
-        "--".to_string(),
-        run.name.clone(),
-    ];
-    let (ok, text) = app.call(&args).await?;
-    let now = find(app, &run.name, &run.run_id).await?;
-    if !ok && !now.status.is_final() {
-        return Err(Error::internal(format!(
-            "cannot stop run {}: {text}",
-            run.run_id
-        )));
-    }
-    Ok(now.status)
+    Ok(app.runs.stop(run, trellis_runs::STOP_WITHIN).await?)
 }
 
 #[derive(Default, Deserialize, ToSchema)]
@@ -466,30 +438,12 @@ async fn retry(
 
 /// Launches `trellis retry` and waits until its new attempt is recorded.
 async fn launch_retry(app: &Arc<App>, run: &RunRecord, step: Option<&str>) -> Result<()> {
-    let mut args = vec![
-        "retry".to_string(),
-        format!("--run-id={}", run.run_id),
-        "--quiet".to_string(),
-    ];
-    if let Some(step) = step {
-        args.push(format!("--step={step}"));
-    }
-    // Options first, then `--`: a DAG name may start with `-`.
-    args.extend(["--".to_string(), run.name.clone()]);
-    app.launch(&args, &[])?;
-    let seen = poll(VISIBLE_WITHIN, || {
-        let now = app.store.find(&run.name, &run.run_id)?;
-        Ok(now.filter(|r| r.attempt_id != run.attempt_id || !r.status.is_final()))
-    })
-    .await?;
-    match seen {
-        Some(_) => Ok(()),
-        None => Err(Error::internal(format!(
-            "the retry of run {} did not start within {} s",
-            run.run_id,
-            VISIBLE_WITHIN.as_secs()
-        ))),
-    }
+    let launch = trellis_runs::Launch::Retry {
+        previous: run.clone(),
+        step: step.map(String::from),
+    };
+    app.runs.launch(launch).await?;
+    Ok(())
 }
 
 /// Retry and restart run the stored definition; a run without one cannot be repeated.
@@ -520,21 +474,11 @@ async fn restart(
     need_definition(&app, &run).await?;
     stop_run(&app, &run).await?;
     let new_id = trellis_engine::new_run_id();
-    let args = [
-        "restart".to_string(),
-        format!("--run-id={run_id}"),
-        format!("--new-run-id={new_id}"),
-        "--".to_string(),
-        run.name.clone(),
-    ];
-    app.launch(&args, &[])?;
-    let seen = poll(VISIBLE_WITHIN, || Ok(app.store.find(&run.name, &new_id)?)).await?;
-    if seen.is_none() {
-        return Err(Error::internal(format!(
-            "the restart of run {run_id} did not start within {} s",
-            VISIBLE_WITHIN.as_secs()
-        )));
-    }
+    let launch = trellis_runs::Launch::Restart {
+        previous: run.clone(),
+        new_run_id: new_id.clone(),
+    };
+    app.runs.launch(launch).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Started {
