@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Trellis: a DAG workflow orchestrator that runs Dagu and Daggy workflow files.
 #[derive(Debug, Parser)]
@@ -10,6 +10,25 @@ use clap::{Parser, Subcommand};
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+    /// How services log to stderr: `text` lines or one JSON object per line. `RUST_LOG`
+    /// picks what is logged (default: info).
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "TRELLIS_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, message.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    init_logging(args.log_format);
     match cmd::run(args) {
         Ok(code) => code,
         Err(err) => {
@@ -30,4 +31,23 @@ fn main() -> ExitCode {
             ExitCode::from(report::EXIT_INVALID)
         }
     }
+}
+
+/// Sends the library crates' `tracing` events to stderr, filtered by `RUST_LOG` (default
+/// `info`). Colours only on a terminal, so logs written to files stay plain text.
+fn init_logging(format: cli::LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    // Only fails when a subscriber is set already, which then keeps doing the job.
+    let _ = match format {
+        cli::LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        cli::LogFormat::Json => builder.json().try_init(),
+    };
 }

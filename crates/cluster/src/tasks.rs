@@ -74,7 +74,7 @@ pub fn load_all(data: &Path) -> Vec<Task> {
         }
         match read(&path) {
             Some(task) => out.push(task),
-            None => eprintln!("coordinator: cannot read task file {}", path.display()),
+            None => tracing::warn!("coordinator: cannot read task file {}", path.display()),
         }
     }
     out
@@ -167,13 +167,13 @@ impl Tasks {
                 .filter_map(|(id, json)| match serde_json::from_str(&json) {
                     Ok(task) => Some(task),
                     Err(e) => {
-                        eprintln!("coordinator: cannot read task {id}: {e}");
+                        tracing::warn!("coordinator: cannot read task {id}: {e}");
                         None
                     }
                 })
                 .collect(),
             Err(e) => {
-                eprintln!("cannot list tasks: {e}");
+                tracing::warn!("cannot list tasks: {e}");
                 Vec::new()
             }
         }
@@ -315,7 +315,7 @@ impl trellis_engine::Remote for FileRemote {
 
     fn cancel_child(&self, dag: &str, run_id: &str) {
         if let Err(e) = self.tasks.request_cancel(dag, run_id) {
-            eprintln!("cannot ask to cancel sub-DAG run {run_id} of {dag}: {e}");
+            tracing::error!("cannot ask to cancel sub-DAG run {run_id} of {dag}: {e}");
         }
     }
 }

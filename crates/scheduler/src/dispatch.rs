@@ -80,7 +80,7 @@ pub fn remote(
 
 pub fn cancel(tasks: &Tasks, dag: &str, run_id: &str) {
     if let Err(e) = tasks.request_cancel(dag, run_id) {
-        eprintln!("scheduler: cannot ask to cancel run {run_id} of {dag}: {e}");
+        tracing::error!("scheduler: cannot ask to cancel run {run_id} of {dag}: {e}");
     }
 }
 

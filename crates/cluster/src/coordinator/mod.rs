@@ -134,7 +134,7 @@ async fn exclusive(
             return Ok(Some(lead));
         }
         if !said {
-            eprintln!("coordinator: another coordinator serves this data dir; standing by");
+            tracing::info!("coordinator: another coordinator serves this data dir; standing by");
             said = true;
         }
         tokio::select! {

@@ -35,7 +35,7 @@ fn attempt_for(coord: &Coord, task_id: &str, worker: &str, token: &str) -> Resul
     let (spec, remote) = {
         let table = coord.table();
         if !table.owns(task_id, worker, token) {
-            eprintln!(
+            tracing::warn!(
                 "coordinator: refused a report from {worker} for task {task_id}: not its claim"
             );
             return Err(Status::permission_denied(

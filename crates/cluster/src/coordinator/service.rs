@@ -41,11 +41,11 @@ impl tonic::service::Interceptor for Auth {
                 Ok(request)
             }
             Some(Err(why)) => {
-                eprintln!("coordinator: refused a call: {why}");
+                tracing::warn!("coordinator: refused a call: {why}");
                 Err(Status::unauthenticated(why))
             }
             None => {
-                eprintln!("coordinator: refused a call without a worker token");
+                tracing::warn!("coordinator: refused a call without a worker token");
                 Err(Status::unauthenticated("a worker token is required"))
             }
         }
@@ -60,7 +60,7 @@ fn check_caller<T>(request: &Request<T>, worker_id: &str, keyed: bool) -> Result
     match request.extensions().get::<Caller>() {
         Some(Caller(id)) if id == worker_id => Ok(()),
         Some(Caller(id)) => {
-            eprintln!("coordinator: refused {id} acting as worker {worker_id}");
+            tracing::warn!("coordinator: refused {id} acting as worker {worker_id}");
             Err(Status::permission_denied(format!(
                 "token is for {id}, not {worker_id}"
             )))
@@ -130,7 +130,7 @@ impl Service {
                 .cloned()
         }?;
         if let Err(e) = self.0.tasks.write(&task) {
-            eprintln!(
+            tracing::error!(
                 "coordinator: cannot persist claim of {}: {e}",
                 task.spec.task_id
             );
@@ -189,7 +189,7 @@ impl Service {
             let status = trellis_core::status::Status::Failed;
             // The report that carries this removes the task.
             super::upkeep::record_task(&self.0, &task.spec, status, &msg);
-            eprintln!(
+            tracing::info!(
                 "coordinator: run {} of {}: {msg}",
                 task.spec.run_id, task.spec.dag_name
             );
@@ -233,7 +233,7 @@ impl Coordinator for Service {
             .insert(r.worker_id.clone(), state)
             .is_none();
         if fresh {
-            eprintln!("coordinator: worker {} registered", r.worker_id);
+            tracing::info!("coordinator: worker {} registered", r.worker_id);
         }
         self.renew(&r.worker_id, &r.running);
         self.0.wake.notify_waiters();
@@ -294,7 +294,7 @@ impl Coordinator for Service {
             }));
         };
         if let Err(e) = self.0.tasks.write(&task) {
-            eprintln!("coordinator: cannot persist ack of {}: {e}", r.task_id);
+            tracing::error!("coordinator: cannot persist ack of {}: {e}", r.task_id);
         }
         Ok(Response::new(proto::AckResponse {
             accepted: true,
@@ -355,7 +355,7 @@ impl Coordinator for Service {
         match removed {
             Ok(true) => {
                 if let Err(e) = self.0.tasks.remove(&r.task_id) {
-                    eprintln!("coordinator: cannot remove task {}: {e}", r.task_id);
+                    tracing::warn!("coordinator: cannot remove task {}: {e}", r.task_id);
                 }
                 Ok(Response::new(proto::StatusAck {
                     accepted: true,
@@ -425,7 +425,7 @@ impl Coordinator for Service {
         self.caller(&request, &request.get_ref().worker_id)?;
         let id = request.into_inner().worker_id;
         if self.0.workers().remove(&id).is_some() {
-            eprintln!("coordinator: worker {id} left");
+            tracing::info!("coordinator: worker {id} left");
         }
         Ok(Response::new(proto::DeregisterResponse {}))
     }

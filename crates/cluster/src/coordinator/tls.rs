@@ -69,7 +69,7 @@ pub(crate) fn incoming(
                     Ok(c) => c,
                     Err(e) => {
                         // E.g. out of file descriptors: wait rather than spin.
-                        eprintln!("coordinator: accept failed: {e}");
+                        tracing::warn!("coordinator: accept failed: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
@@ -85,10 +85,10 @@ pub(crate) fn incoming(
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => {
-                        eprintln!("coordinator: refused a TLS connection from {peer}: {e}")
+                        tracing::warn!("coordinator: refused a TLS connection from {peer}: {e}")
                     }
                     Err(_) => {
-                        eprintln!("coordinator: dropped {peer}: no TLS handshake within 10 s")
+                        tracing::warn!("coordinator: dropped {peer}: no TLS handshake within 10 s")
                     }
                 }
             });

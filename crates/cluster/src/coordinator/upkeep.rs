@@ -32,7 +32,7 @@ pub(crate) fn load_tasks(coord: &Coord) {
         table.insert(task);
     }
     if !table.is_empty() {
-        eprintln!("coordinator: {} task(s) loaded", table.len());
+        tracing::info!("coordinator: {} task(s) loaded", table.len());
     }
 }
 
@@ -50,7 +50,7 @@ fn sync_new(coord: &Coord, paths: impl Iterator<Item = std::path::PathBuf>) -> b
             continue;
         };
         if task.spec.task_id != id {
-            eprintln!(
+            tracing::warn!(
                 "coordinator: ignoring {}: its task id does not match the file name",
                 path.display()
             );
@@ -79,7 +79,7 @@ fn adopt(coord: &Coord, task: crate::table::Task) -> bool {
     }
     // A task put back after its run ended (a replay) must not run it again.
     if ended_any(coord, &task.spec.dag_name, &task.spec.run_id) {
-        eprintln!(
+        tracing::info!(
             "coordinator: dropping task {}: run {} already ended",
             task.spec.task_id, task.spec.run_id
         );
@@ -152,7 +152,7 @@ pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: Cancellat
         if now - last_slow >= 1_000 {
             last_slow = now;
             if !still_leading(&coord) {
-                eprintln!(
+                tracing::error!(
                     "coordinator: lost its lease; stopping so that only one coordinator acts"
                 );
                 coord.lost.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -181,7 +181,7 @@ fn still_leading(coord: &Coord) -> bool {
     match coord.store.renew_lease(lead) {
         Ok(held) => held,
         Err(e) => {
-            eprintln!("coordinator: cannot renew its lease: {e}");
+            tracing::error!("coordinator: cannot renew its lease: {e}");
             false
         }
     }
@@ -254,14 +254,14 @@ fn persist(coord: &Coord, task_id: &str) {
     if let Some(task) = task
         && let Err(e) = coord.tasks.write(&task)
     {
-        eprintln!("coordinator: cannot persist task {task_id}: {e}");
+        tracing::error!("coordinator: cannot persist task {task_id}: {e}");
     }
 }
 
 /// Says what happened to a task's run, records it, and (when the run ends) deletes the task
 /// file, which frees the run's slot in the scheduler.
 pub(crate) fn settle(coord: &Coord, spec: &crate::table::TaskSpec, status: RunStatus, msg: &str) {
-    eprintln!(
+    tracing::info!(
         "coordinator: run {} of {}: {msg}",
         spec.run_id, spec.dag_name
     );
@@ -292,7 +292,7 @@ pub(crate) fn record_task(
         },
     };
     let Ok(attempt) = store.create_attempt(&spec.dag_name, &spec.run_id, Some(&parent)) else {
-        eprintln!("coordinator: cannot record sub-DAG run {}", spec.run_id);
+        tracing::error!("coordinator: cannot record sub-DAG run {}", spec.run_id);
         return;
     };
     run.attempt_id = attempt.attempt_id.clone();
@@ -313,7 +313,7 @@ pub(crate) fn record(coord: &Coord, dag: &str, run_id: &str, status: RunStatus, 
     let (Ok(Some(attempt)), Ok(Some(mut run))) =
         (store.latest_attempt(dag, run_id), store.find(dag, run_id))
     else {
-        eprintln!("coordinator: run {run_id} of {dag} is not in the store");
+        tracing::error!("coordinator: run {run_id} of {dag} is not in the store");
         return;
     };
     run.status = status;
@@ -328,7 +328,7 @@ pub(crate) fn record(coord: &Coord, dag: &str, run_id: &str, status: RunStatus, 
         }
     }
     if let Err(e) = store.append(&attempt, &Entry::Snapshot(Box::new(run))) {
-        eprintln!("coordinator: cannot record run {run_id}: {e}");
+        tracing::error!("coordinator: cannot record run {run_id}: {e}");
     }
 }
 
@@ -448,7 +448,7 @@ fn publish_workers(coord: &Coord) {
         .collect();
     for (id, json) in workers {
         if let Err(e) = coord.store.put_worker(&id, &json) {
-            eprintln!("coordinator: cannot publish worker {id}: {e}");
+            tracing::warn!("coordinator: cannot publish worker {id}: {e}");
         }
     }
 }
@@ -478,9 +478,9 @@ fn refresh_registry(coord: &Coord, addr: SocketAddr) {
         labels: Default::default(),
     };
     if let Err(e) = registry::write(&coord.opts.registry_dir, Kind::Coordinator, &entry) {
-        eprintln!("coordinator: cannot write registry entry: {e}");
+        tracing::warn!("coordinator: cannot write registry entry: {e}");
     }
     for id in registry::drop_stale(&coord.opts.registry_dir, Kind::Worker, now) {
-        eprintln!("coordinator: dropped stale registry entry of worker {id}");
+        tracing::info!("coordinator: dropped stale registry entry of worker {id}");
     }
 }

@@ -152,7 +152,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Strin
         linked: Notify::new(),
         started_at: jiff::Timestamp::now().to_string(),
     });
-    eprintln!(
+    tracing::info!(
         "worker {}: labels {:?}, {} slots, {}",
         worker.opts.id,
         worker.opts.labels,
@@ -179,7 +179,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Strin
         let _ = client.deregister(req).await;
     }
     registry::remove(&worker.opts.registry_dir, Kind::Worker, &worker.opts.id);
-    eprintln!("worker {}: stopped", worker.opts.id);
+    tracing::info!("worker {}: stopped", worker.opts.id);
     Ok(())
 }
 
@@ -188,7 +188,7 @@ async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
     let total = worker.opts.max_active_runs.max(1);
     let busy = total as usize - slots.available_permits();
     if busy > 0 {
-        eprintln!(
+        tracing::info!(
             "worker {}: draining {busy} running task(s) (up to {} s)",
             worker.opts.id,
             worker.opts.drain_grace.as_secs()
@@ -199,7 +199,7 @@ async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
         .await
         .is_err()
     {
-        eprintln!(
+        tracing::warn!(
             "worker {}: grace period over; cancelling runs",
             worker.opts.id
         );
@@ -226,7 +226,7 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
             match connect(&worker, attempt - 1).await {
                 Ok(client) => {
                     if said_down {
-                        eprintln!("worker {}: coordinator reachable again", worker.opts.id);
+                        tracing::info!("worker {}: coordinator reachable again", worker.opts.id);
                     }
                     said_down = false;
                     backoff = Duration::from_millis(100);
@@ -234,14 +234,14 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
                 }
                 Err(e) => {
                     if !said_down {
-                        eprintln!("worker {}: {e}; retrying", worker.opts.id);
+                        tracing::warn!("worker {}: {e}; retrying", worker.opts.id);
                         said_down = true;
                     }
                     backoff = (backoff * 3 / 2).min(Duration::from_secs(5));
                 }
             }
         } else if let Err(e) = heartbeat(&worker).await {
-            eprintln!("worker {}: heartbeat failed: {e}", worker.opts.id);
+            tracing::warn!("worker {}: heartbeat failed: {e}", worker.opts.id);
             worker.set_client(None);
             said_down = true;
         }
@@ -299,7 +299,7 @@ async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
             link::status_text(&e)
         )
     })?;
-    eprintln!(
+    tracing::info!(
         "worker {}: registered with the coordinator at {addr}",
         worker.opts.id
     );
@@ -324,7 +324,7 @@ async fn heartbeat(worker: &Worker) -> Result<(), String> {
     let running = worker.running.lock().unwrap_or_else(|e| e.into_inner());
     for id in reply.cancel_task_ids {
         if let Some(r) = running.get(&id) {
-            eprintln!(
+            tracing::info!(
                 "worker {}: stopping run {} of {} as the coordinator asks",
                 worker.opts.id, r.info.run_id, r.info.dag_name
             );
@@ -360,7 +360,7 @@ async fn poll_loop(worker: Arc<Worker>, slots: Arc<Semaphore>, shutdown: Cancell
                 }
             }
             Err(e) => {
-                eprintln!("worker {}: poll failed: {}", worker.opts.id, e.message());
+                tracing::warn!("worker {}: poll failed: {}", worker.opts.id, e.message());
                 worker.set_client(None);
             }
         }
@@ -387,7 +387,7 @@ async fn registry_loop(worker: Arc<Worker>, stop: CancellationToken) {
             labels: worker.opts.labels.clone(),
         };
         if let Err(e) = registry::write(&worker.opts.registry_dir, Kind::Worker, &entry) {
-            eprintln!(
+            tracing::warn!(
                 "worker {}: cannot write its registry entry: {e}",
                 worker.opts.id
             );

@@ -66,7 +66,7 @@ pub(super) async fn accept(
 ) {
     let refused = refusal(worker, &task);
     if let Some(reason) = &refused {
-        eprintln!(
+        tracing::warn!(
             "worker {}: refusing task {} (run {} of {}): {reason}",
             worker.opts.id, task.task_id, task.run_id, task.dag_name
         );
@@ -81,7 +81,7 @@ pub(super) async fn accept(
     match client.ack(req).await {
         Ok(r) if r.get_ref().accepted && refused.is_none() => {}
         Ok(r) if refused.is_none() => {
-            eprintln!(
+            tracing::warn!(
                 "worker {}: claim refused: {}",
                 worker.opts.id,
                 r.get_ref().error
@@ -90,7 +90,7 @@ pub(super) async fn accept(
         }
         Ok(_) => return,
         Err(e) => {
-            eprintln!("worker {}: ack failed: {}", worker.opts.id, e.message());
+            tracing::warn!("worker {}: ack failed: {}", worker.opts.id, e.message());
             return;
         }
     }
@@ -162,7 +162,7 @@ async fn execute(
         .run(req, cancel)
         .await
         .map_err(|e| format!("the run could not start: {e}"))?;
-    eprintln!(
+    tracing::info!(
         "worker {}: run {} of {} {}",
         worker.opts.id, record.run_id, record.name, record.status
     );
@@ -196,7 +196,7 @@ async fn ship(worker: Arc<Worker>, task: proto::Task, done: CancellationToken) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    eprintln!(
+    tracing::error!(
         "worker {}: gave up relaying the logs of task {}",
         worker.opts.id, task.task_id
     );
@@ -301,7 +301,7 @@ async fn send_logs(
         }
         Err(e) => {
             let id = &worker.opts.id;
-            eprintln!("worker {id}: log relay failed: {}", e.message());
+            tracing::warn!("worker {id}: log relay failed: {}", e.message());
             if refused(&e) {
                 Shipped::Refused
             } else {
@@ -333,7 +333,7 @@ async fn report(worker: &Worker, task: &proto::Task, error: String) {
             match client.report_status(req).await {
                 Ok(r) => {
                     if !r.get_ref().accepted {
-                        eprintln!(
+                        tracing::warn!(
                             "worker {}: report refused: {}",
                             worker.opts.id,
                             r.get_ref().error
@@ -342,11 +342,11 @@ async fn report(worker: &Worker, task: &proto::Task, error: String) {
                     return;
                 }
                 Err(e) if refused(&e) => {
-                    eprintln!("worker {}: report refused: {}", worker.opts.id, e.message());
+                    tracing::warn!("worker {}: report refused: {}", worker.opts.id, e.message());
                     return;
                 }
                 Err(e) => {
-                    eprintln!("worker {}: report failed: {}", worker.opts.id, e.message());
+                    tracing::warn!("worker {}: report failed: {}", worker.opts.id, e.message());
                     worker.set_client(None);
                 }
             }

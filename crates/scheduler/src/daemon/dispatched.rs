@@ -21,7 +21,7 @@ impl<C: Clock + 'static> Leader<C> {
         if let Err(e) = self.handoff.write(&task) {
             return self.fail(item, &format!("cannot hand the run to a worker: {e}"));
         }
-        eprintln!(
+        tracing::info!(
             "scheduler: run {} of {} handed to a worker ({})",
             item.run_id,
             dag.name,

@@ -100,7 +100,7 @@ pub async fn run<C: Clock + 'static>(
             _ = shutdown.cancelled() => return Ok(()),
         }
     };
-    eprintln!(
+    tracing::info!(
         "scheduler {}: leading (fencing token {})",
         opts.id, lease.info.token
     );
@@ -240,7 +240,7 @@ impl<C: Clock + 'static> Leader<C> {
             wait = wait.min(max);
         }
         let due = self.clock.now() + jiff::SignedDuration::from_secs_f64(wait.max(0.0));
-        eprintln!(
+        tracing::warn!(
             "scheduler: run {run_id} of {} failed; retry {} of {} at {due}",
             dag.name,
             count + 1,
@@ -273,7 +273,7 @@ impl<C: Clock + 'static> Leader<C> {
                 ..Enqueue::new(dag, &entry.path, run_id)
             };
             if let Err(e) = queueing::enqueue(&*self.store, req) {
-                eprintln!("scheduler: cannot queue the retry of a run of {name}: {e}");
+                tracing::error!("scheduler: cannot queue the retry of a run of {name}: {e}");
             }
         }
     }
@@ -281,7 +281,7 @@ impl<C: Clock + 'static> Leader<C> {
     fn report_invalid(&self) {
         for entry in &self.catalog.entries {
             if let Err(e) = &entry.dag {
-                eprintln!("scheduler: invalid DAG, not scheduled: {e}");
+                tracing::warn!("scheduler: invalid DAG, not scheduled: {e}");
             }
         }
     }
@@ -320,7 +320,7 @@ impl<C: Clock + 'static> Leader<C> {
             at: now.to_string(),
         };
         if let Err(e) = crate::heartbeat::write(&*self.store, &beat) {
-            eprintln!("scheduler {}: cannot write heartbeat: {e}", self.opts.id);
+            tracing::warn!("scheduler {}: cannot write heartbeat: {e}", self.opts.id);
         }
         *last = Some(now);
     }
@@ -406,7 +406,7 @@ impl<C: Clock + 'static> Leader<C> {
             return;
         }
         if dag.skip_if_successful && self.succeeded_since(dag, since) {
-            eprintln!(
+            tracing::info!(
                 "scheduler: {} at {at}: skipped, already succeeded since the previous tick",
                 dag.name
             );

@@ -31,7 +31,7 @@ impl<C: Clock + 'static> Leader<C> {
 
     pub(super) fn queued_items(&self) -> Vec<QueueItem> {
         let queues = self.store.queues().unwrap_or_else(|e| {
-            eprintln!("scheduler: cannot list queues: {e}");
+            tracing::warn!("scheduler: cannot list queues: {e}");
             Vec::new()
         });
         let mut items: Vec<QueueItem> = queues
@@ -76,7 +76,7 @@ impl<C: Clock + 'static> Leader<C> {
             .store
             .take(self.token, &item.queue, &item.run_id)
             .unwrap_or_else(|e| {
-                eprintln!(
+                tracing::warn!(
                     "scheduler: cannot take run {} from its queue: {e}",
                     item.run_id
                 );
@@ -89,7 +89,7 @@ impl<C: Clock + 'static> Leader<C> {
         if let Ok(Some(run)) = self.store.find(&item.dag_name, &item.run_id)
             && run.status != Status::Queued
         {
-            eprintln!(
+            tracing::warn!(
                 "scheduler: run {} of {} is {}, not queued; its queue item was dropped",
                 item.run_id, item.dag_name, run.status
             );
@@ -143,7 +143,7 @@ impl<C: Clock + 'static> Leader<C> {
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(tokio::spawn(async move {
             if let Err(e) = engine.run(req, cancel).await {
-                eprintln!("scheduler: run {run_id}: {e}");
+                tracing::error!("scheduler: run {run_id}: {e}");
             }
             let _ = done.send(run_id);
         }));
@@ -166,7 +166,7 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Records a queued run as failed with the reason.
     pub(super) fn fail(&self, item: &QueueItem, reason: &str) {
-        eprintln!(
+        tracing::error!(
             "scheduler: run {} of {} failed to start: {reason}",
             item.run_id, item.dag_name
         );

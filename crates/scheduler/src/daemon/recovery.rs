@@ -49,7 +49,7 @@ impl<C: Clock + 'static> Leader<C> {
                     Ok(None)
                 )
             {
-                eprintln!(
+                tracing::warn!(
                     "scheduler: tick {at} of {} was claimed but never queued; queuing it",
                     dag.name
                 );
@@ -95,11 +95,11 @@ impl<C: Clock + 'static> Leader<C> {
                 ..Enqueue::new(dag, path, run.run_id.clone())
             };
             match queueing::enqueue(&*self.store, req) {
-                Ok(_) => eprintln!(
+                Ok(_) => tracing::warn!(
                     "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
                     run.run_id, dag.name
                 ),
-                Err(e) => eprintln!(
+                Err(e) => tracing::error!(
                     "scheduler: cannot re-queue orphaned run {}: {e}",
                     run.run_id
                 ),
@@ -119,11 +119,11 @@ impl<C: Clock + 'static> Leader<C> {
             queue_limit: None,
         };
         match self.store.enqueue(&item) {
-            Ok(()) => eprintln!(
+            Ok(()) => tracing::warn!(
                 "scheduler: queued run {} of {} had lost its queue item; restored",
                 run.run_id, dag.name
             ),
-            Err(e) => eprintln!(
+            Err(e) => tracing::error!(
                 "scheduler: cannot restore the queue item of run {}: {e}",
                 run.run_id
             ),
@@ -136,7 +136,7 @@ impl<C: Clock + 'static> Leader<C> {
             ..Enqueue::new(dag, path, queueing::scheduled_run_id(at))
         };
         if let Err(e) = queueing::enqueue(&*self.store, req) {
-            eprintln!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
+            tracing::error!("scheduler: {} at {at}: cannot enqueue: {e}", dag.name);
         }
     }
 }

@@ -22,7 +22,7 @@ impl<C: Clock + 'static> Leader<C> {
             Ok(true) => true,
             Ok(false) => false,
             Err(e) => {
-                eprintln!("scheduler {}: cannot renew the lead: {e}", self.opts.id);
+                tracing::error!("scheduler {}: cannot renew the lead: {e}", self.opts.id);
                 false
             }
         }
@@ -51,7 +51,7 @@ impl<C: Clock + 'static> Leader<C> {
                 .get(run_id)
                 .filter(|a| trellis_store::safe_name(&a.slot.dag) == dag);
             if let Some(active) = found {
-                eprintln!("scheduler: stopping run {run_id} of {dag}, as asked");
+                tracing::info!("scheduler: stopping run {run_id} of {dag}, as asked");
                 match &active.task {
                     Some(_) => dispatch::cancel(&self.handoff, &active.slot.dag, run_id),
                     None => active.cancel.cancel(),
@@ -70,14 +70,14 @@ impl<C: Clock + 'static> Leader<C> {
         self.store
             .claim_tick(self.token, key, &stamp(at))
             .unwrap_or_else(|e| {
-                eprintln!("scheduler: cannot record tick {key} at {at}: {e}");
+                tracing::warn!("scheduler: cannot record tick {key} at {at}: {e}");
                 false
             })
     }
 
     pub(super) fn mark_skipped(&self, dag: &str, at: Timestamp) {
         if let Err(e) = self.store.mark_tick_skipped(dag, &stamp(at)) {
-            eprintln!("scheduler: cannot mark tick {dag} at {at} skipped: {e}");
+            tracing::warn!("scheduler: cannot mark tick {dag} at {at} skipped: {e}");
         }
     }
 

@@ -18,7 +18,7 @@ fn set_aside(path: &Path, why: &serde_json::Error) {
     aside.push(".corrupt");
     let aside = PathBuf::from(aside);
     if fs::rename(path, &aside).is_ok() {
-        eprintln!(
+        tracing::warn!(
             "queue: {}: not a valid queue item ({why}); moved aside to {}",
             path.display(),
             aside.display()

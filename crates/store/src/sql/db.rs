@@ -381,7 +381,7 @@ impl Bridge {
                     if !failed {
                         failed = true;
                         self.failing.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("store: database unavailable ({message}); retrying");
+                        tracing::warn!("store: database unavailable ({message}); retrying");
                     }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));

@@ -210,7 +210,7 @@ impl SqlStore {
                     Ok(item) => {
                         cache.insert(seq, (priority, item));
                     }
-                    Err(e) => eprintln!("queue: a stored item is not valid ({e}); skipped"),
+                    Err(e) => tracing::warn!("queue: a stored item is not valid ({e}); skipped"),
                 }
             }
         }

@@ -204,7 +204,7 @@ impl SqlStore {
             async move { db.exec(&sql, &args).await }
         });
         if let Err(e) = done {
-            eprintln!("store: cannot index the logs of step {}: {e}", step.name);
+            tracing::error!("store: cannot index the logs of step {}: {e}", step.name);
         }
     }
 
@@ -270,7 +270,7 @@ impl State for SqlStore {
         let sql = "UPDATE leases SET expires_ms = 0 WHERE name = ? AND token = ?";
         let args = vec![lead.name.as_str().into(), Arg::Int(lead.info.token as i64)];
         if let Err(e) = self.execute(sql, args) {
-            eprintln!("cannot release the {} lease: {e}", lead.name);
+            tracing::warn!("cannot release the {} lease: {e}", lead.name);
         }
     }
 
