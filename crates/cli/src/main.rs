@@ -33,13 +33,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sends the library crates' `tracing` events to stderr, filtered by `RUST_LOG` (default
-/// `info`). Colours only on a terminal, so logs written to files stay plain text.
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default: Trellis's own at
+/// `info`, other crates' at `warn`, so a database driver's chatter stays out). Colours
+/// only on a terminal, so logs written to files stay plain text.
 fn init_logging(format: cli::LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,trellis=info"));
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -191,7 +191,8 @@ impl Service {
             super::upkeep::record_task(&self.0, &task.spec, status, &msg);
             tracing::info!(
                 "coordinator: run {} of {}: {msg}",
-                task.spec.run_id, task.spec.dag_name
+                task.spec.run_id,
+                task.spec.dag_name
             );
         }
     }

@@ -81,7 +81,8 @@ fn adopt(coord: &Coord, task: crate::table::Task) -> bool {
     if ended_any(coord, &task.spec.dag_name, &task.spec.run_id) {
         tracing::info!(
             "coordinator: dropping task {}: run {} already ended",
-            task.spec.task_id, task.spec.run_id
+            task.spec.task_id,
+            task.spec.run_id
         );
         let _ = coord.tasks.remove(&task.spec.task_id);
         return false;
@@ -263,7 +264,8 @@ fn persist(coord: &Coord, task_id: &str) {
 pub(crate) fn settle(coord: &Coord, spec: &crate::table::TaskSpec, status: RunStatus, msg: &str) {
     tracing::info!(
         "coordinator: run {} of {}: {msg}",
-        spec.run_id, spec.dag_name
+        spec.run_id,
+        spec.dag_name
     );
     record_task(coord, spec, status, msg);
     if status.is_final() {

@@ -326,7 +326,9 @@ async fn heartbeat(worker: &Worker) -> Result<(), String> {
         if let Some(r) = running.get(&id) {
             tracing::info!(
                 "worker {}: stopping run {} of {} as the coordinator asks",
-                worker.opts.id, r.info.run_id, r.info.dag_name
+                worker.opts.id,
+                r.info.run_id,
+                r.info.dag_name
             );
             r.cancel.cancel();
         }

@@ -68,7 +68,10 @@ pub(super) async fn accept(
     if let Some(reason) = &refused {
         tracing::warn!(
             "worker {}: refusing task {} (run {} of {}): {reason}",
-            worker.opts.id, task.task_id, task.run_id, task.dag_name
+            worker.opts.id,
+            task.task_id,
+            task.run_id,
+            task.dag_name
         );
     }
     let req = proto::AckRequest {
@@ -164,7 +167,10 @@ async fn execute(
         .map_err(|e| format!("the run could not start: {e}"))?;
     tracing::info!(
         "worker {}: run {} of {} {}",
-        worker.opts.id, record.run_id, record.name, record.status
+        worker.opts.id,
+        record.run_id,
+        record.name,
+        record.status
     );
     Ok(())
 }
@@ -198,7 +204,8 @@ async fn ship(worker: Arc<Worker>, task: proto::Task, done: CancellationToken) {
     }
     tracing::error!(
         "worker {}: gave up relaying the logs of task {}",
-        worker.opts.id, task.task_id
+        worker.opts.id,
+        task.task_id
     );
 }
 

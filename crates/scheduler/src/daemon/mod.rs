@@ -102,7 +102,8 @@ pub async fn run<C: Clock + 'static>(
     };
     tracing::info!(
         "scheduler {}: leading (fencing token {})",
-        opts.id, lease.info.token
+        opts.id,
+        lease.info.token
     );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let store = opts.store.clone();

@@ -91,7 +91,9 @@ impl<C: Clock + 'static> Leader<C> {
         {
             tracing::warn!(
                 "scheduler: run {} of {} is {}, not queued; its queue item was dropped",
-                item.run_id, item.dag_name, run.status
+                item.run_id,
+                item.dag_name,
+                run.status
             );
             return;
         }
@@ -168,7 +170,8 @@ impl<C: Clock + 'static> Leader<C> {
     pub(super) fn fail(&self, item: &QueueItem, reason: &str) {
         tracing::error!(
             "scheduler: run {} of {} failed to start: {reason}",
-            item.run_id, item.dag_name
+            item.run_id,
+            item.dag_name
         );
         let Ok(Some(mut run)) = self.store.find(&item.dag_name, &item.run_id) else {
             return;

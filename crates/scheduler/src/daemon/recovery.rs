@@ -97,7 +97,8 @@ impl<C: Clock + 'static> Leader<C> {
             match queueing::enqueue(&*self.store, req) {
                 Ok(_) => tracing::warn!(
                     "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
-                    run.run_id, dag.name
+                    run.run_id,
+                    dag.name
                 ),
                 Err(e) => tracing::error!(
                     "scheduler: cannot re-queue orphaned run {}: {e}",
@@ -121,7 +122,8 @@ impl<C: Clock + 'static> Leader<C> {
         match self.store.enqueue(&item) {
             Ok(()) => tracing::warn!(
                 "scheduler: queued run {} of {} had lost its queue item; restored",
-                run.run_id, dag.name
+                run.run_id,
+                dag.name
             ),
             Err(e) => tracing::error!(
                 "scheduler: cannot restore the queue item of run {}: {e}",
