@@ -715,3 +715,69 @@ fn a_run_on_another_machine_is_stopped_through_the_database() {
     assert!(!exit.success(), "the run ended stopped, not succeeded");
     assert_ne!(status(&env), "succeeded");
 }
+
+/// PostgreSQL restarts in the middle of a 200-step run in `trellis start`: the steps keep
+/// running while it is away (only the record waits), no write is lost, and the run ends
+/// succeeded with every step recorded once and no warning.
+#[test]
+fn a_postgres_restart_mid_run_holds_no_step_and_loses_no_write() {
+    let mut db = Db::start(Kind::Postgres).expect("throwaway PostgreSQL");
+    let url = db.create_database("midrun").expect("database");
+    let env = Env::new();
+    let marks = env.path("marks.log");
+    let mut yaml = String::from("name: long\nsteps:\n");
+    for i in 1..=200 {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    command: sh -c 'echo s{i} >> {}; sleep 0.02'\n",
+            marks.display()
+        ));
+    }
+    let file = env.dag("long", &yaml);
+    let mut run = env
+        .trellis()
+        .env(DB_URL, &url)
+        .args(["start", "-q", "-r", "r1"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = || {
+        std::fs::read_to_string(&marks)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for(60, "the run to be under way", || {
+        (lines() >= 30).then_some(())
+    });
+    db.stop().expect("stop PostgreSQL");
+    let at_stop = lines();
+    assert!(
+        at_stop < 160,
+        "the run was nearly over when the database went"
+    );
+    // The database is still away: steps go on without it.
+    wait_for(
+        60,
+        "steps to keep running while the database is away",
+        || (lines() >= at_stop + 40).then_some(()),
+    );
+    db.restart().expect("restart PostgreSQL");
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let status = env
+        .trellis()
+        .env(DB_URL, &url)
+        .args(["status", "--json", "-r", "r1", "long"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let run: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 200);
+    assert!(steps.iter().all(|s| s["status"] == "succeeded"), "{run:#}");
+    assert_eq!(run["warnings"], json!([]), "{run:#}");
+    assert_eq!(lines(), 200, "each step ran once");
+}

@@ -119,6 +119,10 @@ pub struct RunRecord {
     /// The machine whose process `pid` is: only there can it be checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// What went wrong without changing the outcome, e.g. a store write that failed for
+    /// good (then this record may lack a step change the run made).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl RunRecord {

@@ -8,6 +8,7 @@
 
 mod call;
 mod expand;
+mod journal;
 mod links;
 mod output;
 mod remote;
@@ -28,8 +29,10 @@ use trellis_executor::Executor;
 use trellis_store::{Attempt, Entry, Store};
 
 pub use expand::{Scope, StepVars};
+pub use journal::failed_writes;
 pub use remote::{Remote, RemoteChild, RemoteHandle};
 
+use crate::journal::Journal;
 use crate::links::{Links, step_limit};
 use crate::setup::{initial_record, initial_scope, keep_settled, resolve_env};
 
@@ -142,23 +145,14 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         req: RunRequest,
         cancel: CancellationToken,
     ) -> Result<RunRecord, trellis_store::Error> {
-        let attempt = match &req.retry {
-            Some(_) => self.store.retry_attempt(&req.dag.name, &req.run_id)?,
-            None if req.queued => self.store.retry_attempt(&req.dag.name, &req.run_id)?,
-            None => self
-                .store
-                .create_attempt(&req.dag.name, &req.run_id, req.parent.as_ref())?,
-        };
-        self.store.save_definition(&attempt, &req.dag)?;
-        let mut run = initial_record(&req, &attempt);
-        run.worker_id = self.opts.worker_id.clone();
-        snapshot(&*self.store, &attempt, &mut run)?;
+        let (attempt, mut run) = self.begin(&req).await?;
         let scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
         let base = &self.opts.base_env;
         resolve_env(&req, &scope, &*self.exec, base, &attempt, &cancel).await;
         if let Some(retry) = &req.retry {
             keep_settled(&req.dag, retry, &mut run, &scope);
         }
+        let journal = Journal::start(self.store.clone(), attempt.clone());
         let mut ctx = RunCtx {
             engine: self.clone(),
             dag: req.dag.clone(),
@@ -167,28 +161,67 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
             scope,
             cancel,
             generated: Vec::new(),
+            journal,
         };
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
         ctx.handlers(&mut run).await;
         run.finished_at = Some(now());
-        snapshot(&*self.store, &ctx.attempt, &mut run)?;
+        run.warnings.extend(ctx.journal.flush().await);
+        let RunCtx { attempt, .. } = ctx;
+        let (_, run) = self.write_snapshot(attempt, run).await?;
         Ok(run)
+    }
+
+    /// The attempt and its first record, written before any step starts.
+    async fn begin(&self, req: &RunRequest) -> Result<(Attempt, RunRecord), trellis_store::Error> {
+        let store = self.store.clone();
+        let (dag, run_id, parent) = (req.dag.clone(), req.run_id.clone(), req.parent.clone());
+        let existing = req.retry.is_some() || req.queued;
+        let attempt = blocking(move || {
+            let attempt = match existing {
+                true => store.retry_attempt(&dag.name, &run_id)?,
+                false => store.create_attempt(&dag.name, &run_id, parent.as_ref())?,
+            };
+            store.save_definition(&attempt, &dag)?;
+            Ok(attempt)
+        })
+        .await?;
+        let mut run = initial_record(req, &attempt);
+        run.worker_id = self.opts.worker_id.clone();
+        self.write_snapshot(attempt, run).await
+    }
+
+    /// Writes the whole record on the blocking pool, without copying it (a 10 000-step
+    /// record is megabytes).
+    async fn write_snapshot(
+        &self,
+        attempt: Attempt,
+        run: RunRecord,
+    ) -> Result<(Attempt, RunRecord), trellis_store::Error> {
+        let store = self.store.clone();
+        blocking(move || {
+            let entry = Entry::Snapshot(Box::new(run));
+            store.append(&attempt, &entry)?;
+            let Entry::Snapshot(run) = entry else {
+                unreachable!("built as a snapshot above")
+            };
+            Ok((attempt, *run))
+        })
+        .await
     }
 }
 
-/// Appends the whole record without copying it (a 10 000-step record is megabytes).
-fn snapshot<S: Store + ?Sized>(
-    store: &S,
-    attempt: &Attempt,
-    run: &mut RunRecord,
-) -> Result<(), trellis_store::Error> {
-    let entry = Entry::Snapshot(Box::new(std::mem::take(run)));
-    let result = store.append(attempt, &entry);
-    if let Entry::Snapshot(record) = entry {
-        *run = *record;
-    }
-    result
+/// Runs store calls on the blocking pool: the store may wait on a database.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, trellis_store::Error> + Send + 'static,
+) -> Result<T, trellis_store::Error> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(trellis_store::Error::Io {
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other(e),
+        })
+    })
 }
 
 pub(crate) fn now() -> String {
@@ -206,6 +239,8 @@ pub(crate) struct RunCtx<S: ?Sized, E> {
     cancel: CancellationToken,
     /// Steps produced by the generator that settled last, waiting to join the DAG.
     generated: Vec<Step>,
+    /// Where the run's entries go (written by a task of their own).
+    journal: Journal,
 }
 
 impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
@@ -214,7 +249,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             index,
             step: run.steps[index].clone(),
         };
-        let _ = self.engine.store.append(&self.attempt, &entry);
+        self.journal.push(entry);
     }
 
     /// Preconditions, init handler, delay, then the steps. Returns the run's status.
@@ -280,6 +315,8 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
         let mut running = 0usize;
         let mut skip_by_router: Vec<String> = Vec::new();
         loop {
+            // A slow or absent store holds new steps here, never a runtime thread.
+            self.journal.room().await;
             while running < limit {
                 let Some(i) = graph.ready.pop_front() else {
                     break;
@@ -363,10 +400,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             dag.steps[child].depends.extend(leaves.iter().cloned());
         }
         *graph = Links::rebuild(&self.dag, run, graph);
-        let _ = self
-            .engine
-            .store
-            .append(&self.attempt, &Entry::Snapshot(Box::new(run.clone())));
+        self.journal.push(Entry::Snapshot(Box::new(run.clone())));
     }
 
     fn settle(&mut self, run: &mut RunRecord, done: Done, skip: &mut Vec<String>) {
@@ -481,13 +515,10 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             rec.output = Some(value.clone());
         }
         run.handlers.insert(handler_key(name).into(), rec.clone());
-        let _ = self.engine.store.append(
-            &self.attempt,
-            &Entry::Handler {
-                name: handler_key(name).into(),
-                step: rec.clone(),
-            },
-        );
+        self.journal.push(Entry::Handler {
+            name: handler_key(name).into(),
+            step: rec.clone(),
+        });
         rec
     }
 

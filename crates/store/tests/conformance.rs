@@ -47,6 +47,7 @@ fn record(dag: &str, run_id: &str, attempt: &str, status: Status) -> RunRecord {
         pid: None,
         root: None,
         parent: None,
+        warnings: vec![],
         log_file: None,
         queued: false,
         queued_at: None,

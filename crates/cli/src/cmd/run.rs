@@ -195,6 +195,7 @@ pub fn status_json(run: &RunRecord) -> Value {
         "steps": run.steps.iter().map(step_json).collect::<Vec<_>>(),
         "handlers": handlers, "outputs": run.outputs, "error": run.error,
         "params": run.params, "started_at": run.started_at, "finished_at": run.finished_at,
+        "warnings": run.warnings,
     })
 }
 
@@ -209,5 +210,8 @@ fn print_status(run: &RunRecord) {
     }
     if let Some(e) = &run.error {
         println!("error: {e}");
+    }
+    for w in &run.warnings {
+        println!("warning: {w}");
     }
 }

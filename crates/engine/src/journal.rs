@@ -1,0 +1,172 @@
+//! The run's writer: every entry the run loop records goes into a bounded queue that a
+//! task of its own applies to the store on the blocking pool, in order, in batches. The
+//! store may wait on a database (a restart, a failover) for minutes; that delays the
+//! record, never a step, and never blocks a runtime thread. A write that fails for good
+//! is not dropped silently: it is counted, logged, and listed in the run's `warnings`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, oneshot};
+use trellis_store::{Attempt, Entry, Store};
+
+/// Entries waiting beyond this hold the run loop before it starts more steps.
+const CAPACITY: usize = 4096;
+/// Warnings kept per run; later failures are only counted.
+const MAX_WARNINGS: usize = 20;
+
+static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Store writes of runs in this process that failed for good (for metrics and health).
+pub fn failed_writes() -> u64 {
+    FAILED_WRITES.load(Ordering::Relaxed)
+}
+
+enum Op {
+    Append(Entry),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Op>>,
+    /// Wakes the writer when the queue gets an op.
+    pending: Notify,
+    /// Wakes the run loop when the queue has room again.
+    room: Notify,
+    warnings: Mutex<(Vec<String>, u64)>,
+    /// The run loop dropped its journal: write what is left, then stop.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// The run loop's side of the writer. Dropping it lets the writer finish what is queued.
+pub(crate) struct Journal {
+    shared: Arc<Shared>,
+}
+
+impl Journal {
+    /// Starts the writer of `attempt` on the current runtime.
+    pub(crate) fn start<S: Store + ?Sized + 'static>(store: Arc<S>, attempt: Attempt) -> Journal {
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(write_loop(store, attempt, shared.clone()));
+        Journal { shared }
+    }
+
+    /// Queues an entry; never waits.
+    pub(crate) fn push(&self, entry: Entry) {
+        self.enqueue(Op::Append(entry));
+    }
+
+    fn enqueue(&self, op: Op) {
+        lock(&self.shared.queue).push_back(op);
+        self.shared.pending.notify_one();
+    }
+
+    /// Waits while the queue is over capacity (the store is slow or away).
+    pub(crate) async fn room(&self) {
+        loop {
+            let notified = self.shared.room.notified();
+            if lock(&self.shared.queue).len() < CAPACITY {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until everything queued so far is written (or failed); the warnings so far.
+    pub(crate) async fn flush(&self) -> Vec<String> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Op::Flush(tx));
+        let _ = rx.await;
+        let (mut warnings, count) = lock(&self.shared.warnings).clone();
+        if count > warnings.len() as u64 {
+            let more = count - warnings.len() as u64;
+            warnings.push(format!("{more} more store writes failed"));
+        }
+        warnings
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.pending.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes everything queued, writes it on the blocking pool, and repeats until the run
+/// loop has dropped its [`Journal`] and the queue is empty.
+async fn write_loop<S: Store + ?Sized + 'static>(
+    store: Arc<S>,
+    attempt: Attempt,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let batch: Vec<Op> = lock(&shared.queue).drain(..).collect();
+        if batch.is_empty() {
+            if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            // `notify_one` keeps a permit when nobody waits, so no push is missed.
+            shared.pending.notified().await;
+            continue;
+        }
+        shared.room.notify_waiters();
+        let (store, target) = (store.clone(), attempt.clone());
+        let written =
+            tokio::task::spawn_blocking(move || write_batch(&*store, &target, batch)).await;
+        let (failures, flushes) =
+            written.unwrap_or_else(|e| (vec![format!("the store writer failed: {e}")], Vec::new()));
+        record(&shared, &attempt.run_id, failures);
+        // Answered after the failures are recorded, so a flush sees them.
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn record(shared: &Shared, run_id: &str, failures: Vec<String>) {
+    if failures.is_empty() {
+        return;
+    }
+    let mut warnings = lock(&shared.warnings);
+    for failure in failures {
+        FAILED_WRITES.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(run_id, "{failure}");
+        warnings.1 += 1;
+        if warnings.0.len() < MAX_WARNINGS {
+            warnings.0.push(failure);
+        }
+    }
+}
+
+type Written = (Vec<String>, Vec<oneshot::Sender<()>>);
+
+/// Applies the appends in order; the failures, as warnings, and the flushes to answer.
+fn write_batch<S: Store + ?Sized>(store: &S, attempt: &Attempt, batch: Vec<Op>) -> Written {
+    let (mut failures, mut flushes) = (Vec::new(), Vec::new());
+    for op in batch {
+        match op {
+            Op::Append(entry) => {
+                if let Err(e) = store.append(attempt, &entry) {
+                    failures.push(format!("cannot record {}: {e}", describe(&entry)));
+                }
+            }
+            Op::Flush(done) => flushes.push(done),
+        }
+    }
+    (failures, flushes)
+}
+
+fn describe(entry: &Entry) -> String {
+    match entry {
+        Entry::Snapshot(_) => "the run's state".into(),
+        Entry::Step { step, .. } => format!("step {} ({})", step.name, step.status),
+        Entry::Handler { name, step } => format!("handler {name} ({})", step.status),
+    }
+}
