@@ -124,6 +124,10 @@ fn line(step: &StepRecord) -> String {
 }
 
 impl Store for Progress {
+    fn may_wait(&self) -> bool {
+        self.inner.may_wait()
+    }
+
     fn create_attempt(
         &self,
         dag: &str,

@@ -733,7 +733,7 @@ fn a_postgres_restart_mid_run_holds_no_step_and_loses_no_write() {
         ));
     }
     let file = env.dag("long", &yaml);
-    let mut run = env
+    let run = env
         .trellis()
         .env(DB_URL, &url)
         .args(["start", "-q", "-r", "r1"])

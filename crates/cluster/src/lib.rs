@@ -33,9 +33,7 @@ pub fn default_id() -> String {
     format!("{}@{}", hostname(), std::process::id())
 }
 
+/// This machine's name ([`trellis_store::hostname`], the one definition).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
+    trellis_store::hostname().to_string()
 }

@@ -6,11 +6,13 @@
 //! network or the clock: callers pass every input in, so all of it is deterministic and
 //! cheap to test. CI enforces this with `cargo tree -p trellis-core -e normal`.
 
+pub mod backoff;
 pub mod cron;
 pub mod duration;
 pub mod graph;
 pub mod model;
 pub mod params;
+pub mod pattern;
 pub mod queue;
 pub mod status;
 pub mod worker;

@@ -189,7 +189,7 @@ pub struct Shell {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
     pub condition: String,
-    pub expected: Option<String>,
+    pub expected: Option<crate::pattern::Pattern>,
     pub negate: bool,
 }
 
@@ -230,8 +230,8 @@ pub struct ContinueOn {
     pub failure: bool,
     pub skipped: bool,
     pub exit_codes: Vec<i32>,
-    /// Output patterns (`re:` allowed) that let the run continue when matched.
-    pub output: Vec<String>,
+    /// Output patterns that let the run continue when found in the step's output.
+    pub output: Vec<crate::pattern::Pattern>,
     pub mark_success: bool,
 }
 
@@ -281,8 +281,8 @@ pub enum ParallelItems {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    /// An exact value, or `re:<regex>`.
-    pub pattern: String,
+    /// An exact value, or a regex.
+    pub pattern: crate::pattern::Pattern,
     pub targets: Vec<String>,
 }
 

@@ -24,7 +24,7 @@ pub fn failed_writes() -> u64 {
 }
 
 enum Op {
-    Append(Entry),
+    Append(Box<Entry>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -40,22 +40,45 @@ struct Shared {
     closed: std::sync::atomic::AtomicBool,
 }
 
+type Inline = Box<dyn Fn(&Entry) -> trellis_store::Result<()> + Send + Sync>;
+
 /// The run loop's side of the writer. Dropping it lets the writer finish what is queued.
 pub(crate) struct Journal {
     shared: Arc<Shared>,
+    /// Writes made in place, for a store that never waits ([`Store::may_wait`]): a
+    /// hand-off to another thread would only add latency to every step.
+    inline: Option<(Inline, String)>,
 }
 
 impl Journal {
     /// Starts the writer of `attempt` on the current runtime.
     pub(crate) fn start<S: Store + ?Sized + 'static>(store: Arc<S>, attempt: Attempt) -> Journal {
         let shared = Arc::new(Shared::default());
+        if !store.may_wait() {
+            let run_id = attempt.run_id.clone();
+            let write: Inline = Box::new(move |entry| store.append(&attempt, entry));
+            return Journal {
+                shared,
+                inline: Some((write, run_id)),
+            };
+        }
         tokio::spawn(write_loop(store, attempt, shared.clone()));
-        Journal { shared }
+        Journal {
+            shared,
+            inline: None,
+        }
     }
 
-    /// Queues an entry; never waits.
+    /// Queues an entry (or writes it, see `inline`); never waits for a database.
     pub(crate) fn push(&self, entry: Entry) {
-        self.enqueue(Op::Append(entry));
+        if let Some((write, run_id)) = &self.inline {
+            if let Err(e) = write(&entry) {
+                let failure = format!("cannot record {}: {e}", describe(&entry));
+                record(&self.shared, run_id, vec![failure]);
+            }
+            return;
+        }
+        self.enqueue(Op::Append(Box::new(entry)));
     }
 
     fn enqueue(&self, op: Op) {
@@ -65,6 +88,9 @@ impl Journal {
 
     /// Waits while the queue is over capacity (the store is slow or away).
     pub(crate) async fn room(&self) {
+        if self.inline.is_some() {
+            return;
+        }
         loop {
             let notified = self.shared.room.notified();
             if lock(&self.shared.queue).len() < CAPACITY {
@@ -76,9 +102,11 @@ impl Journal {
 
     /// Waits until everything queued so far is written (or failed); the warnings so far.
     pub(crate) async fn flush(&self) -> Vec<String> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(Op::Flush(tx));
-        let _ = rx.await;
+        if self.inline.is_none() {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue(Op::Flush(tx));
+            let _ = rx.await;
+        }
         let (mut warnings, count) = lock(&self.shared.warnings).clone();
         if count > warnings.len() as u64 {
             let more = count - warnings.len() as u64;
@@ -153,7 +181,7 @@ fn write_batch<S: Store + ?Sized>(store: &S, attempt: &Attempt, batch: Vec<Op>) 
     for op in batch {
         match op {
             Op::Append(entry) => {
-                if let Err(e) = store.append(attempt, &entry) {
+                if let Err(e) = store.append(attempt, entry.as_ref()) {
                     failures.push(format!("cannot record {}: {e}", describe(&entry)));
                 }
             }

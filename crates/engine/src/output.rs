@@ -24,13 +24,6 @@ pub(crate) fn read_capped(path: &Path, max: usize) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-pub(crate) fn matches(pattern: &str, text: &str) -> bool {
-    match pattern.strip_prefix("re:") {
-        Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(text)),
-        None => text.contains(pattern),
-    }
-}
-
 pub(crate) fn capture_fields<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
+use trellis_core::backoff::Backoff;
+use trellis_core::pattern::Pattern;
 use trellis_core::status::{Status, StepRecord};
 use trellis_core::{Action, Condition, Output, Step};
 use trellis_executor::{Executor, Outcome, ProcessSpec};
 use trellis_store::{Store, safe_name};
 
 use crate::expand::StepVars;
-use crate::output::{capture_fields, matches, out_text, read_capped};
+use crate::output::{capture_fields, out_text, read_capped};
 use crate::{Done, RunCtx, StepEnv, now};
 
 pub(crate) fn spawn<S: Store + ?Sized + 'static, E: Executor + 'static>(
@@ -172,7 +174,7 @@ fn finish<S: ?Sized, E>(
             record.error = Some(error);
             let c = &step.continue_on;
             let out = vars.output.clone().unwrap_or_default();
-            let by_output = c.output.iter().any(|p| matches(p, &out));
+            let by_output = c.output.iter().any(|p| p.found_in(&out));
             record.continued =
                 c.failure || code.is_some_and(|code| c.exit_codes.contains(&code)) || by_output;
             if record.continued && c.mark_success {
@@ -219,7 +221,7 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
 ) -> Result<i32, String> {
     let mut result = run_once(env, step, stdout, stderr, record).await;
     if let Some(retry) = &step.retry_policy {
-        let mut interval = retry.interval_sec;
+        let mut intervals = Backoff::new(retry.interval_sec, retry.backoff, retry.max_interval_sec);
         while result.is_err() {
             let code = record.exit_code;
             let retriable =
@@ -227,17 +229,15 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
             if record.retry_count >= retry.limit || !retriable || env.cancel.is_cancelled() {
                 break;
             }
-            wait(env, interval).await;
-            if let Some(b) = retry.backoff {
-                interval = (interval * b).min(retry.max_interval_sec.unwrap_or(f64::MAX));
-            }
+            wait(env, intervals.next_secs()).await;
             record.retry_count += 1;
             result = run_once(env, step, stdout, stderr, record).await;
         }
     }
     record.done_count = 1;
     if let Some(repeat) = &step.repeat_policy {
-        let mut interval = repeat.interval_sec;
+        let mut intervals =
+            Backoff::new(repeat.interval_sec, repeat.backoff, repeat.max_interval_sec);
         loop {
             if repeat.limit.is_some_and(|l| record.done_count >= l) || env.cancel.is_cancelled() {
                 break;
@@ -256,10 +256,7 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
             if !again {
                 break;
             }
-            wait(env, interval).await;
-            if let Some(b) = repeat.backoff {
-                interval = (interval * b).min(repeat.max_interval_sec.unwrap_or(f64::MAX));
-            }
+            wait(env, intervals.next_secs()).await;
             result = run_once(env, step, stdout, stderr, record).await;
             record.done_count += 1;
         }
@@ -498,11 +495,8 @@ async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
                 cancel: &env.cancel,
             };
             let got = subst.apply(&env.scope.expand(&c.condition, true)).await;
-            let want = env.scope.expand(expected, true);
-            match want.strip_prefix("re:") {
-                Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(&got)),
-                None => got == want,
-            }
+            let want = expected.map(|t| env.scope.expand(t, true));
+            want.matches_exactly(&got)
         }
         None => {
             let dir = env.attempt.dir.join("conditions");
@@ -530,13 +524,14 @@ fn route<S: ?Sized, E>(
     routes: &[trellis_core::Route],
 ) -> Vec<String> {
     let value = env.scope.expand(value, true);
-    let exact = routes.iter().position(|r| r.pattern == value);
+    // An exact value wins over a regex that also matches.
+    let exact = routes
+        .iter()
+        .position(|r| matches!(&r.pattern, Pattern::Literal(t) if *t == value));
     let chosen = exact.or_else(|| {
-        routes.iter().position(|r| {
-            r.pattern
-                .strip_prefix("re:")
-                .is_some_and(|re| regex::Regex::new(re).is_ok_and(|x| x.is_match(&value)))
-        })
+        routes
+            .iter()
+            .position(|r| matches!(r.pattern, Pattern::Regex(_)) && r.pattern.found_in(&value))
     });
     routes
         .iter()

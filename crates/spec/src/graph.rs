@@ -129,9 +129,7 @@ fn router_edges(
             continue;
         };
         for route in routes {
-            if let Some(pattern) = route.pattern.strip_prefix("re:")
-                && let Err(e) = regex::Regex::new(pattern)
-            {
+            if let Err(e) = route.pattern.check() {
                 cx.push(Problem::error(
                     Code::InvalidValue,
                     metas[i].span,

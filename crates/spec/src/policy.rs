@@ -1,6 +1,7 @@
 //! Step policies and guards: preconditions, retry_policy, repeat_policy, continue_on and
 //! stop signals.
 
+use trellis_core::pattern::Pattern;
 use trellis_core::{Condition, ContinueOn, RepeatMode, RepeatPolicy, RetryPolicy};
 
 use crate::decode::{Cx, Field};
@@ -37,8 +38,9 @@ pub(crate) fn decode_condition(cx: &mut Cx, node: &Node) -> Option<Condition> {
         ));
         return None;
     };
-    let expected = obj.string(cx, "expected");
-    check_regex(cx, obj.get("expected"), expected.as_deref());
+    let expected = obj
+        .string(cx, "expected")
+        .map(|t| pattern(cx, obj.get("expected"), &t));
     Some(Condition {
         condition,
         expected,
@@ -46,13 +48,13 @@ pub(crate) fn decode_condition(cx: &mut Cx, node: &Node) -> Option<Condition> {
     })
 }
 
-pub(crate) fn check_regex(cx: &mut Cx, node: Option<&Node>, text: Option<&str>) {
-    let (Some(node), Some(pattern)) = (node, text.and_then(|t| t.strip_prefix("re:"))) else {
-        return;
-    };
-    if let Err(e) = regex::Regex::new(pattern) {
+/// Decodes a literal-or-`re:` text, reporting an invalid regex at `node`.
+pub(crate) fn pattern(cx: &mut Cx, node: Option<&Node>, text: &str) -> Pattern {
+    let pattern = Pattern::parse(text);
+    if let (Some(node), Err(e)) = (node, pattern.check()) {
         cx.invalid(node, format!("invalid regular expression: {e}"));
     }
+    pattern
 }
 
 pub fn decode_retry(cx: &mut Cx, node: &Node, table: &'static [Field]) -> Option<RetryPolicy> {
@@ -115,7 +117,10 @@ pub(crate) fn decode_repeat(cx: &mut Cx, node: &Node) -> Option<RepeatPolicy> {
     let obj = cx.object(node, fields::REPEAT_FIELDS, "repeat_policy")?;
     let condition = obj.string(cx, "condition").map(|c| Condition {
         condition: c,
-        expected: obj.get("expected").and_then(Node::scalar_text),
+        expected: obj
+            .get("expected")
+            .and_then(Node::scalar_text)
+            .map(|t| pattern(cx, obj.get("expected"), &t)),
         negate: false,
     });
     let exit_codes = obj
@@ -183,10 +188,11 @@ pub(crate) fn decode_continue_on(cx: &mut Cx, node: &Node) -> ContinueOn {
     let Some(obj) = cx.object(node, fields::CONTINUE_FIELDS, "continue_on") else {
         return ContinueOn::default();
     };
-    let output = obj.strings(cx, "output");
-    for pattern in &output {
-        check_regex(cx, obj.get("output"), Some(pattern));
-    }
+    let output = obj
+        .strings(cx, "output")
+        .iter()
+        .map(|t| pattern(cx, obj.get("output"), t))
+        .collect();
     ContinueOn {
         failure: obj.bool(cx, "failure").unwrap_or(false),
         skipped: obj.bool(cx, "skipped").unwrap_or(false),

@@ -1,6 +1,7 @@
 //! Decoding of steps and their policies.
 
 use indexmap::IndexMap;
+use trellis_core::pattern::Pattern;
 use trellis_core::{
     Action, Approval, Call, Condition, ContinueOn, DEFAULT_PARALLEL_MAX_CONCURRENT, ExecutorConfig,
     MAX_PARALLEL_MAX_CONCURRENT, Output, OutputDecode, OutputField, OutputSource, Parallel,
@@ -482,7 +483,7 @@ fn router(cx: &mut Cx, obj: &Obj, span: Span) -> Action {
         Some((_, Value::Map(entries))) => {
             for (k, v) in entries {
                 routes.push(Route {
-                    pattern: k.scalar_text().unwrap_or_default(),
+                    pattern: Pattern::parse(&k.scalar_text().unwrap_or_default()),
                     targets: strings(cx, v),
                 });
             }

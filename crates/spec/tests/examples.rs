@@ -3,6 +3,7 @@
 //! an example fails here rather than going unnoticed.
 
 use std::path::{Path, PathBuf};
+use trellis_core::pattern::Pattern;
 
 use trellis_core::params::ParamType;
 use trellis_core::{
@@ -227,7 +228,7 @@ fn examples_cover_every_loader_feature() {
         ("a router step", |_, _, s| {
             s.iter().any(|s| {
                 matches!(&s.action, Action::Router { routes, .. }
-                if routes.iter().any(|r| r.pattern.starts_with("re:")))
+                if routes.iter().any(|r| matches!(r.pattern, Pattern::Regex(_))))
             })
         }),
         (
@@ -385,10 +386,10 @@ fn examples_cover_every_loader_feature() {
                 conds.iter().any(|c| c.expected.is_none())
                     && conds
                         .iter()
-                        .any(|c| c.expected.as_deref().is_some_and(|e| !e.starts_with("re:")))
+                        .any(|c| matches!(c.expected, Some(Pattern::Literal(_))))
                     && conds
                         .iter()
-                        .any(|c| c.expected.as_deref().is_some_and(|e| e.starts_with("re:")))
+                        .any(|c| matches!(c.expected, Some(Pattern::Regex(_))))
                     && conds.iter().any(|c| c.negate)
             },
         ),

@@ -135,6 +135,10 @@ pub fn read_log(path: &Path) -> Result<Option<RunRecord>> {
 }
 
 impl Store for FileStore {
+    fn may_wait(&self) -> bool {
+        false
+    }
+
     fn create_attempt(&self, dag: &str, run_id: &str, parent: Option<&Attempt>) -> Result<Attempt> {
         crate::check_name(run_id)?;
         let now = Timestamp::now();

@@ -86,6 +86,12 @@ pub trait Store: Send + Sync {
     /// Creates the directories of a new run attempt. `parent` nests a child run under it.
     fn create_attempt(&self, dag: &str, run_id: &str, parent: Option<&Attempt>) -> Result<Attempt>;
     fn append(&self, attempt: &Attempt, entry: &Entry) -> Result<()>;
+    /// Whether a call may wait a long time: a database that is away is retried for
+    /// minutes. Async callers hand such a store's writes to a task of their own; a store
+    /// that answers at once (local files) is written inline, which is faster.
+    fn may_wait(&self) -> bool {
+        true
+    }
     /// The most recent top-level run of a DAG.
     fn latest(&self, dag: &str) -> Result<Option<RunRecord>>;
     /// A top-level run by id.
@@ -375,9 +381,7 @@ pub fn mark_dead(run: &mut RunRecord) {
     if run.host.as_deref().is_some_and(|h| h != hostname()) {
         return;
     }
-    let alive = run
-        .pid
-        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let alive = run.pid.is_some_and(process_alive);
     if matches!(run.status, Status::Running | Status::Retrying) && !alive {
         run.status = Status::Failed;
         run.error = Some("process died".into());
@@ -390,14 +394,27 @@ pub fn mark_dead(run: &mut RunRecord) {
     }
 }
 
-/// This machine's name, as runs record it.
+/// This machine's name, as runs, workers and coordinators record it (the kernel's, else
+/// `/etc/hostname`, else `localhost`). The one definition: runs compare it to decide
+/// whether a recorded pid can be checked here.
 pub fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
     })
+}
+
+/// Whether process `pid` of this machine is running: it exists and is not a zombie (a
+/// zombie has ended; only its parent has not collected it yet). The one rule for every
+/// "did the process that ran this die?" question.
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
 }
 
 /// Where run data lives: `TRELLIS_DATA_DIR` (the CLI sets it from the config's

@@ -217,7 +217,9 @@ async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
 
 /// Keeps a registered connection and heartbeats on it.
 async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(100);
+    let mut delays = trellis_core::backoff::Backoff::new(0.1, Some(1.5), Some(5.0));
+    let mut backoff = FIRST;
     let mut said_down = false;
     let mut attempt = 0usize;
     loop {
@@ -229,7 +231,7 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
                         tracing::info!("worker {}: coordinator reachable again", worker.opts.id);
                     }
                     said_down = false;
-                    backoff = Duration::from_millis(100);
+                    delays.reset(FIRST);
                     worker.set_client(Some(client));
                 }
                 Err(e) => {
@@ -237,7 +239,7 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
                         tracing::warn!("worker {}: {e}; retrying", worker.opts.id);
                         said_down = true;
                     }
-                    backoff = (backoff * 3 / 2).min(Duration::from_secs(5));
+                    backoff = delays.next_delay();
                 }
             }
         } else if let Err(e) = heartbeat(&worker).await {

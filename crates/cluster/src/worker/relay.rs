@@ -98,6 +98,10 @@ impl Relay {
 }
 
 impl Store for Relay {
+    fn may_wait(&self) -> bool {
+        self.inner.may_wait()
+    }
+
     fn create_attempt(
         &self,
         dag: &str,

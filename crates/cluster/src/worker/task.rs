@@ -191,7 +191,8 @@ async fn ship(worker: Arc<Worker>, task: proto::Task, done: CancellationToken) {
             _ = done.cancelled() => break,
         }
     }
-    let mut backoff = Duration::from_millis(50);
+    let mut delays =
+        trellis_core::backoff::Backoff::doubling(Duration::from_millis(50), Duration::from_secs(2));
     // Bounded: a coordinator away for longer than ~10 minutes gets the end report
     // without the last log bytes rather than holding the slot for ever.
     for _ in 0..300 {
@@ -199,8 +200,7 @@ async fn ship(worker: Arc<Worker>, task: proto::Task, done: CancellationToken) {
             Shipped::All | Shipped::Refused => return,
             Shipped::Partly => {}
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(delays.next_delay()).await;
     }
     tracing::error!(
         "worker {}: gave up relaying the logs of task {}",
@@ -326,7 +326,7 @@ async fn report(worker: &Worker, task: &proto::Task, error: String) {
         .latest(&task.run_id)
         .and_then(|r| serde_json::to_string(&r).ok())
         .unwrap_or_default();
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = trellis_core::backoff::Backoff::new(0.1, Some(1.5), Some(5.0));
     for _ in 0..600 {
         if let Some(mut client) = worker.client() {
             let req = proto::StatusReport {
@@ -358,7 +358,6 @@ async fn report(worker: &Worker, task: &proto::Task, error: String) {
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 3 / 2).min(Duration::from_secs(5));
+        tokio::time::sleep(delays.next_delay()).await;
     }
 }

@@ -479,12 +479,6 @@ fn scheduled_time_of(run_id: &str) -> Option<Timestamp> {
         .map(|z| z.timestamp())
 }
 
-/// A process that exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
-}
-
 /// Wakes the queue pass when a queue file appears (another process enqueued).
 fn watch_queue(
     dir: &std::path::Path,

@@ -162,5 +162,5 @@ fn died_here(run: &trellis_core::status::RunRecord) -> bool {
         .host
         .as_deref()
         .is_none_or(|h| h == trellis_store::hostname());
-    here && run.pid.is_some_and(|p| !alive(p))
+    here && run.pid.is_some_and(|p| !trellis_store::process_alive(p))
 }

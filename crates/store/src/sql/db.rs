@@ -358,7 +358,10 @@ impl Bridge {
     {
         let op = Arc::new(op);
         let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(50);
+        let mut delays = trellis_core::backoff::Backoff::doubling(
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+        );
         let mut failed = false;
         loop {
             let op = op.clone();
@@ -383,8 +386,7 @@ impl Bridge {
                         self.failing.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("store: database unavailable ({message}); retrying");
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    std::thread::sleep(delays.next_delay());
                 }
                 other => {
                     if failed {
