@@ -126,7 +126,7 @@ pub struct CancelRequest {
 impl Tasks {
     /// Task files in `data` for the file store; the database for a database store.
     pub fn of(data: &Path, store: &trellis_store::Shared) -> Tasks {
-        if store.is_database() {
+        if store.spans_machines() {
             Tasks::Store(store.clone())
         } else {
             Tasks::Files(data.to_path_buf())

@@ -178,7 +178,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let store = self.store.clone();
         let (dag, run_id, parent) = (req.dag.clone(), req.run_id.clone(), req.parent.clone());
         let existing = req.retry.is_some() || req.queued;
-        let attempt = blocking(move || {
+        let attempt = blocking(&*self.store, move || {
             let attempt = match existing {
                 true => store.retry_attempt(&dag.name, &run_id)?,
                 false => store.create_attempt(&dag.name, &run_id, parent.as_ref())?,
@@ -200,7 +200,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         run: RunRecord,
     ) -> Result<(Attempt, RunRecord), trellis_store::Error> {
         let store = self.store.clone();
-        blocking(move || {
+        blocking(&*self.store, move || {
             let entry = Entry::Snapshot(Box::new(run));
             store.append(&attempt, &entry)?;
             let Entry::Snapshot(run) = entry else {
@@ -212,10 +212,16 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
     }
 }
 
-/// Runs store calls on the blocking pool: the store may wait on a database.
-async fn blocking<T: Send + 'static>(
+/// Runs store calls on the blocking pool when the store may wait on a database; inline
+/// for one that answers at once (another thread would only cost time and memory, and a
+/// larger process makes every step's fork slower).
+async fn blocking<S: Store + ?Sized, T: Send + 'static>(
+    store: &S,
     f: impl FnOnce() -> Result<T, trellis_store::Error> + Send + 'static,
 ) -> Result<T, trellis_store::Error> {
+    if !store.may_wait() {
+        return f();
+    }
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
         Err(trellis_store::Error::Io {
             path: std::path::PathBuf::new(),

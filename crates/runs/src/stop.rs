@@ -104,7 +104,7 @@ impl Runs {
         run_id: &str,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        if !self.store.is_database() {
+        if !self.store.spans_machines() {
             return;
         }
         let key = cancel_name(dag, run_id);

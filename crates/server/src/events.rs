@@ -138,7 +138,7 @@ async fn locate(app: &App, name: &str, run_id: &str) -> Result<Tracked> {
     trellis_store::check_name(name)?;
     trellis_store::check_name(run_id)?;
     let deadline = tokio::time::Instant::now() + APPEAR_GRACE;
-    if app.store.is_database() {
+    if app.store.spans_machines() {
         return locate_stored(app, name, run_id, deadline).await;
     }
     loop {
@@ -356,7 +356,7 @@ async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
     let mut scan = Scan {
         stored: app
             .store
-            .is_database()
+            .spans_machines()
             .then(|| (app.store.clone(), HashMap::new())),
         data: app.data.clone(),
         runs: HashMap::new(),

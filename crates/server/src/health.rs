@@ -151,7 +151,7 @@ fn probe_backend(
     store: &dyn trellis_store::Backend,
 ) -> Result<String, String> {
     probe_store(data)?;
-    if !store.is_database() {
+    if !store.spans_machines() {
         return Ok("write, read and delete in the data dir work".into());
     }
     store

@@ -98,7 +98,7 @@ impl App {
     /// reachable, reads the workers' registry entries, whose age gives a coarser health.
     pub async fn refresh_workers(&self) {
         use trellis_cluster::{client, registry};
-        if self.store.is_database() {
+        if self.store.spans_machines() {
             let store = self.store.clone();
             let list = tokio::task::spawn_blocking(move || client::stored_workers(&*store))
                 .await

@@ -223,7 +223,7 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
 pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json::Value {
     let registry_dir = registry::default_dir(&trellis_store::data_dir(&home()));
     let stored = match super::open_store() {
-        Ok(store) if store.is_database() && coordinator.is_none() => {
+        Ok(store) if store.spans_machines() && coordinator.is_none() => {
             Some(client::stored_workers(&*store))
         }
         _ => None,

@@ -99,7 +99,7 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     let mut server_opts = server_options(&args.setup, &args.serve)?;
     // Requests wait 15 s at most for an absent database, while the scheduler and the
     // coordinator keep retrying theirs (a pool of their own).
-    if server_opts.store.is_database() {
+    if server_opts.store.spans_machines() {
         let patience = std::time::Duration::from_secs(SERVER_PATIENCE_SECS);
         server_opts.store = trellis_store::open_with(&home(), patience)?;
     }

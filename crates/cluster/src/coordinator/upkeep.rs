@@ -422,7 +422,7 @@ fn handle_cancel_requests(coord: &Coord) {
 /// Publishes the workers in a database store, where servers on other machines read them
 /// (with files, servers ask the coordinator found in the shared registry).
 fn publish_workers(coord: &Coord) {
-    if !coord.store.is_database() {
+    if !coord.store.spans_machines() {
         return;
     }
     let workers: Vec<(String, String)> = coord

@@ -302,7 +302,7 @@ impl<C: Clock + 'static> Leader<C> {
         });
         // A file store wakes the pass through inotify when another process enqueues; a
         // database cannot, so its queue is polled more often.
-        let poll = if self.store.is_database() {
+        let poll = if self.store.spans_machines() {
             Duration::from_millis(200)
         } else {
             Duration::from_secs(1)

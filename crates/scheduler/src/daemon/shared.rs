@@ -31,7 +31,7 @@ impl<C: Clock + 'static> Leader<C> {
     /// `trellis stop` of a run this leader executes, asked on another machine sharing the
     /// database (on one machine it signals the process). Looked at twice a second.
     pub(super) fn stop_requested(&mut self) {
-        if !self.store.is_database()
+        if !self.store.spans_machines()
             || self
                 .stops_checked
                 .is_some_and(|t| t.elapsed() < Duration::from_millis(500))

@@ -100,7 +100,7 @@ impl State for FileStore {
             name: name.to_string(),
             info,
             previous,
-            guard: Some(lock),
+            guard: Some(Box::new(lock)),
         }))
     }
 

@@ -28,8 +28,9 @@ pub struct Lead {
     pub info: LeaseInfo,
     /// The leader before this one, whose in-flight runs may need recovering.
     pub previous: Option<LeaseInfo>,
-    /// The file lock that holds the lead on the file backend.
-    pub(crate) guard: Option<std::fs::File>,
+    /// What holds the lease while this value lives, for a backend whose lease is a
+    /// lock (the file backend's locked file); dropped with the lead.
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The scheduler's lease: one scheduler acts.

@@ -1,0 +1,375 @@
+//! The conformance suite of the storage seam: every backend (memory, files, PostgreSQL,
+//! MariaDB) must pass each of these checks. A backend's tests call them with fresh stores;
+//! checks taking two handles expect two views of one store, as two processes have.
+//! Behind the `test-util` feature: it panics on failure, like any test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use trellis_core::status::{RunRecord, Status, StepRecord};
+
+use crate::{Backend, Entry, Error, QueueItem, Shared};
+
+pub fn record(dag: &str, run_id: &str, attempt: &str, status: Status) -> RunRecord {
+    RunRecord {
+        name: dag.into(),
+        run_id: run_id.into(),
+        attempt_id: attempt.into(),
+        status,
+        steps: vec![
+            StepRecord {
+                name: "a".into(),
+                ..Default::default()
+            },
+            StepRecord {
+                name: "b".into(),
+                ..Default::default()
+            },
+        ],
+        handlers: Default::default(),
+        outputs: Default::default(),
+        params: vec![],
+        error: None,
+        started_at: Some("2026-11-22T10:00:00Z".into()),
+        finished_at: None,
+        pid: None,
+        root: None,
+        parent: None,
+        warnings: vec![],
+        log_file: None,
+        queued: false,
+        queued_at: None,
+        worker_id: None,
+        host: None,
+    }
+}
+
+/// Starts a run: a new attempt with a snapshot.
+pub fn start(store: &dyn Backend, dag: &str, run_id: &str, status: Status) -> crate::Attempt {
+    let attempt = store.create_attempt(dag, run_id, None).unwrap();
+    let rec = record(dag, run_id, &attempt.attempt_id, status);
+    store
+        .append(&attempt, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    attempt
+}
+
+pub fn item(queue: &str, run_id: &str, priority: i32) -> QueueItem {
+    QueueItem {
+        queue: queue.into(),
+        dag_name: "etl".into(),
+        run_id: run_id.into(),
+        file: "/dags/etl.yaml".into(),
+        params: None,
+        priority,
+        queued_at: "2026-11-22T10:00:00Z".into(),
+        tags: Default::default(),
+        scheduled_time: None,
+        queue_limit: None,
+    }
+}
+
+pub fn runs_fold_their_events(store: &dyn Backend) {
+    let attempt = start(store, "etl", "r1", Status::Running);
+    let mut step = StepRecord {
+        name: "a".into(),
+        ..Default::default()
+    };
+    step.status = Status::Succeeded;
+    store
+        .append(&attempt, &Entry::Step { index: 0, step })
+        .unwrap();
+    // A finished step's log is indexed by a database store: where it is, and its size.
+    let log = attempt.log_dir.join("b.out");
+    std::fs::write(&log, "12345").unwrap();
+    let step = StepRecord {
+        name: "b".into(),
+        status: Status::Failed,
+        stdout: Some(log.display().to_string()),
+        ..Default::default()
+    };
+    store
+        .append(&attempt, &Entry::Step { index: 1, step })
+        .unwrap();
+    let at = store.log_location(&attempt.attempt_id, "b", "stdout");
+    if !store.spans_machines() {
+        assert_eq!(at, None, "the file store keeps logs beside the run");
+    } else {
+        let at = at.expect("indexed");
+        assert_eq!((at.host.as_str(), at.bytes), (crate::hostname(), 5));
+        assert_eq!(at.path, log.display().to_string());
+    }
+    let mut step = StepRecord {
+        name: "b".into(),
+        ..Default::default()
+    };
+    step.status = Status::NotStarted;
+    store
+        .append(&attempt, &Entry::Step { index: 1, step })
+        .unwrap();
+    let run = store.find("etl", "r1").unwrap().expect("the run is stored");
+    assert_eq!(run.status, Status::Running);
+    assert_eq!(run.steps[0].status, Status::Succeeded);
+    assert_eq!(run.steps[1].status, Status::NotStarted);
+    assert!(store.find("etl", "nope").unwrap().is_none());
+
+    let mut done = run.clone();
+    done.status = Status::Succeeded;
+    store
+        .append(&attempt, &Entry::Snapshot(Box::new(done)))
+        .unwrap();
+    assert_eq!(
+        store.find("etl", "r1").unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert!(matches!(
+        store.find("etl", "../x"),
+        Err(Error::InvalidName(_))
+    ));
+}
+
+pub fn newest_first_and_pages(store: &dyn Backend) {
+    for i in 0..12 {
+        let dag = if i % 3 == 0 { "b" } else { "a" };
+        let status = if i % 2 == 0 {
+            Status::Succeeded
+        } else {
+            Status::Failed
+        };
+        start(store, dag, &format!("r{i:02}"), status);
+    }
+    assert_eq!(store.dag_names().unwrap(), ["a", "b"]);
+    assert_eq!(store.latest("a").unwrap().unwrap().run_id, "r11");
+    let ids = |runs: &[RunRecord]| runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&store.list("b", 10).unwrap()),
+        ["r09", "r06", "r03", "r00"]
+    );
+
+    let page = store.page(None, None, 2, 3).unwrap();
+    assert_eq!(ids(&page.runs), ["r09", "r08", "r07"]);
+    assert_eq!(page.total, Some(12));
+    assert!(page.has_more);
+    let last = store.page(Some("a"), None, 6, 5).unwrap();
+    assert_eq!(ids(&last.runs), ["r02", "r01"]);
+    assert!(!last.has_more);
+
+    let failed = |r: &RunRecord| r.status == Status::Failed;
+    let page = store.page(None, Some(&failed), 1, 2).unwrap();
+    assert_eq!(ids(&page.runs), ["r09", "r07"]);
+    assert!(page.has_more);
+}
+
+pub fn attempts_children_and_definitions(store: &dyn Backend) {
+    let first = start(store, "etl", "r1", Status::Failed);
+    let dag = trellis_core::Dag {
+        name: "etl".into(),
+        ..Default::default()
+    };
+    store.save_definition(&first, &dag).unwrap();
+    let child = store.create_attempt("sub", "c1", Some(&first)).unwrap();
+    assert_eq!(child.root_run_id, "r1");
+    let rec = record("sub", "c1", &child.attempt_id, Status::Succeeded);
+    store
+        .append(&child, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    assert_eq!(
+        store.find_child(&first, "c1").unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert!(store.find_child(&first, "c2").unwrap().is_none());
+    assert_eq!(
+        store.dag_names().unwrap(),
+        ["etl"],
+        "a child run is not a top-level run"
+    );
+
+    let second = store.retry_attempt("etl", "r1").unwrap();
+    assert_ne!(second.attempt_id, first.attempt_id);
+    let latest = store.latest_attempt("etl", "r1").unwrap().unwrap();
+    assert_eq!(latest.attempt_id, second.attempt_id);
+    assert_eq!(latest.log_dir, second.log_dir);
+    assert!(store.retry_attempt("etl", "missing").is_err());
+    // The retry has no record yet (its process may have died before writing one): the
+    // run still shows the attempt before it, in `find` and in lists.
+    let shown = store
+        .find("etl", "r1")
+        .unwrap()
+        .expect("the run stays visible");
+    assert_eq!(shown.attempt_id, first.attempt_id);
+    assert_eq!(store.list("etl", 10).unwrap().len(), 1);
+    let rec = record("etl", "r1", &second.attempt_id, Status::Running);
+    store
+        .append(&second, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    assert_eq!(
+        store.find("etl", "r1").unwrap().unwrap().attempt_id,
+        second.attempt_id
+    );
+    assert_eq!(store.definition("etl", "r1").unwrap().unwrap().name, "etl");
+
+    store.remove("etl", "r1").unwrap();
+    assert!(store.find("etl", "r1").unwrap().is_none());
+    assert!(store.list("etl", 10).unwrap().is_empty());
+    assert!(store.remove("etl", "r1").is_err());
+}
+
+pub fn queues_keep_order_and_give_each_item_once(store: &dyn Backend) {
+    store.enqueue(&item("q", "low", 0)).unwrap();
+    store.enqueue(&item("q", "high", 5)).unwrap();
+    store.enqueue(&item("q", "low2", 0)).unwrap();
+    store.enqueue(&item("other", "x", 0)).unwrap();
+    let order = |s: &dyn Backend| -> Vec<String> {
+        s.items("q")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.run_id)
+            .collect()
+    };
+    assert_eq!(order(store), ["high", "low", "low2"]);
+    assert_eq!(store.queues().unwrap(), ["other", "q"]);
+    let moved = store.set_priority("q", "low2", 5).unwrap().unwrap();
+    assert_eq!(moved.priority, 5);
+    assert_eq!(
+        order(store),
+        ["high", "low2", "low"],
+        "equal priorities stay FIFO"
+    );
+    assert!(store.set_priority("q", "nope", 1).unwrap().is_none());
+    assert!(store.remove_item("q", "high").unwrap());
+    assert!(
+        !store.remove_item("q", "high").unwrap(),
+        "an item is taken once"
+    );
+    assert_eq!(order(store), ["low2", "low"]);
+}
+
+pub fn concurrent_takers_take_each_item_once(store: Shared) {
+    for i in 0..40 {
+        store.enqueue(&item("race", &format!("r{i}"), 0)).unwrap();
+    }
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, taken) = (store.clone(), taken.clone());
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let id = format!("r{i}");
+                    if store.remove_item("race", &id).unwrap() {
+                        taken.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut taken = taken.lock().unwrap().clone();
+    taken.sort();
+    taken.dedup();
+    assert_eq!(taken.len(), 40, "every item taken exactly once");
+    assert!(store.items("race").unwrap().is_empty());
+}
+
+pub fn one_leader_and_fenced_writes(store: &dyn Backend, other: &dyn Backend) {
+    let a = store.acquire_lead("a").unwrap().expect("a leads");
+    assert!(other.acquire_lead("b").unwrap().is_none(), "b must wait");
+    assert!(store.renew_lead(&a).unwrap());
+    assert_eq!(other.leader().unwrap().unwrap().holder, "a");
+    assert!(
+        store
+            .claim_tick(a.info.token, "etl", "20261122T100000Z")
+            .unwrap()
+    );
+    assert!(
+        other
+            .claim_tick(a.info.token, "etl", "20261122T100000Z")
+            .unwrap(),
+        "a repeated claim by the same lead (a retry) still fires"
+    );
+    let old = a.info.token;
+    store.release_lead(a);
+    let b = other.acquire_lead("b").unwrap().expect("b leads after a");
+    assert!(b.info.token > old, "fencing tokens grow");
+    assert_eq!(b.previous.as_ref().map(|p| p.holder.as_str()), Some("a"));
+    assert!(matches!(
+        store.claim_tick(old, "etl", "20261122T110000Z"),
+        Err(Error::Fenced(_))
+    ));
+    assert!(matches!(
+        store.take(old, "q", "x"),
+        Err(Error::Fenced(_)) | Ok(false)
+    ));
+    assert!(
+        !other
+            .claim_tick(b.info.token, "etl", "20261122T100000Z")
+            .unwrap(),
+        "a tick an earlier leader claimed does not fire again"
+    );
+    assert!(
+        other
+            .claim_tick(b.info.token, "etl", "20261122T110000Z")
+            .unwrap()
+    );
+    assert_eq!(
+        store.last_tick("etl").unwrap().as_deref(),
+        Some("20261122T110000Z")
+    );
+    other.mark_tick_skipped("etl", "20261122T110000Z").unwrap();
+    assert!(store.tick_skipped("etl", "20261122T110000Z").unwrap());
+    assert!(!store.tick_skipped("etl", "20261122T100000Z").unwrap());
+}
+
+pub fn named_values(store: &dyn Backend, other: &dyn Backend) {
+    use crate::state::scope;
+    assert_eq!(store.get(scope::SUSPEND, "etl").unwrap(), None);
+    store.put(scope::SUSPEND, "etl", Some("yes")).unwrap();
+    store.put(scope::SUSPEND, "etl", Some("still")).unwrap();
+    assert_eq!(
+        other.get(scope::SUSPEND, "etl").unwrap().as_deref(),
+        Some("still")
+    );
+    other.put(scope::SUSPEND, "etl", None).unwrap();
+    other.put(scope::SUSPEND, "etl", None).unwrap();
+    assert_eq!(store.get(scope::SUSPEND, "etl").unwrap(), None);
+}
+
+pub fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Backend) {
+    use crate::state::{COORDINATOR, scope};
+    let first = store
+        .acquire_lease(COORDINATOR, "c1")
+        .unwrap()
+        .expect("c1 serves");
+    assert!(
+        other.acquire_lease(COORDINATOR, "c2").unwrap().is_none(),
+        "c2 stands by"
+    );
+    assert!(
+        other.acquire_lead("s1").unwrap().is_some(),
+        "the scheduler's lease is another one"
+    );
+    assert!(store.renew_lease(&first).unwrap());
+    assert_eq!(other.lease(COORDINATOR).unwrap().unwrap().holder, "c1");
+    let token = first.info.token;
+    store.release_lease(first);
+    let second = other
+        .acquire_lease(COORDINATOR, "c2")
+        .unwrap()
+        .expect("c2 takes over");
+    assert!(second.info.token > token);
+
+    for (id, task) in [("t2", "{\"b\":2}"), ("t1", "{\"a\":1}")] {
+        store.put(scope::TASK, id, Some(task)).unwrap();
+    }
+    let values = other.values(scope::TASK).unwrap();
+    let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["t1", "t2"]);
+    other.put(scope::TASK, "t1", None).unwrap();
+    assert_eq!(store.values(scope::TASK).unwrap().len(), 1);
+
+    store.put_worker("w1", "{\"id\":\"w1\"}").unwrap();
+    store.put_worker("w1", "{\"id\":\"w1\",\"n\":2}").unwrap();
+    assert_eq!(other.workers().unwrap(), ["{\"id\":\"w1\",\"n\":2}"]);
+}
