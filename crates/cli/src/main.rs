@@ -36,20 +36,32 @@ fn main() -> ExitCode {
 /// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default: Trellis's own at
 /// `info`, other crates' at `warn`, so a database driver's chatter stays out). Colours
 /// only on a terminal, so logs written to files stay plain text.
+///
+/// The default filter is a plain target list: `EnvFilter` compiles regexes that cost every
+/// process (and so every step's fork) over a megabyte, so it is built only for `RUST_LOG`.
 fn init_logging(format: cli::LogFormat) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::Filter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,trellis=info"));
-    let ansi = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false);
-    // Only fails when a subscriber is set already, which then keeps doing the job.
-    let _ = match format {
-        cli::LogFormat::Text => builder.with_ansi(ansi).try_init(),
-        cli::LogFormat::Json => builder.json().try_init(),
+    let filter: Box<dyn Filter<Registry> + Send + Sync> = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => Box::new(EnvFilter::new(spec)),
+        _ => Box::new(
+            Targets::new()
+                .with_default(LevelFilter::WARN)
+                .with_target("trellis", LevelFilter::INFO),
+        ),
     };
+    let ansi = std::io::stderr().is_terminal();
+    let layer = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let layer = match format {
+        cli::LogFormat::Text => layer.with_ansi(ansi).boxed(),
+        cli::LogFormat::Json => layer.json().boxed(),
+    };
+    // Only fails when a subscriber is set already, which then keeps doing the job.
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init();
 }

@@ -373,3 +373,37 @@ pub fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Bac
     store.put_worker("w1", "{\"id\":\"w1\",\"n\":2}").unwrap();
     assert_eq!(other.workers().unwrap(), ["{\"id\":\"w1\",\"n\":2}"]);
 }
+
+/// A log store: appends report the new length, resends skip what is held, a gap is
+/// refused, ranges read back, and a run's logs are listed and deleted together. `dir` is
+/// a fresh directory-like prefix for this check.
+pub fn logs_append_read_and_resend(logs: &dyn crate::LogStore, dir: &str) {
+    let run = format!("{dir}/run");
+    let (a, b) = (format!("{run}/a.out"), format!("{run}/b.err"));
+    assert_eq!(logs.len(&a).unwrap(), None);
+    assert!(
+        logs.read(&a, 0, 10).unwrap().is_empty(),
+        "a missing log reads empty"
+    );
+    assert_eq!(logs.append(&a, b"hello ").unwrap(), 6);
+    assert_eq!(logs.append(&a, b"world\n").unwrap(), 12);
+    assert_eq!(logs.read(&a, 6, 100).unwrap(), b"world\n");
+    assert_eq!(logs.read(&a, 0, 5).unwrap(), b"hello");
+    assert!(logs.read(&a, 50, 5).unwrap().is_empty());
+    assert_eq!(
+        logs.append_at(&a, 6, b"world\nmore\n").unwrap(),
+        5,
+        "a resend writes only the new bytes"
+    );
+    assert_eq!(logs.len(&a).unwrap(), Some(17));
+    assert_eq!(logs.append_at(&a, 0, b"hello").unwrap(), 0);
+    let gap = logs.append_at(&a, 40, b"x").unwrap_err();
+    assert_eq!(gap.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(logs.append_at(&b, 0, b"e").unwrap(), 1);
+    assert_eq!(logs.list(&run).unwrap(), [a.clone(), b.clone()]);
+    assert_eq!(crate::logs::tail_start(logs, &a, 17, 1).unwrap(), 12);
+    assert_eq!(crate::logs::tail_start(logs, &a, 17, 9).unwrap(), 0);
+    logs.delete(&run).unwrap();
+    assert!(logs.list(&run).unwrap().is_empty());
+    assert_eq!(logs.len(&a).unwrap(), None);
+}

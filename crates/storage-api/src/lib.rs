@@ -9,9 +9,11 @@
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
+pub mod logs;
 mod memory;
 pub mod state;
 
+pub use logs::LogStore;
 pub use memory::MemStore;
 pub use state::{Lead, LeaseInfo, State};
 

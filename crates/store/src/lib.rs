@@ -8,9 +8,11 @@
 //! ignored on read, so a stored run is always readable.
 
 mod file;
+pub mod logs;
 mod sql;
 
 pub use file::{FileStore, read_log};
+pub use logs::LocalLogs;
 pub use sql::{Dialect, SqlStore, redact};
 pub use trellis_storage_api::*;
 
@@ -21,6 +23,12 @@ use trellis_core::status::RunRecord;
 /// The environment variable that selects a database (`postgres://…`, `mysql://…`); the
 /// CLI sets it from the config's `storage` section, so child processes agree.
 pub const DATABASE_URL_ENV: &str = "TRELLIS_DATABASE_URL";
+
+/// The log store step output goes to. Local files today (each machine keeps the logs of
+/// the steps it ran; the run records where); object storage plugs in here.
+pub fn open_logs() -> std::sync::Arc<dyn LogStore> {
+    std::sync::Arc::new(LocalLogs)
+}
 
 /// Opens the store of `home`: the database named by `TRELLIS_DATABASE_URL` when it is set,
 /// else the file store.

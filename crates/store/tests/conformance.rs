@@ -122,3 +122,22 @@ fn an_unreachable_database_is_a_clear_error_at_once() {
         "the password is not shown: {text}"
     );
 }
+
+/// The log seam's suite against local files.
+#[test]
+fn local_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    logs_append_read_and_resend(&trellis_store::LocalLogs, &root);
+    let refused = trellis_store::LogStore::len(&trellis_store::LocalLogs, "relative/a.out");
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    let escape = format!("{root}/../x.out");
+    let refused = trellis_store::LogStore::append(&trellis_store::LocalLogs, &escape, b"x");
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+}

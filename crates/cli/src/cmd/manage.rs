@@ -1,6 +1,6 @@
 //! Commands over stored runs: stop, retry, restart, history, logs, cleanup.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -184,10 +184,11 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let Some(path) = path else {
         bail!("step `{}` has not started, so it has no log", args.step);
     };
+    let logs = trellis_store::open_logs();
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
     loop {
-        offset += copy_from(&path, offset, &mut out)?;
+        offset += copy_from(&*logs, &path, offset, &mut out)?;
         if !args.follow {
             return Ok(ExitCode::SUCCESS);
         }
@@ -200,24 +201,32 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
             .and_then(|r| r.steps.iter().find(|s| s.name == args.step))
             .is_some_and(|s| s.status.is_final());
         if step_done || now.is_none_or(|r| r.status.is_final()) {
-            copy_from(&path, offset, &mut out)?;
+            copy_from(&*logs, &path, offset, &mut out)?;
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// Copies a log file from `offset` to `out`; a missing file has nothing yet.
-fn copy_from(path: &str, offset: u64, out: &mut impl Write) -> anyhow::Result<u64> {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return Ok(0);
-    };
-    file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    out.write_all(&buf)?;
+/// Copies a log from `offset` to `out`, in chunks; a missing log has nothing yet.
+fn copy_from(
+    logs: &dyn trellis_store::LogStore,
+    log: &str,
+    mut offset: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    const CHUNK: usize = 1 << 20;
+    let start = offset;
+    loop {
+        let buf = logs.read(log, offset, CHUNK)?;
+        if buf.is_empty() {
+            break;
+        }
+        out.write_all(&buf)?;
+        offset += buf.len() as u64;
+    }
     out.flush()?;
-    Ok(buf.len() as u64)
+    Ok(offset - start)
 }
 
 pub fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {

@@ -83,6 +83,8 @@ pub(crate) struct WorkerState {
 pub(crate) struct Coord {
     pub opts: Options,
     pub store: Shared,
+    /// Where shared-nothing workers' step output is written.
+    pub logs: std::sync::Arc<dyn trellis_store::LogStore>,
     /// Tasks and cancel requests: files in `data`, or the database.
     pub tasks: crate::tasks::Tasks,
     /// The coordinator's lease: one coordinator acts per data dir or database.
@@ -164,6 +166,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let coord = Arc::new(Coord {
         tasks: crate::tasks::Tasks::of(&data, &store),
+        logs: trellis_store::open_logs(),
         store,
         lead: Mutex::new(Some(lead)),
         lost: Default::default(),

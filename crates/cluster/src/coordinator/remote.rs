@@ -4,9 +4,6 @@
 //! holds a task's live claim is heard; a worker whose lease expired is refused, so nothing
 //! it still sends is stored.
 
-use std::io::Write;
-use std::path::Path;
-
 use tonic::{Response, Status, Streaming};
 use trellis_core::status::RunRecord;
 use trellis_store::{Attempt, Entry, safe_name};
@@ -125,7 +122,9 @@ pub(crate) async fn receive_logs(
         let path = attempt
             .log_dir
             .join(format!("{}.{ext}", safe_name(&chunk.step_name)));
-        ack.bytes_written += append_at(&path, chunk.sequence, &chunk.data).map_err(|e| {
+        let log = path.display().to_string();
+        let written = coord.logs.append_at(&log, chunk.sequence, &chunk.data);
+        ack.bytes_written += written.map_err(|e| {
             let msg = format!("{}: {e}", path.display());
             if e.kind() == std::io::ErrorKind::InvalidInput {
                 Status::out_of_range(msg)
@@ -135,48 +134,4 @@ pub(crate) async fn receive_logs(
         })?;
     }
     Ok(Response::new(ack))
-}
-
-/// Writes `data`, which starts at byte `offset` of the stream, after what `path` holds.
-fn append_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<u64> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let held = std::fs::metadata(path).map_or(0, |m| m.len());
-    if offset > held {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("chunk at byte {offset} but only {held} bytes are stored"),
-        ));
-    }
-    let skip = (held - offset) as usize;
-    if skip >= data.len() {
-        return Ok(0);
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(&data[skip..])?;
-    Ok((data.len() - skip) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resent_chunks_are_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.out");
-        assert_eq!(append_at(&path, 0, b"one\n").unwrap(), 4);
-        assert_eq!(append_at(&path, 0, b"one\n").unwrap(), 0, "a full resend");
-        assert_eq!(
-            append_at(&path, 0, b"one\ntwo\n").unwrap(),
-            4,
-            "overlapping"
-        );
-        assert!(append_at(&path, 20, b"gap").is_err());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
-    }
 }

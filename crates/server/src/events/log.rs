@@ -3,7 +3,6 @@
 //! file is drained.
 
 use std::collections::VecDeque;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use serde::Deserialize;
 use trellis_core::status::RunRecord;
+use trellis_store::logs::{LogStore, complete_utf8_len, tail_start};
 
 use super::watch::Tracked;
 use super::{Events, RUN_POLL, blocking, end_event, json_event, locate, pause, sse};
@@ -197,7 +197,7 @@ impl LogFeed {
                 (None, Start::Offset(o)) => o,
                 (None, Start::Tail(lines)) => path
                     .as_deref()
-                    .and_then(|p| tail_offset(p, lines).ok())
+                    .and_then(|p| tail_offset(&*self.app.logs, p, lines).ok())
                     .unwrap_or(0),
                 (Some(_), _) => 0,
             };
@@ -233,9 +233,10 @@ impl LogFeed {
 
     /// The next piece of the log, if it grew; an incomplete UTF-8 character at the end
     /// waits for its remaining bytes unless the run is over.
-    fn read(&mut self, path: &Path, finished: bool) -> Option<Event> {
-        let mut file = std::fs::File::open(path).ok()?;
-        let size = file.metadata().ok()?.len();
+    fn read(&mut self, log: &Path, finished: bool) -> Option<Event> {
+        let logs = &*self.app.logs;
+        let log = log.to_str()?;
+        let size = logs.len(log).ok()??;
         if size < self.offset {
             self.offset = 0; // truncated or replaced: start over
         }
@@ -243,13 +244,11 @@ impl LogFeed {
             return None;
         }
         let want = (size - self.offset).min(LOG_CHUNK);
-        let mut buf = Vec::with_capacity(want as usize);
-        file.seek(SeekFrom::Start(self.offset)).ok()?;
-        file.take(want).read_to_end(&mut buf).ok()?;
-        let keep = if finished && want == size - self.offset {
+        let buf = logs.read(log, self.offset, want as usize).ok()?;
+        let keep = if finished && buf.len() as u64 == size - self.offset {
             buf.len()
         } else {
-            complete_len(&buf)
+            complete_utf8_len(&buf)
         };
         if keep == 0 {
             return None;
@@ -265,33 +264,11 @@ impl LogFeed {
     }
 }
 
-/// The length of `buf` without an incomplete UTF-8 sequence at its end.
-fn complete_len(buf: &[u8]) -> usize {
-    for back in 1..=buf.len().min(4) {
-        let byte = buf[buf.len() - back];
-        if byte & 0xC0 == 0x80 {
-            continue; // a continuation byte: look further back for the lead byte
-        }
-        let need = match byte {
-            0xF0.. => 4,
-            0xE0.. => 3,
-            0xC0.. => 2,
-            _ => 1,
-        };
-        return if need > back {
-            buf.len() - back
-        } else {
-            buf.len()
-        };
-    }
-    buf.len()
-}
-
-/// Where the last `lines` lines of a file start.
-fn tail_offset(path: &Path, lines: usize) -> std::io::Result<u64> {
-    let mut file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
-    crate::views::log::tail_start(&mut file, size, lines)
+/// Where the last `lines` lines of a log start.
+fn tail_offset(logs: &dyn LogStore, log: &Path, lines: usize) -> std::io::Result<u64> {
+    let log = log.to_str().unwrap_or_default();
+    let size = logs.len(log)?.unwrap_or(0);
+    tail_start(logs, log, size, lines)
 }
 
 #[cfg(test)]
@@ -301,12 +278,12 @@ mod tests {
     #[test]
     fn incomplete_utf8_waits_for_its_last_bytes() {
         let text = "añ€😀".as_bytes();
-        assert_eq!(complete_len(text), text.len());
-        assert_eq!(complete_len(&text[..text.len() - 1]), text.len() - 4);
-        assert_eq!(complete_len(&text[..text.len() - 3]), text.len() - 4);
-        assert_eq!(complete_len(&text[..2]), 1);
-        assert_eq!(complete_len(b""), 0);
-        assert_eq!(complete_len(&[0x80, 0x80, 0x80, 0x80, 0x80]), 5);
+        assert_eq!(complete_utf8_len(text), text.len());
+        assert_eq!(complete_utf8_len(&text[..text.len() - 1]), text.len() - 4);
+        assert_eq!(complete_utf8_len(&text[..text.len() - 3]), text.len() - 4);
+        assert_eq!(complete_utf8_len(&text[..2]), 1);
+        assert_eq!(complete_utf8_len(b""), 0);
+        assert_eq!(complete_utf8_len(&[0x80, 0x80, 0x80, 0x80, 0x80]), 5);
     }
 
     #[test]
@@ -315,7 +292,7 @@ mod tests {
         let path = dir.path().join("log");
         let tail = |text: &str, n| {
             std::fs::write(&path, text).unwrap();
-            text[tail_offset(&path, n).unwrap() as usize..].to_string()
+            text[tail_offset(&trellis_store::LocalLogs, &path, n).unwrap() as usize..].to_string()
         };
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc\n");
         assert_eq!(tail("a\nb\nc", 2), "b\nc");

@@ -1,9 +1,9 @@
 //! Reading a step's log through the API: a byte range, or the last lines, without
 //! loading the whole file.
 
-use std::io::{Read, Seek, SeekFrom};
-
 use serde::{Deserialize, Serialize};
+use trellis_store::LogStore;
+use trellis_store::logs::tail_start;
 use utoipa::ToSchema;
 
 use super::find_run;
@@ -79,7 +79,7 @@ pub fn read_log(
     };
     // No path or no file yet: the step has not written anything.
     let piece = match path {
-        Some(path) => read_range(path, range)?,
+        Some(path) => read_range(&*app.logs, path, range)?,
         None => None,
     };
     if piece.is_none()
@@ -138,24 +138,26 @@ pub fn log_elsewhere(
     format!("the {stream} log of step `{step}` is on {host}{at}, where the step ran")
 }
 
-/// `(text, start, end, size)` of a range of a file; `None` when the file does not exist.
+/// `(text, start, end, size)` of a range of a log; `None` when the log does not exist.
 /// The range ends on a whole UTF-8 character, so consecutive chunks join up cleanly.
-fn read_range(path: &str, range: LogRange) -> Result<Option<(String, u64, u64, u64)>> {
-    let Ok(mut file) = std::fs::File::open(path) else {
+fn read_range(
+    logs: &dyn LogStore,
+    log: &str,
+    range: LogRange,
+) -> Result<Option<(String, u64, u64, u64)>> {
+    let failed = |e: std::io::Error| Error::internal(format!("reading the log {log}: {e}"));
+    let Some(size) = logs.len(log).map_err(failed)? else {
         return Ok(None);
     };
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let limit = range.limit.unwrap_or(MAX_LOG_CHUNK).min(MAX_LOG_CHUNK);
     let start = match range.tail {
-        Some(lines) => tail_start(&mut file, size, lines)
-            .map_err(|e| Error::internal(format!("reading a log: {e}")))?,
+        Some(lines) => tail_start(logs, log, size, lines).map_err(failed)?,
         None => range.offset.min(size),
     };
     let end = size.min(start.saturating_add(limit));
-    let mut buf = Vec::with_capacity((end - start) as usize);
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.take(end - start).read_to_end(&mut buf))
-        .map_err(|e| Error::internal(format!("{path}: {e}")))?;
+    let mut buf = logs
+        .read(log, start, (end - start) as usize)
+        .map_err(failed)?;
     if let Err(e) = std::str::from_utf8(&buf)
         && e.error_len().is_none()
     {
@@ -170,56 +172,17 @@ fn read_range(path: &str, range: LogRange) -> Result<Option<(String, u64, u64, u
     )))
 }
 
-/// The offset where the last `lines` lines of a file start, reading backwards in blocks.
-/// Shared by the log route and the live log stream.
-pub(crate) fn tail_start(
-    file: &mut std::fs::File,
-    size: u64,
-    lines: usize,
-) -> std::io::Result<u64> {
-    const BLOCK: u64 = 64 * 1024;
-    if lines == 0 {
-        return Ok(size);
-    }
-    let mut pos = size;
-    let mut seen = 0usize;
-    let mut buf = vec![0u8; BLOCK as usize];
-    // A final newline ends the last line; it does not start another one.
-    let mut skip_last = true;
-    while pos > 0 {
-        let len = BLOCK.min(pos);
-        pos -= len;
-        let slice = &mut buf[..len as usize];
-        file.seek(SeekFrom::Start(pos))?;
-        file.read_exact(slice)?;
-        for i in (0..slice.len()).rev() {
-            if slice[i] != b'\n' {
-                skip_last = false;
-                continue;
-            }
-            if skip_last {
-                skip_last = false;
-                continue;
-            }
-            seen += 1;
-            if seen >= lines {
-                return Ok(pos + i as u64 + 1);
-            }
-        }
-    }
-    Ok(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trellis_store::LocalLogs;
 
     fn tail_of(text: &str, lines: usize) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         std::fs::write(&path, text).unwrap();
-        let mut file = std::fs::File::open(&path).unwrap();
-        let start = tail_start(&mut file, text.len() as u64, lines).unwrap();
+        let path = path.display().to_string();
+        let start = tail_start(&LocalLogs, &path, text.len() as u64, lines).unwrap();
         text[start as usize..].to_string()
     }
 
@@ -245,12 +208,14 @@ mod tests {
             limit: Some(limit),
             tail: None,
         };
-        let (text, start, end, size) = read_range(&path, range(0, 2)).unwrap().unwrap();
+        let (text, start, end, size) = read_range(&LocalLogs, &path, range(0, 2)).unwrap().unwrap();
         assert_eq!((text.as_str(), start, end, size), ("h", 0, 1, 4));
-        let (text, _, end, _) = read_range(&path, range(end, 10)).unwrap().unwrap();
+        let (text, _, end, _) = read_range(&LocalLogs, &path, range(end, 10))
+            .unwrap()
+            .unwrap();
         assert_eq!((text.as_str(), end), ("é!", 4));
         assert!(
-            read_range("/nonexistent/log", range(0, 1))
+            read_range(&LocalLogs, "/nonexistent/log", range(0, 1))
                 .unwrap()
                 .is_none()
         );
