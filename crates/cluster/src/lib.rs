@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod handoff;
 pub mod registry;
 pub mod security;
 pub mod table;

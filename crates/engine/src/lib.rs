@@ -162,6 +162,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
             cancel,
             generated: Vec::new(),
             journal,
+            unmet_precondition: false,
         };
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
@@ -247,6 +248,8 @@ pub(crate) struct RunCtx<S: ?Sized, E> {
     generated: Vec<Step>,
     /// Where the run's entries go (written by a task of their own).
     journal: Journal,
+    /// The DAG's preconditions did not hold, so the run never started.
+    unmet_precondition: bool,
 }
 
 impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
@@ -263,6 +266,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
         let pre = self.dag.preconditions.clone();
         if let Err(reason) = step::check_conditions(self, &pre).await {
             run.error = Some(format!("precondition not met: {reason}"));
+            self.unmet_precondition = true;
             return Status::Aborted;
         }
         if let Some(init) = self.dag.handlers.init.clone() {
@@ -479,12 +483,8 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             Status::Waiting => handlers.wait.as_deref().map(|s| ("onWait", s)),
             _ => None,
         };
-        let aborted_by_precondition = status == Status::Aborted
-            && run
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("precondition"));
-        if aborted_by_precondition {
+        // A run whose preconditions were not met never started: no handler runs (Dagu).
+        if self.unmet_precondition {
             return;
         }
         if let Some((name, step)) = by_outcome {

@@ -60,13 +60,19 @@ async fn ticks_follow_the_injected_clock() {
     std::fs::write(dags.join("every_minute.yaml"), "schedule: \"* * * * *\"\nmax_active_runs: -1\ncatchup_window: 3m\noverlap_policy: all\nsteps:\n  - command: \"true\"\n").unwrap();
     let clock = Arc::new(Manual(AtomicI64::new(0)));
     clock.set("2026-11-22T10:00:30Z");
+    let store: trellis_store::Shared =
+        std::sync::Arc::new(trellis_store::FileStore::new(home.path()));
     let opts = Options {
         home: home.path().to_path_buf(),
         dags_dir: dags,
         config: Config::default(),
         id: "test".into(),
-        signing_key: None,
-        store: std::sync::Arc::new(trellis_store::FileStore::new(home.path())),
+        handoff: std::sync::Arc::new(trellis_cluster::handoff::TaskHandoff::new(
+            &home.path().join("data"),
+            &store,
+            None,
+        )),
+        store,
     };
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(daemon::run(opts, clock.clone(), shutdown.clone()));

@@ -87,13 +87,15 @@ pub fn execute(
         .enable_all()
         .build()?;
     let backend = super::open_store()?;
-    let remote = trellis_scheduler::dispatch::remote(
+    use trellis_cluster::handoff::Handoff;
+    let remote = trellis_cluster::handoff::TaskHandoff::new(
         &trellis_store::data_dir(&home()),
         &backend,
         std::env::var("TRELLIS_COORDINATOR_SIGNING_KEY")
             .ok()
             .map(String::into_bytes),
-    );
+    )
+    .remote();
     let record = runtime.block_on(async {
         let stops = trellis_runs::Runs::new(backend.clone(), trellis_store::data_dir(&home()));
         let store = Arc::new(crate::progress::Progress::new(backend, quiet));

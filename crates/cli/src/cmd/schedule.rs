@@ -40,7 +40,12 @@ pub fn dags_dir(setup: &Setup, config: &Config) -> PathBuf {
 }
 
 /// The scheduler's settings from the command line, env and config.
-pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daemon::Options> {
+/// `key` signs the tasks handed to workers.
+pub fn scheduler_options(
+    setup: &Setup,
+    id: Option<&str>,
+    key: Option<Vec<u8>>,
+) -> anyhow::Result<daemon::Options> {
     let config = config(setup)?;
     let dags_dir = dags_dir(setup, &config);
     let id = id.map_or_else(trellis_cluster::default_id, str::to_string);
@@ -54,9 +59,21 @@ pub fn scheduler_options(setup: &Setup, id: Option<&str>) -> anyhow::Result<daem
         dags_dir,
         config,
         id,
-        signing_key: super::cluster::signing_key(setup, None)?,
+        handoff: handoff(key)?,
         store: super::open_store()?,
     })
+}
+
+/// How this process hands runs to workers: task files in the data dir or rows in the
+/// database, signed with the cluster's key when it has one.
+pub fn handoff(
+    key: Option<Vec<u8>>,
+) -> anyhow::Result<std::sync::Arc<dyn trellis_cluster::handoff::Handoff>> {
+    let data = trellis_store::data_dir(&home());
+    let store = super::open_store()?;
+    Ok(std::sync::Arc::new(
+        trellis_cluster::handoff::TaskHandoff::new(&data, &store, key),
+    ))
 }
 
 /// Runs a long-lived service on [`runtime`] until it ends or SIGINT/SIGTERM cancels the
@@ -84,7 +101,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn scheduler(args: &SchedulerArgs) -> anyhow::Result<ExitCode> {
-    let opts = scheduler_options(&args.setup, args.id.as_deref())?;
+    let key = super::cluster::signing_key(&args.setup, None)?;
+    let opts = scheduler_options(&args.setup, args.id.as_deref(), key)?;
     until_signal(|shutdown| daemon::run(opts, Arc::new(SystemClock), shutdown))
 }
 

@@ -104,11 +104,11 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
         server_opts.store = trellis_store::open_with(&home(), patience)?;
     }
     trellis_server::check(&server_opts).map_err(anyhow::Error::msg)?;
-    let mut scheduler_opts = scheduler_options(&args.setup, args.id.as_deref())?;
     let coordinator_opts = super::cluster::coordinator_options(&args.setup, &args.coordinator)?;
     // The scheduler signs tasks, and the server asks for workers, with the key the
     // coordinator was given, however it was given.
-    scheduler_opts.signing_key = coordinator_opts.signing_key.clone();
+    let key = coordinator_opts.signing_key.clone();
+    let scheduler_opts = scheduler_options(&args.setup, args.id.as_deref(), key)?;
     server_opts.dial.key = coordinator_opts.signing_key.clone();
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();

@@ -1,5 +1,5 @@
-//! The leader's side of runs handed to workers: writing their task files, counting them as
-//! active until the coordinator removes the files, and adopting those of an earlier leader.
+//! The leader's side of runs handed to workers: handing them to the cluster, counting them
+//! as active until the cluster says they ended, and adopting those of an earlier leader.
 
 use tokio_util::sync::CancellationToken;
 use trellis_core::Dag;
@@ -8,19 +8,14 @@ use trellis_store::QueueItem;
 
 use super::{Active, Leader};
 use crate::clock::Clock;
-use crate::dispatch;
 
 impl<C: Clock + 'static> Leader<C> {
-    /// Hands a run to the coordinator through a task file.
+    /// Hands a run to the cluster.
     pub(super) fn dispatch(&mut self, item: &QueueItem, slot: Slot, dag: &Dag) {
-        let key = self.opts.signing_key.as_deref();
-        let task = match dispatch::task(item, dag, self.clock.now(), key) {
+        let task = match self.opts.handoff.hand_off(item, dag, self.clock.now()) {
             Ok(task) => task,
-            Err(e) => return self.fail(item, &e),
+            Err(e) => return self.fail(item, &e.to_string()),
         };
-        if let Err(e) = self.handoff.write(&task) {
-            return self.fail(item, &format!("cannot hand the run to a worker: {e}"));
-        }
         tracing::info!(
             "scheduler: run {} of {} handed to a worker ({})",
             item.run_id,
@@ -32,30 +27,20 @@ impl<C: Clock + 'static> Leader<C> {
             Active {
                 slot,
                 cancel: CancellationToken::new(),
-                task: Some(task.spec.task_id),
+                task: Some(task),
             },
         );
     }
 
-    /// Counts the runs already on workers (tasks of an earlier leader) as active.
+    /// Counts the runs already on workers (an earlier leader's) as active.
     pub(super) fn adopt_dispatched(&mut self) {
-        // Child runs of `call` steps are their parent's to wait for, not the queue's.
-        for task in self.handoff.load_all() {
-            if task.spec.parent.is_some() {
-                continue;
-            }
-            let s = task.spec;
-            let slot = Slot {
-                dag: s.dag_name,
-                queue: s.queue,
-                tags: s.tags,
-            };
+        for run in self.opts.handoff.handed_off() {
             self.active.insert(
-                s.run_id,
+                run.run_id,
                 Active {
-                    slot,
+                    slot: run.slot,
                     cancel: CancellationToken::new(),
-                    task: Some(s.task_id),
+                    task: Some(run.task_id),
                 },
             );
         }
@@ -67,7 +52,7 @@ impl<C: Clock + 'static> Leader<C> {
             return;
         }
         // One listing for every task (one query on a database).
-        let Some(ids) = self.handoff.ids() else {
+        let Some(ids) = self.opts.handoff.running() else {
             return;
         };
         let ended: Vec<String> = self

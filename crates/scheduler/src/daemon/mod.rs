@@ -26,9 +26,9 @@ use trellis_store::{Backend, Entry, Lead, QueueItem, Shared};
 use crate::catalog::{self, Catalog};
 use crate::clock::{Clock, Cron};
 use crate::config::Config;
-use crate::dispatch;
 use crate::queueing::stamp;
 use crate::queueing::{self, Enqueue};
+use trellis_cluster::handoff::Handoff;
 
 /// How the scheduler is set up.
 #[derive(Clone, Debug)]
@@ -38,8 +38,8 @@ pub struct Options {
     pub config: Config,
     /// Names this process in the lease file and logs.
     pub id: String,
-    /// The cluster signing key: tasks handed to workers are signed with it.
-    pub signing_key: Option<Vec<u8>>,
+    /// Where runs that belong on workers are handed.
+    pub handoff: Arc<dyn Handoff>,
     /// Where runs, queues, ticks and the lead live.
     pub store: Shared,
 }
@@ -66,8 +66,6 @@ struct Leader<C> {
     data: PathBuf,
     clock: Arc<C>,
     store: Shared,
-    /// Runs handed to workers: task files, or the database.
-    handoff: trellis_cluster::tasks::Tasks,
     engine: Engine<dyn Backend, Local>,
     catalog: Catalog,
     active: HashMap<String, Active>,
@@ -111,11 +109,7 @@ pub async fn run<C: Clock + 'static>(
         dags_dir: Some(opts.dags_dir.clone()),
         base_env: trellis_engine::inherited_env(),
         worker_id: None,
-        remote: Some(crate::dispatch::remote(
-            &data,
-            &store,
-            opts.signing_key.clone(),
-        )),
+        remote: Some(opts.handoff.remote()),
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), engine_opts);
     let started = clock.now();
@@ -126,7 +120,6 @@ pub async fn run<C: Clock + 'static>(
         renewed: None,
         stops_checked: None,
         swept: None,
-        handoff: trellis_cluster::tasks::Tasks::of(&data, &store),
         data,
         clock,
         store,
@@ -176,7 +169,7 @@ impl<C: Clock + 'static> Leader<C> {
         let (wake_tx, mut wake) = mpsc::unbounded_channel::<()>();
         let _watcher = watch_queue(&self.data.join("queue"), wake_tx);
         let (gone_tx, mut gone) = mpsc::unbounded_channel::<String>();
-        let _gone_watcher = dispatch::watch_gone(&self.handoff, gone_tx);
+        let _gone_watcher = self.opts.handoff.watch_ended(gone_tx);
         let mut last_beat = None;
         let mut lost = false;
         loop {
@@ -432,7 +425,7 @@ impl<C: Clock + 'static> Leader<C> {
     fn stop_dag(&mut self, dag: &str) {
         for (run_id, active) in self.active.iter().filter(|(_, a)| a.slot.dag == dag) {
             match &active.task {
-                Some(_) => dispatch::cancel(&self.handoff, dag, run_id),
+                Some(_) => self.opts.handoff.cancel(dag, run_id),
                 None => active.cancel.cancel(),
             }
         }

@@ -2,6 +2,7 @@
 //! (`trellis_core::queue::decide`), then started in-process or handed to a worker.
 
 use super::*;
+use crate::dispatch;
 
 impl<C: Clock + 'static> Leader<C> {
     /// One pass of the queue: every item of every queue, decided in one place.

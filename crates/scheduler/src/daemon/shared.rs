@@ -53,7 +53,7 @@ impl<C: Clock + 'static> Leader<C> {
             if let Some(active) = found {
                 tracing::info!("scheduler: stopping run {run_id} of {dag}, as asked");
                 match &active.task {
-                    Some(_) => dispatch::cancel(&self.handoff, &active.slot.dag, run_id),
+                    Some(_) => self.opts.handoff.cancel(&active.slot.dag, run_id),
                     None => active.cancel.cancel(),
                 }
             }
