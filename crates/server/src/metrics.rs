@@ -206,6 +206,14 @@ fn registry(app: &App, s: &Snapshot) -> Registry {
         "Server-Sent Event streams open now (run, log and feed streams)",
         streams,
     );
+    let failed = Counter::<u64>::default();
+    failed.inc_by(trellis_engine::failed_writes());
+    r.register(
+        "trellis_run_record_write_failures",
+        "Writes of run records that failed for good in this process (runs it executes, as \
+         in start-all); each is listed in its run's warnings",
+        failed,
+    );
     r.register(
         "trellis_http_requests",
         "HTTP requests served, by method, route pattern and status",

@@ -199,9 +199,8 @@ impl App {
 fn runs(opts: &Options, data: &Path) -> trellis_runs::Runs {
     let home = std::path::absolute(&opts.home).unwrap_or_else(|_| opts.home.clone());
     let dags_dir = std::path::absolute(&opts.dags_dir).unwrap_or_else(|_| opts.dags_dir.clone());
-    let pass_env = std::env::var(trellis_store::DATABASE_URL_ENV)
-        .map(|url| vec![(trellis_store::DATABASE_URL_ENV.to_string(), url)])
-        .unwrap_or_default();
+    // The run must record itself where this server reads.
+    let pass_env = opts.store.child_env();
     let launcher = trellis_runs::Launcher {
         program: opts.launcher.clone(),
         home,

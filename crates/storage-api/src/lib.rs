@@ -256,6 +256,12 @@ pub trait Backend: Store + Queue + State + std::fmt::Debug {
     fn spans_machines(&self) -> bool {
         false
     }
+    /// Variables a `trellis` child process needs to open this same backend (a database
+    /// URL, with its password). Passed to the processes Trellis starts itself, never to
+    /// steps.
+    fn child_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Checks the backend answers now (not retried), for deep health checks.
     fn probe(&self) -> Result<()>;
     /// Operations waiting for the backend to come back (0 when all is well).

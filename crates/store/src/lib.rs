@@ -30,23 +30,34 @@ pub fn open_logs() -> std::sync::Arc<dyn LogStore> {
     std::sync::Arc::new(LocalLogs)
 }
 
-/// Opens the store of `home`: the database named by `TRELLIS_DATABASE_URL` when it is set,
-/// else the file store.
-pub fn open(home: &std::path::Path) -> Result<Shared> {
-    open_with(home, sql::GIVE_UP)
+/// The database named by `TRELLIS_DATABASE_URL`, if it is set (and not blank).
+pub fn database_url_from_env() -> Option<String> {
+    std::env::var(DATABASE_URL_ENV)
+        .ok()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+}
+
+/// Opens the store of `home`: the database at `database_url` when given, else the file
+/// store. The caller decides where the URL comes from (configuration, environment); this
+/// never reads the environment itself.
+pub fn open(home: &std::path::Path, database_url: Option<&str>) -> Result<Shared> {
+    open_with(home, database_url, sql::GIVE_UP)
 }
 
 /// [`open`], with how long a database operation keeps retrying while the database is
 /// away: long for what must not be lost (runs recording their steps), short where a
 /// caller waits (a web request, which then gets a 503).
-pub fn open_with(home: &std::path::Path, patience: std::time::Duration) -> Result<Shared> {
-    match std::env::var(DATABASE_URL_ENV) {
-        Ok(url) if !url.trim().is_empty() => Ok(std::sync::Arc::new(SqlStore::connect_with(
-            url.trim(),
-            home,
-            patience,
+pub fn open_with(
+    home: &std::path::Path,
+    database_url: Option<&str>,
+    patience: std::time::Duration,
+) -> Result<Shared> {
+    match database_url.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(url) => Ok(std::sync::Arc::new(SqlStore::connect_with(
+            url, home, patience,
         )?)),
-        _ => Ok(std::sync::Arc::new(FileStore::new(home))),
+        None => Ok(std::sync::Arc::new(FileStore::new(home))),
     }
 }
 
@@ -62,6 +73,9 @@ impl Backend for FileStore {
 impl Backend for SqlStore {
     fn spans_machines(&self) -> bool {
         true
+    }
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![(DATABASE_URL_ENV.to_string(), self.url().to_string())]
     }
     fn kind(&self) -> &'static str {
         match self.dialect() {

@@ -16,7 +16,7 @@ pub fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let url = args
         .to
         .clone()
-        .or_else(|| std::env::var(trellis_store::DATABASE_URL_ENV).ok())
+        .or_else(super::database_url)
         .filter(|u| !u.trim().is_empty())
         .context("no database to migrate to: give --to URL, the config's storage.url or $TRELLIS_DATABASE_URL")?;
     let home = home();

@@ -68,12 +68,8 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         .database_url()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let paths = config.paths;
-    if let Some(url) = database
-        && std::env::var_os(trellis_store::DATABASE_URL_ENV).is_none()
-    {
-        // SAFETY: as below — before any runtime or thread starts.
-        unsafe { std::env::set_var(trellis_store::DATABASE_URL_ENV, url) };
-    }
+    // Kept for `open_store`, not exported: the backend is chosen by what is passed in.
+    let _ = CONFIGURED_DATABASE.set(database);
     for (var, value) in [
         ("TRELLIS_DATA_DIR", paths.data_dir),
         ("TRELLIS_LOG_DIR", paths.log_dir),
@@ -102,8 +98,17 @@ pub fn open_store() -> anyhow::Result<trellis_store::Shared> {
     }
     let patience =
         std::time::Duration::from_secs(PATIENCE.load(std::sync::atomic::Ordering::Relaxed));
-    let store = trellis_store::open_with(&run::home(), patience)?;
+    let store = trellis_store::open_with(&run::home(), database_url().as_deref(), patience)?;
     Ok(STORE.get_or_init(|| store).clone())
+}
+
+/// The config file's `storage` database, once read.
+static CONFIGURED_DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The database this process uses: `TRELLIS_DATABASE_URL` wins over the config's
+/// `storage` section; `None` is the file store.
+pub fn database_url() -> Option<String> {
+    trellis_store::database_url_from_env().or_else(|| CONFIGURED_DATABASE.get().cloned().flatten())
 }
 
 /// The run-control service over this process's store.

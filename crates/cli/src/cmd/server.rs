@@ -101,7 +101,8 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     // coordinator keep retrying theirs (a pool of their own).
     if server_opts.store.spans_machines() {
         let patience = std::time::Duration::from_secs(SERVER_PATIENCE_SECS);
-        server_opts.store = trellis_store::open_with(&home(), patience)?;
+        let url = super::database_url();
+        server_opts.store = trellis_store::open_with(&home(), url.as_deref(), patience)?;
     }
     trellis_server::check(&server_opts).map_err(anyhow::Error::msg)?;
     let coordinator_opts = super::cluster::coordinator_options(&args.setup, &args.coordinator)?;

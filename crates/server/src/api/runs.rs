@@ -169,7 +169,10 @@ async fn start_sync(
         })
         .await?;
     let done = match ended {
-        Some(_) => Some(views::find_run(&app, &started.name, &started.run_id)?),
+        Some(_) => {
+            let (task, name, id) = (app.clone(), started.name.clone(), started.run_id.clone());
+            Some(blocking(move || views::find_run(&task, &name, &id)).await?)
+        }
         None => None,
     };
     match done {

@@ -38,6 +38,8 @@ struct Inner {
     logs: PathBuf,
     /// This process's claims on queue items carry this prefix.
     nonce: String,
+    /// As given: what a child process needs to open the same database (a secret).
+    url: String,
     /// Queue items read so far, by seq, with the priority they were read at.
     items: std::sync::Mutex<std::collections::HashMap<i64, (i64, crate::QueueItem)>>,
 }
@@ -82,6 +84,7 @@ impl SqlStore {
             url: redact(url),
             message: e.to_string(),
         };
+        let given = url.to_string();
         let (dialect, url) = match url.split_once("://") {
             Some(("postgres" | "postgresql", _)) => (Dialect::Postgres, url.to_string()),
             Some(("mysql", _)) => (Dialect::Mysql, url.to_string()),
@@ -111,9 +114,15 @@ impl SqlStore {
                 logs: crate::log_dir(home),
                 nonce,
                 items: Default::default(),
+                url: given,
             }),
             bridge,
         })
+    }
+
+    /// The URL this store was opened with (holds the password: never log it).
+    pub fn url(&self) -> &str {
+        &self.inner.url
     }
 
     pub fn dialect(&self) -> Dialect {
