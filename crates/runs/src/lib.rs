@@ -9,6 +9,7 @@
 //! its own process group, which records the run in the shared store; the service then
 //! waits until the run is visible, so the caller gets an id that already resolves.
 
+mod execute;
 mod launch;
 pub mod queueing;
 mod stop;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use trellis_core::status::{RunRecord, Status};
 use trellis_store::Shared;
 
+pub use execute::Execute;
 pub use launch::{Launch, Launcher};
 pub use stop::Route;
 

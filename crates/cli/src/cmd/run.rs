@@ -9,8 +9,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use trellis_core::Dag;
 use trellis_core::status::{RunRecord, StepRecord};
-use trellis_engine::{Engine, Options, RunRequest};
-use trellis_executor::Local;
 
 use crate::cli::{StartArgs, StatusArgs};
 use crate::report;
@@ -80,8 +78,6 @@ pub fn execute(
     dags_dir: Option<PathBuf>,
     quiet: bool,
 ) -> anyhow::Result<RunRecord> {
-    // The run is a task of its own on the workers (not driven from the main thread), so a
-    // step's spawn and its settle do not hop between threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,36 +92,30 @@ pub fn execute(
             .map(String::into_bytes),
     )
     .remote();
-    let record = runtime.block_on(async {
-        let stops = trellis_runs::Runs::new(backend.clone(), trellis_store::data_dir(&home()));
-        let store = Arc::new(crate::progress::Progress::new(backend, quiet));
-        let shown = store.clone();
-        let opts = Options {
-            dags_dir,
-            base_env: trellis_engine::inherited_env(),
-            worker_id: None,
-            remote: Some(remote),
-        };
-        let engine = Engine::new(store, Arc::new(Local), opts);
-        let cancel = CancellationToken::new();
-        super::cancel_on_signals(cancel.clone());
-        let (name, id, token) = (dag.name.clone(), run_id.clone(), cancel.clone());
-        tokio::spawn(async move { stops.listen_for_stop(&name, &id, token).await });
-        let req = RunRequest {
-            locals: Arc::new(dag.local_dags.clone()),
-            dag: dag.clone(),
-            params,
-            run_id,
-            parent: None,
-            retry,
-            env: Vec::new(),
-            queued: false,
-        };
-        let run = tokio::spawn(async move { engine.run(req, cancel).await });
-        let record = run.await;
-        shown.finish();
-        record
-    })??;
+    let runs = trellis_runs::Runs::new(backend.clone(), trellis_store::data_dir(&home()));
+    let record = runtime
+        .block_on(async {
+            let store = Arc::new(crate::progress::Progress::new(backend, quiet));
+            let shown = store.clone();
+            let cancel = CancellationToken::new();
+            super::cancel_on_signals(cancel.clone());
+            let run = trellis_runs::Execute {
+                dag: dag.clone(),
+                params,
+                run_id,
+                retry,
+                dags_dir,
+                remote: Some(remote),
+            };
+            let record = runs.execute(store, run, cancel).await;
+            shown.finish();
+            record
+        })
+        .map_err(|e| match e {
+            // Kept whole, so `main` can tell an unreachable database (exit 3).
+            trellis_runs::Error::Store(e) => anyhow::Error::from(e),
+            e => anyhow::Error::from(e),
+        })?;
     if !quiet {
         eprintln!("run {} {} ({})", record.run_id, record.status, dag.name);
         if let Some(step) = record.steps.first() {
