@@ -40,6 +40,12 @@ impl Backoff {
         Duration::from_secs_f64(self.next_secs())
     }
 
+    /// The interval after `waits` earlier waits, in seconds (without changing this one).
+    pub fn after(&self, waits: u32) -> f64 {
+        let grown = self.next * self.factor.powi(waits.min(i32::MAX as u32) as i32);
+        grown.min(self.max)
+    }
+
     /// Back to the first interval (after a success).
     pub fn reset(&mut self, initial: Duration) {
         self.next = initial.as_secs_f64();
@@ -55,6 +61,15 @@ mod tests {
         let mut b = Backoff::new(1.0, Some(2.0), Some(5.0));
         let got: Vec<f64> = (0..5).map(|_| b.next_secs()).collect();
         assert_eq!(got, [1.0, 2.0, 4.0, 5.0, 5.0]);
+    }
+
+    #[test]
+    fn the_nth_interval_matches_waiting_n_times() {
+        let b = Backoff::new(1.5, Some(3.0), Some(100.0));
+        let mut walked = b;
+        for n in 0..6 {
+            assert_eq!(b.after(n), walked.next_secs());
+        }
     }
 
     #[test]

@@ -213,6 +213,18 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
     }
 }
 
+/// Runs `f`, which calls a store that may wait minutes for an absent database, as a
+/// blocking section of an async task (a leader's pass, a coordinator's upkeep): on a
+/// multi-thread runtime the other tasks move to the other threads meanwhile, so no step
+/// and no request waits behind it.
+pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Runs store calls on the blocking pool when the store may wait on a database; inline
 /// for one that answers at once (another thread would only cost time and memory, and a
 /// larger process makes every step's fork slower).

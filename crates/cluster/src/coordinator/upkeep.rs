@@ -149,26 +149,32 @@ pub(crate) async fn run(coord: Arc<Coord>, addr: SocketAddr, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
         }
         let now = now_ms();
-        expire(&coord, now);
-        if now - last_slow >= 1_000 {
-            last_slow = now;
-            if !still_leading(&coord) {
-                tracing::error!(
-                    "coordinator: lost its lease; stopping so that only one coordinator acts"
-                );
-                coord.lost.store(true, std::sync::atomic::Ordering::Relaxed);
-                shutdown.cancel();
-                return;
+        let leading = trellis_engine::blocking_section(|| {
+            expire(&coord, now);
+            if now - last_slow >= 1_000 {
+                last_slow = now;
+                if !still_leading(&coord) {
+                    return false;
+                }
+                scan(&coord);
+                handle_cancel_requests(&coord);
+                explain(&coord, now, grace_until);
+                forget_offline(&coord, now);
+                publish_workers(&coord);
             }
-            scan(&coord);
-            handle_cancel_requests(&coord);
-            explain(&coord, now, grace_until);
-            forget_offline(&coord, now);
-            publish_workers(&coord);
-        }
-        if now - last_registry >= coord.opts.registry_interval.as_millis() as i64 {
-            last_registry = now;
-            refresh_registry(&coord, addr);
+            if now - last_registry >= coord.opts.registry_interval.as_millis() as i64 {
+                last_registry = now;
+                refresh_registry(&coord, addr);
+            }
+            true
+        });
+        if !leading {
+            tracing::error!(
+                "coordinator: lost its lease; stopping so that only one coordinator acts"
+            );
+            coord.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            shutdown.cancel();
+            return;
         }
     }
 }

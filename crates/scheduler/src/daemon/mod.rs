@@ -15,10 +15,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use trellis_core::backoff::Backoff;
 use trellis_core::queue::{Candidate, Slot, decide};
 use trellis_core::status::Status;
 use trellis_core::{Dag, Schedule};
-use trellis_engine::{Engine, Options as EngineOptions, RunRequest};
+use trellis_engine::{Engine, Options as EngineOptions, RunRequest, blocking_section};
 use trellis_executor::Local;
 use trellis_store::state::scope;
 use trellis_store::{Backend, Entry, Lead, QueueItem, Shared};
@@ -173,32 +174,20 @@ impl<C: Clock + 'static> Leader<C> {
         let mut last_beat = None;
         let mut lost = false;
         loop {
-            if !self.still_leading() {
+            let Some(wait) = blocking_section(|| self.pass(&mut last_beat)) else {
                 lost = true;
                 break;
-            }
-            if self.catalog.refresh(&self.opts.dags_dir) {
-                self.report_invalid();
-            }
-            let now = self.clock.now();
-            self.beat(now, &mut last_beat);
-            self.reap_dispatched();
-            self.stop_requested();
-            self.sweep();
-            self.fire_due(now);
-            self.retry_due(now);
-            self.process_queue(now);
-            let wait = self.until_next_tick(now);
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                Some(run_id) = done.recv() => {
+                Some(run_id) = done.recv() => blocking_section(|| {
                     self.finished(&run_id);
                     // Runs that ended meanwhile share the next pass.
                     while let Ok(run_id) = done.try_recv() {
                         self.finished(&run_id);
                     }
-                }
-                Some(task_id) = gone.recv() => self.task_ended(&task_id),
+                }),
+                Some(task_id) = gone.recv() => blocking_section(|| self.task_ended(&task_id)),
                 Some(()) = wake.recv() => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -210,6 +199,25 @@ impl<C: Clock + 'static> Leader<C> {
             let _ = task.await;
         }
         lost
+    }
+
+    /// One pass of the leader; how long it may sleep, or `None` when the lead was lost.
+    fn pass(&mut self, last_beat: &mut Option<Timestamp>) -> Option<Duration> {
+        if !self.still_leading() {
+            return None;
+        }
+        if self.catalog.refresh(&self.opts.dags_dir) {
+            self.report_invalid();
+        }
+        let now = self.clock.now();
+        self.beat(now, last_beat);
+        self.reap_dispatched();
+        self.stop_requested();
+        self.sweep();
+        self.fire_due(now);
+        self.retry_due(now);
+        self.process_queue(now);
+        Some(self.until_next_tick(now))
     }
 
     /// A run ended: its slot frees, and a failed run of a DAG with a `retry_policy` is due
@@ -229,10 +237,8 @@ impl<C: Clock + 'static> Leader<C> {
         if !failed || count >= policy.limit {
             return;
         }
-        let mut wait = policy.interval_sec * policy.backoff.unwrap_or(1.0).powi(count as i32);
-        if let Some(max) = policy.max_interval_sec {
-            wait = wait.min(max);
-        }
+        let wait =
+            Backoff::new(policy.interval_sec, policy.backoff, policy.max_interval_sec).after(count);
         let due = self.clock.now() + jiff::SignedDuration::from_secs_f64(wait.max(0.0));
         tracing::warn!(
             "scheduler: run {run_id} of {} failed; retry {} of {} at {due}",
