@@ -103,22 +103,25 @@ pub fn stored_workers(store: &dyn trellis_store::Backend) -> Vec<proto::WorkerIn
     out
 }
 
-pub async fn connect(addr: &str, how: &Dial) -> Result<Client, String> {
+pub async fn connect(addr: &str, how: &Dial) -> Result<Client, crate::Error> {
     link::dial(addr, how, "trellis-client").await
 }
 
 /// The workers a coordinator knows, with their health.
-pub async fn workers(addr: &str, how: &Dial) -> Result<Vec<proto::WorkerInfo>, String> {
+pub async fn workers(addr: &str, how: &Dial) -> Result<Vec<proto::WorkerInfo>, crate::Error> {
     let mut client = connect(addr, how).await?;
     let reply = client
         .get_workers(proto::GetWorkersRequest {})
         .await
-        .map_err(|e| format!("coordinator at {addr}: {}", e.message()))?;
+        .map_err(|e| crate::Error::Call {
+            addr: addr.to_string(),
+            message: e.message().to_string(),
+        })?;
     Ok(reply.into_inner().workers)
 }
 
 /// Asks the coordinator to cancel a run on a worker; `Ok(false)` when it has no task for it.
-pub async fn cancel(addr: &str, how: &Dial, dag: &str, run_id: &str) -> Result<bool, String> {
+pub async fn cancel(addr: &str, how: &Dial, dag: &str, run_id: &str) -> Result<bool, crate::Error> {
     let mut client = connect(addr, how).await?;
     let reply = client
         .cancel(proto::CancelRequest {
@@ -126,6 +129,9 @@ pub async fn cancel(addr: &str, how: &Dial, dag: &str, run_id: &str) -> Result<b
             run_id: run_id.into(),
         })
         .await
-        .map_err(|e| format!("coordinator at {addr}: {}", e.message()))?;
+        .map_err(|e| crate::Error::Call {
+            addr: addr.to_string(),
+            message: e.message().to_string(),
+        })?;
     Ok(reply.into_inner().found)
 }

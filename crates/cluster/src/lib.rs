@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod coordinator;
+mod error;
 pub mod handoff;
 pub mod registry;
 pub mod security;
@@ -19,6 +20,8 @@ pub mod tasks;
 pub mod worker;
 
 /// Generated protocol types and gRPC stubs.
+pub use error::Error;
+
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("trellis.cluster.v1");

@@ -1,6 +1,7 @@
 //! The DAGs in the dags directory, reloaded when files change. A file that does not load is
 //! kept as invalid with its first problem; it never stops the other DAGs.
 
+use crate::Error;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -48,7 +49,7 @@ impl Catalog {
                 _ => {
                     changed = true;
                     self.entries.push(Entry {
-                        dag: load(&path),
+                        dag: load(&path).map_err(|e| e.to_string()),
                         path,
                         modified,
                     });
@@ -76,25 +77,24 @@ fn workflow_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Loads one file, summarising its first error as `file:line:col: message`.
-pub fn load(path: &Path) -> Result<Dag, String> {
+pub fn load(path: &Path) -> Result<Dag, Error> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     trellis_spec::load_str(&name, &text)
         .map(|l| l.dag)
         .map_err(|problems| {
             let count = problems.iter().filter(|p| !p.warning).count();
             let first = problems.iter().find(|p| !p.warning).or(problems.first());
-            match first {
-                Some(p) => {
-                    let (line, col) = p.line_col(&text);
-                    let more = if count > 1 {
-                        format!(" (and {} more)", count - 1)
-                    } else {
-                        String::new()
-                    };
-                    format!("{name}:{line}:{col}: {}{more}", p.message)
-                }
-                None => format!("{name}: invalid"),
+            let (line, col) = first.map_or((1, 1), |p| p.line_col(&text));
+            Error::InvalidDag {
+                path: path.to_path_buf(),
+                line,
+                col,
+                message: first.map_or_else(|| "invalid".into(), |p| p.message.clone()),
+                more: count.saturating_sub(1),
             }
         })
 }

@@ -32,13 +32,14 @@ pub struct Cron {
 
 impl Cron {
     /// `timezone` is an IANA name (`Europe/Paris`); `None` means the system's zone.
-    pub fn new(expression: &str, timezone: Option<&str>) -> Result<Cron, String> {
-        let expr = CronExpr::parse(expression).map_err(|e| e.message)?;
+    pub fn new(expression: &str, timezone: Option<&str>) -> Result<Cron, crate::Error> {
+        let expr = CronExpr::parse(expression).map_err(|e| crate::Error::Cron(e.message))?;
         let name = expr.timezone().or(timezone);
         let tz = match name {
-            Some(name) => {
-                TimeZone::get(name).map_err(|e| format!("unknown timezone `{name}`: {e}"))?
-            }
+            Some(name) => TimeZone::get(name).map_err(|e| crate::Error::Timezone {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?,
             None => TimeZone::system(),
         };
         Ok(Cron { expr, tz })
@@ -143,10 +144,9 @@ mod tests {
         let every = Cron::new("* * * * * *", Some("UTC")).unwrap();
         let got = every.between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:03Z"), 10);
         assert_eq!(got.len(), 3);
-        assert!(
-            Cron::new("0 9 * * *", Some("Mars/Base"))
-                .unwrap_err()
-                .contains("unknown timezone")
-        );
+        assert!(matches!(
+            Cron::new("0 9 * * *", Some("Mars/Base")),
+            Err(crate::Error::Timezone { .. })
+        ));
     }
 }

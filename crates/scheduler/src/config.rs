@@ -1,6 +1,7 @@
 //! The Trellis config file (`--config FILE` or `TRELLIS_CONFIG`), the parts the scheduler
 //! reads. `docs/CONFIG.md` documents the whole schema.
 
+use crate::Error;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -126,12 +127,15 @@ impl Default for SchedulerConfig {
 
 impl Config {
     /// Reads a YAML (or JSON) config file; errors name the file and the problem.
-    pub fn load(path: &Path) -> Result<Config, String> {
+    pub fn load(path: &Path) -> Result<Config, Error> {
         let json = load_json(path)?;
         if json.is_null() {
             return Ok(Config::default());
         }
-        serde_json::from_value(json).map_err(|e| format!("{}: {e}", path.display()))
+        serde_json::from_value(json).map_err(|source| Error::Config {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// The queue limits this config sets.
@@ -153,11 +157,19 @@ impl Config {
 }
 
 /// The config file as JSON, for the sections other crates read (`server`, `auth`).
-pub fn load_json(path: &Path) -> Result<serde_json::Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load_json(path: &Path) -> Result<serde_json::Value, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let docs = trellis_spec::yaml::parse(&text).map_err(|e| {
         let (line, col) = trellis_spec::diag::line_col(&text, e.span.offset);
-        format!("{}:{line}:{col}: {}", path.display(), e.message)
+        Error::Syntax {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message: e.message,
+        }
     })?;
     Ok(docs
         .first()
@@ -182,6 +194,7 @@ mod tests {
         assert!(
             Config::load(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("max_concurent_runs")
         );
     }

@@ -9,4 +9,7 @@ pub mod heartbeat;
 
 pub mod daemon;
 pub mod dispatch;
+mod error;
+
+pub use error::Error;
 pub use trellis_runs::queueing;

@@ -37,11 +37,14 @@ pub struct TlsSection {
 }
 
 impl FileConfig {
-    pub fn load(path: &Path) -> Result<FileConfig, String> {
+    pub fn load(path: &Path) -> Result<FileConfig, trellis_scheduler::Error> {
         let json = trellis_scheduler::config::load_json(path)?;
         if json.is_null() {
             return Ok(FileConfig::default());
         }
-        serde_json::from_value(json).map_err(|e| format!("{}: {e}", path.display()))
+        serde_json::from_value(json).map_err(|source| trellis_scheduler::Error::Config {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }

@@ -267,7 +267,7 @@ async fn coordinator_check(app: &App) -> Check {
         },
         Ok(Err(e)) => Check {
             ok: false,
-            detail: e,
+            detail: e.to_string(),
         },
         Err(_) => Check {
             ok: false,

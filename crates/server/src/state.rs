@@ -49,11 +49,11 @@ pub struct App {
 impl App {
     pub fn new(opts: &Options) -> std::result::Result<App, String> {
         let config = match &opts.config_file {
-            Some(path) => Config::load(path)?,
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
         let file = match &opts.config_file {
-            Some(path) => crate::config::FileConfig::load(path)?,
+            Some(path) => crate::config::FileConfig::load(path).map_err(|e| e.to_string())?,
             None => crate::config::FileConfig::default(),
         };
         let data = trellis_store::data_dir(&opts.home);

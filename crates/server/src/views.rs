@@ -138,7 +138,7 @@ fn load_entry(app: &App, name: &str) -> Result<trellis_scheduler::catalog::Entry
     let path = app.dag_file(name)?;
     let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     Ok(trellis_scheduler::catalog::Entry {
-        dag: trellis_scheduler::catalog::load(&path),
+        dag: trellis_scheduler::catalog::load(&path).map_err(|e| e.to_string()),
         path,
         modified,
     })

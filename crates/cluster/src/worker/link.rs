@@ -44,11 +44,14 @@ pub struct Dial {
     pub key: Option<Vec<u8>>,
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+fn read(path: &std::path::Path) -> Result<Vec<u8>, crate::Error> {
+    std::fs::read(path).map_err(|source| crate::Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn tls_config(tls: &ClientTls, host: &str) -> Result<ClientTlsConfig, String> {
+fn tls_config(tls: &ClientTls, host: &str) -> Result<ClientTlsConfig, crate::Error> {
     let mut config = ClientTlsConfig::new().domain_name(host.to_string());
     config = match &tls.ca {
         Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
@@ -61,23 +64,29 @@ fn tls_config(tls: &ClientTls, host: &str) -> Result<ClientTlsConfig, String> {
 }
 
 /// Connects to `addr` (`host:port`) as `id`.
-pub async fn dial(addr: &str, how: &Dial, id: &str) -> Result<Client, String> {
+pub async fn dial(addr: &str, how: &Dial, id: &str) -> Result<Client, crate::Error> {
     let secure = how.tls.is_some() && !how.insecure;
     let scheme = if secure { "https" } else { "http" };
     let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| format!("bad coordinator address {addr}: {e}"))?
+        .map_err(|e| crate::Error::Address {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     if let (true, Some(tls)) = (secure, &how.tls) {
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
         endpoint = endpoint
             .tls_config(tls_config(tls, host)?)
-            .map_err(|e| format!("TLS settings: {e}"))?;
+            .map_err(|e| crate::Error::Tls(e.to_string()))?;
     }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot reach the coordinator at {addr}: {}", chain(&e)))?;
+        .map_err(|e| crate::Error::Unreachable {
+            addr: addr.to_string(),
+            message: chain(&e),
+        })?;
     let token = Token {
         key: how.key.clone().map(Arc::new),
         id: id.to_string(),

@@ -286,7 +286,9 @@ fn coordinator_address(worker: &Worker, attempt: usize) -> Result<String, String
 
 async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
     let addr = coordinator_address(worker, attempt)?;
-    let mut client = link::dial(&addr, &worker.opts.dial, &worker.opts.id).await?;
+    let mut client = link::dial(&addr, &worker.opts.dial, &worker.opts.id)
+        .await
+        .map_err(|e| e.to_string())?;
     let req = proto::RegisterRequest {
         worker_id: worker.opts.id.clone(),
         labels: worker.labels(),

@@ -100,7 +100,7 @@ impl<C: Clock + 'static> Leader<C> {
         }
         let dag = match self.definition(item) {
             Ok(dag) => Arc::new(dag),
-            Err(e) => return self.fail(item, &e),
+            Err(e) => return self.fail(item, &e.to_string()),
         };
         let params = match trellis_spec::resolve_params(&dag, item.params.as_deref(), &[]) {
             Ok(values) => values,
@@ -154,7 +154,7 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// The DAG as it is now in the dags dir, else the file named at enqueue time, else
     /// the definition stored with the run.
-    pub(super) fn definition(&self, item: &QueueItem) -> Result<Dag, String> {
+    pub(super) fn definition(&self, item: &QueueItem) -> Result<Dag, crate::Error> {
         if let Some(Ok(dag)) = self.catalog.find(&item.dag_name).map(|e| e.dag.clone()) {
             return Ok(dag);
         }

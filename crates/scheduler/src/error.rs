@@ -1,0 +1,47 @@
+//! What loading the scheduler's inputs can fail with: the config file and DAG files (each
+//! error names the file, and the line and column where there is one) and schedules.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not YAML (or JSON) at all.
+    #[error("{}:{line}:{col}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    /// YAML whose shape the config does not accept.
+    #[error("{}: {source}", path.display())]
+    Config {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// A DAG file with problems: the first, and how many more.
+    #[error("{}:{line}:{col}: {message}{}", path.display(), more_text(*more))]
+    InvalidDag {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+        more: usize,
+    },
+    #[error("{0}")]
+    Cron(String),
+    #[error("unknown timezone `{name}`: {message}")]
+    Timezone { name: String, message: String },
+}
+
+fn more_text(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(" (and {n} more)"),
+    }
+}
