@@ -50,11 +50,10 @@ pub(crate) async fn run_child<S: Store + ?Sized>(
     child: RemoteChild<'_>,
     cancel: &CancellationToken,
 ) -> Result<RunRecord, String> {
-    remote.0.start_child(&child)?;
+    crate::blocking_section(|| remote.0.start_child(&child))?;
     let mut asked_to_stop = false;
     loop {
-        let record = store
-            .find_child(child.parent, child.run_id)
+        let record = crate::blocking_section(|| store.find_child(child.parent, child.run_id))
             .map_err(|e| e.to_string())?;
         if let Some(r) = record.filter(|r| r.status.is_final()) {
             return Ok(r);
