@@ -423,6 +423,26 @@ fn a_long_run_is_stopped() {
     );
     let (status, sync) = api.post("/dags/slow/start-sync", json!({"timeout_sec": 1}));
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{sync}");
+
+    // Restarting a running run stops it first, then starts a new run.
+    let (_, body) = api.post("/dags/slow/start", json!({"run_id": "going"}));
+    assert_eq!(body["run_id"], "going", "{body}");
+    wait_for(30, "the step to run", || {
+        let (_, run) = api.get("/dag-runs/slow/going");
+        (run["steps"][0]["status"] == "running").then_some(())
+    });
+    let (status, body) = api.post("/dag-runs/slow/going/restart", json!({}));
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (_, old) = api.get("/dag-runs/slow/going");
+    assert!(
+        matches!(old["status"].as_str(), Some("cancelled" | "aborted")),
+        "{old}"
+    );
+    let new_id = body["run_id"].as_str().expect("new run id");
+    let (status, _) = api.get(&format!("/dag-runs/slow/{new_id}"));
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.post(&format!("/dag-runs/slow/{new_id}/stop"), json!({}));
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[test]

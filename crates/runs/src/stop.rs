@@ -34,6 +34,11 @@ impl Runs {
         if run.status.is_final() {
             return Ok(run.status);
         }
+        // The caller's copy may be old: the run may have ended (or been stopped) since.
+        let run = &self.find(&run.name, Some(&run.run_id)).await?;
+        if run.status.is_final() {
+            return Ok(run.status);
+        }
         let (this, target) = (self.clone(), run.clone());
         blocking(move || this.request_stop(&target)).await?;
         self.wait_final(&run.name, &run.run_id, within).await
@@ -65,8 +70,11 @@ impl Runs {
                 let pid = i32::try_from(pid).map_err(|_| Error::NoProcess {
                     run_id: run.run_id.clone(),
                 })?;
-                kill(Pid::from_raw(pid), Signal::SIGTERM)
-                    .map_err(|e| Error::io("signal the run's process", e.into()))
+                match kill(Pid::from_raw(pid), Signal::SIGTERM) {
+                    // Gone already: it ended, or died; the record says which.
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                    Err(e) => Err(Error::io("signal the run's process", e.into())),
+                }
             }
         }
     }
