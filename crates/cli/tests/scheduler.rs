@@ -806,6 +806,42 @@ scheduler:
     s.stop_all();
 }
 
+/// `trellis stop` of a run the scheduler executes stops that run only: the scheduler, and
+/// the other run it executes, go on (a signal to the run's recorded process, which is the
+/// scheduler's, would stop them all).
+#[test]
+fn stopping_a_scheduled_run_leaves_the_scheduler_running() {
+    let env = Env::new();
+    let file = env.write_dag(
+        "nap.yaml",
+        "name: nap
+max_active_runs: -1
+steps:
+  - name: nap
+    command: sleep 30
+",
+    );
+    let first = env.enqueue(&file, &[]);
+    let second = env.enqueue(&file, &[]);
+    let mut s = Schedulers::new(&env);
+    s.start(None);
+    let running = |id: &str| {
+        env.status("nap", id)
+            .filter(|r| r["steps"][0]["status"] == "running")
+    };
+    poll(Duration::from_secs(30), || {
+        running(&first).and(running(&second))
+    })
+    .unwrap_or_else(|| panic!("both runs to start\n{}", s.logs()));
+    let out = env.ok(&["stop", "nap", "-r", &first]);
+    assert!(out.contains("stopped: cancelled"), "{out}");
+    let run = env.status("nap", &second).expect("the other run");
+    assert_eq!(status_of(&run), "running", "{run:#}\n{}", s.logs());
+    let out = env.ok(&["stop", "nap", "-r", &second]);
+    assert!(out.contains("stopped: cancelled"), "{out}");
+    s.stop_all();
+}
+
 // ---------------------------------------------------------------------------------------
 // the dags dir
 

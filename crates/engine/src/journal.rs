@@ -176,13 +176,24 @@ fn record(shared: &Shared, run_id: &str, failures: Vec<String>) {
 type Written = (Vec<String>, Vec<oneshot::Sender<()>>);
 
 /// Applies the appends in order; the failures, as warnings, and the flushes to answer.
+/// Once a write has failed after the store's own retries (minutes for a database), the
+/// rest of the batch is not tried: each would wait as long again, and the run's end with
+/// them.
 fn write_batch<S: Store + ?Sized>(store: &S, attempt: &Attempt, batch: Vec<Op>) -> Written {
     let (mut failures, mut flushes) = (Vec::new(), Vec::new());
+    let mut failed = false;
     for op in batch {
         match op {
+            Op::Append(entry) if failed => {
+                failures.push(format!(
+                    "not recorded after an earlier failure: {}",
+                    describe(&entry)
+                ));
+            }
             Op::Append(entry) => {
                 if let Err(e) = store.append(attempt, entry.as_ref()) {
                     failures.push(format!("cannot record {}: {e}", describe(&entry)));
+                    failed = true;
                 }
             }
             Op::Flush(done) => flushes.push(done),

@@ -13,7 +13,7 @@ use trellis_core::status::RunRecord;
 use crate::{Error, Result, Runs, VISIBLE_WITHIN};
 
 /// How to start a detached `trellis` process.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Launcher {
     /// The `trellis` binary.
     pub program: PathBuf,
@@ -107,6 +107,20 @@ impl Launch {
                 new_run_id,
             } => (&previous.name, new_run_id),
         }
+    }
+}
+
+impl std::fmt::Debug for Launcher {
+    // By hand: `pass_env` holds the database URL with its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let passed: Vec<&str> = self.pass_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Launcher")
+            .field("program", &self.program)
+            .field("home", &self.home)
+            .field("dags_dir", &self.dags_dir)
+            .field("pass_env", &passed)
+            .field("remove_env", &self.remove_env)
+            .finish()
     }
 }
 

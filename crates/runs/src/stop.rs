@@ -2,9 +2,12 @@
 //! - on (or waiting for) a worker: a cancel request the coordinator relays at the
 //!   worker's next heartbeat, or that cancels the task before it starts;
 //! - still queued: taken out of its queue and recorded aborted (like `dequeue`);
-//! - run by a process on another machine sharing the database (a scheduler or a
-//!   `trellis start`): a stop request both look for every second;
-//! - run by a process on this machine: SIGTERM to it, which cancels the run cleanly.
+//! - started from a queue (a scheduler executes it in its own process, with other runs),
+//!   run by this very process, or by a process on another machine sharing the database:
+//!   a stop request in the store, which schedulers look for twice a second and foreground
+//!   runners on a database every second;
+//! - run by a `trellis start|retry|restart` on this machine: SIGTERM to it, which cancels
+//!   the run cleanly.
 //!
 //! In every case the run's own process records the end; [`Runs::stop`] waits for it.
 
@@ -23,7 +26,7 @@ use crate::{Error, Result, Runs, blocking};
 pub enum Route {
     Worker,
     Queue,
-    OtherMachine,
+    Request,
     Process(u32),
 }
 
@@ -41,7 +44,13 @@ impl Runs {
         }
         let (this, target) = (self.clone(), run.clone());
         blocking(move || this.request_stop(&target)).await?;
-        self.wait_final(&run.name, &run.run_id, within).await
+        let ended = self.wait_final(&run.name, &run.run_id, within).await;
+        if ended.is_err() {
+            // Not left behind for a later attempt of the same run id to find.
+            let (store, key) = (self.store.clone(), cancel_name(&run.name, &run.run_id));
+            let _ = blocking(move || Ok(store.put(scope::STOP, &key, None)?)).await;
+        }
+        ended
     }
 
     /// Asks whatever executes `run` to stop, without waiting.
@@ -61,7 +70,7 @@ impl Runs {
                     run_id: run.run_id.clone(),
                 })
             }
-            Route::OtherMachine => {
+            Route::Request => {
                 let key = cancel_name(&run.name, &run.run_id);
                 let now = jiff::Timestamp::now().to_string();
                 Ok(self.store.put(scope::STOP, &key, Some(&now))?)
@@ -91,12 +100,15 @@ impl Runs {
         if run.status == Status::Queued {
             return Ok(Route::Queue);
         }
-        if run
-            .host
-            .as_deref()
-            .is_some_and(|h| h != trellis_store::hostname())
-        {
-            return Ok(Route::OtherMachine);
+        let elsewhere = self.store.spans_machines()
+            && run
+                .host
+                .as_deref()
+                .is_some_and(|h| h != trellis_store::hostname());
+        // A scheduler runs queued runs in its own process: a signal would stop them all.
+        let shared_process = run.queued || run.pid == Some(std::process::id());
+        if elsewhere || shared_process {
+            return Ok(Route::Request);
         }
         run.pid.map(Route::Process).ok_or_else(|| Error::NoProcess {
             run_id: run.run_id.clone(),
@@ -116,6 +128,9 @@ impl Runs {
             return;
         }
         let key = cancel_name(dag, run_id);
+        // A request from well before this run started was for an earlier attempt (the
+        // margin allows for clocks of machines that disagree a little).
+        let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(30);
         while !cancel.is_cancelled() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -123,11 +138,12 @@ impl Runs {
             }
             let (store, key) = (self.store.clone(), key.clone());
             let asked = blocking(move || {
-                let asked = store.get(scope::STOP, &key)?.is_some();
-                if asked {
-                    store.put(scope::STOP, &key, None)?;
-                }
-                Ok(asked)
+                let Some(at) = store.get(scope::STOP, &key)? else {
+                    return Ok(false);
+                };
+                store.put(scope::STOP, &key, None)?;
+                let old = at.parse::<jiff::Timestamp>().is_ok_and(|t| t < since);
+                Ok(!old)
             })
             .await;
             match asked {

@@ -334,6 +334,22 @@ pub fn named_values(store: &dyn Backend, other: &dyn Backend) {
     other.put(scope::SUSPEND, "etl", None).unwrap();
     other.put(scope::SUSPEND, "etl", None).unwrap();
     assert_eq!(store.get(scope::SUSPEND, "etl").unwrap(), None);
+    // Names come back as they were given (a stop request is `<dag>~<run id>`).
+    for name in ["etl.v2~run 1", "host@42", "..", "a/b", "x%y"] {
+        store.put(scope::STOP, name, Some("at")).unwrap();
+        assert_eq!(other.get(scope::STOP, name).unwrap().as_deref(), Some("at"));
+    }
+    let names: Vec<String> = other
+        .values(scope::STOP)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["..", "a/b", "etl.v2~run 1", "host@42", "x%y"]);
+    for name in names {
+        store.put(scope::STOP, &name, None).unwrap();
+    }
+    assert!(other.values(scope::STOP).unwrap().is_empty());
 }
 
 pub fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Backend) {

@@ -294,8 +294,10 @@ impl Queue for MemStore {
         inner.seq += 1;
         let seq = inner.seq;
         let queue = inner.queues.entry(item.queue.clone()).or_default();
-        queue.retain(|(_, i)| i.run_id != item.run_id);
-        queue.push((seq, item.clone()));
+        // As the other backends: an item already waiting keeps its place and fields.
+        if !queue.iter().any(|(_, i)| i.run_id == item.run_id) {
+            queue.push((seq, item.clone()));
+        }
         Ok(())
     }
 
@@ -346,8 +348,8 @@ impl MemStore {
     /// Refuses a leader write from a lead that has passed on.
     fn fence(&self, lead: u64) -> Result<()> {
         let inner = self.lock();
-        let current = inner.leases.get(SCHEDULER).map_or(0, |(i, _)| i.token);
-        if lead == current {
+        let current = inner.leases.get(SCHEDULER);
+        if current.is_some_and(|(i, held)| *held && i.token == lead) {
             Ok(())
         } else {
             Err(Error::Fenced(lead))
@@ -445,11 +447,10 @@ impl State for MemStore {
 
     fn mark_tick_skipped(&self, dag: &str, at: &str) -> Result<()> {
         let mut inner = self.lock();
-        let tick = inner
-            .ticks
-            .entry((dag.to_string(), at.to_string()))
-            .or_insert((0, false));
-        tick.1 = true;
+        // Only a claimed tick can be marked, as in the other backends.
+        if let Some(tick) = inner.ticks.get_mut(&(dag.to_string(), at.to_string())) {
+            tick.1 = true;
+        }
         Ok(())
     }
 

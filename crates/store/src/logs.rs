@@ -1,6 +1,5 @@
 //! [`LocalLogs`]: step logs as local files, in today's layout (a run's attempt has a log
-//! directory, `<step>.out` and `<step>.err` in it). A log's reference is its absolute
-//! path; steps write their output to it directly, so a local run pays nothing for the
+//! directory, `<step>.out` and `<step>.err` in it). A log's reference is its path; steps write their output to it directly, so a local run pays nothing for the
 //! seam.
 
 use std::fs::{self, OpenOptions};
@@ -13,10 +12,12 @@ pub use trellis_storage_api::logs::{LogStore, complete_utf8_len, tail_start};
 #[derive(Clone, Debug, Default)]
 pub struct LocalLogs;
 
-/// An absolute path with no `..`: a reference that names a file and nothing else.
+/// A path with no `..`: a reference that names a file under where it was recorded and
+/// nothing else. (A relative one, from a relative `TRELLIS_HOME`, is read relative to the
+/// reader's directory, as it always was.)
 fn path(log: &str) -> io::Result<&Path> {
     let p = Path::new(log);
-    if p.is_absolute() && !p.components().any(|c| c == Component::ParentDir) {
+    if !log.is_empty() && !p.components().any(|c| c == Component::ParentDir) {
         Ok(p)
     } else {
         Err(io::Error::new(

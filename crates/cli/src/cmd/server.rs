@@ -114,19 +114,30 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());
-        let stop_all = |r: anyhow::Result<()>| {
-            shutdown.cancel();
-            r
+        // Each service is a task of its own on the runtime's workers: a scheduler pass
+        // waiting for an absent database (a blocking section) must not hold the server's
+        // or the coordinator's accept loop, as it would if all three shared one future.
+        let stop_all = |shutdown: CancellationToken| {
+            move |r: anyhow::Result<()>| {
+                shutdown.cancel();
+                r
+            }
         };
-        let scheduler = async {
-            let r = daemon::run(scheduler_opts, Arc::new(SystemClock), shutdown.clone()).await;
-            stop_all(r.map_err(anyhow::Error::from))
-        };
-        let server = async { stop_all(serve(server_opts, shutdown.clone()).await) };
+        let (stop, token) = (stop_all(shutdown.clone()), shutdown.clone());
+        let scheduler = tokio::spawn(async move {
+            let r = daemon::run(scheduler_opts, Arc::new(SystemClock), token).await;
+            stop(r.map_err(anyhow::Error::from))
+        });
+        let (stop, token) = (stop_all(shutdown.clone()), shutdown.clone());
+        let server = tokio::spawn(async move { stop(serve(server_opts, token).await) });
+        let (stop, token) = (stop_all(shutdown.clone()), shutdown.clone());
         let coordinator =
-            async { stop_all(super::cluster::serve(coordinator_opts, shutdown.clone()).await) };
+            tokio::spawn(async move { stop(super::cluster::serve(coordinator_opts, token).await) });
+        let joined = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| {
+            r.map_err(anyhow::Error::from).and_then(|r| r)
+        };
         let (a, b, c) = tokio::join!(scheduler, server, coordinator);
-        a.and(b).and(c)
+        joined(a).and(joined(b)).and(joined(c))
     })?;
     Ok(ExitCode::SUCCESS)
 }

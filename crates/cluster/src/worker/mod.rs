@@ -232,6 +232,7 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
                     }
                     said_down = false;
                     delays.reset(FIRST);
+                    backoff = FIRST;
                     worker.set_client(Some(client));
                 }
                 Err(e) => {

@@ -28,13 +28,13 @@ impl<C: Clock + 'static> Leader<C> {
         }
     }
 
-    /// `trellis stop` of a run this leader executes, asked on another machine sharing the
-    /// database (on one machine it signals the process). Looked at twice a second.
+    /// `trellis stop` of a run this leader executes (a stop request in the store: from any
+    /// machine, and on one machine too, where signalling would stop the whole scheduler).
+    /// Looked at twice a second.
     pub(super) fn stop_requested(&mut self) {
-        if !self.store.spans_machines()
-            || self
-                .stops_checked
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        if self
+            .stops_checked
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
         {
             return;
         }

@@ -39,9 +39,43 @@ impl FileStore {
                 .data
                 .join("state")
                 .join(safe_name(scope))
-                .join(safe_name(name)),
+                .join(encode_name(name)),
         }
     }
+}
+
+/// A value's name as one file name that [`decode_name`] turns back into it: letters,
+/// digits, `-` and `_` as they are, every other byte as `%XX` (so `.`, `/` and `~` too,
+/// and no name can be `..`). `values` must give back the names it was given.
+fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() { "%".into() } else { out }
+}
+
+fn decode_name(file: &str) -> Option<String> {
+    if file == "%" {
+        return Some(String::new());
+    }
+    let mut bytes = Vec::with_capacity(file.len());
+    let mut rest = file.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 impl FileStore {
@@ -146,6 +180,9 @@ impl State for FileStore {
             if name.ends_with(".tmp") {
                 continue;
             }
+            let Some(name) = decode_name(&name) else {
+                continue; // not written by `put`
+            };
             if let Ok(value) = fs::read_to_string(entry.path()) {
                 out.push((name, value));
             }
