@@ -796,6 +796,32 @@ fn retry_keeps_the_run_id_and_reruns_only_what_failed() {
     );
 }
 
+/// A condition's `expected` may get its `re:` from a variable, as in Dagu.
+#[test]
+fn an_expected_pattern_may_come_from_a_variable() {
+    let env = Env::new(&[(
+        "pre.yaml",
+        r#"name: pre
+params: [WANT=re:^ab, EXACT=abc]
+steps:
+  - name: regex
+    command: echo ran
+    preconditions:
+      - condition: "abcd"
+        expected: "${WANT}"
+  - name: literal
+    command: echo ran
+    preconditions:
+      - condition: "abcd"
+        expected: "${EXACT}"
+"#,
+    )]);
+    env.start("pre.yaml", &[]);
+    let run = env.status("pre");
+    assert_eq!(step(&run, "regex")["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "literal")["status"], "skipped", "{run:#}");
+}
+
 /// Backtick commands in env values see what steps see and run like steps: a secret
 /// Trellis was started with (the admin token, the database URL) cannot be read through
 /// one, while ordinary variables, earlier env values and params can.

@@ -495,7 +495,11 @@ async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
                 cancel: &env.cancel,
             };
             let got = subst.apply(&env.scope.expand(&c.condition, true)).await;
-            let want = expected.map(|t| env.scope.expand(t, true));
+            // As Dagu: a variable may supply the `re:` itself (`expected: ${WANT}`).
+            let want = match expected {
+                Pattern::Literal(t) => Pattern::parse(&env.scope.expand(t, true)),
+                regex => regex.map(|t| env.scope.expand(t, true)),
+            };
             want.matches_exactly(&got)
         }
         None => {
