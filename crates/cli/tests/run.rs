@@ -876,6 +876,37 @@ fn logs_print_a_steps_stdout_or_stderr() {
     assert_eq!(text(&err.stdout), "err-a\n");
 }
 
+/// `logs --follow` prints what a running step writes, as it writes it, and ends with
+/// the step.
+#[test]
+fn logs_follow_a_running_step_until_it_ends() {
+    use std::io::{BufRead, BufReader, Read};
+    let env = Env::new(&[(
+        "f.yaml",
+        "name: f\nsteps:\n  - name: a\n    command: sh -c 'echo one; while [ ! -e go ]; do sleep 0.05; done; echo two'\n",
+    )]);
+    let mut run = env.spawn("f.yaml");
+    env.wait_for("f", |r| step(r, "a")["status"] == "running");
+    let mut follower = std::process::Command::new(assert_cmd::cargo::cargo_bin("trellis"))
+        .args(["logs", "f", "--step", "a", "--follow"])
+        .current_dir(env.work.path())
+        .env("TRELLIS_HOME", env.home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn trellis logs");
+    let mut out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("a first line");
+    assert_eq!(first, "one\n");
+    // Only now may the step go on: what follows was written after the follower started.
+    env.write("go", "");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("the rest");
+    assert_eq!(rest, "two\n");
+    assert!(follower.wait().expect("wait").success());
+    assert_eq!(exit_code_of(&mut run), Some(0));
+}
+
 // ---------------------------------------------------------------------------------------
 // queue and cleanup
 

@@ -11,6 +11,7 @@
 
 mod execute;
 mod launch;
+mod logs;
 pub mod queueing;
 mod stop;
 
@@ -22,6 +23,7 @@ use trellis_store::Shared;
 
 pub use execute::Execute;
 pub use launch::{Launch, Launcher};
+pub use logs::Stream;
 pub use stop::Route;
 
 /// How long a stop waits for the run to record its end, unless told otherwise.
@@ -82,6 +84,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Clone)]
 pub struct Runs {
     store: Shared,
+    /// Where step logs are read.
+    logs: std::sync::Arc<dyn trellis_store::LogStore>,
     /// The data dir: where task and cancel files live on the file store.
     data: PathBuf,
     launcher: Option<Launcher>,
@@ -91,6 +95,7 @@ impl Runs {
     pub fn new(store: Shared, data: PathBuf) -> Runs {
         Runs {
             store,
+            logs: trellis_store::open_logs(),
             data,
             launcher: None,
         }

@@ -1,9 +1,7 @@
 //! Commands over stored runs: stop, retry, restart, history, logs, cleanup.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use trellis_core::Dag;
@@ -170,63 +168,29 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let name = dag_name(&args.target)?;
     let store = super::open_store()?;
     let run = find(&*store, &name, args.run_id.as_deref())?;
-    let step = run
+    if !run
         .steps
         .iter()
         .chain(run.handlers.values())
-        .find(|s| s.name == args.step)
-        .with_context(|| format!("run {} has no step named `{}`", run.run_id, args.step))?;
-    let path = if args.stderr {
-        step.stderr.clone()
-    } else {
-        step.stdout.clone()
+        .any(|s| s.name == args.step)
+    {
+        bail!("run {} has no step named `{}`", run.run_id, args.step);
+    }
+    let stream = match args.stderr {
+        true => trellis_runs::Stream::Stderr,
+        false => trellis_runs::Stream::Stdout,
     };
-    let Some(path) = path else {
+    let runs = super::runs()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout();
+    let copied =
+        runtime.block_on(runs.copy_log(&run, &args.step, stream, args.follow, &mut out))?;
+    if copied.is_none() {
         bail!("step `{}` has not started, so it has no log", args.step);
-    };
-    let logs = trellis_store::open_logs();
-    let mut out = std::io::stdout().lock();
-    let mut offset = 0u64;
-    loop {
-        offset += copy_from(&*logs, &path, offset, &mut out)?;
-        if !args.follow {
-            return Ok(ExitCode::SUCCESS);
-        }
-        let now = store.find(&name, &run.run_id)?.map(|mut r| {
-            mark_dead(&mut r);
-            r
-        });
-        let step_done = now
-            .as_ref()
-            .and_then(|r| r.steps.iter().find(|s| s.name == args.step))
-            .is_some_and(|s| s.status.is_final());
-        if step_done || now.is_none_or(|r| r.status.is_final()) {
-            copy_from(&*logs, &path, offset, &mut out)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Copies a log from `offset` to `out`, in chunks; a missing log has nothing yet.
-fn copy_from(
-    logs: &dyn trellis_store::LogStore,
-    log: &str,
-    mut offset: u64,
-    out: &mut impl Write,
-) -> anyhow::Result<u64> {
-    const CHUNK: usize = 1 << 20;
-    let start = offset;
-    loop {
-        let buf = logs.read(log, offset, CHUNK)?;
-        if buf.is_empty() {
-            break;
-        }
-        out.write_all(&buf)?;
-        offset += buf.len() as u64;
-    }
-    out.flush()?;
-    Ok(offset - start)
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
