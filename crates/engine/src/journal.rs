@@ -3,13 +3,20 @@
 //! store may wait on a database (a restart, a failover) for minutes; that delays the
 //! record, never a step, and never blocks a runtime thread. A write that fails for good
 //! is not dropped silently: it is counted, logged, and listed in the run's `warnings`.
+//! A store that never waits (local files) is written in place instead. The run's first and
+//! last snapshots are written here too, directly, since they bracket the run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
+use trellis_core::status::RunRecord;
+use trellis_executor::Executor;
 use trellis_store::{Attempt, Entry, Store};
+
+use crate::setup::initial_record;
+use crate::{Engine, RunRequest};
 
 /// Entries waiting beyond this hold the run loop before it starts more steps.
 const CAPACITY: usize = 4096;
@@ -208,4 +215,79 @@ fn describe(entry: &Entry) -> String {
         Entry::Step { step, .. } => format!("step {} ({})", step.name, step.status),
         Entry::Handler { name, step } => format!("handler {name} ({})", step.status),
     }
+}
+
+/// The run's first and last record: whole snapshots, written in place (not queued), since
+/// the run cannot start before the first is stored and is not over before the last is.
+impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
+    /// The attempt and its first record, written before any step starts.
+    pub(crate) async fn begin(
+        &self,
+        req: &RunRequest,
+    ) -> Result<(Attempt, RunRecord), trellis_store::Error> {
+        let store = self.store.clone();
+        let (dag, run_id, parent) = (req.dag.clone(), req.run_id.clone(), req.parent.clone());
+        let existing = req.retry.is_some() || req.queued;
+        let attempt = blocking(&*self.store, move || {
+            let attempt = match existing {
+                true => store.retry_attempt(&dag.name, &run_id)?,
+                false => store.create_attempt(&dag.name, &run_id, parent.as_ref())?,
+            };
+            store.save_definition(&attempt, &dag)?;
+            Ok(attempt)
+        })
+        .await?;
+        let mut run = initial_record(req, &attempt);
+        run.worker_id = self.opts.worker_id.clone();
+        self.write_snapshot(attempt, run).await
+    }
+
+    /// Writes the whole record on the blocking pool, without copying it (a 10 000-step
+    /// record is megabytes).
+    pub(crate) async fn write_snapshot(
+        &self,
+        attempt: Attempt,
+        run: RunRecord,
+    ) -> Result<(Attempt, RunRecord), trellis_store::Error> {
+        let store = self.store.clone();
+        blocking(&*self.store, move || {
+            let entry = Entry::Snapshot(Box::new(run));
+            store.append(&attempt, &entry)?;
+            let Entry::Snapshot(run) = entry else {
+                unreachable!("built as a snapshot above")
+            };
+            Ok((attempt, *run))
+        })
+        .await
+    }
+}
+
+/// Runs `f`, which calls a store that may wait minutes for an absent database, as a
+/// blocking section of an async task (a leader's pass, a coordinator's upkeep): on a
+/// multi-thread runtime the other tasks move to the other threads meanwhile, so no step
+/// and no request waits behind it.
+pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Runs store calls on the blocking pool when the store may wait on a database; inline
+/// for one that answers at once (another thread would only cost time and memory, and a
+/// larger process makes every step's fork slower).
+async fn blocking<S: Store + ?Sized, T: Send + 'static>(
+    store: &S,
+    f: impl FnOnce() -> Result<T, trellis_store::Error> + Send + 'static,
+) -> Result<T, trellis_store::Error> {
+    if !store.may_wait() {
+        return f();
+    }
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(trellis_store::Error::Io {
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other(e),
+        })
+    })
 }

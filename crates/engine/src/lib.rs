@@ -29,12 +29,12 @@ use trellis_executor::Executor;
 use trellis_store::{Attempt, Entry, Store};
 
 pub use expand::{Scope, StepVars};
-pub use journal::failed_writes;
+pub use journal::{blocking_section, failed_writes};
 pub use remote::{Remote, RemoteChild, RemoteHandle};
 
 use crate::journal::Journal;
 use crate::links::{Links, step_limit};
-use crate::setup::{initial_record, initial_scope, keep_settled, resolve_env};
+use crate::setup::{initial_scope, keep_settled, resolve_env};
 
 /// Settings shared by every run the engine drives.
 #[derive(Clone, Debug, Default)]
@@ -173,74 +173,6 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let (_, run) = self.write_snapshot(attempt, run).await?;
         Ok(run)
     }
-
-    /// The attempt and its first record, written before any step starts.
-    async fn begin(&self, req: &RunRequest) -> Result<(Attempt, RunRecord), trellis_store::Error> {
-        let store = self.store.clone();
-        let (dag, run_id, parent) = (req.dag.clone(), req.run_id.clone(), req.parent.clone());
-        let existing = req.retry.is_some() || req.queued;
-        let attempt = blocking(&*self.store, move || {
-            let attempt = match existing {
-                true => store.retry_attempt(&dag.name, &run_id)?,
-                false => store.create_attempt(&dag.name, &run_id, parent.as_ref())?,
-            };
-            store.save_definition(&attempt, &dag)?;
-            Ok(attempt)
-        })
-        .await?;
-        let mut run = initial_record(req, &attempt);
-        run.worker_id = self.opts.worker_id.clone();
-        self.write_snapshot(attempt, run).await
-    }
-
-    /// Writes the whole record on the blocking pool, without copying it (a 10 000-step
-    /// record is megabytes).
-    async fn write_snapshot(
-        &self,
-        attempt: Attempt,
-        run: RunRecord,
-    ) -> Result<(Attempt, RunRecord), trellis_store::Error> {
-        let store = self.store.clone();
-        blocking(&*self.store, move || {
-            let entry = Entry::Snapshot(Box::new(run));
-            store.append(&attempt, &entry)?;
-            let Entry::Snapshot(run) = entry else {
-                unreachable!("built as a snapshot above")
-            };
-            Ok((attempt, *run))
-        })
-        .await
-    }
-}
-
-/// Runs `f`, which calls a store that may wait minutes for an absent database, as a
-/// blocking section of an async task (a leader's pass, a coordinator's upkeep): on a
-/// multi-thread runtime the other tasks move to the other threads meanwhile, so no step
-/// and no request waits behind it.
-pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
-/// Runs store calls on the blocking pool when the store may wait on a database; inline
-/// for one that answers at once (another thread would only cost time and memory, and a
-/// larger process makes every step's fork slower).
-async fn blocking<S: Store + ?Sized, T: Send + 'static>(
-    store: &S,
-    f: impl FnOnce() -> Result<T, trellis_store::Error> + Send + 'static,
-) -> Result<T, trellis_store::Error> {
-    if !store.may_wait() {
-        return f();
-    }
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(trellis_store::Error::Io {
-            path: std::path::PathBuf::new(),
-            source: std::io::Error::other(e),
-        })
-    })
 }
 
 pub(crate) fn now() -> String {

@@ -90,17 +90,15 @@ pub(crate) async fn resolve_env<E: Executor>(
     attempt: &Attempt,
     cancel: &CancellationToken,
 ) {
+    let subst = Subst {
+        exec,
+        base_env,
+        scope,
+        dir: &attempt.dir,
+        cancel,
+    };
     for (k, v) in &req.dag.env {
-        let expanded = scope.expand(v, true);
-        let mut env: indexmap::IndexMap<String, String> = base_env.iter().cloned().collect();
-        env.extend(scope.all_vars());
-        let subst = Subst {
-            exec,
-            env: env.into_iter().collect(),
-            dir: &attempt.dir,
-            cancel,
-        };
-        let value = subst.apply(&expanded).await;
+        let value = subst.apply(&scope.expand(v, true)).await;
         scope.set_var(k, value);
     }
 }

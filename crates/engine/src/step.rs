@@ -485,12 +485,10 @@ async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
 ) -> Result<(), String> {
     let held = match &c.expected {
         Some(expected) => {
-            let mut vars: indexmap::IndexMap<String, String> =
-                env.engine.opts.base_env.iter().cloned().collect();
-            vars.extend(env.scope.all_vars());
             let subst = crate::subst::Subst {
                 exec: &*env.engine.exec,
-                env: vars.into_iter().collect(),
+                base_env: &env.engine.opts.base_env,
+                scope: &env.scope,
                 dir: &env.attempt.dir,
                 cancel: &env.cancel,
             };

@@ -12,6 +12,8 @@ use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 use trellis_executor::{Executor, Outcome, ProcessSpec};
 
+use crate::Scope;
+
 /// How long one substituted command may run before it is killed and its text kept.
 pub const SUBSTITUTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -21,8 +23,10 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// What a substitution runs with.
 pub(crate) struct Subst<'a, E> {
     pub exec: &'a E,
-    /// The variables the command sees; secret ones are removed here regardless.
-    pub env: Vec<(String, String)>,
+    /// The environment steps inherit, under the scope's variables; secret ones are
+    /// removed here regardless. Combined only when a command runs (most texts have none).
+    pub base_env: &'a [(String, String)],
+    pub scope: &'a Scope,
     /// A directory of the attempt for the commands' output files.
     pub dir: &'a Path,
     pub cancel: &'a CancellationToken,
@@ -53,6 +57,14 @@ impl<E: Executor> Subst<'_, E> {
         out
     }
 
+    /// What steps see: the base environment, then the scope's variables, never secrets.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env: indexmap::IndexMap<String, String> = self.base_env.iter().cloned().collect();
+        env.extend(self.scope.all_vars());
+        env.retain(|k, _| !crate::SECRET_VARS.contains(&k.as_str()));
+        env.into_iter().collect()
+    }
+
     async fn run(&self, command: &str) -> Option<String> {
         let dir = self.dir.join("substitutions");
         std::fs::create_dir_all(&dir).ok()?;
@@ -61,12 +73,7 @@ impl<E: Executor> Subst<'_, E> {
         let spec = ProcessSpec {
             program: "sh".into(),
             args: vec!["-c".into(), command.to_string()],
-            env: self
-                .env
-                .iter()
-                .filter(|(k, _)| !crate::SECRET_VARS.contains(&k.as_str()))
-                .cloned()
-                .collect(),
+            env: self.env(),
             working_dir: None,
             stdout: stdout.clone(),
             stderr: stderr.clone(),

@@ -111,8 +111,23 @@ impl Runs {
         &self.store
     }
 
+    /// Where step logs are read.
+    pub fn logs(&self) -> &std::sync::Arc<dyn trellis_store::LogStore> {
+        &self.logs
+    }
+
     /// The run as users see it: one whose process is gone reads as failed, "process died".
     pub async fn find(&self, dag: &str, run_id: Option<&str>) -> Result<RunRecord> {
+        self.load(dag, run_id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                dag: dag.to_string(),
+                run_id: run_id.map(String::from),
+            })
+    }
+
+    /// The run (the DAG's latest without an id) as users see it, if stored.
+    async fn load(&self, dag: &str, run_id: Option<&str>) -> Result<Option<RunRecord>> {
         let (store, name, id) = (
             self.store.clone(),
             dag.to_string(),
@@ -125,12 +140,10 @@ impl Runs {
             })
         })
         .await?;
-        let mut run = found.ok_or_else(|| Error::NotFound {
-            dag: dag.to_string(),
-            run_id: run_id.map(String::from),
-        })?;
-        trellis_store::mark_dead(&mut run);
-        Ok(run)
+        Ok(found.map(|mut run| {
+            trellis_store::mark_dead(&mut run);
+            run
+        }))
     }
 
     /// Waits until `ready` holds for the stored run (absent runs are waited for too), or
@@ -144,13 +157,10 @@ impl Runs {
     ) -> Result<Option<RunRecord>> {
         let deadline = Instant::now() + within;
         loop {
-            let (store, name, id) = (self.store.clone(), dag.to_string(), run_id.to_string());
-            let found = blocking(move || Ok(store.find(&name, &id)?)).await?;
-            if let Some(mut run) = found {
-                trellis_store::mark_dead(&mut run);
-                if ready(&run) {
-                    return Ok(Some(run));
-                }
+            if let Some(run) = self.load(dag, Some(run_id)).await?
+                && ready(&run)
+            {
+                return Ok(Some(run));
             }
             if Instant::now() >= deadline {
                 return Ok(None);

@@ -26,8 +26,6 @@ pub struct App {
     pub auth: Settings,
     /// Run control: every start, stop, retry and restart goes through it.
     pub runs: trellis_runs::Runs,
-    /// Where step logs are read from.
-    pub logs: std::sync::Arc<dyn trellis_store::LogStore>,
     pub path_prefix: String,
     pub started: Instant,
     pub started_at: jiff::Timestamp,
@@ -74,7 +72,6 @@ impl App {
             config,
             auth: opts.auth.clone(),
             runs,
-            logs: trellis_store::open_logs(),
             path_prefix: opts.path_prefix.clone(),
             started: Instant::now(),
             started_at: jiff::Timestamp::now(),

@@ -31,10 +31,7 @@ fn find(store: &dyn Backend, name: &str, run_id: Option<&str>) -> anyhow::Result
 /// Stops a run through the run-control service and waits for its end.
 fn stop_run(run: &RunRecord) -> anyhow::Result<Status> {
     let runs = super::runs()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(runtime.block_on(runs.stop(run, trellis_runs::STOP_WITHIN))?)
+    Ok(super::block_on(runs.stop(run, trellis_runs::STOP_WITHIN))??)
 }
 
 pub fn stop(args: &RunTarget) -> anyhow::Result<ExitCode> {
@@ -181,12 +178,8 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         false => trellis_runs::Stream::Stdout,
     };
     let runs = super::runs()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut out = std::io::stdout();
-    let copied =
-        runtime.block_on(runs.copy_log(&run, &args.step, stream, args.follow, &mut out))?;
+    let copied = super::block_on(runs.copy_log(&run, &args.step, stream, args.follow, &mut out))??;
     if copied.is_none() {
         bail!("step `{}` has not started, so it has no log", args.step);
     }

@@ -111,6 +111,15 @@ pub fn database_url() -> Option<String> {
     trellis_store::database_url_from_env().or_else(|| CONFIGURED_DATABASE.get().cloned().flatten())
 }
 
+/// Runs `f` to its end on a small runtime of its own: for commands that make one call to
+/// the run-control service and exit.
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(f))
+}
+
 /// The run-control service over this process's store.
 pub fn runs() -> anyhow::Result<trellis_runs::Runs> {
     let data = trellis_store::data_dir(&run::home());

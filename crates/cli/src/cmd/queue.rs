@@ -60,11 +60,7 @@ fn run_tags(extra: Option<&str>) -> indexmap::IndexMap<String, String> {
 
 pub fn dequeue(args: &DequeueArgs) -> anyhow::Result<ExitCode> {
     let runs = super::runs()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let item = runtime
-        .block_on(runs.dequeue(&args.queue, &args.run_id))?
+    let item = super::block_on(runs.dequeue(&args.queue, &args.run_id))??
         .with_context(|| format!("run {} is not in queue {}", args.run_id, args.queue))?;
     println!("dequeued run {} of {}", item.run_id, item.dag_name);
     Ok(ExitCode::SUCCESS)

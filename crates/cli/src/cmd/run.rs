@@ -83,16 +83,11 @@ pub fn execute(
         .enable_all()
         .build()?;
     let backend = super::open_store()?;
-    use trellis_cluster::handoff::Handoff;
-    let remote = trellis_cluster::handoff::TaskHandoff::new(
-        &trellis_store::data_dir(&home()),
-        &backend,
-        std::env::var("TRELLIS_COORDINATOR_SIGNING_KEY")
-            .ok()
-            .map(String::into_bytes),
-    )
-    .remote();
-    let runs = trellis_runs::Runs::new(backend.clone(), trellis_store::data_dir(&home()));
+    let key = std::env::var("TRELLIS_COORDINATOR_SIGNING_KEY")
+        .ok()
+        .map(String::into_bytes);
+    let remote = super::schedule::handoff(key)?.remote();
+    let runs = super::runs()?;
     let record = runtime
         .block_on(async {
             let store = Arc::new(crate::progress::Progress::new(backend, quiet));

@@ -114,32 +114,28 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());
-        // Each service is a task of its own on the runtime's workers: a scheduler pass
-        // waiting for an absent database (a blocking section) must not hold the server's
-        // or the coordinator's accept loop, as it would if all three shared one future.
-        let stop_all = |shutdown: CancellationToken| {
-            move |r: anyhow::Result<()>| {
-                shutdown.cancel();
-                r
-            }
-        };
-        let (stop, token) = (stop_all(shutdown.clone()), shutdown.clone());
-        let scheduler = tokio::spawn(async move {
-            let r = daemon::run(scheduler_opts, Arc::new(SystemClock), token).await;
-            stop(r.map_err(anyhow::Error::from))
-        });
-        let (stop, token) = (stop_all(shutdown.clone()), shutdown.clone());
-        let server = tokio::spawn(async move { stop(serve(server_opts, token).await) });
-        let (stop, token) = (stop_all(shutdown.clone()), shutdown.clone());
-        let coordinator =
-            tokio::spawn(async move { stop(super::cluster::serve(coordinator_opts, token).await) });
-        let joined = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| {
-            r.map_err(anyhow::Error::from).and_then(|r| r)
-        };
+        let scheduler = daemon::run(scheduler_opts, Arc::new(SystemClock), shutdown.clone());
+        let scheduler = service(&shutdown, async move { Ok(scheduler.await?) });
+        let server = service(&shutdown, serve(server_opts, shutdown.clone()));
+        let coordinator = super::cluster::serve(coordinator_opts, shutdown.clone());
+        let coordinator = service(&shutdown, coordinator);
         let (a, b, c) = tokio::join!(scheduler, server, coordinator);
-        joined(a).and(joined(b)).and(joined(c))
+        a.and(b).and(c)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one service of `start-all` as a task of its own on the runtime's workers (a
+/// scheduler pass waiting for an absent database, a blocking section, must not hold the
+/// others' accept loops, as it would if all shared one future); when it ends, well or
+/// not, the others are told to stop.
+async fn service(
+    shutdown: &CancellationToken,
+    run: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ended = tokio::spawn(run).await;
+    shutdown.cancel();
+    ended?
 }
 
 pub fn token(command: &TokenCommand) -> anyhow::Result<ExitCode> {

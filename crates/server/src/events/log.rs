@@ -197,7 +197,7 @@ impl LogFeed {
                 (None, Start::Offset(o)) => o,
                 (None, Start::Tail(lines)) => path
                     .as_deref()
-                    .and_then(|p| tail_offset(&*self.app.logs, p, lines).ok())
+                    .and_then(|p| tail_offset(&**self.app.runs.logs(), p, lines).ok())
                     .unwrap_or(0),
                 (Some(_), _) => 0,
             };
@@ -234,7 +234,7 @@ impl LogFeed {
     /// The next piece of the log, if it grew; an incomplete UTF-8 character at the end
     /// waits for its remaining bytes unless the run is over.
     fn read(&mut self, log: &Path, finished: bool) -> Option<Event> {
-        let logs = &*self.app.logs;
+        let logs = &**self.app.runs.logs();
         let log = log.to_str()?;
         let size = logs.len(log).ok()??;
         if size < self.offset {

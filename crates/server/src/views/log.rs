@@ -79,7 +79,7 @@ pub fn read_log(
     };
     // No path or no file yet: the step has not written anything.
     let piece = match path {
-        Some(path) => read_range(&*app.logs, path, range)?,
+        Some(path) => read_range(&**app.runs.logs(), path, range)?,
         None => None,
     };
     if piece.is_none()
