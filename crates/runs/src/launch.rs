@@ -97,6 +97,25 @@ impl Launch {
         }
     }
 
+    /// Variables for the launched process (a webhook's payload).
+    fn env(&self) -> &[(String, String)] {
+        match self {
+            Launch::Start { env, .. } => env,
+            _ => &[],
+        }
+    }
+
+    /// Whether the stored run shows the launch took effect: a retry, by a new attempt or
+    /// one not ended yet; anything else, by the run being there at all.
+    fn shows(&self, run: &RunRecord) -> bool {
+        match self {
+            Launch::Retry { previous, .. } => {
+                run.attempt_id != previous.attempt_id || !run.status.is_final()
+            }
+            _ => true,
+        }
+    }
+
     /// The run the launch makes visible: (DAG, run id).
     fn target(&self) -> (&str, &str) {
         match self {
@@ -154,29 +173,15 @@ impl Runs {
     /// Starts a run that outlives this process and waits until the store shows it (a
     /// retry: its new attempt). Returns the run as first seen.
     pub async fn launch(&self, launch: Launch) -> Result<RunRecord> {
-        let launcher = self.launcher.as_ref().ok_or_else(|| {
-            Error::io(
-                "start a detached run",
-                std::io::Error::other("this process has no launcher"),
-            )
-        })?;
+        let launcher = self.launcher.as_ref().ok_or(Error::NoLauncher)?;
         if let Launch::Restart { previous, .. } = &launch {
             self.stop(previous, crate::STOP_WITHIN).await?;
         }
-        let env = match &launch {
-            Launch::Start { env, .. } => env.clone(),
-            _ => Vec::new(),
-        };
-        launcher.spawn(&launch.args(), &env)?;
+        launcher.spawn(&launch.args(), launch.env())?;
         let (dag, run_id) = launch.target();
-        let seen = match &launch {
-            Launch::Retry { previous, .. } => {
-                let before = previous.attempt_id.clone();
-                let ready = move |r: &RunRecord| r.attempt_id != before || !r.status.is_final();
-                self.watch(dag, run_id, VISIBLE_WITHIN, ready).await?
-            }
-            _ => self.watch(dag, run_id, VISIBLE_WITHIN, |_| true).await?,
-        };
+        let seen = self
+            .watch(dag, run_id, VISIBLE_WITHIN, |r| launch.shows(r))
+            .await?;
         seen.ok_or_else(|| Error::Deadline {
             run_id: run_id.to_string(),
             what: "start",

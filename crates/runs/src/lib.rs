@@ -44,6 +44,9 @@ pub enum Error {
     NotInAnyQueue { run_id: String },
     #[error("run {run_id} has no process id")]
     NoProcess { run_id: String },
+    /// This process was not given a way to start runs that outlive it.
+    #[error("this process cannot start detached runs (no launcher)")]
+    NoLauncher,
     #[error("cannot {what}: {source}")]
     Io {
         what: String,

@@ -101,7 +101,7 @@ impl From<trellis_runs::Error> for Error {
             E::Store(e) => e.into(),
             E::NotFound { .. } => Error::not_found(e.to_string()),
             E::NotInAnyQueue { .. } => Error::conflict(e.to_string()),
-            E::NoProcess { .. } | E::Io { .. } | E::Deadline { .. } => {
+            E::NoProcess { .. } | E::NoLauncher | E::Io { .. } | E::Deadline { .. } => {
                 Error::internal(e.to_string())
             }
         }

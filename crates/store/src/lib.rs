@@ -1,11 +1,13 @@
-//! Where runs live. [`Store`] is what the engine and CLI talk to; [`FileStore`] is the
-//! embedded backend under `TRELLIS_HOME`, in Dagu's layout:
-//! `data/dag-runs/<dag>/dag-runs/YYYY/MM/DD/dag-run_<ts>_<id>/attempt_<ts>_<id>/status.jsonl`.
+//! The storage backends behind the seam of `trellis-storage-api` (re-exported here):
+//! [`FileStore`], embedded under `TRELLIS_HOME` in Dagu's layout
+//! (`data/dag-runs/<dag>/dag-runs/YYYY/MM/DD/dag-run_<ts>_<id>/attempt_<ts>_<id>/status.jsonl`),
+//! [`SqlStore`] on PostgreSQL or MariaDB, and [`LocalLogs`] for step logs; [`open_with`]
+//! and [`open_logs`] pick them from what the caller passes in.
 //!
-//! A run is an append-only log: a full snapshot when the attempt starts and ends, and one
-//! line per step change in between, so an update costs one short append, not a rewrite.
-//! Each line is written whole with one `write` call; a torn last line (a kill mid-write) is
-//! ignored on read, so a stored run is always readable.
+//! On files, a run is an append-only log: a full snapshot when the attempt starts and ends,
+//! and one line per step change in between, so an update costs one short append, not a
+//! rewrite. Each line is written whole with one `write` call; a torn last line (a kill
+//! mid-write) is ignored on read, so a stored run is always readable.
 
 mod file;
 pub mod logs;
@@ -20,8 +22,9 @@ use std::path::PathBuf;
 
 use trellis_core::status::RunRecord;
 
-/// The environment variable that selects a database (`postgres://…`, `mysql://…`); the
-/// CLI sets it from the config's `storage` section, so child processes agree.
+/// The environment variable that names a database (`postgres://…`, `mysql://…`): read by
+/// the CLI (it wins over the config's `storage` section), and how the `trellis` processes
+/// Trellis starts itself are told which database to use ([`Backend::child_env`]).
 pub const DATABASE_URL_ENV: &str = "TRELLIS_DATABASE_URL";
 
 /// The log store step output goes to. Local files today (each machine keeps the logs of
@@ -40,14 +43,9 @@ pub fn database_url_from_env() -> Option<String> {
 
 /// Opens the store of `home`: the database at `database_url` when given, else the file
 /// store. The caller decides where the URL comes from (configuration, environment); this
-/// never reads the environment itself.
-pub fn open(home: &std::path::Path, database_url: Option<&str>) -> Result<Shared> {
-    open_with(home, database_url, sql::GIVE_UP)
-}
-
-/// [`open`], with how long a database operation keeps retrying while the database is
-/// away: long for what must not be lost (runs recording their steps), short where a
-/// caller waits (a web request, which then gets a 503).
+/// never reads the environment itself. `patience` is how long a database operation keeps
+/// retrying while the database is away: long for what must not be lost (runs recording
+/// their steps), short where a caller waits (a web request, which then gets a 503).
 pub fn open_with(
     home: &std::path::Path,
     database_url: Option<&str>,
