@@ -1,16 +1,17 @@
 //! Live updates over Server-Sent Events: a run's record on every change, a step's log as it
 //! grows, and a feed of status changes of recent runs for list pages.
 //!
-//! The server keeps no state, so each stream watches the store. Every 200 ms it stats the
-//! run directory, its latest attempt's status log and the run's process, and re-reads the
-//! log (on the blocking pool) only when its size or modification time changed: status
-//! logs are append-only, and a retry adds an attempt directory. Polling was chosen over
-//! inotify (`notify`): it works on network filesystems, does not use up the per-user
-//! inotify instance limit (128 by default) with a watcher per open page, and measured
-//! cheap enough: 100 open run streams cost about 3 % of one core in `bench/server.py`
-//! (about 65 µs of CPU per tick, mostly the timer wake-up and three `stat` calls). The
-//! feed of all runs is one shared scan every 500 ms whatever the number of subscribers,
-//! running only while someone listens.
+//! The server keeps no state, so each stream watches the store through its watchers
+//! (`trellis_store::watch_run`, `run_feed`). Every 200 ms a run stream asks its watcher
+//! whether the run may have changed and re-reads it (on the blocking pool) only then: on
+//! the file backend the watcher stats the run directory and its latest status log
+//! (append-only; a retry adds an attempt directory), other backends read the run. Polling
+//! was chosen over inotify (`notify`): it works on network filesystems, does not use up
+//! the per-user inotify instance limit (128 by default) with a watcher per open page, and
+//! measured cheap enough: 100 open run streams cost about 3 % of one core in
+//! `bench/server.py` (about 65 µs of CPU per tick, mostly the timer wake-up and three
+//! `stat` calls). The feed of all runs is one shared scan every 500 ms whatever the
+//! number of subscribers, running only while someone listens.
 //!
 //! Every stream ends when its client goes away (axum drops it; nothing is spawned per
 //! stream) or the server shuts down ([`Live::close`]).
@@ -18,11 +19,10 @@
 mod log;
 mod watch;
 
-pub(crate) use watch::{Files, Listings, Tracked, dag_dirs, status_now, walk_runs};
+use watch::Tracked;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,42 +138,14 @@ async fn locate(app: &App, name: &str, run_id: &str) -> Result<Tracked> {
     trellis_store::check_name(name)?;
     trellis_store::check_name(run_id)?;
     let deadline = tokio::time::Instant::now() + APPEAR_GRACE;
-    if app.store.spans_machines() {
-        return locate_stored(app, name, run_id, deadline).await;
-    }
-    loop {
-        let (data, dag, id) = (app.data.clone(), name.to_string(), run_id.to_string());
-        let found = tokio::task::spawn_blocking(move || watch::find_run_dir(&data, &dag, &id))
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?;
-        if let Some(dir) = found {
-            return Ok(Tracked::new(dir));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::not_found(format!("no run {run_id} of DAG `{name}`")));
-        }
-        tokio::time::sleep(RUN_POLL).await;
-    }
-}
-
-/// [`locate`] in a database store.
-async fn locate_stored(
-    app: &App,
-    name: &str,
-    run_id: &str,
-    deadline: tokio::time::Instant,
-) -> Result<Tracked> {
     loop {
         let (store, dag, id) = (app.store.clone(), name.to_string(), run_id.to_string());
-        let found = tokio::task::spawn_blocking(move || {
-            store
-                .find(&dag, &id)
-                .map(|r| r.map(|_| Tracked::in_store(store.clone(), &dag, &id)))
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))??;
-        if let Some(run) = found {
-            return Ok(run);
+        let found =
+            tokio::task::spawn_blocking(move || trellis_store::watch_run(&store, &dag, &id))
+                .await
+                .map_err(|e| Error::internal(e.to_string()))??;
+        if let Some(watch) = found {
+            return Ok(Tracked::new(watch));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::not_found(format!("no run {run_id} of DAG `{name}`")));
@@ -280,8 +252,8 @@ async fn next_run_event(mut feed: RunFeed) -> Option<(Event, RunFeed)> {
 /// run here; reading the log, only when it changed, runs on the blocking pool.
 async fn look(mut run: Tracked) -> Option<(Tracked, (Option<Status>, bool))> {
     let mut changed = false;
-    if let Some(sig) = run.stale() {
-        let (back, loaded) = blocking(run, move |r| r.load(sig)).await?;
+    if run.stale() {
+        let (back, loaded) = blocking(run, Tracked::load).await?;
         run = back;
         changed = loaded;
     }
@@ -289,7 +261,7 @@ async fn look(mut run: Tracked) -> Option<(Tracked, (Option<Status>, bool))> {
     if status == run.record.as_ref().map(|r| r.status) {
         return Some((run, (status, changed)));
     }
-    // The process is gone: read the log again before calling the run failed.
+    // The process is gone: read the record again before calling the run failed.
     let (run, (status, reread)) = blocking(run, Tracked::settled_status).await?;
     Some((run, (status, changed || reread)))
 }
@@ -353,23 +325,16 @@ fn subscribe(app: &Arc<App>) -> broadcast::Receiver<Arc<str>> {
 
 /// Scans until the last subscriber leaves or the server shuts down.
 async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
-    let mut scan = Scan {
-        stored: app
-            .store
-            .spans_machines()
-            .then(|| (app.store.clone(), HashMap::new())),
-        data: app.data.clone(),
-        runs: HashMap::new(),
-        listings: Listings::default(),
-        first: true,
-    };
+    let mut scan = trellis_store::run_feed(&app.store, FEED_RUNS_PER_DAG);
     loop {
-        let Some((state, changes)) = blocking(scan, Scan::pass).await else {
+        let Some((state, changes)) = blocking(scan, |feed| feed.changes()).await else {
             break;
         };
         scan = state;
-        for json in changes {
-            let _ = tx.send(json);
+        for run in changes {
+            if let Ok(json) = serde_json::to_string(&RunSummary::of(&run)) {
+                let _ = tx.send(Arc::from(json));
+            }
         }
         let running = pause(&app.live, FEED_POLL).await;
         let mut slot = app.live.feed.lock().unwrap_or_else(|e| e.into_inner());
@@ -379,102 +344,4 @@ async fn scan_loop(app: Arc<App>, tx: broadcast::Sender<Arc<str>>) {
         }
     }
     *app.live.feed.lock().unwrap_or_else(|e| e.into_inner()) = None;
-}
-
-/// The status last announced per (DAG, run id).
-type Announced = HashMap<(String, String), Status>;
-
-struct Scan {
-    /// A database store, with the status last announced per (DAG, run id).
-    stored: Option<(trellis_store::Shared, Announced)>,
-    data: PathBuf,
-    /// Watched runs with the status last announced.
-    runs: HashMap<PathBuf, (Tracked, Option<Status>)>,
-    listings: Listings,
-    first: bool,
-}
-
-impl Scan {
-    /// One look at the newest runs of every DAG; the summaries of those that changed
-    /// status (none on the first pass, which only learns the current state).
-    fn pass(&mut self) -> Vec<Arc<str>> {
-        if self.stored.is_some() {
-            return self.pass_stored();
-        }
-        let mut out = Vec::new();
-        let mut visited = HashSet::new();
-        for dag in dag_dirs(&self.data) {
-            let mut dirs = Vec::new();
-            walk_runs(&self.data, &dag, &mut self.listings, |dir| {
-                dirs.push(dir);
-                dirs.len() < FEED_RUNS_PER_DAG
-            });
-            for dir in dirs {
-                let (run, announced) = self
-                    .runs
-                    .entry(dir.clone())
-                    .or_insert_with(|| (Tracked::new(dir.clone()), None));
-                run.refresh();
-                let (status, _) = run.settled_status();
-                if status != *announced {
-                    *announced = status;
-                    if let (Some(view), false) = (run.view(), self.first)
-                        && let Ok(json) = serde_json::to_string(&RunSummary::of(&view))
-                    {
-                        out.push(Arc::from(json));
-                    }
-                }
-                visited.insert(dir);
-            }
-        }
-        self.runs.retain(|dir, _| visited.contains(dir));
-        self.listings.sweep();
-        self.first = false;
-        out
-    }
-
-    /// [`Scan::pass`] over a database store: the newest runs, every run still going, and
-    /// those announced going that have ended since.
-    fn pass_stored(&mut self) -> Vec<Arc<str>> {
-        let Some((store, announced)) = &mut self.stored else {
-            return Vec::new();
-        };
-        let Ok(page) = store.page(None, None, 0, FEED_RUNS_PER_DAG * 8) else {
-            return Vec::new();
-        };
-        // Runs still going, however old: their end must be announced too.
-        let going = store
-            .unfinished(500)
-            .and_then(|r| r.ok())
-            .unwrap_or_default();
-        // A run that just ended left `going` (and maybe the newest page): read it again.
-        let still: HashSet<(&str, &str)> = going
-            .iter()
-            .map(|r| (r.name.as_str(), r.run_id.as_str()))
-            .collect();
-        let ended = announced
-            .iter()
-            .filter(|((dag, id), s)| !s.is_final() && !still.contains(&(dag.as_str(), id.as_str())))
-            .filter_map(|((dag, id), _)| store.find(dag, id).ok().flatten())
-            .collect::<Vec<_>>();
-        let mut out = Vec::new();
-        let mut seen = HashMap::new();
-        for mut run in page.runs.into_iter().chain(going).chain(ended) {
-            if seen.contains_key(&(run.name.clone(), run.run_id.clone())) {
-                continue;
-            }
-            trellis_store::mark_dead(&mut run);
-            let key = (run.name.clone(), run.run_id.clone());
-            if announced.get(&key) != Some(&run.status)
-                && !self.first
-                && let Ok(json) = serde_json::to_string(&RunSummary::of(&run))
-            {
-                out.push(Arc::from(json));
-            }
-            seen.insert(key, run.status);
-        }
-        *announced = seen;
-        self.first = false;
-        out
-    }
 }

@@ -2,15 +2,15 @@
 //! negotiates; served as `application/openmetrics-text`).
 //!
 //! Nearly everything is read from the store when scraped, so any replica reports the same
-//! numbers. Counting runs by status would mean reading every run; instead an index keeps
-//! each run's latest attempt and re-reads it only when it changes (a finished run costs one
-//! `stat` of its directory per refresh), refreshed at most every [`REFRESH`]. The index
-//! also feeds the step duration histogram: steps of attempts that finished since this
-//! server started, observed once each when a refresh first sees them finished.
+//! numbers. Runs are counted by the store (`status_counts`: one query on a database, an
+//! index re-read only where runs changed on files), reused for [`REFRESH`], with a run
+//! whose process on this machine is gone counted failed. The step duration histogram
+//! observes the steps of attempts that finished since this server started, once each,
+//! where the store can say which finished (`newly_finished`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -25,8 +25,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-
-mod index;
 
 use crate::App;
 use crate::error::{Error, Result};
@@ -45,7 +43,8 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 pub struct Metrics {
     http: Family<HttpLabels, Counter>,
     steps: Histogram,
-    index: Mutex<index::Index>,
+    /// Runs by status, and when they were counted.
+    runs: Mutex<Option<(Instant, BTreeMap<&'static str, i64>)>>,
 }
 
 impl Default for Metrics {
@@ -53,7 +52,7 @@ impl Default for Metrics {
         Metrics {
             http: Family::default(),
             steps: Histogram::new(STEP_BUCKETS),
-            index: Mutex::new(index::Index::default()),
+            runs: Mutex::default(),
         }
     }
 }
@@ -121,20 +120,47 @@ struct Snapshot {
 }
 
 fn snapshot(app: &App) -> Snapshot {
-    let runs = match app.store.status_counts() {
-        Some(counts) => alive_counts(app, stored_counts(counts)),
-        None => app
-            .metrics
-            .index
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .counts(&app.data, app.started_at, &app.metrics.steps),
-    };
     Snapshot {
-        runs,
+        runs: run_counts(app),
         queues: queue_depths(app),
         heartbeat_age: crate::health::heartbeat_age(app).map(|(age, _)| age),
-        tick_lag: tick_lag(&app.data),
+        tick_lag: tick_lag(app),
+    }
+}
+
+/// Runs by status, counted at most every [`REFRESH`]; each count also observes the steps
+/// of attempts finished since.
+fn run_counts(app: &App) -> BTreeMap<&'static str, i64> {
+    let mut cached = app.metrics.runs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, counts)) = cached.as_ref()
+        && at.elapsed() < REFRESH
+    {
+        return counts.clone();
+    }
+    let counts = match app.store.status_counts() {
+        Some(counts) => alive_counts(app, stored_counts(counts)),
+        None => BTreeMap::new(),
+    };
+    if let Some(Ok(finished)) = app.store.newly_finished(app.started_at) {
+        finished
+            .iter()
+            .for_each(|run| observe_steps(run, &app.metrics.steps));
+    }
+    *cached = Some((Instant::now(), counts.clone()));
+    counts
+}
+
+fn observe_steps(run: &trellis_core::status::RunRecord, steps: &Histogram) {
+    let at = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    for step in run.steps.iter().chain(run.handlers.values()) {
+        if step.status == trellis_core::status::Status::Skipped {
+            continue;
+        }
+        let start = at(step.started_at.as_deref());
+        let end = at(step.finished_at.as_deref());
+        if let (Some(start), Some(end)) = (start, end) {
+            steps.observe(end.duration_since(start).as_secs_f64().max(0.0));
+        }
     }
 }
 
@@ -286,62 +312,14 @@ fn stored_counts(counts: trellis_store::Result<Vec<(String, i64)>>) -> BTreeMap<
     out
 }
 
-fn dag_dirs_of(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Seconds between the latest tick's scheduled time and when it was claimed (the tick
-/// file's modification time).
-fn tick_lag(data: &std::path::Path) -> Option<f64> {
-    let ticks = data.join("scheduler").join("ticks");
-    let latest = dag_dirs_of(&ticks)
-        .into_iter()
-        .filter_map(|dag| {
-            let dir = ticks.join(dag);
-            let name = std::fs::read_dir(&dir)
-                .ok()?
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .max()?;
-            Some((name.clone(), dir.join(name)))
-        })
-        .max()?;
-    let scheduled = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", &latest.0)
-        .ok()?
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .ok()?
-        .timestamp();
-    let claimed =
-        jiff::Timestamp::try_from(std::fs::metadata(&latest.1).ok()?.modified().ok()?).ok()?;
-    Some(claimed.duration_since(scheduled).as_secs_f64().max(0.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tick_lag_is_claim_time_minus_schedule() {
-        let data = tempfile::tempdir().unwrap();
-        assert_eq!(tick_lag(data.path()), None);
-        let dir = data.path().join("scheduler/ticks/etl");
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("20260101T000000Z");
-        std::fs::write(&file, "").unwrap();
-        std::fs::write(dir.join("20251231T000000Z"), "").unwrap();
-        let claimed: jiff::Timestamp = "2026-01-01T00:00:02.5Z".parse().unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(claimed.into())
-            .unwrap();
-        assert_eq!(tick_lag(data.path()), Some(2.5));
-    }
+/// Seconds between the latest tick's scheduled time and when it was claimed, where the
+/// store records claim times.
+fn tick_lag(app: &App) -> Option<f64> {
+    let tick = app.store.latest_tick()?.ok()??;
+    Some(
+        tick.claimed
+            .duration_since(tick.scheduled)
+            .as_secs_f64()
+            .max(0.0),
+    )
 }

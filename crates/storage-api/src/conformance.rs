@@ -161,6 +161,55 @@ pub fn newest_first_and_pages(store: &dyn Backend) {
     assert!(page.has_more);
 }
 
+/// Watchers see a run change, the feed announces new runs and status changes (nothing on
+/// its first look), and counting capabilities, where a backend has them, agree.
+pub fn watchers_and_counts_follow_runs(store: &Shared) {
+    let attempt = start(&**store, "w", "r1", Status::Running);
+    assert!(crate::watch_run(store, "w", "nope").unwrap().is_none());
+    let mut watch = crate::watch_run(store, "w", "r1").unwrap().unwrap();
+    let mut feed = crate::run_feed(store, 8);
+    assert!(feed.changes().is_empty(), "the first look only learns");
+    assert!(watch.stale());
+    let seen = watch.read().unwrap().unwrap();
+    assert_eq!((seen.run_id.as_str(), seen.status), ("r1", Status::Running));
+
+    let mut done = record("w", "r1", &attempt.attempt_id, Status::Succeeded);
+    done.finished_at = Some("2026-11-22T10:00:05Z".into());
+    store
+        .append(&attempt, &Entry::Snapshot(Box::new(done)))
+        .unwrap();
+    start(&**store, "w", "r2", Status::Failed);
+    assert!(watch.stale(), "an appended entry is a change");
+    assert_eq!(watch.read().unwrap().unwrap().status, Status::Succeeded);
+    let mut changed: Vec<_> = feed
+        .changes()
+        .into_iter()
+        .map(|r| (r.run_id, r.status))
+        .collect();
+    changed.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected = [
+        ("r1".into(), Status::Succeeded),
+        ("r2".into(), Status::Failed),
+    ];
+    assert_eq!(changed, expected);
+    assert!(feed.changes().is_empty(), "each change once");
+
+    if let Some(counts) = store.status_counts() {
+        let mut counts = counts.unwrap();
+        counts.sort();
+        assert_eq!(counts, [("failed".into(), 1), ("succeeded".into(), 1)]);
+    }
+    if let Some(going) = store.unfinished(10) {
+        assert!(going.unwrap().is_empty());
+    }
+    let since = "2026-11-22T10:00:00Z".parse().unwrap();
+    if let Some(finished) = store.newly_finished(since) {
+        let ids: Vec<_> = finished.unwrap().into_iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, ["r1"], "finished_at is set on r1 only");
+        assert!(store.newly_finished(since).unwrap().unwrap().is_empty());
+    }
+}
+
 pub fn attempts_children_and_definitions(store: &dyn Backend) {
     let first = start(store, "etl", "r1", Status::Failed);
     let dag = trellis_core::Dag {
@@ -393,6 +442,38 @@ pub fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Bac
 /// A log store: appends report the new length, resends skip what is held, a gap is
 /// refused, ranges read back, and a run's logs are listed and deleted together. `dir` is
 /// a fresh directory-like prefix for this check.
+/// One `#[test]` per check above, in the calling module. `$open` turns a fresh scratch
+/// directory into two handles on one new store (as two processes would have) and whatever
+/// must live as long as the test (a throwaway database server): `(Shared, Shared, G)`.
+/// Every backend's tests call this, so a new check runs against all of them.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:expr) => {
+        $crate::conformance_tests!(@each $open,
+            runs_fold: |s, o| runs_fold_their_events(&*s);
+            pages: |s, o| newest_first_and_pages(&*s);
+            watchers: |s, o| watchers_and_counts_follow_runs(&s);
+            attempts: |s, o| attempts_children_and_definitions(&*s);
+            queues: |s, o| queues_keep_order_and_give_each_item_once(&*s);
+            racing_takers: |s, o| concurrent_takers_take_each_item_once(s);
+            leader: |s, o| one_leader_and_fenced_writes(&*s, &*o);
+            values: |s, o| named_values(&*s, &*o);
+            coordinator_lease: |s, o| coordinators_lease_and_shared_values(&*s, &*o);
+        );
+    };
+    (@each $open:expr, $($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
+        $(#[test]
+        fn $name() {
+            #[allow(unused_imports)]
+            use $crate::conformance::*;
+            let scratch = tempfile::tempdir().unwrap();
+            let ($s, $o, _guard) = ($open)(scratch.path());
+            let _ = &$o;
+            $body
+        })*
+    };
+}
+
 pub fn logs_append_read_and_resend(logs: &dyn crate::LogStore, dir: &str) {
     let run = format!("{dir}/run");
     let (a, b) = (format!("{run}/a.out"), format!("{run}/b.err"));

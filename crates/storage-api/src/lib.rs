@@ -12,10 +12,12 @@ pub mod conformance;
 pub mod logs;
 mod memory;
 pub mod state;
+pub mod watch;
 
 pub use logs::LogStore;
 pub use memory::MemStore;
 pub use state::{Lead, LeaseInfo, State};
+pub use watch::{RunFeed, RunWatch, run_feed, watch_run};
 
 use std::path::PathBuf;
 
@@ -279,6 +281,31 @@ pub trait Backend: Store + Queue + State + std::fmt::Debug {
         let _ = limit;
         None
     }
+    /// The top-level runs whose latest attempt finished at or after `since` and that this
+    /// handle has not returned before (each attempt once per handle), when the backend
+    /// can tell without reading every run (`None`: it cannot). Feeds step-duration
+    /// metrics.
+    fn newly_finished(&self, since: jiff::Timestamp) -> Option<Result<Vec<RunRecord>>> {
+        let _ = since;
+        None
+    }
+    /// The most recently scheduled tick that was claimed: its scheduled time and when it
+    /// was claimed, when the backend records claim times (`None`: it does not).
+    fn latest_tick(&self) -> Option<Result<Option<TickClaim>>> {
+        None
+    }
+    /// A watcher that can tell a change of the run without reading it (`None`: this
+    /// backend cannot; [`watch_run`] then reads the run on every look).
+    fn run_watch(&self, dag: &str, run_id: &str) -> Option<Result<Option<Box<dyn RunWatch>>>> {
+        let _ = (dag, run_id);
+        None
+    }
+    /// A feed that can tell changes without reading every run (`None`: this backend
+    /// cannot; [`run_feed`] then pages through the newest runs).
+    fn run_feed(&self, per_dag: usize) -> Option<Box<dyn RunFeed>> {
+        let _ = per_dag;
+        None
+    }
     /// Where a step's log is kept (host, path, bytes when the step ended), for a log on
     /// another machine; `None` when the backend keeps no log index.
     fn log_location(&self, attempt_id: &str, step: &str, stream: &str) -> Option<LogLocation> {
@@ -293,6 +320,13 @@ pub struct LogLocation {
     pub host: String,
     pub path: String,
     pub bytes: i64,
+}
+
+/// A schedule tick that was claimed: when it was due and when a scheduler claimed it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TickClaim {
+    pub scheduled: jiff::Timestamp,
+    pub claimed: jiff::Timestamp,
 }
 
 /// A backend shared by the parts of a process.
@@ -327,16 +361,7 @@ pub fn dequeue<S: Store + Queue + ?Sized>(
 /// running steps. A queued run has no process yet and is left as it is.
 pub fn mark_dead(run: &mut RunRecord) {
     use trellis_core::status::Status;
-    // A run on a worker may live on another machine: the coordinator's lease decides.
-    if run.worker_id.is_some() {
-        return;
-    }
-    // A process on another machine (sharing a database) cannot be checked from here.
-    if run.host.as_deref().is_some_and(|h| h != hostname()) {
-        return;
-    }
-    let alive = run.pid.is_some_and(process_alive);
-    if matches!(run.status, Status::Running | Status::Retrying) && !alive {
+    if live_status(run) != run.status {
         run.status = Status::Failed;
         run.error = Some("process died".into());
         for step in run.steps.iter_mut().chain(run.handlers.values_mut()) {
@@ -346,6 +371,25 @@ pub fn mark_dead(run: &mut RunRecord) {
             }
         }
     }
+}
+
+/// The run's status with a dead process shown failed, as [`mark_dead`] would make it,
+/// without copying the run.
+pub fn live_status(run: &RunRecord) -> trellis_core::status::Status {
+    use trellis_core::status::Status;
+    // A run on a worker may live on another machine: the coordinator's lease decides.
+    if run.worker_id.is_some() {
+        return run.status;
+    }
+    // A process on another machine (sharing a database) cannot be checked from here.
+    if run.host.as_deref().is_some_and(|h| h != hostname()) {
+        return run.status;
+    }
+    let running = matches!(run.status, Status::Running | Status::Retrying);
+    if running && !run.pid.is_some_and(process_alive) {
+        return Status::Failed;
+    }
+    run.status
 }
 
 /// This machine's name, as runs, workers and coordinators record it (the kernel's, else

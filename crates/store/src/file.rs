@@ -10,9 +10,11 @@ use trellis_core::status::RunRecord;
 
 use crate::{Attempt, Entry, Error, Result, Store, safe_name};
 
+mod census;
 mod listing;
 mod queue;
 mod state;
+mod watch;
 
 /// Runs under `<home>/data/dag-runs` and logs under `<home>/logs`.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct FileStore {
     open: std::sync::Mutex<Option<(PathBuf, File)>>,
     /// Run directory listings for pages of runs.
     listings: listing::Listings,
+    /// What each run's latest attempt says, for counting runs (per handle).
+    census: std::sync::Mutex<census::Census>,
 }
 
 impl Clone for FileStore {
@@ -32,6 +36,7 @@ impl Clone for FileStore {
             logs: self.logs.clone(),
             open: Default::default(),
             listings: Default::default(),
+            census: Default::default(),
         }
     }
 }
@@ -56,6 +61,7 @@ impl FileStore {
             logs: crate::log_dir(home),
             open: Default::default(),
             listings: Default::default(),
+            census: Default::default(),
         }
     }
 

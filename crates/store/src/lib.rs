@@ -66,6 +66,24 @@ impl Backend for FileStore {
     fn probe(&self) -> Result<()> {
         self.probe_dir()
     }
+    fn status_counts(&self) -> Option<Result<Vec<(String, i64)>>> {
+        Some(FileStore::status_counts(self))
+    }
+    fn unfinished(&self, limit: usize) -> Option<Result<Vec<RunRecord>>> {
+        Some(FileStore::unfinished(self, limit))
+    }
+    fn newly_finished(&self, since: jiff::Timestamp) -> Option<Result<Vec<RunRecord>>> {
+        Some(FileStore::newly_finished(self, since))
+    }
+    fn latest_tick(&self) -> Option<Result<Option<TickClaim>>> {
+        Some(self.latest_tick_claim())
+    }
+    fn run_watch(&self, dag: &str, run_id: &str) -> Option<Result<Option<Box<dyn RunWatch>>>> {
+        Some(FileStore::run_watch(self, dag, run_id))
+    }
+    fn run_feed(&self, per_dag: usize) -> Option<Box<dyn RunFeed>> {
+        Some(FileStore::run_feed(self, per_dag))
+    }
 }
 
 impl Backend for SqlStore {

@@ -24,34 +24,16 @@ fn open(kind: Option<Kind>, home: &Path) -> (Shared, Shared, Option<Server>) {
 }
 
 /// The same test for each backend: `file::x`, `postgres::x`, `mariadb::x`.
-macro_rules! suite {
-    ($($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
-        suite!(@kind file, None, $($name: |$s, $o| $body;)*);
-        suite!(@kind postgres, Some(Kind::Postgres), $($name: |$s, $o| $body;)*);
-        suite!(@kind mariadb, Some(Kind::Mariadb), $($name: |$s, $o| $body;)*);
-    };
-    (@kind $module:ident, $kind:expr, $($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {
-        mod $module {
-            use super::*;
-            $(#[test] fn $name() {
-                let home = tempfile::tempdir().unwrap();
-                let ($s, $o, _server) = open($kind, home.path());
-                let _ = &$o;
-                $body
-            })*
-        }
-    };
+mod file {
+    trellis_storage_api::conformance_tests!(|home| super::open(None, home));
 }
-
-suite! {
-    runs_fold: |s, o| runs_fold_their_events(&*s);
-    pages: |s, o| newest_first_and_pages(&*s);
-    attempts: |s, o| attempts_children_and_definitions(&*s);
-    queues: |s, o| queues_keep_order_and_give_each_item_once(&*s);
-    racing_takers: |s, o| concurrent_takers_take_each_item_once(s);
-    leader: |s, o| one_leader_and_fenced_writes(&*s, &*o);
-    values: |s, o| named_values(&*s, &*o);
-    coordinator_lease: |s, o| coordinators_lease_and_shared_values(&*s, &*o);
+mod postgres {
+    use trellis_testdb::Kind;
+    trellis_storage_api::conformance_tests!(|home| super::open(Some(Kind::Postgres), home));
+}
+mod mariadb {
+    use trellis_testdb::Kind;
+    trellis_storage_api::conformance_tests!(|home| super::open(Some(Kind::Mariadb), home));
 }
 
 /// A database that goes away mid-operation: the call waits and retries, health sees it

@@ -171,7 +171,7 @@ impl LogFeed {
         if !self.looked {
             return false; // the log's path is not taken from the record yet
         }
-        if self.run.stale().is_some() || self.run.status() != Some(recorded) {
+        if self.run.stale() || self.run.status() != Some(recorded) {
             return false;
         }
         let size = self.path.as_ref().and_then(|p| std::fs::metadata(p).ok());

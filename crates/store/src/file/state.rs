@@ -26,6 +26,38 @@ impl FileStore {
             .join(safe_name(at))
     }
 
+    /// The latest scheduled tick of any DAG and when it was claimed (its file's
+    /// modification time); tick files are named by their scheduled time.
+    pub(crate) fn latest_tick_claim(&self) -> Result<Option<crate::TickClaim>> {
+        let ticks = self.scheduler_dir().join("ticks");
+        let mut latest: Option<(String, PathBuf)> = None;
+        for dag in super::sorted_children(&ticks)? {
+            let Ok(names) = fs::read_dir(&dag) else {
+                continue;
+            };
+            let names = names.filter_map(|e| e.ok()?.file_name().into_string().ok());
+            if let Some(name) = names.max()
+                && latest.as_ref().is_none_or(|(l, _)| name > *l)
+            {
+                latest = Some((name.clone(), dag.join(name)));
+            }
+        }
+        let Some((name, path)) = latest else {
+            return Ok(None);
+        };
+        let scheduled = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", &name)
+            .ok()
+            .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC).ok());
+        let modified = fs::metadata(&path).and_then(|m| m.modified());
+        let claimed = modified
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok());
+        Ok(scheduled.zip(claimed).map(|(s, claimed)| crate::TickClaim {
+            scheduled: s.timestamp(),
+            claimed,
+        }))
+    }
+
     fn value_path(&self, scope: &str, name: &str) -> PathBuf {
         match scope {
             scope::SUSPEND => self
@@ -254,5 +286,28 @@ impl State for FileStore {
             fs::create_dir_all(dir).map_err(io(dir))?;
         }
         write_atomic(&path, value.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_tick_and_when_it_was_claimed() {
+        let home = tempfile::tempdir().unwrap();
+        let store = FileStore::new(home.path());
+        assert_eq!(store.latest_tick_claim().unwrap(), None);
+        let dir = store.scheduler_dir().join("ticks/etl");
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("20260101T000000Z");
+        fs::write(&file, "").unwrap();
+        fs::write(dir.join("20251231T000000Z"), "").unwrap();
+        let claimed: jiff::Timestamp = "2026-01-01T00:00:02.5Z".parse().unwrap();
+        let f = fs::File::options().write(true).open(&file).unwrap();
+        f.set_modified(claimed.into()).unwrap();
+        let tick = store.latest_tick_claim().unwrap().unwrap();
+        assert_eq!(tick.scheduled, "2026-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(tick.claimed, claimed);
     }
 }
