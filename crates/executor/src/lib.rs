@@ -6,13 +6,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+
+mod spawn;
 
 /// What to run and where its output goes.
 #[derive(Clone, Debug)]
@@ -79,29 +79,26 @@ impl Executor for Local {
                 return Outcome::SpawnFailed(format!("cannot open log file: {e}"));
             }
         };
-        let mut cmd = Command::new(resolve(&spec.program, &spec.env));
-        cmd.args(&spec.args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = &spec.working_dir {
-            cmd.current_dir(dir);
-        }
-        die_with_parent(&mut cmd);
-        let spawned = cmd.spawn();
-        // The command holds the environment and the log files' descriptors; free them
-        // while the child runs, or a wide fan-out keeps thousands alive.
-        drop(cmd);
+        let program = resolve(&spec.program, &spec.env);
+        let prepared = spawn::Prepared::new(
+            &program,
+            &spec.args,
+            &spec.env,
+            spec.working_dir.as_deref(),
+            (stdout, stderr),
+        );
+        // Free the environment while the child runs, or a wide fan-out keeps thousands
+        // of copies alive.
         spec.env = Vec::new();
+        let spawned = match prepared {
+            Ok(prepared) => spawn::spawn(prepared).await,
+            Err(e) => Err(e),
+        };
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => return Outcome::SpawnFailed(format!("{}: {e}", spec.program)),
         };
-        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let pgid = Some(Pid::from_raw(child.id() as i32));
         let timeout = async {
             match spec.timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -129,11 +126,9 @@ impl Executor for Local {
     }
 }
 
-/// The program looked up in the step's own `PATH`. Given a path, std starts the process
-/// with posix_spawn (vfork); given a bare name with a `PATH` in the environment it forks,
-/// copying the page tables of this process for every step, which made a 5 000-step
-/// fan-out take a minute. Not found, or with a relative `PATH` entry (which means the
-/// step's working directory), the name stays as written and std searches as before.
+/// The program looked up in the step's own `PATH` once, here, rather than in the child
+/// per `PATH` entry. Not found, or with a relative `PATH` entry (which means the step's
+/// working directory), the name stays as written and the child searches as `execvp`.
 fn resolve(program: &str, env: &[(String, String)]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let Some((_, dirs)) = env.iter().rev().find(|(k, _)| k == "PATH") else {
@@ -180,28 +175,6 @@ pub fn parse_signal(text: &str) -> Option<Signal> {
         format!("SIG{text}")
     };
     name.parse().ok()
-}
-
-/// A step must not outlive the process that runs it: if that process is killed (a worker
-/// or `trellis start` taking `kill -9`), the kernel kills the step too, so a re-queued
-/// attempt never runs beside an orphan of the lost one. (The signal follows the spawning
-/// thread; steps are spawned from the runtime's worker threads, which live as long as
-/// the process.)
-fn die_with_parent(cmd: &mut Command) {
-    let parent = std::process::id() as i32;
-    // SAFETY: between fork and exec this only makes two syscalls (prctl, getppid) and
-    // touches no memory the parent owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)?;
-            // The parent may have died before the prctl: then nobody would kill us.
-            if nix::unistd::getppid().as_raw() != parent {
-                return Err(std::io::Error::other("the parent process is gone"));
-            }
-            Ok(())
-        });
-    }
 }
 
 #[cfg(test)]

@@ -174,7 +174,17 @@ impl LogFeed {
         if self.run.stale() || self.run.status() != Some(recorded) {
             return false;
         }
-        let size = self.path.as_ref().and_then(|p| std::fs::metadata(p).ok());
+        // Only a log the log store keeps in a local file can be looked at this cheaply;
+        // any other is looked at on the blocking pool.
+        let logs = self.app.runs.logs();
+        let file = match self.path.as_deref().and_then(Path::to_str) {
+            Some(log) => match logs.local_file(log) {
+                Some(file) => Some(file),
+                None => return false,
+            },
+            None => None,
+        };
+        let size = file.and_then(|f| std::fs::metadata(f).ok());
         !recorded.is_final() && size.is_none_or(|m| m.len() == self.offset)
     }
 
@@ -209,7 +219,7 @@ impl LogFeed {
             .host
             .as_deref()
             .filter(|h| *h != trellis_store::hostname())
-            && self.path.as_deref().is_some_and(|p| !p.exists())
+            && self.path.as_deref().is_some_and(|p| !self.kept_here(p))
         {
             let message =
                 crate::views::log::log_elsewhere(&self.app, &view, &self.step, self.stream, host);
@@ -229,6 +239,14 @@ impl LogFeed {
             return false;
         }
         true
+    }
+
+    /// Whether the log store has this log (a log written on another machine, with local
+    /// files, is not here).
+    fn kept_here(&self, log: &Path) -> bool {
+        let logs = self.app.runs.logs();
+        log.to_str()
+            .is_some_and(|log| logs.len(log).is_ok_and(|len| len.is_some()))
     }
 
     /// The next piece of the log, if it grew; an incomplete UTF-8 character at the end
