@@ -60,18 +60,20 @@ pub fn worker_token(key: &[u8], worker_id: &str, now: i64) -> String {
 }
 
 /// The worker id a token proves, or why it is refused.
-pub fn check_token(key: &[u8], token: &str, now: i64) -> Result<String, String> {
+pub fn check_token(key: &[u8], token: &str, now: i64) -> Result<String, crate::Error> {
     let mut parts = token.rsplitn(3, '.');
     let (Some(sig), Some(expiry), Some(worker)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err("malformed worker token".into());
+        return Err(crate::Error::MalformedToken);
     };
     if !same(sig, &mac(key, &["worker", worker, expiry])) {
-        return Err(format!("bad signature on the token of worker {worker}"));
+        let worker = worker.to_string();
+        return Err(crate::Error::BadTokenSignature { worker });
     }
+    let worker = worker.to_string();
     match expiry.parse::<i64>() {
-        Ok(t) if t >= now => Ok(worker.to_string()),
-        Ok(_) => Err(format!("the token of worker {worker} expired")),
-        Err(_) => Err("malformed worker token".into()),
+        Ok(t) if t >= now => Ok(worker),
+        Ok(_) => Err(crate::Error::TokenExpired { worker }),
+        Err(_) => Err(crate::Error::MalformedToken),
     }
 }
 
@@ -116,18 +118,20 @@ mod tests {
     fn tokens_expire_and_need_the_key() {
         let token = worker_token(b"k1", "w@1", 1_000);
         assert_eq!(check_token(b"k1", &token, 1_000).unwrap(), "w@1");
-        assert!(
-            check_token(b"k1", &token, 1_000 + TOKEN_TTL_SECS + 1)
-                .unwrap_err()
-                .contains("expired")
-        );
-        assert!(
-            check_token(b"k2", &token, 1_000)
-                .unwrap_err()
-                .contains("bad signature")
-        );
+        assert!(matches!(
+            check_token(b"k1", &token, 1_000 + TOKEN_TTL_SECS + 1),
+            Err(crate::Error::TokenExpired { worker }) if worker == "w@1"
+        ));
+        let bad = check_token(b"k2", &token, 1_000).unwrap_err();
+        assert_eq!(bad.to_string(), "bad signature on the token of worker w@1");
         let forged = token.replacen("w@1", "w@2", 1);
-        assert!(check_token(b"k1", &forged, 1_000).is_err());
-        assert!(check_token(b"k1", "junk", 1_000).is_err());
+        assert!(matches!(
+            check_token(b"k1", &forged, 1_000),
+            Err(crate::Error::BadTokenSignature { .. })
+        ));
+        assert!(matches!(
+            check_token(b"k1", "junk", 1_000),
+            Err(crate::Error::MalformedToken)
+        ));
     }
 }

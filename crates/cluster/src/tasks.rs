@@ -267,7 +267,10 @@ pub struct FileRemote {
 }
 
 impl trellis_engine::Remote for FileRemote {
-    fn start_child(&self, c: &trellis_engine::RemoteChild<'_>) -> Result<(), String> {
+    fn start_child(
+        &self,
+        c: &trellis_engine::RemoteChild<'_>,
+    ) -> Result<(), trellis_engine::RemoteError> {
         use crate::registry::{self, Kind};
         use crate::table::{ParentRef, Phase, TaskSpec};
         let now = jiff::Timestamp::now();
@@ -277,11 +280,9 @@ impl trellis_engine::Remote for FileRemote {
             && registry::live(&self.registry_dir, Kind::Coordinator, now).is_empty()
         {
             let labels: Vec<String> = c.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            return Err(format!(
-                "no coordinator is running to hand sub-DAG `{}` to a worker matching {}",
-                c.dag.name,
-                labels.join(",")
-            ));
+            let dag = c.dag.name.clone();
+            let selector = labels.join(",");
+            return Err(crate::Error::NoCoordinatorForChild { dag, selector }.into());
         }
         let mut spec = TaskSpec {
             task_id: uuid::Uuid::now_v7().to_string(),
@@ -289,7 +290,7 @@ impl trellis_engine::Remote for FileRemote {
             run_id: c.run_id.to_string(),
             attempt: 1,
             max_attempts: 1,
-            definition_json: serde_json::to_string(c.dag).map_err(|e| e.to_string())?,
+            definition_json: serde_json::to_string(c.dag).map_err(crate::Error::EncodeDag)?,
             params: c.params.to_string(),
             selector: c.selector.clone(),
             queued_at: now.to_string(),
@@ -308,9 +309,8 @@ impl trellis_engine::Remote for FileRemote {
             spec,
             phase: Phase::pending(),
         };
-        self.tasks
-            .write(&task)
-            .map_err(|e| format!("cannot hand the sub-DAG to a worker: {e}"))
+        self.tasks.write(&task).map_err(crate::Error::Handoff)?;
+        Ok(())
     }
 
     fn cancel_child(&self, dag: &str, run_id: &str) {

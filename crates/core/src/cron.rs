@@ -20,28 +20,63 @@ use std::str::FromStr;
 /// `0 0 29 2 *` has an eight-year gap around 2100 (not a leap year) and must still fire.
 const HORIZON_YEARS: i32 = 8;
 
-/// Why a cron expression was rejected.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CronError {
-    /// Lowercase, concrete description, e.g. `minute field: value 61 is out of range 0-59`.
-    pub message: String,
+/// Why a cron expression was rejected. Every message is lowercase and concrete, e.g.
+/// `minute field: value 61 is out of range 0-59`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("timezone prefix has an empty zone name")]
+    EmptyZone,
+    #[error("empty cron expression")]
+    Empty,
+    #[error("expected 5 or 6 fields, found {0}")]
+    FieldCount(usize),
+    #[error("unknown macro '{0}'")]
+    UnknownMacro(String),
+    #[error("macro '{0}' must be the whole expression")]
+    MacroNotAlone(String),
+    /// One field is wrong: `name` is the field's (`minute`, `day-of-week`...), `index` as
+    /// for [`Error::field`].
+    #[error("{name} field: {problem}")]
+    Field {
+        name: &'static str,
+        index: usize,
+        problem: FieldError,
+    },
+}
+
+impl Error {
     /// 0-based index of the offending whitespace-separated field (see [`field_span`]).
-    pub field: Option<usize>,
-}
-
-/// Shorthand for the many early returns in the parser.
-fn fail<T>(message: impl Into<String>, field: Option<usize>) -> Result<T, CronError> {
-    let message = message.into();
-    Err(CronError { message, field })
-}
-
-impl fmt::Display for CronError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+    pub fn field(&self) -> Option<usize> {
+        match self {
+            Error::UnknownMacro(_) => Some(0),
+            Error::MacroNotAlone(_) => Some(1),
+            Error::Field { index, .. } => Some(*index),
+            Error::EmptyZone | Error::Empty | Error::FieldCount(_) => None,
+        }
     }
 }
 
-impl std::error::Error for CronError {}
+/// What is wrong inside one field of a cron expression.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("empty list item")]
+    EmptyItem,
+    #[error("'?' is only allowed in the day-of-month and day-of-week fields")]
+    Question,
+    #[error("range {from}-{to} starts after it ends")]
+    Backwards { from: String, to: String },
+    #[error("invalid step '{0}'")]
+    InvalidStep(String),
+    #[error("step must be at least 1")]
+    ZeroStep,
+    /// A value missing from a range or before a step (`-5`, `/5`); carries the whole item.
+    #[error("missing value in '{0}'")]
+    MissingValue(String),
+    #[error("value {value} is out of range {min}-{max}")]
+    OutOfRange { value: String, min: u8, max: u8 },
+    #[error("invalid value '{0}'")]
+    InvalidValue(String),
+}
 
 /// A wall-clock date and time with no zone. Field order makes the derived `Ord` chronological.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -184,27 +219,30 @@ pub struct CronExpr {
 
 impl CronExpr {
     /// Parses a 5- or 6-field expression or a macro, with an optional timezone prefix.
-    pub fn parse(text: &str) -> Result<CronExpr, CronError> {
+    pub fn parse(text: &str) -> Result<CronExpr, Error> {
         let (zone, offset) = split_timezone(text);
         if zone == Some("") {
-            return fail("timezone prefix has an empty zone name", None);
+            return Err(Error::EmptyZone);
         }
         let (words, from_macro) = expand_macro(&split_fields(&text[offset..]))?;
         let skip = match words.len() {
             5 => 1,
             6 => 0,
-            n => return fail(format!("expected 5 or 6 fields, found {n}"), None),
+            n => return Err(Error::FieldCount(n)),
         };
         // Without a seconds field the expression fires at second 0 only.
         let mut masks = [1u64; 6];
         let mut stars = [false; 6];
         for (i, word) in words.iter().enumerate() {
             let spec = &FIELDS[i + skip];
-            let at = Some(if from_macro { 0 } else { i });
-            (masks[i + skip], stars[i + skip]) = match parse_field(word, spec) {
-                Ok(parsed) => parsed,
-                Err(message) => return fail(format!("{} field: {message}", spec.name), at),
-            };
+            // A macro's fields are not in the text: point at the macro itself.
+            let index = if from_macro { 0 } else { i };
+            (masks[i + skip], stars[i + skip]) =
+                parse_field(word, spec).map_err(|problem| Error::Field {
+                    name: spec.name,
+                    index,
+                    problem,
+                })?;
         }
         let m = masks;
         // Fold day-of-week 7 into 0 so that matching only ever checks 0-6.
@@ -300,7 +338,7 @@ impl CronExpr {
 }
 
 impl FromStr for CronExpr {
-    type Err = CronError;
+    type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         CronExpr::parse(text)
@@ -308,7 +346,7 @@ impl FromStr for CronExpr {
 }
 
 /// Byte offset and length of whitespace-separated `field` of `text` (counted after any
-/// timezone prefix, like [`CronError::field`]), for pointing at it in an error report.
+/// timezone prefix, like [`Error::field`]), for pointing at it in an error report.
 pub fn field_span(text: &str, field: usize) -> Option<(usize, usize)> {
     let (_, offset) = split_timezone(text);
     let (start, word) = *split_fields(&text[offset..]).get(field)?;
@@ -348,9 +386,9 @@ fn split_fields(text: &str) -> Vec<(usize, &str)> {
 }
 
 /// Replaces a lone `@macro` by its fields; also reports whether that happened.
-fn expand_macro<'a>(words: &[(usize, &'a str)]) -> Result<(Vec<&'a str>, bool), CronError> {
+fn expand_macro<'a>(words: &[(usize, &'a str)]) -> Result<(Vec<&'a str>, bool), Error> {
     let word = match words {
-        [] => return fail("empty cron expression", None),
+        [] => return Err(Error::Empty),
         [(_, word), ..] if word.starts_with('@') => *word,
         _ => return Ok((words.iter().map(|&(_, w)| w).collect(), false)),
     };
@@ -360,17 +398,16 @@ fn expand_macro<'a>(words: &[(usize, &'a str)]) -> Result<(Vec<&'a str>, bool), 
         "@weekly" => "0 0 * * 0",
         "@daily" | "@midnight" => "0 0 * * *",
         "@hourly" => "0 * * * *",
-        _ => return fail(format!("unknown macro '{word}'"), Some(0)),
+        _ => return Err(Error::UnknownMacro(word.to_string())),
     };
     if words.len() > 1 {
-        let message = format!("macro '{word}' must be the whole expression");
-        return fail(message, Some(1));
+        return Err(Error::MacroNotAlone(word.to_string()));
     }
     Ok((body.split(' ').collect(), true))
 }
 
 /// Parses one field into a bitmask plus whether it was an unrestricted `*`/`?`.
-fn parse_field(text: &str, spec: &Field) -> Result<(u64, bool), String> {
+fn parse_field(text: &str, spec: &Field) -> Result<(u64, bool), FieldError> {
     let mut mask = 0;
     let mut star = false;
     for item in text.split(',') {
@@ -382,9 +419,9 @@ fn parse_field(text: &str, spec: &Field) -> Result<(u64, bool), String> {
 }
 
 /// One list item: `*`, `?`, `v` or `a-b`, each optionally followed by `/step`.
-fn parse_item(item: &str, spec: &Field) -> Result<(u64, bool), String> {
+fn parse_item(item: &str, spec: &Field) -> Result<(u64, bool), FieldError> {
     if item.is_empty() {
-        return Err("empty list item".into());
+        return Err(FieldError::EmptyItem);
     }
     let (range, step) = match item.split_once('/') {
         Some((range, step)) => (range, Some(parse_step(step)?)),
@@ -392,14 +429,15 @@ fn parse_item(item: &str, spec: &Field) -> Result<(u64, bool), String> {
     };
     let wildcard = range == "*" || range == "?";
     if range == "?" && !spec.question {
-        return Err("'?' is only allowed in the day-of-month and day-of-week fields".into());
+        return Err(FieldError::Question);
     }
     let (lo, hi) = if wildcard {
         (spec.min, spec.top)
     } else if let Some((a, b)) = range.split_once('-') {
         let (lo, hi) = (parse_value(a, item, spec)?, parse_value(b, item, spec)?);
         if lo > hi {
-            return Err(format!("range {a}-{b} starts after it ends"));
+            let (from, to) = (a.to_string(), b.to_string());
+            return Err(FieldError::Backwards { from, to });
         }
         (lo, hi)
     } else {
@@ -412,12 +450,12 @@ fn parse_item(item: &str, spec: &Field) -> Result<(u64, bool), String> {
     Ok((mask, wildcard && step == 1))
 }
 
-fn parse_step(text: &str) -> Result<usize, String> {
+fn parse_step(text: &str) -> Result<usize, FieldError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid step '{text}'"));
+        return Err(FieldError::InvalidStep(text.to_string()));
     }
     match text.parse::<usize>() {
-        Ok(0) => Err("step must be at least 1".into()),
+        Ok(0) => Err(FieldError::ZeroStep),
         Ok(n) => Ok(n),
         // All digits, so this is overflow: a step that large just keeps the first value.
         Err(_) => Ok(usize::MAX),
@@ -425,20 +463,24 @@ fn parse_step(text: &str) -> Result<usize, String> {
 }
 
 /// A number or (for month/day-of-week) a three-letter name, checked against the range.
-fn parse_value(text: &str, item: &str, spec: &Field) -> Result<u8, String> {
+fn parse_value(text: &str, item: &str, spec: &Field) -> Result<u8, FieldError> {
     let (min, max) = (spec.min, spec.max);
     if text.is_empty() {
-        return Err(format!("missing value in '{item}'"));
+        return Err(FieldError::MissingValue(item.to_string()));
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
         return match text.parse::<u8>() {
             Ok(v) if (min..=max).contains(&v) => Ok(v),
-            _ => Err(format!("value {text} is out of range {min}-{max}")),
+            _ => Err(FieldError::OutOfRange {
+                value: text.to_string(),
+                min,
+                max,
+            }),
         };
     }
     match spec.names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
         Some(i) => Ok(min + i as u8),
-        None => Err(format!("invalid value '{text}'")),
+        None => Err(FieldError::InvalidValue(text.to_string())),
     }
 }
 
@@ -572,7 +614,7 @@ mod tests {
         for row in rows(ERRORS) {
             let e = CronExpr::parse(row[0]).unwrap_err();
             assert_eq!(
-                (e.to_string(), e.field),
+                (e.to_string(), e.field()),
                 (row[2].to_string(), row[1].parse().ok())
             );
         }

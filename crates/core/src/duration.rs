@@ -1,16 +1,31 @@
 //! Human durations such as `90s`, `1h30m`, `2d12h` (used by `catchup_window` and friends).
 
+/// Why a duration was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("empty duration")]
+    Empty,
+    /// More milliseconds than a `u64` holds.
+    #[error("duration is too large")]
+    TooLarge,
+    /// Carries the rest of the text from where a number was expected.
+    #[error("expected a number at `{0}`")]
+    ExpectedNumber(String),
+    #[error("missing unit after `{0}` (use ms, s, m, h, d or w)")]
+    MissingUnit(u64),
+    #[error("unknown unit `{0}` (use ms, s, m, h, d or w)")]
+    UnknownUnit(String),
+}
+
 /// Parses a duration made of `<number><unit>` groups, units `ms`, `s`, `m`, `h`, `d`, `w`.
 /// A bare integer means seconds. Returns the total in milliseconds.
-pub fn parse_millis(text: &str) -> Result<u64, String> {
+pub fn parse_millis(text: &str) -> Result<u64, Error> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration".into());
+        return Err(Error::Empty);
     }
     if let Ok(secs) = text.parse::<u64>() {
-        return secs
-            .checked_mul(1000)
-            .ok_or_else(|| "duration is too large".into());
+        return secs.checked_mul(1000).ok_or(Error::TooLarge);
     }
     let bytes = text.as_bytes();
     let (mut i, mut total) = (0usize, 0u64);
@@ -20,11 +35,10 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
             i += 1;
         }
         if start == i {
-            return Err(format!("expected a number at `{}`", &text[start..]));
+            return Err(Error::ExpectedNumber(text[start..].to_string()));
         }
-        let n: u64 = text[start..i]
-            .parse()
-            .map_err(|_| "duration is too large".to_string())?;
+        // All digits, so a parse failure is overflow.
+        let n: u64 = text[start..i].parse().map_err(|_| Error::TooLarge)?;
         let ustart = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
@@ -36,22 +50,18 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
             "h" => 3_600_000,
             "d" => 86_400_000,
             "w" => 604_800_000,
-            "" => {
-                return Err(format!(
-                    "missing unit after `{n}` (use ms, s, m, h, d or w)"
-                ));
-            }
-            other => return Err(format!("unknown unit `{other}` (use ms, s, m, h, d or w)")),
+            "" => return Err(Error::MissingUnit(n)),
+            other => return Err(Error::UnknownUnit(other.to_string())),
         };
-        let part = n.checked_mul(unit).ok_or("duration is too large")?;
-        total = total.checked_add(part).ok_or("duration is too large")?;
+        let part = n.checked_mul(unit).ok_or(Error::TooLarge)?;
+        total = total.checked_add(part).ok_or(Error::TooLarge)?;
     }
     Ok(total)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_millis;
+    use super::{Error, parse_millis};
 
     #[test]
     fn parses_compound_durations() {
@@ -64,10 +74,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(parse_millis("").is_err());
-        assert!(parse_millis("6x").unwrap_err().contains("unknown unit"));
-        assert!(parse_millis("h").is_err());
+        assert_eq!(parse_millis(""), Err(Error::Empty));
+        assert_eq!(parse_millis("6x"), Err(Error::UnknownUnit("x".into())));
+        assert_eq!(
+            parse_millis("6x").unwrap_err().to_string(),
+            "unknown unit `x` (use ms, s, m, h, d or w)"
+        );
+        assert_eq!(parse_millis("h"), Err(Error::ExpectedNumber("h".into())));
+        assert_eq!(parse_millis("5"), Ok(5_000));
+        assert_eq!(parse_millis("5m3"), Err(Error::MissingUnit(3)));
         assert!(parse_millis("10").is_ok());
-        assert!(parse_millis("99999999999999999999d").is_err());
+        assert_eq!(parse_millis("99999999999999999999d"), Err(Error::TooLarge));
     }
 }

@@ -55,17 +55,47 @@ pub struct ParamValue {
     pub positional: bool,
 }
 
-/// Why the given params cannot start a run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why the given params cannot start a run: which param (or `--params` for the string as
+/// a whole) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("param `{param}`: {error}")]
 pub struct ParamError {
     pub param: String,
-    pub message: String,
+    pub error: Error,
 }
 
-impl std::fmt::Display for ParamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "param `{}`: {}", self.param, self.message)
-    }
+/// What is wrong with a params string, or with one param's value.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("unclosed {0} quote in params")]
+    UnclosedQuote(char),
+    /// A named param the DAG does not declare; carries the names it does declare.
+    #[error("unknown param (declared: {})", .declared.join(", "))]
+    Unknown { declared: Vec<String> },
+    #[error("is required but was not given")]
+    Required,
+    #[error("`{value}` is not one of: {}", .choices.join(", "))]
+    NotAChoice { value: String, choices: Vec<String> },
+    #[error("`{0}` is not a boolean (true or false)")]
+    NotBoolean(String),
+    #[error("`{0}` is not an integer")]
+    NotInteger(String),
+    #[error("`{0}` is not a number")]
+    NotNumber(String),
+    #[error("`{value}` is outside {}", range_text(.minimum, .maximum))]
+    OutOfRange {
+        value: String,
+        minimum: Option<f64>,
+        maximum: Option<f64>,
+    },
+    #[error("`{value}` has {length} characters, outside the allowed length")]
+    Length { value: String, length: usize },
+    #[error("`{value}` does not match the pattern `{pattern}`")]
+    NoMatch { value: String, pattern: String },
+    /// The `pattern:` itself is not a valid regular expression; `message` is the regex
+    /// engine's own explanation.
+    #[error("{message}")]
+    BadPattern { pattern: String, message: String },
 }
 
 /// True for names that can be shell variables (`[A-Za-z_][A-Za-z0-9_]*`).
@@ -78,7 +108,7 @@ pub fn is_identifier(text: &str) -> bool {
 /// Splits a params string the way a shell would split words: whitespace separates tokens,
 /// single and double quotes group, a backslash escapes the next character. A token
 /// `KEY=value` with an identifier key is named; anything else is positional.
-pub fn parse_tokens(text: &str) -> Result<Vec<ParamToken>, String> {
+pub fn parse_tokens(text: &str) -> Result<Vec<ParamToken>, Error> {
     split_words(text).map(|words| words.into_iter().map(token_of).collect())
 }
 
@@ -95,7 +125,7 @@ fn token_of(word: String) -> ParamToken {
     }
 }
 
-fn split_words(text: &str) -> Result<Vec<String>, String> {
+fn split_words(text: &str) -> Result<Vec<String>, Error> {
     let (mut words, mut word, mut in_word) = (Vec::new(), String::new(), false);
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -114,7 +144,7 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
                         Some(q) if q == quote => break,
                         Some('\\') if quote == '"' => word.extend(chars.next()),
                         Some(other) => word.push(other),
-                        None => return Err(format!("unclosed {quote} quote in params")),
+                        None => return Err(Error::UnclosedQuote(quote)),
                     }
                 }
             }
@@ -163,12 +193,13 @@ fn quote_if_needed(value: &str) -> String {
 }
 
 /// Resolves declared defaults plus overrides into the run's values, and checks each value
-/// against its declaration. `matches_pattern(pattern, value)` evaluates `pattern:` checks.
-/// All problems are returned together.
+/// against its declaration. `matches_pattern(pattern, value)` evaluates `pattern:` checks;
+/// its `Err` (normally [`Error::BadPattern`]) becomes that param's error. All problems are
+/// returned together.
 pub fn resolve(
     spec: &ParamSpec,
     overrides: &[ParamToken],
-    matches_pattern: &dyn Fn(&str, &str) -> Result<bool, String>,
+    matches_pattern: &dyn Fn(&str, &str) -> Result<bool, Error>,
 ) -> Result<Vec<ParamValue>, Vec<ParamError>> {
     let mut values = defaults(spec);
     let mut errors = Vec::new();
@@ -180,7 +211,9 @@ pub fn resolve(
                 Some(slot) => slot.value = token.value.clone(),
                 None if declares_names => errors.push(ParamError {
                     param: name.clone(),
-                    message: format!("unknown param (declared: {})", declared_names(spec)),
+                    error: Error::Unknown {
+                        declared: declared_names(spec),
+                    },
                 }),
                 None => values.push(named(name, &token.value)),
             },
@@ -194,10 +227,10 @@ pub fn resolve(
         let Some(name) = &def.name else { continue };
         let value = values.iter().find(|v| !v.positional && &v.name == name);
         let value = value.map(|v| v.value.as_str()).unwrap_or_default();
-        if let Err(message) = check(def, value, overrides, matches_pattern) {
+        if let Err(error) = check(def, value, overrides, matches_pattern) {
             errors.push(ParamError {
                 param: name.clone(),
-                message,
+                error,
             });
         }
     }
@@ -248,75 +281,78 @@ fn set_positional(values: &mut Vec<ParamValue>, position: usize, value: &str) {
     }
 }
 
-fn declared_names(spec: &ParamSpec) -> String {
-    let names: Vec<&str> = spec.defs.iter().filter_map(|d| d.name.as_deref()).collect();
-    names.join(", ")
+fn declared_names(spec: &ParamSpec) -> Vec<String> {
+    spec.defs.iter().filter_map(|d| d.name.clone()).collect()
 }
 
 fn check(
     def: &ParamDef,
     value: &str,
     overrides: &[ParamToken],
-    matches_pattern: &dyn Fn(&str, &str) -> Result<bool, String>,
-) -> Result<(), String> {
+    matches_pattern: &dyn Fn(&str, &str) -> Result<bool, Error>,
+) -> Result<(), Error> {
     let given = overrides
         .iter()
         .any(|t| t.name.as_deref() == def.name.as_deref());
     if def.required && value.is_empty() && !given && def.default.is_none() {
-        return Err("is required but was not given".into());
+        return Err(Error::Required);
     }
     if value.is_empty() && !given {
         return Ok(());
     }
     if !def.choices.is_empty() && !def.choices.iter().any(|c| c == value) {
-        return Err(format!(
-            "`{value}` is not one of: {}",
-            def.choices.join(", ")
-        ));
+        return Err(Error::NotAChoice {
+            value: value.to_string(),
+            choices: def.choices.clone(),
+        });
     }
     check_type(def, value)?;
     if let Some(pattern) = &def.pattern
         && !matches_pattern(pattern, value)?
     {
-        return Err(format!("`{value}` does not match the pattern `{pattern}`"));
+        return Err(Error::NoMatch {
+            value: value.to_string(),
+            pattern: pattern.clone(),
+        });
     }
     Ok(())
 }
 
-fn check_type(def: &ParamDef, value: &str) -> Result<(), String> {
+fn check_type(def: &ParamDef, value: &str) -> Result<(), Error> {
     let number = match def.kind {
         ParamType::String => None,
         ParamType::Boolean if matches!(value, "true" | "false") => None,
-        ParamType::Boolean => return Err(format!("`{value}` is not a boolean (true or false)")),
+        ParamType::Boolean => return Err(Error::NotBoolean(value.to_string())),
         ParamType::Integer => match value.parse::<i64>() {
             Ok(n) => Some(n as f64),
-            Err(_) => return Err(format!("`{value}` is not an integer")),
+            Err(_) => return Err(Error::NotInteger(value.to_string())),
         },
         ParamType::Number => match value.parse::<f64>() {
             Ok(n) if n.is_finite() => Some(n),
-            _ => return Err(format!("`{value}` is not a number")),
+            _ => return Err(Error::NotNumber(value.to_string())),
         },
     };
     if let Some(n) = number
         && (def.minimum.is_some_and(|min| n < min) || def.maximum.is_some_and(|max| n > max))
     {
-        {
-            return Err(format!(
-                "`{value}` is outside {}",
-                range_text(def.minimum, def.maximum)
-            ));
-        }
+        return Err(Error::OutOfRange {
+            value: value.to_string(),
+            minimum: def.minimum,
+            maximum: def.maximum,
+        });
     }
-    let len = value.chars().count();
-    if def.min_length.is_some_and(|m| len < m) || def.max_length.is_some_and(|m| len > m) {
-        return Err(format!(
-            "`{value}` has {len} characters, outside the allowed length"
-        ));
+    let length = value.chars().count();
+    if def.min_length.is_some_and(|m| length < m) || def.max_length.is_some_and(|m| length > m) {
+        return Err(Error::Length {
+            value: value.to_string(),
+            length,
+        });
     }
     Ok(())
 }
 
-fn range_text(min: Option<f64>, max: Option<f64>) -> String {
+/// How [`Error::OutOfRange`] names the bounds (by reference, as the error's fields are).
+fn range_text(min: &Option<f64>, max: &Option<f64>) -> String {
     match (min, max) {
         (Some(a), Some(b)) => format!("the range {a}..={b}"),
         (Some(a), None) => format!("the minimum {a}"),
@@ -329,7 +365,7 @@ fn range_text(min: Option<f64>, max: Option<f64>) -> String {
 mod tests {
     use super::*;
 
-    fn no_pattern(_: &str, _: &str) -> Result<bool, String> {
+    fn no_pattern(_: &str, _: &str) -> Result<bool, Error> {
         Ok(true)
     }
 
@@ -359,7 +395,7 @@ mod tests {
             }
         );
         assert_eq!(tokens[3].value, "x y");
-        assert!(parse_tokens("A='open").is_err());
+        assert_eq!(parse_tokens("A='open"), Err(Error::UnclosedQuote('\'')));
     }
 
     #[test]

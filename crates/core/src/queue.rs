@@ -62,6 +62,32 @@ pub struct Limits {
     pub queues: IndexMap<String, usize>,
 }
 
+/// The first limit a set of running runs goes over (see [`Limits::counts_ok`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("max_concurrent_runs {max} exceeded: {running} running")]
+    MaxConcurrentRuns { max: usize, running: usize },
+    #[error("queue {queue} limit {max} exceeded: {running} running")]
+    Queue {
+        queue: String,
+        max: usize,
+        running: usize,
+    },
+    #[error("DAG {dag} max_active_runs {max} exceeded: {running} running")]
+    MaxActiveRuns {
+        dag: String,
+        max: usize,
+        running: usize,
+    },
+    /// `label` names the limit as queue messages do (`team=ml (per unique value)`).
+    #[error("tag limit {label} {limit} exceeded: {running} running")]
+    Tag {
+        label: String,
+        limit: usize,
+        running: usize,
+    },
+}
+
 /// A run that is running (or starting): what limits count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slot {
@@ -195,33 +221,45 @@ impl Limits {
         &self,
         running: &[Slot],
         max_active: &dyn Fn(&str) -> Option<usize>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let counts = Counts::of(self, running);
-        let over = |what: String, n: usize| Err(format!("{what} exceeded: {n} running"));
         if let Some(max) = self.max_concurrent_runs
             && counts.total > max
         {
-            return over(format!("max_concurrent_runs {max}"), counts.total);
+            let running = counts.total;
+            return Err(Error::MaxConcurrentRuns { max, running });
         }
-        for (&queue, &n) in &counts.queues {
+        for (&queue, &running) in &counts.queues {
             match self.queues.get(queue) {
-                Some(&max) if n > max => return over(format!("queue {queue} limit {max}"), n),
+                Some(&max) if running > max => {
+                    let queue = queue.to_string();
+                    return Err(Error::Queue {
+                        queue,
+                        max,
+                        running,
+                    });
+                }
                 _ => {}
             }
         }
-        for (&dag, &n) in &counts.dags {
+        for (&dag, &running) in &counts.dags {
             match max_active(dag) {
-                Some(max) if n > max => return over(format!("DAG {dag} max_active_runs {max}"), n),
+                Some(max) if running > max => {
+                    let dag = dag.to_string();
+                    return Err(Error::MaxActiveRuns { dag, max, running });
+                }
                 _ => {}
             }
         }
         for (limit, buckets) in self.tag_concurrency_limits.iter().zip(&counts.tags) {
-            for (&bucket, &n) in buckets {
-                if n > limit.limit {
-                    return over(
-                        format!("tag limit {} {}", limit.label(bucket), limit.limit),
-                        n,
-                    );
+            for (&bucket, &running) in buckets {
+                if running > limit.limit {
+                    let (label, limit) = (limit.label(bucket), limit.limit);
+                    return Err(Error::Tag {
+                        label,
+                        limit,
+                        running,
+                    });
                 }
             }
         }
@@ -475,18 +513,20 @@ mod tests {
         let a = slot("a", "etl", &[("team", "data")]);
         let b = slot("b", "adhoc", &[("team", "ml")]);
         assert_eq!(limits.counts_ok(&[a.clone(), b.clone()], &none), Ok(()));
+        // The messages are what `trellis` prints; compare them, not only the variants.
+        let text = |r: Result<(), Error>| r.map_err(|e| e.to_string());
         assert_eq!(
-            limits.counts_ok(&[a.clone(), a.clone()], &none),
+            text(limits.counts_ok(&[a.clone(), a.clone()], &none)),
             Err("queue etl limit 1 exceeded: 2 running".into())
         );
         let c = slot("c", "adhoc", &[("team", "ml")]);
         assert_eq!(
-            limits.counts_ok(&[a.clone(), b.clone(), c], &none),
+            text(limits.counts_ok(&[a.clone(), b.clone(), c], &none)),
             Err("tag limit team=ml (per unique value) 1 exceeded: 2 running".into())
         );
         let one = |d: &str| (d == "b").then_some(1);
         assert_eq!(
-            limits.counts_ok(&[b.clone(), slot("b", "x", &[])], &one),
+            text(limits.counts_ok(&[b.clone(), slot("b", "x", &[])], &one)),
             Err("DAG b max_active_runs 1 exceeded: 2 running".into())
         );
         let four = [
@@ -497,7 +537,7 @@ mod tests {
         ];
         assert_eq!(
             limits.counts_ok(&four, &none),
-            Err("max_concurrent_runs 3 exceeded: 4 running".into())
+            Err(Error::MaxConcurrentRuns { max: 3, running: 4 })
         );
     }
 

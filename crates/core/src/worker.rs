@@ -79,16 +79,25 @@ impl WorkerSelector {
     }
 }
 
+/// Why a `k=v,k2=v2` label list was rejected; each carries the offending entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("label `{0}` must be key=value")]
+    NotKeyValue(String),
+    #[error("label `{0}` has an empty key")]
+    EmptyKey(String),
+}
+
 /// Parses `k=v,k2=v2` (the `--worker.labels` form); an entry without `=` is an error.
-pub fn parse_labels(text: &str) -> Result<IndexMap<String, String>, String> {
+pub fn parse_labels(text: &str) -> Result<IndexMap<String, String>, Error> {
     let mut labels = IndexMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("label `{part}` must be key=value"));
+            return Err(Error::NotKeyValue(part.to_string()));
         };
         let key = k.trim();
         if key.is_empty() {
-            return Err(format!("label `{part}` has an empty key"));
+            return Err(Error::EmptyKey(part.to_string()));
         }
         labels.insert(key.to_string(), v.trim().to_string());
     }
@@ -137,8 +146,11 @@ mod tests {
     #[test]
     fn labels_parse_with_clear_errors() {
         assert_eq!(labels(" gpu=true , memory=64G ").len(), 2);
-        assert!(parse_labels("gpu").unwrap_err().contains("key=value"));
-        assert!(parse_labels("=x").unwrap_err().contains("empty key"));
+        assert_eq!(
+            parse_labels("gpu").unwrap_err().to_string(),
+            "label `gpu` must be key=value"
+        );
+        assert_eq!(parse_labels("=x"), Err(Error::EmptyKey("=x".into())));
         assert!(parse_labels("").unwrap().is_empty());
     }
 }

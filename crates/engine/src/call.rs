@@ -11,21 +11,21 @@ use trellis_executor::Executor;
 use trellis_store::Store;
 
 use crate::expand::json_path;
-use crate::{RunRequest, StepEnv};
+use crate::{Error, RunRequest, StepEnv};
 
 /// A `call` step: one child run, or one per `parallel` item.
 pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     step: &Step,
     record: &mut StepRecord,
-) -> Result<i32, String> {
+) -> Result<i32, Error> {
     let Action::Call(call) = &step.action else {
         return Ok(0);
     };
     let name = env.scope.expand(&call.dag, true);
     let child = find_dag(env, &name)
         .map(Arc::new)
-        .ok_or_else(|| format!("sub-DAG `{name}` not found (no document or file named {name})"))?;
+        .ok_or_else(|| Error::SubDagNotFound { name: name.clone() })?;
     let items: Vec<(String, String)> = match &call.parallel {
         None => vec![(env.scope.expand(&call.params, true), String::new())],
         Some(p) => parallel_items(env, &p.items, &call.params)?,
@@ -54,12 +54,8 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
         };
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let values = trellis_spec::resolve_params(&child, Some(&params), &[]).map_err(|e| {
-                e.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+            let values = trellis_spec::resolve_params(&child, Some(&params), &[])
+                .map_err(Error::SubDagParams)?;
             let env = if item.is_empty() {
                 Vec::new()
             } else {
@@ -82,15 +78,12 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
                 queued: false,
                 env,
             };
-            engine
-                .run_boxed(req, cancel)
-                .await
-                .map_err(|e| e.to_string())
+            engine.run_boxed(req, cancel).await.map_err(Error::Store)
         }));
     }
     let mut results = Vec::new();
     for t in tasks {
-        results.push(t.await.map_err(|e| e.to_string())??);
+        results.push(t.await.map_err(Error::Join)??);
     }
     record.children = results.iter().map(|r| r.run_id.clone()).collect();
     let outputs: Vec<Value> = results
@@ -115,11 +108,11 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
         let bad = results
             .iter()
             .find(|r| !matches!(r.status, Status::Succeeded | Status::PartiallySucceeded));
-        Err(format!(
-            "sub-DAG `{name}` {}: {}",
-            bad.map_or("failed", |r| r.status.as_str()),
-            bad.and_then(|r| r.error.clone()).unwrap_or_default()
-        ))
+        Err(Error::SubDagFailed {
+            name,
+            status: bad.map_or("failed", |r| r.status.as_str()),
+            error: bad.and_then(|r| r.error.clone()).unwrap_or_default(),
+        })
     }
 }
 
@@ -134,13 +127,9 @@ async fn on_worker<S: Store + ?Sized + 'static, E: Executor + 'static>(
     parent: &trellis_store::Attempt,
     selector: &indexmap::IndexMap<String, String>,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<trellis_core::status::RunRecord, String> {
+) -> Result<trellis_core::status::RunRecord, Error> {
     let Some(remote) = &engine.opts.remote else {
-        return Err(
-            "this step's worker_selector needs the cluster, and this process has no \
-                    coordinator to hand the sub-DAG to"
-                .into(),
-        );
+        return Err(Error::NoCoordinator);
     };
     let request = crate::RemoteChild {
         dag: child,
@@ -160,13 +149,15 @@ fn parallel_items<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     items: &trellis_core::ParallelItems,
     params: &str,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, Error> {
     let list = match items {
         trellis_core::ParallelItems::List(list) => list.clone(),
         trellis_core::ParallelItems::Variable(v) => {
             let text = env.scope.expand(v, true);
-            serde_json::from_str::<Vec<Value>>(&text)
-                .map_err(|e| format!("parallel items `{v}` is not a JSON array: {e}"))?
+            serde_json::from_str::<Vec<Value>>(&text).map_err(|error| Error::ParallelItems {
+                variable: v.clone(),
+                error,
+            })?
         }
     };
     Ok(list

@@ -7,6 +7,7 @@
 //! are runs of their own nested under the parent.
 
 mod call;
+mod error;
 mod expand;
 mod journal;
 mod links;
@@ -28,9 +29,10 @@ use trellis_core::{Dag, Output, Step};
 use trellis_executor::Executor;
 use trellis_store::{Attempt, Entry, Store};
 
+pub use error::Error;
 pub use expand::{Scope, StepVars};
 pub use journal::{blocking_section, failed_writes};
-pub use remote::{Remote, RemoteChild, RemoteHandle};
+pub use remote::{Remote, RemoteChild, RemoteError, RemoteHandle};
 
 use crate::journal::Journal;
 use crate::links::{Links, step_limit};

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use trellis_core::{OutputField, OutputSource, Step};
+use trellis_core::{OutputDecode, OutputField, OutputSource, Step};
 
-use crate::StepEnv;
 use crate::expand::select_json;
+use crate::{Error, StepEnv};
 
 pub(crate) fn out_text(path: &Path, max: usize) -> String {
     read_capped(path, max)
@@ -30,7 +30,7 @@ pub(crate) fn capture_fields<S: ?Sized, E>(
     fields: &indexmap::IndexMap<String, OutputField>,
     stdout: &str,
     stderr: &str,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     let mut out = serde_json::Map::new();
     for (key, field) in fields {
         let value = match field {
@@ -44,31 +44,16 @@ pub(crate) fn capture_fields<S: ?Sized, E>(
                 let text = match from {
                     OutputSource::Stdout => stdout.to_string(),
                     OutputSource::Stderr => stderr.to_string(),
-                    OutputSource::File => {
-                        let rel = env.scope.expand(path.as_deref().unwrap_or_default(), true);
-                        let dir = step
-                            .working_dir
-                            .clone()
-                            .map(PathBuf::from)
-                            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-                        std::fs::read_to_string(dir.join(&rel))
-                            .map_err(|e| format!("output `{key}`: cannot read {rel}: {e}"))?
-                    }
+                    OutputSource::File => read_output_file(env, step, key, path.as_deref())?,
                 };
-                let decoded = match decode {
-                    trellis_core::OutputDecode::Json => serde_json::from_str(&text)
-                        .map_err(|e| format!("output `{key}`: not JSON: {e}"))?,
-                    trellis_core::OutputDecode::Yaml => {
-                        let docs = trellis_spec::yaml::parse(&text)
-                            .map_err(|e| format!("output `{key}`: not YAML: {}", e.message))?;
-                        docs.first()
-                            .map_or(Value::Null, trellis_spec::yaml::Node::to_json)
-                    }
-                    _ => Value::String(text.trim().to_string()),
-                };
+                let decoded = decode_output(key, &text, decode)?;
                 match select {
-                    Some(path) => select_json(&decoded, path)
-                        .ok_or_else(|| format!("output `{key}`: `{path}` selects nothing"))?,
+                    Some(path) => {
+                        select_json(&decoded, path).ok_or_else(|| Error::OutputSelect {
+                            key: key.clone(),
+                            path: path.clone(),
+                        })?
+                    }
                     None => decoded,
                 }
             }
@@ -76,6 +61,46 @@ pub(crate) fn capture_fields<S: ?Sized, E>(
         out.insert(key.clone(), value);
     }
     Ok(Value::Object(out))
+}
+
+/// The text of a `from: file` output: its path expanded, relative to the step's working
+/// directory.
+fn read_output_file<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    key: &str,
+    path: Option<&str>,
+) -> Result<String, Error> {
+    let rel = env.scope.expand(path.unwrap_or_default(), true);
+    let dir = step
+        .working_dir
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    std::fs::read_to_string(dir.join(&rel)).map_err(|error| Error::OutputRead {
+        key: key.to_string(),
+        path: rel,
+        error,
+    })
+}
+
+/// Captured text decoded as the output's `decode:` says.
+fn decode_output(key: &str, text: &str, decode: &OutputDecode) -> Result<Value, Error> {
+    Ok(match decode {
+        OutputDecode::Json => serde_json::from_str(text).map_err(|error| Error::OutputJson {
+            key: key.to_string(),
+            error,
+        })?,
+        OutputDecode::Yaml => {
+            let docs = trellis_spec::yaml::parse(text).map_err(|error| Error::OutputYaml {
+                key: key.to_string(),
+                error,
+            })?;
+            docs.first()
+                .map_or(Value::Null, trellis_spec::yaml::Node::to_json)
+        }
+        _ => Value::String(text.trim().to_string()),
+    })
 }
 
 pub(crate) fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, v: &Value) -> Value {

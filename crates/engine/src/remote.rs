@@ -24,10 +24,14 @@ pub struct RemoteChild<'a> {
     pub selector: &'a IndexMap<String, String>,
 }
 
+/// Why a [`Remote`] could not hand a child over, in the implementor's own error type (the
+/// engine only records its message).
+pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Starts child runs on workers.
 pub trait Remote: Send + Sync {
     /// Hands the child over; `Err` says why it cannot be (e.g. no coordinator runs).
-    fn start_child(&self, child: &RemoteChild<'_>) -> Result<(), String>;
+    fn start_child(&self, child: &RemoteChild<'_>) -> Result<(), RemoteError>;
     /// Asks for the child to stop (the parent was cancelled).
     fn cancel_child(&self, dag: &str, run_id: &str);
 }
@@ -49,12 +53,12 @@ pub(crate) async fn run_child<S: Store + ?Sized>(
     store: &S,
     child: RemoteChild<'_>,
     cancel: &CancellationToken,
-) -> Result<RunRecord, String> {
-    crate::blocking_section(|| remote.0.start_child(&child))?;
+) -> Result<RunRecord, crate::Error> {
+    crate::blocking_section(|| remote.0.start_child(&child)).map_err(crate::Error::Remote)?;
     let mut asked_to_stop = false;
     loop {
         let record = crate::blocking_section(|| store.find_child(child.parent, child.run_id))
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::Error::Store)?;
         if let Some(r) = record.filter(|r| r.status.is_final()) {
             return Ok(r);
         }

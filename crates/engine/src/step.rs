@@ -16,7 +16,7 @@ use trellis_store::{Store, safe_name};
 
 use crate::expand::StepVars;
 use crate::output::{capture_fields, out_text, read_capped};
-use crate::{Done, RunCtx, StepEnv, now};
+use crate::{Done, Error, RunCtx, StepEnv, now};
 
 pub(crate) fn spawn<S: Store + ?Sized + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
@@ -74,7 +74,11 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
             skip = route(&env, value, routes);
             Ok(0)
         }
-        _ if step.executor.is_some() => Err(unsupported_type(&step)),
+        // Step types whose executors are not built yet fail clearly, naming the type,
+        // rather than running their command on the local shell.
+        _ if step.executor.is_some() => Err(Error::UnsupportedType {
+            kind: step.executor_kind().to_string(),
+        }),
         Action::Noop => Ok(0),
         _ => run_with_policies(&env, &step, &stdout, &stderr, &mut record).await,
     };
@@ -101,15 +105,6 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
     }
 }
 
-/// The step types whose executors are not built yet fail clearly, naming the type, rather
-/// than running their command on the local shell.
-fn unsupported_type(step: &Step) -> String {
-    format!(
-        "step type `{}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call and router steps run)",
-        step.executor_kind()
-    )
-}
-
 /// A Daggy generator's stdout becomes new steps; a bad document fails the generator.
 fn generate<S: ?Sized, E>(
     env: &StepEnv<S, E>,
@@ -134,7 +129,7 @@ fn generate<S: ?Sized, E>(
         Ok(steps) => steps,
         Err(e) => {
             record.status = Status::Failed;
-            record.error = Some(e);
+            record.error = Some(e.to_string());
             Vec::new()
         }
     }
@@ -143,7 +138,7 @@ fn generate<S: ?Sized, E>(
 fn finish<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
-    result: Result<i32, String>,
+    result: Result<i32, Error>,
     record: &mut StepRecord,
     vars: &mut StepVars,
     stdout: &Path,
@@ -171,7 +166,7 @@ fn finish<S: ?Sized, E>(
             let code = record.exit_code;
             vars.exit_code = code;
             record.status = Status::Failed;
-            record.error = Some(error);
+            record.error = Some(error.to_string());
             let c = &step.continue_on;
             let out = vars.output.clone().unwrap_or_default();
             let by_output = c.output.iter().any(|p| p.found_in(&out));
@@ -199,7 +194,7 @@ fn finish<S: ?Sized, E>(
             Ok(v) => vars.fields = Some(v),
             Err(e) => {
                 record.status = Status::Failed;
-                record.error = Some(e);
+                record.error = Some(e.to_string());
             }
         }
     }
@@ -218,7 +213,7 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
     stdout: &Path,
     stderr: &Path,
     record: &mut StepRecord,
-) -> Result<i32, String> {
+) -> Result<i32, Error> {
     let mut result = run_once(env, step, stdout, stderr, record).await;
     if let Some(retry) = &step.retry_policy {
         let mut intervals = Backoff::new(retry.interval_sec, retry.backoff, retry.max_interval_sec);
@@ -280,7 +275,7 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
     stdout: &Path,
     stderr: &Path,
     record: &mut StepRecord,
-) -> Result<i32, String> {
+) -> Result<i32, Error> {
     if record.retry_count > 0 || record.done_count > 0 {
         // A new attempt of the step starts its logs afresh.
         let _ = std::fs::remove_file(stdout);
@@ -293,34 +288,33 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
         record.exit_code = outcome.exit_code();
         match outcome {
             Outcome::Exited(0) => code = 0,
-            Outcome::Exited(c) => return Err(with_stderr(format!("exit status {c}"), stderr)),
-            Outcome::Signaled(s) => {
-                return Err(with_stderr(format!("killed by signal {s}"), stderr));
+            Outcome::Exited(status) => {
+                let stderr = stderr_tail(stderr);
+                return Err(Error::Exited {
+                    code: status,
+                    stderr,
+                });
+            }
+            Outcome::Signaled(signal) => {
+                let stderr = stderr_tail(stderr);
+                return Err(Error::Signaled { signal, stderr });
             }
             Outcome::TimedOut => {
-                return Err(format!(
-                    "step timed out after {}s",
-                    step.timeout_sec.unwrap_or(0)
-                ));
+                let secs = step.timeout_sec.unwrap_or(0);
+                return Err(Error::TimedOut { secs });
             }
-            Outcome::Cancelled => return Err("cancelled".into()),
-            Outcome::SpawnFailed(e) => return Err(e),
+            Outcome::Cancelled => return Err(Error::Cancelled),
+            Outcome::SpawnFailed(e) => return Err(Error::SpawnFailed(e)),
         }
     }
     Ok(code)
 }
 
-fn with_stderr(message: String, stderr: &Path) -> String {
+/// The last lines a failed process wrote to stderr (what usually says why), if any.
+fn stderr_tail(stderr: &Path) -> Option<String> {
     let text = read_capped(stderr, 64 * 1024);
     let tail: Vec<&str> = text.lines().rev().take(5).collect();
-    if tail.is_empty() {
-        message
-    } else {
-        format!(
-            "{message}: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
-    }
+    (!tail.is_empty()).then(|| tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
 fn process_specs<S: ?Sized, E>(
@@ -328,7 +322,7 @@ fn process_specs<S: ?Sized, E>(
     step: &Step,
     stdout: &Path,
     stderr: &Path,
-) -> Result<Vec<ProcessSpec>, String> {
+) -> Result<Vec<ProcessSpec>, Error> {
     let shell = step.shell.clone().or_else(|| env.dag.shell.clone());
     let (sh, sh_args) = shell
         .map(|s| (s.program, s.args))
@@ -378,8 +372,7 @@ fn process_specs<S: ?Sized, E>(
                 .attempt
                 .dir
                 .join(format!("{}.script", safe_name(&step.name)));
-            std::fs::write(&path, env.scope.expand(script, false))
-                .map_err(|e| format!("cannot write script: {e}"))?;
+            std::fs::write(&path, env.scope.expand(script, false)).map_err(Error::WriteScript)?;
             let file = path.display().to_string();
             match program {
                 Some(p) => {
@@ -464,14 +457,14 @@ fn process_env<S: ?Sized, E>(
 pub(crate) async fn check_conditions<S: Store + ?Sized + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
     conditions: &[Condition],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     check_conditions_env(&ctx.snapshot(), conditions).await
 }
 
 async fn check_conditions_env<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     conditions: &[Condition],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     for c in conditions {
         check_condition(env, c).await?;
     }
@@ -482,7 +475,7 @@ async fn check_conditions_env<S: Store + ?Sized + 'static, E: Executor + 'static
 async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     c: &Condition,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let held = match &c.expected {
         Some(expected) => {
             let subst = crate::subst::Subst {
@@ -516,7 +509,9 @@ async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
     if held != c.negate {
         Ok(())
     } else {
-        Err(format!("`{}`", c.condition))
+        Err(Error::ConditionNotMet {
+            condition: c.condition.clone(),
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::Error;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use trellis_core::Dag;
@@ -13,8 +14,9 @@ use trellis_core::Dag;
 pub struct Entry {
     pub path: PathBuf,
     pub modified: Option<SystemTime>,
-    /// The DAG, or why the file is invalid (`file:line:col: message`).
-    pub dag: Result<Dag, String>,
+    /// The DAG, or why the file is invalid (shown as `file:line:col: message`). Shared, as
+    /// entries are cloned and an I/O error cannot be.
+    pub dag: Result<Dag, Arc<Error>>,
 }
 
 impl Entry {
@@ -49,7 +51,7 @@ impl Catalog {
                 _ => {
                     changed = true;
                     self.entries.push(Entry {
-                        dag: load(&path).map_err(|e| e.to_string()),
+                        dag: load(&path).map_err(Arc::new),
                         path,
                         modified,
                     });

@@ -33,7 +33,7 @@ pub struct Cron {
 impl Cron {
     /// `timezone` is an IANA name (`Europe/Paris`); `None` means the system's zone.
     pub fn new(expression: &str, timezone: Option<&str>) -> Result<Cron, crate::Error> {
-        let expr = CronExpr::parse(expression).map_err(|e| crate::Error::Cron(e.message))?;
+        let expr = CronExpr::parse(expression).map_err(crate::Error::Cron)?;
         let name = expr.timezone().or(timezone);
         let tz = match name {
             Some(name) => TimeZone::get(name).map_err(|e| crate::Error::Timezone {

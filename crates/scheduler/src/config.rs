@@ -39,19 +39,21 @@ pub struct Storage {
 
 impl Storage {
     /// The database URL this section selects; `None` for the file store.
-    pub fn database_url(&self) -> Result<Option<String>, String> {
+    pub fn database_url(&self) -> Result<Option<String>, Error> {
         match (self.backend.as_deref(), &self.url) {
             (None | Some("file"), None) => Ok(None),
-            (Some("file"), Some(_)) => Err("storage: `url` is only for a database backend".into()),
+            (Some("file"), Some(_)) => Err(Error::UrlWithoutDatabase),
             (Some("postgres" | "postgresql" | "mysql" | "mariadb") | None, Some(url)) => {
                 Ok(Some(url.clone()))
             }
             (Some(b @ ("postgres" | "postgresql" | "mysql" | "mariadb")), None) => {
-                Err(format!("storage: backend `{b}` needs a `url`"))
+                Err(Error::MissingUrl {
+                    backend: b.to_string(),
+                })
             }
-            (Some(other), _) => Err(format!(
-                "storage: unknown backend `{other}` (use file, postgres, mysql or mariadb)"
-            )),
+            (Some(other), _) => Err(Error::UnknownBackend {
+                backend: other.to_string(),
+            }),
         }
     }
 }

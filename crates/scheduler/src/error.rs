@@ -1,5 +1,6 @@
 //! What loading the scheduler's inputs can fail with: the config file and DAG files (each
-//! error names the file, and the line and column where there is one) and schedules.
+//! error names the file, and the line and column where there is one), the config's
+//! storage section, and schedules.
 
 use std::path::PathBuf;
 
@@ -34,9 +35,16 @@ pub enum Error {
         more: usize,
     },
     #[error("{0}")]
-    Cron(String),
+    Cron(trellis_core::cron::Error),
     #[error("unknown timezone `{name}`: {message}")]
     Timezone { name: String, message: String },
+    /// `storage.url` with the file backend.
+    #[error("storage: `url` is only for a database backend")]
+    UrlWithoutDatabase,
+    #[error("storage: backend `{backend}` needs a `url`")]
+    MissingUrl { backend: String },
+    #[error("storage: unknown backend `{backend}` (use file, postgres, mysql or mariadb)")]
+    UnknownBackend { backend: String },
 }
 
 fn more_text(more: usize) -> String {

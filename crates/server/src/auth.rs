@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::ServeError;
 use crate::error::Error;
 use crate::state::App;
 
@@ -106,7 +107,7 @@ impl Settings {
 
     /// Settings from the config section plus `TRELLIS_AUTH_BASIC_USERNAME`/`_PASSWORD`
     /// and `TRELLIS_AUTH_TOKEN` (an admin token).
-    pub fn resolve(section: &AuthSection, home: &Path) -> Result<Settings, String> {
+    pub fn resolve(section: &AuthSection, home: &Path) -> Result<Settings, ServeError> {
         let mut users: Vec<UserEntry> = section.basic.iter().cloned().collect();
         users.extend(section.users.iter().cloned());
         if let (Ok(username), Ok(password)) = (
@@ -128,13 +129,9 @@ impl Settings {
                 created_at: None,
             });
         }
-        for t in &tokens {
-            if parse_hash(&t.hash).is_none() {
-                return Err(format!(
-                    "auth.tokens `{}`: hash must be `sha256:` and 64 hex digits",
-                    t.name
-                ));
-            }
+        if let Some(t) = tokens.iter().find(|t| parse_hash(&t.hash).is_none()) {
+            let name = t.name.clone();
+            return Err(ServeError::TokenHash { name });
         }
         let configured = !users.is_empty() || !tokens.is_empty();
         let enabled = match section.mode.as_deref() {
@@ -142,18 +139,13 @@ impl Settings {
             Some("none") => false,
             Some("basic" | "token") => true,
             Some(other) => {
-                return Err(format!(
-                    "auth.mode `{other}`: expected none, basic or token"
-                ));
+                let mode = other.to_string();
+                return Err(ServeError::AuthMode { mode });
             }
         };
         let tokens_file = tokens_path(home);
         if enabled && !configured && read_tokens(&tokens_file).is_empty() {
-            return Err(
-                "auth is on but no users or tokens exist: set auth.basic, auth.users, \
-                 TRELLIS_AUTH_TOKEN, or run `trellis token create`"
-                    .into(),
-            );
+            return Err(ServeError::NoCredentials);
         }
         Ok(Settings {
             enabled,

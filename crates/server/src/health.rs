@@ -112,7 +112,7 @@ async fn deep(State(app): State<Arc<App>>) -> Response {
     let (data, backend) = (app.data.clone(), app.store.clone());
     let store = tokio::task::spawn_blocking(move || probe_backend(&data, &*backend))
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(Error::Panicked(e)));
     // The heartbeat is in the store: with the store away, reading it would wait for it.
     let scheduler = match &store {
         Ok(_) => {
@@ -126,7 +126,10 @@ async fn deep(State(app): State<Arc<App>>) -> Response {
     let checks = Checks {
         store: match store {
             Ok(detail) => Check { ok: true, detail },
-            Err(detail) => Check { ok: false, detail },
+            Err(e) => Check {
+                ok: false,
+                detail: e.to_string(),
+            },
         },
         scheduler,
         coordinator: coordinator_check(&app).await,
@@ -144,6 +147,31 @@ async fn deep(State(app): State<Arc<App>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Why the store check failed; the message is the check's `detail`.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    /// The probe file (or its directory) in the data dir could not be written, read or
+    /// removed.
+    #[error("{}: {error}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: read back different bytes", path.display())]
+    ReadBack { path: std::path::PathBuf },
+    #[error("{kind} store: {error}")]
+    Store {
+        kind: &'static str,
+        error: trellis_store::Error,
+    },
+    /// The store answers, but operations that failed earlier are still being retried.
+    #[error("the {kind} store answers again, but {count} operation(s) are still retrying")]
+    Retrying { kind: &'static str, count: u64 },
+    /// The probe itself panicked.
+    #[error("{0}")]
+    Panicked(tokio::task::JoinError),
+}
+
 /// The data dir (logs and work files live there), one untried round trip to the store,
 /// whether operations are waiting for it to come back, and whether runs this process
 /// executes lost a record write (said, without failing the check: the store works now, and
@@ -151,14 +179,14 @@ async fn deep(State(app): State<Arc<App>>) -> Response {
 fn probe_backend(
     data: &std::path::Path,
     store: &dyn trellis_store::Backend,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     probe_store(data)?;
     let kind = store.kind();
-    store.probe().map_err(|e| format!("{kind} store: {e}"))?;
-    if let n @ 1.. = store.failing() {
-        return Err(format!(
-            "the {kind} store answers again, but {n} operation(s) are still retrying"
-        ));
+    store
+        .probe()
+        .map_err(|error| Error::Store { kind, error })?;
+    if let count @ 1.. = store.failing() {
+        return Err(Error::Retrying { kind, count });
     }
     if let n @ 1.. = trellis_engine::failed_writes() {
         return Ok(format!(
@@ -170,23 +198,30 @@ fn probe_backend(
 }
 
 /// Creates, reads back and deletes a probe file in the data dir.
-fn probe_store(data: &std::path::Path) -> Result<(), String> {
+fn probe_store(data: &std::path::Path) -> Result<(), Error> {
     let dir = data.join("health");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|error| Error::DataDir {
+        path: dir.clone(),
+        error,
+    })?;
     // Unique per process and call, so replicas and concurrent checks do not collide.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = dir.join(format!("probe-{}-{n}", std::process::id()));
     let text = format!("trellis health probe {}", jiff::Timestamp::now());
+    let failed = |error: std::io::Error| Error::DataDir {
+        path: path.clone(),
+        error,
+    };
     let result = std::fs::write(&path, &text)
         .and_then(|()| std::fs::read_to_string(&path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(failed)
         .and_then(|back| {
             (back == text)
                 .then_some(())
-                .ok_or_else(|| format!("{}: read back different bytes", path.display()))
+                .ok_or_else(|| Error::ReadBack { path: path.clone() })
         });
-    let removed = std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()));
+    let removed = std::fs::remove_file(&path).map_err(failed);
     result.and(removed)
 }
 

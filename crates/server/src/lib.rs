@@ -83,21 +83,15 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Refuses settings that would expose runs without authentication.
-pub fn check(opts: &Options) -> Result<(), String> {
+pub fn check(opts: &Options) -> Result<(), ServeError> {
     if !opts.addr.ip().is_loopback() && !opts.auth.enabled() && !opts.insecure_no_auth {
-        return Err(format!(
-            "refusing to listen on {} without authentication: configure auth (see docs/CONFIG.md) \
-             or pass --insecure-no-auth",
-            opts.addr
-        ));
+        return Err(ServeError::NoAuth { addr: opts.addr });
     }
     if !opts.path_prefix.is_empty()
         && (!opts.path_prefix.starts_with('/') || opts.path_prefix.ends_with('/'))
     {
-        return Err(format!(
-            "path prefix `{}` must start with `/` and not end with one",
-            opts.path_prefix
-        ));
+        let prefix = opts.path_prefix.clone();
+        return Err(ServeError::PathPrefix { prefix });
     }
     Ok(())
 }
@@ -108,8 +102,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), ServeError> {
-    check(&opts).map_err(ServeError::Config)?;
-    let app = Arc::new(App::new(&opts).map_err(ServeError::Config)?);
+    check(&opts)?;
+    let app = Arc::new(App::new(&opts)?);
     let refresher = app.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -141,7 +135,7 @@ pub async fn serve(
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                 .await
-                .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;
+                .map_err(ServeError::Tls)?;
             axum_server::bind_rustls(opts.addr, config)
                 .handle(handle)
                 .serve(router)
@@ -157,11 +151,37 @@ pub async fn serve(
     Ok(())
 }
 
-/// Errors of `serve`: bad settings (exit 2) or I/O such as a port in use (exit 1).
+/// Errors of `serve` and of the settings it is given ([`check`], [`App::new`],
+/// [`auth::Settings::resolve`]): bad settings (exit 2) or I/O such as a port in use (exit
+/// 1). Inner errors are part of the message, so only `Io` has a `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(
+        "refusing to listen on {addr} without authentication: configure auth (see docs/CONFIG.md) or pass --insecure-no-auth"
+    )]
+    NoAuth { addr: SocketAddr },
+    #[error("path prefix `{prefix}` must start with `/` and not end with one")]
+    PathPrefix { prefix: String },
+    /// The config file does not load.
     #[error("{0}")]
-    Config(String),
+    Config(trellis_scheduler::Error),
+    #[error("server.webhook_secret must be at least 32 characters")]
+    ShortWebhookSecret,
+    /// The session secret in the data dir cannot be read or made.
+    #[error("server secret: {0}")]
+    Secret(std::io::Error),
+    /// A configured API token whose `hash` is not `sha256:<64 hex digits>`.
+    #[error("auth.tokens `{name}`: hash must be `sha256:` and 64 hex digits")]
+    TokenHash { name: String },
+    #[error("auth.mode `{mode}`: expected none, basic or token")]
+    AuthMode { mode: String },
+    #[error(
+        "auth is on but no users or tokens exist: set auth.basic, auth.users, TRELLIS_AUTH_TOKEN, or run `trellis token create`"
+    )]
+    NoCredentials,
+    /// The certificate or key does not load.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -11,9 +11,9 @@ use hmac::{KeyInit, Mac};
 use trellis_scheduler::config::Config;
 use trellis_store::Shared;
 
-use crate::Options;
 use crate::auth::{self, Principal, Role, Settings, TokenEntry};
 use crate::error::{Error, Result};
+use crate::{Options, ServeError};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -45,22 +45,20 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(opts: &Options) -> std::result::Result<App, String> {
+    pub fn new(opts: &Options) -> std::result::Result<App, ServeError> {
         let config = match &opts.config_file {
-            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            Some(path) => Config::load(path).map_err(ServeError::Config)?,
             None => Config::default(),
         };
         let file = match &opts.config_file {
-            Some(path) => crate::config::FileConfig::load(path).map_err(|e| e.to_string())?,
+            Some(path) => crate::config::FileConfig::load(path).map_err(ServeError::Config)?,
             None => crate::config::FileConfig::default(),
         };
         let data = trellis_store::data_dir(&opts.home);
         let secret = match &file.server.webhook_secret {
-            Some(s) if s.len() < 32 => {
-                return Err("server.webhook_secret must be at least 32 characters".into());
-            }
+            Some(s) if s.len() < 32 => return Err(ServeError::ShortWebhookSecret),
             Some(s) => s.as_bytes().to_vec(),
-            None => load_secret(&data).map_err(|e| format!("server secret: {e}"))?,
+            None => load_secret(&data).map_err(ServeError::Secret)?,
         };
         let runs = runs(opts, &data);
         Ok(App {

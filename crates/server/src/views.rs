@@ -129,7 +129,7 @@ pub fn load_dag(app: &App, name: &str) -> Result<(DagSummary, Dag)> {
         Err(e) => Err(Error::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_dag",
-            e,
+            e.to_string(),
         )),
     }
 }
@@ -138,7 +138,7 @@ fn load_entry(app: &App, name: &str) -> Result<trellis_scheduler::catalog::Entry
     let path = app.dag_file(name)?;
     let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     Ok(trellis_scheduler::catalog::Entry {
-        dag: trellis_scheduler::catalog::load(&path).map_err(|e| e.to_string()),
+        dag: trellis_scheduler::catalog::load(&path).map_err(std::sync::Arc::new),
         path,
         modified,
     })
@@ -180,7 +180,7 @@ fn summarize(app: &App, entry: &trellis_scheduler::catalog::Entry) -> DagSummary
         file,
         dag_name,
         valid: entry.dag.is_ok(),
-        error: entry.dag.as_ref().err().cloned(),
+        error: entry.dag.as_ref().err().map(ToString::to_string),
         description: None,
         labels: IndexMap::new(),
         schedules: Vec::new(),

@@ -185,28 +185,36 @@ fn parse(body: &[u8]) -> Result<Wanted> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Wanted::default());
     }
-    let bad = |m: String| Error::new(StatusCode::BAD_REQUEST, "invalid_body", m);
     let value: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| invalid_body(format!("body is not JSON: {e}")))?;
     let Value::Object(fields) = value else {
         return Ok(Wanted::default());
     };
     let params = match fields.get("params") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Object(map)) => Some(render_params(map).map_err(bad)?),
-        Some(_) => return Err(bad("`params` must be a string or an object".into())),
+        Some(Value::Object(map)) => Some(render_params(map)?),
+        Some(_) => {
+            return Err(invalid_body(
+                "`params` must be a string or an object".into(),
+            ));
+        }
     };
     let run_id = match fields.get("run_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(bad("`run_id` must be a string".into())),
+        Some(_) => return Err(invalid_body("`run_id` must be a string".into())),
     };
     Ok(Wanted { params, run_id })
 }
 
+/// A body the webhook cannot use: 400 with code `invalid_body`.
+fn invalid_body(message: String) -> Error {
+    Error::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+}
+
 /// `{"A": "x y", "N": 3}` as `A="x y" N=3`.
-fn render_params(map: &serde_json::Map<String, Value>) -> std::result::Result<String, String> {
+fn render_params(map: &serde_json::Map<String, Value>) -> Result<String> {
     let values = map
         .iter()
         .map(|(name, value)| {
@@ -214,9 +222,9 @@ fn render_params(map: &serde_json::Map<String, Value>) -> std::result::Result<St
                 Value::String(s) => s.clone(),
                 Value::Number(_) | Value::Bool(_) => value.to_string(),
                 _ => {
-                    return Err(format!(
+                    return Err(invalid_body(format!(
                         "param `{name}` must be a string, number or boolean"
-                    ));
+                    )));
                 }
             };
             Ok(trellis_core::params::ParamValue {
@@ -225,7 +233,7 @@ fn render_params(map: &serde_json::Map<String, Value>) -> std::result::Result<St
                 positional: false,
             })
         })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>>>()?;
     Ok(trellis_core::params::render(&values))
 }
 

@@ -131,15 +131,14 @@ pub const PARAMETERS_KEY: &str = "daggy_parameters";
 
 /// Turns a generator's stdout (a JSON map of task id → task) into steps, expanded with the
 /// run's parameters. The caller wires them after the generator.
-pub fn generated_steps(dag: &Dag, stdout: &str) -> Result<Vec<Step>, String> {
-    let docs = crate::yaml::parse(stdout)
-        .map_err(|e| format!("generator output is not JSON: {}", e.message))?;
+pub fn generated_steps(dag: &Dag, stdout: &str) -> Result<Vec<Step>, crate::Error> {
+    let docs = crate::yaml::parse(stdout).map_err(crate::Error::GeneratorNotJson)?;
     let Some(Node {
         value: Value::Map(entries),
         ..
     }) = docs.first()
     else {
-        return Err("generator output must be a JSON object of task id → task".into());
+        return Err(crate::Error::GeneratorNotObject);
     };
     let mut cx = Cx::default();
     let tasks: Vec<Task> = entries
@@ -147,7 +146,7 @@ pub fn generated_steps(dag: &Dag, stdout: &str) -> Result<Vec<Step>, String> {
         .filter_map(|(k, v)| task(&mut cx, k, v))
         .collect();
     if let Some(p) = cx.problems.iter().find(|p| !p.warning) {
-        return Err(format!("generator output: {}", p.message));
+        return Err(crate::Error::GeneratorTask(Box::new(p.clone())));
     }
     let params: IndexMap<String, Vec<String>> = dag
         .executor_defaults

@@ -10,7 +10,9 @@ mod dag;
 mod daggy;
 mod decode;
 pub mod diag;
+mod error;
 pub use daggy::generated_steps;
+pub use error::Error;
 mod fields;
 mod graph;
 mod params;
@@ -177,10 +179,10 @@ pub fn resolve_params(
 ) -> Result<Vec<ParamValue>, Vec<ParamError>> {
     let mut tokens = match params.map(trellis_core::params::parse_tokens) {
         Some(Ok(tokens)) => tokens,
-        Some(Err(message)) => {
+        Some(Err(error)) => {
             return Err(vec![ParamError {
                 param: "--params".into(),
-                message,
+                error,
             }]);
         }
         None => Vec::new(),

@@ -53,7 +53,7 @@ fn from_string(cx: &mut Cx, node: &Node, text: &str) -> Vec<ParamDef> {
             })
             .collect(),
         Err(e) => {
-            cx.invalid(node, e);
+            cx.invalid(node, e.to_string());
             Vec::new()
         }
     }
@@ -241,7 +241,7 @@ fn check_default(cx: &mut Cx, node: &Node, def: &ParamDef) {
                 Problem::error(
                     Code::InvalidParam,
                     span,
-                    format!("default of param `{name}` is invalid: {}", e.message),
+                    format!("default of param `{name}` is invalid: {}", e.error),
                 )
                 .label("this default"),
             );
@@ -278,10 +278,13 @@ fn default_node<'n>(node: &'n Node, name: &str) -> Option<&'n Node> {
 }
 
 /// `pattern:` checks for [`params::resolve`].
-pub fn regex_match(pattern: &str, value: &str) -> Result<bool, String> {
+pub fn regex_match(pattern: &str, value: &str) -> Result<bool, params::Error> {
     regex::Regex::new(pattern)
         .map(|r| r.is_match(value))
-        .map_err(|e| e.to_string())
+        .map_err(|e| params::Error::BadPattern {
+            pattern: pattern.to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Step `params:` given as a map or list, rendered to the `K=V ...` string form.

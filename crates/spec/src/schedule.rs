@@ -110,7 +110,7 @@ fn cron(cx: &mut Cx, node: &Node, text: &str, timezone: Option<&str>) -> Option<
         }
         Err(e) => {
             cx.push(
-                Problem::error(Code::InvalidCron, node.span, format!("invalid cron expression `{text}`: {}", e.message))
+                Problem::error(Code::InvalidCron, node.span, format!("invalid cron expression `{text}`: {e}"))
                     .help("use 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @daily/@hourly/..."),
             );
             None
@@ -119,7 +119,7 @@ fn cron(cx: &mut Cx, node: &Node, text: &str, timezone: Option<&str>) -> Option<
 }
 
 /// Checks `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
-pub fn check_rfc3339(text: &str) -> Result<(), String> {
+pub fn check_rfc3339(text: &str) -> Result<(), crate::Error> {
     let b = text.as_bytes();
     let digits = |r: std::ops::Range<usize>| {
         b.get(r.clone())
@@ -143,7 +143,7 @@ pub fn check_rfc3339(text: &str) -> Result<(), String> {
         && b[16] == b':'
         && digits(17..19);
     if !shape {
-        return Err("expected YYYY-MM-DDTHH:MM:SS followed by Z or an offset".into());
+        return Err(crate::Error::TimeShape);
     }
     let mut i = 19;
     if b.get(i) == Some(&b'.') {
@@ -163,7 +163,7 @@ pub fn check_rfc3339(text: &str) -> Result<(), String> {
         }
     };
     if !zone_ok {
-        return Err("missing or malformed timezone (Z or ±HH:MM)".into());
+        return Err(crate::Error::TimeZone);
     }
     let (month, day, hour, minute, second) =
         (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
@@ -173,7 +173,7 @@ pub fn check_rfc3339(text: &str) -> Result<(), String> {
         || minute > 59
         || second > 60
     {
-        return Err("a date or time field is out of range".into());
+        return Err(crate::Error::TimeOutOfRange);
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ impl tonic::service::Interceptor for Auth {
             }
             Some(Err(why)) => {
                 tracing::warn!("coordinator: refused a call: {why}");
-                Err(Status::unauthenticated(why))
+                Err(Status::unauthenticated(why.to_string()))
             }
             None => {
                 tracing::warn!("coordinator: refused a call without a worker token");

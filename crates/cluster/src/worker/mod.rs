@@ -125,7 +125,7 @@ impl Worker {
 }
 
 /// Runs the worker until `shutdown`, then drains and deregisters.
-pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate::Error> {
     let engine_opts = EngineOptions {
         dags_dir: None,
         base_env: trellis_engine::inherited_env(),
@@ -262,7 +262,7 @@ async fn link_loop(worker: Arc<Worker>, stop: CancellationToken) {
 
 /// The coordinator's address: the configured one, one of the shared-nothing list (in
 /// turn, `attempt` picks), else the freshest live registry entry.
-fn coordinator_address(worker: &Worker, attempt: usize) -> Result<String, String> {
+fn coordinator_address(worker: &Worker, attempt: usize) -> Result<String, crate::Error> {
     if !worker.opts.coordinators.is_empty() {
         let list = &worker.opts.coordinators;
         return Ok(list[attempt % list.len()].clone());
@@ -277,19 +277,14 @@ fn coordinator_address(worker: &Worker, attempt: usize) -> Result<String, String
     );
     live.first()
         .map(|e| format!("{}:{}", e.host, e.port))
-        .ok_or_else(|| {
-            format!(
-                "no live coordinator in the registry {}",
-                worker.opts.registry_dir.display()
-            )
+        .ok_or_else(|| crate::Error::NoLiveCoordinator {
+            registry: worker.opts.registry_dir.clone(),
         })
 }
 
-async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
+async fn connect(worker: &Worker, attempt: usize) -> Result<Client, crate::Error> {
     let addr = coordinator_address(worker, attempt)?;
-    let mut client = link::dial(&addr, &worker.opts.dial, &worker.opts.id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client = link::dial(&addr, &worker.opts.dial, &worker.opts.id).await?;
     let req = proto::RegisterRequest {
         worker_id: worker.opts.id.clone(),
         labels: worker.labels(),
@@ -298,12 +293,13 @@ async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
         pid: std::process::id(),
         running: worker.running_tasks(),
     };
-    client.register(req).await.map_err(|e| {
-        format!(
-            "the coordinator at {addr} refused to register us: {}",
-            link::status_text(&e)
-        )
-    })?;
+    client
+        .register(req)
+        .await
+        .map_err(|e| crate::Error::RegisterRefused {
+            addr: addr.clone(),
+            message: link::status_text(&e),
+        })?;
     tracing::info!(
         "worker {}: registered with the coordinator at {addr}",
         worker.opts.id
@@ -311,7 +307,7 @@ async fn connect(worker: &Worker, attempt: usize) -> Result<Client, String> {
     Ok(client)
 }
 
-async fn heartbeat(worker: &Worker) -> Result<(), String> {
+async fn heartbeat(worker: &Worker) -> Result<(), crate::Error> {
     let Some(mut client) = worker.client() else {
         return Ok(());
     };
@@ -324,7 +320,9 @@ async fn heartbeat(worker: &Worker) -> Result<(), String> {
     let reply = client
         .heartbeat(req)
         .await
-        .map_err(|e| e.message().to_string())?
+        .map_err(|e| crate::Error::Heartbeat {
+            message: e.message().to_string(),
+        })?
         .into_inner();
     let running = worker.running.lock().unwrap_or_else(|e| e.into_inner());
     for id in reply.cancel_task_ids {

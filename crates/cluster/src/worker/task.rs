@@ -125,7 +125,8 @@ pub(super) async fn accept(
         let outcome = execute(&worker, &task, cancel).await;
         done.cancel();
         let _ = shipper.await;
-        report(&worker, &task, outcome.err().unwrap_or_default()).await;
+        let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+        report(&worker, &task, error).await;
         worker.relay.untrack(&task.run_id);
         worker
             .running
@@ -142,13 +143,11 @@ async fn execute(
     worker: &Worker,
     task: &proto::Task,
     cancel: CancellationToken,
-) -> Result<(), String> {
-    let dag: Dag = serde_json::from_str(&task.definition_json)
-        .map_err(|e| format!("the task's DAG definition does not parse: {e}"))?;
-    let params = trellis_spec::resolve_params(&dag, Some(&task.params), &[]).map_err(|errors| {
-        let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        msg.join("; ")
-    })?;
+) -> Result<(), crate::Error> {
+    let dag: Dag =
+        serde_json::from_str(&task.definition_json).map_err(crate::Error::TaskDefinition)?;
+    let params = trellis_spec::resolve_params(&dag, Some(&task.params), &[])
+        .map_err(crate::Error::TaskParams)?;
     let dag = Arc::new(dag);
     let req = RunRequest {
         locals: Arc::new(dag.local_dags.clone()),
@@ -164,7 +163,7 @@ async fn execute(
         .engine
         .run(req, cancel)
         .await
-        .map_err(|e| format!("the run could not start: {e}"))?;
+        .map_err(crate::Error::RunStart)?;
     tracing::info!(
         "worker {}: run {} of {} {}",
         worker.opts.id,
