@@ -63,7 +63,7 @@ pub(crate) async fn run_child<S: Store + ?Sized>(
             return Ok(r);
         }
         if cancel.is_cancelled() && !asked_to_stop {
-            remote.0.cancel_child(&child.dag.name, child.run_id);
+            crate::blocking_section(|| remote.0.cancel_child(&child.dag.name, child.run_id));
             asked_to_stop = true;
         }
         tokio::select! {

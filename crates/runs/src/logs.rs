@@ -37,7 +37,7 @@ impl Runs {
         };
         let mut offset = 0u64;
         loop {
-            offset += self.copy_from(&log, offset, out)?;
+            offset += self.copy_from(&log, offset, out).await?;
             if !follow {
                 return Ok(Some(offset));
             }
@@ -53,7 +53,7 @@ impl Runs {
                 .is_some_and(|s| s.status.is_final());
             if step_done || now.is_none_or(|r| r.status.is_final()) {
                 // What it wrote before it ended.
-                offset += self.copy_from(&log, offset, out)?;
+                offset += self.copy_from(&log, offset, out).await?;
                 return Ok(Some(offset));
             }
             tokio::time::sleep(FOLLOW_EVERY).await;
@@ -61,11 +61,21 @@ impl Runs {
     }
 
     /// Copies `log` from `offset` to `out`; the bytes copied (none yet when it is absent).
-    fn copy_from(&self, log: &str, mut offset: u64, out: &mut (dyn Write + Send)) -> Result<u64> {
+    /// Each chunk is read on the blocking pool: a log store may be remote.
+    async fn copy_from(
+        &self,
+        log: &str,
+        mut offset: u64,
+        out: &mut (dyn Write + Send),
+    ) -> Result<u64> {
         let start = offset;
-        let failed = |e| Error::io(format!("read the log {log}"), e);
         loop {
-            let buf = self.logs.read(log, offset, CHUNK).map_err(failed)?;
+            let (logs, name) = (self.logs.clone(), log.to_string());
+            let buf = crate::blocking(move || {
+                let failed = |e| Error::io(format!("read the log {name}"), e);
+                logs.read(&name, offset, CHUNK).map_err(failed)
+            })
+            .await?;
             if buf.is_empty() {
                 break;
             }

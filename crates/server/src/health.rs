@@ -356,7 +356,14 @@ pub struct SchedulerInfo {
 /// What is running and how it is set up.
 #[utoipa::path(get, path = "/server_info", tag = "ops", responses((status = 200, body = ServerInfo)))]
 async fn server_info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
-    let lease = app.store.leader().ok().flatten();
+    // Both are in the store, which may be a database that is away.
+    let reader = app.clone();
+    let (lease, beat) = tokio::task::spawn_blocking(move || {
+        let lease = reader.store.leader().ok().flatten();
+        (lease, heartbeat_age(&reader).map(|(age, _)| age))
+    })
+    .await
+    .unwrap_or_default();
     Json(ServerInfo {
         trellis_version: env!("CARGO_PKG_VERSION").into(),
         api_version: "v2".into(),
@@ -380,7 +387,7 @@ async fn server_info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
             leader_pid: lease.as_ref().map(|l| l.pid),
             lease_token: lease.as_ref().map(|l| l.token),
             leader_since: lease.map(|l| l.since),
-            heartbeat_age_sec: heartbeat_age(&app).map(|(age, _)| age),
+            heartbeat_age_sec: beat,
         },
     })
 }

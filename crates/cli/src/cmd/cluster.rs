@@ -222,12 +222,15 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
 /// (none reachable) from the registry files, where health is the registry entry's age.
 pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json::Value {
     let registry_dir = registry::default_dir(&trellis_store::data_dir(&home()));
-    let stored = match super::open_store() {
-        Ok(store) if store.spans_machines() && coordinator.is_none() => {
-            Some(client::stored_workers(&*store))
-        }
+    // Opening a database store and reading it block: off the runtime's threads.
+    let direct = coordinator.is_none();
+    let stored = tokio::task::spawn_blocking(move || match super::open_store() {
+        Ok(store) if store.spans_machines() && direct => Some(client::stored_workers(&*store)),
         _ => None,
-    };
+    })
+    .await
+    .ok()
+    .flatten();
     let addr = coordinator.or_else(|| client::discover(&registry_dir));
     let fetched = match (&stored, &addr) {
         (Some(_), _) | (None, None) => None,

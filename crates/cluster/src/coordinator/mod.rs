@@ -176,7 +176,7 @@ pub async fn serve(
         wake: Notify::new(),
         remote: Mutex::new(()),
     });
-    upkeep::load_tasks(&coord);
+    trellis_engine::blocking_section(|| upkeep::load_tasks(&coord));
     let upkeep = tokio::spawn(upkeep::run(coord.clone(), addr, shutdown.clone()));
     if let Some(tx) = bound {
         let _ = tx.send(addr);
@@ -208,7 +208,7 @@ pub async fn serve(
         return Err("the coordinator lost its lease to another coordinator".into());
     }
     if let Some(lead) = coord.lead.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        coord.store.release_lease(lead);
+        trellis_engine::blocking_section(|| coord.store.release_lease(lead));
     }
     Ok(())
 }

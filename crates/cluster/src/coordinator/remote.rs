@@ -11,6 +11,7 @@ use trellis_store::{Attempt, Entry, safe_name};
 use super::Coord;
 use crate::proto;
 use crate::table::Phase;
+use trellis_engine::blocking_section;
 
 /// Stores a run record a worker reported, in the run's attempt for that task. A claim
 /// that is not the worker's is `PermissionDenied` (final); a store failure is
@@ -113,25 +114,30 @@ pub(crate) async fn receive_logs(
         if caller.as_ref().is_some_and(|c| *c != chunk.worker_id) {
             return Err(Status::permission_denied("the token is for another worker"));
         }
-        let attempt = attempt_for(coord, &chunk.task_id, &chunk.worker_id, &chunk.claim_token)?;
-        let ext = if chunk.stream == proto::log_chunk::Stream::Stderr as i32 {
-            "err"
-        } else {
-            "out"
-        };
-        let path = attempt
-            .log_dir
-            .join(format!("{}.{ext}", safe_name(&chunk.step_name)));
-        let log = path.display().to_string();
-        let written = coord.logs.append_at(&log, chunk.sequence, &chunk.data);
-        ack.bytes_written += written.map_err(|e| {
-            let msg = format!("{}: {e}", path.display());
-            if e.kind() == std::io::ErrorKind::InvalidInput {
-                Status::out_of_range(msg)
-            } else {
-                Status::unavailable(msg)
-            }
-        })?;
+        ack.bytes_written += blocking_section(|| store_chunk(coord, &chunk))?;
     }
     Ok(Response::new(ack))
+}
+
+/// Appends one chunk to its step's log (store calls: on the blocking pool's terms).
+fn store_chunk(coord: &Coord, chunk: &proto::LogChunk) -> Result<u64, Status> {
+    let attempt = attempt_for(coord, &chunk.task_id, &chunk.worker_id, &chunk.claim_token)?;
+    let ext = if chunk.stream == proto::log_chunk::Stream::Stderr as i32 {
+        "err"
+    } else {
+        "out"
+    };
+    let path = attempt
+        .log_dir
+        .join(format!("{}.{ext}", safe_name(&chunk.step_name)));
+    let log = path.display().to_string();
+    let written = coord.logs.append_at(&log, chunk.sequence, &chunk.data);
+    written.map_err(|e| {
+        let msg = format!("{}: {e}", path.display());
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            Status::out_of_range(msg)
+        } else {
+            Status::unavailable(msg)
+        }
+    })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_core::worker::Health;
+use trellis_engine::blocking_section;
 
 use super::{Coord, WorkerState};
 use crate::now_ms;
@@ -259,7 +260,7 @@ impl Coordinator for Service {
             let notified = self.0.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(task) = self.try_claim(&r.worker_id, &labels) {
+            if let Some(task) = blocking_section(|| self.try_claim(&r.worker_id, &labels)) {
                 return Ok(Response::new(proto::PollResponse {
                     task: Some(to_proto(&task)),
                 }));
@@ -280,7 +281,7 @@ impl Coordinator for Service {
         self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
         if r.refuse {
-            return Ok(Response::new(self.refused(&r)));
+            return Ok(Response::new(blocking_section(|| self.refused(&r))));
         }
         let timing = self.0.timing();
         let task = {
@@ -294,7 +295,7 @@ impl Coordinator for Service {
                 error: "the claim expired or is not yours".into(),
             }));
         };
-        if let Err(e) = self.0.tasks.write(&task) {
+        if let Err(e) = blocking_section(|| self.0.tasks.write(&task)) {
             tracing::error!("coordinator: cannot persist ack of {}: {e}", r.task_id);
         }
         Ok(Response::new(proto::AckResponse {
@@ -324,7 +325,7 @@ impl Coordinator for Service {
         self.caller(&request, &request.get_ref().worker_id)?;
         let r = request.into_inner();
         if !r.record_json.is_empty()
-            && let Err(e) = super::remote::store_report(&self.0, &r)
+            && let Err(e) = blocking_section(|| super::remote::store_report(&self.0, &r))
         {
             if e.code() == tonic::Code::PermissionDenied {
                 return Ok(Response::new(proto::StatusAck {
@@ -335,7 +336,7 @@ impl Coordinator for Service {
             return Err(e);
         }
         if r.finished && !r.error.is_empty() {
-            self.failed_to_start(&r);
+            blocking_section(|| self.failed_to_start(&r));
         }
         if !r.finished {
             return Ok(Response::new(proto::StatusAck {
@@ -355,7 +356,7 @@ impl Coordinator for Service {
         };
         match removed {
             Ok(true) => {
-                if let Err(e) = self.0.tasks.remove(&r.task_id) {
+                if let Err(e) = blocking_section(|| self.0.tasks.remove(&r.task_id)) {
                     tracing::warn!("coordinator: cannot remove task {}: {e}", r.task_id);
                 }
                 Ok(Response::new(proto::StatusAck {
@@ -387,7 +388,7 @@ impl Coordinator for Service {
         request: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
         let r = request.into_inner();
-        let found = super::upkeep::cancel(&self.0, &r.dag_name, &r.run_id);
+        let found = blocking_section(|| super::upkeep::cancel(&self.0, &r.dag_name, &r.run_id));
         Ok(Response::new(proto::CancelResponse { found }))
     }
 

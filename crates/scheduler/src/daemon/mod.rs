@@ -87,11 +87,8 @@ pub async fn run<C: Clock + 'static>(
 ) -> std::io::Result<()> {
     let data = trellis_store::data_dir(&opts.home);
     let lease = loop {
-        if let Some(lease) = opts
-            .store
-            .acquire_lead(&opts.id)
-            .map_err(std::io::Error::other)?
-        {
+        let acquired = blocking_section(|| opts.store.acquire_lead(&opts.id));
+        if let Some(lease) = acquired.map_err(std::io::Error::other)? {
             break lease;
         }
         tokio::select! {
@@ -138,18 +135,18 @@ pub async fn run<C: Clock + 'static>(
     if leader.catalog.refresh(&leader.opts.dags_dir) {
         leader.report_invalid();
     }
-    leader.adopt_dispatched();
+    blocking_section(|| leader.adopt_dispatched());
     // The previous leader's process (machine and pid), unless it was this one.
     let previous = lease
         .previous
         .as_ref()
         .map(|p| (p.host.clone(), p.pid))
         .filter(|(h, p)| (h.as_str(), *p) != (trellis_store::hostname(), std::process::id()));
-    leader.recover(previous);
+    blocking_section(|| leader.recover(previous));
     leader.lead = Some(lease);
     let lost = leader.lead(done_rx, shutdown).await;
     if let Some(lease) = leader.lead.take() {
-        leader.store.release_lead(lease);
+        blocking_section(|| leader.store.release_lead(lease));
     }
     if lost {
         return Err(std::io::Error::other(format!(
