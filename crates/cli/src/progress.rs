@@ -111,9 +111,8 @@ fn line(step: &StepRecord) -> String {
         Status::PartiallySucceeded | Status::Skipped | Status::Waiting => "•",
         _ => "✗",
     };
-    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let took = match (parse(&step.started_at), parse(&step.finished_at)) {
-        (Some(a), Some(b)) => format!("{:>8.2}s", b.duration_since(a).as_secs_f64()),
+    let took = match (step.started_at, step.finished_at) {
+        (Some(a), Some(b)) => format!("{:>8.2}s", b.0.duration_since(a.0).as_secs_f64()),
         _ => String::new(),
     };
     format!(

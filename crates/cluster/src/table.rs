@@ -55,9 +55,9 @@ impl ParentRef {
         ParentRef {
             dir: a.dir.clone(),
             log_dir: a.log_dir.clone(),
-            run_id: a.run_id.clone(),
-            attempt_id: a.attempt_id.clone(),
-            root_run_id: a.root_run_id.clone(),
+            run_id: a.run_id.to_string(),
+            attempt_id: a.attempt_id.to_string(),
+            root_run_id: a.root_run_id.to_string(),
         }
     }
 
@@ -65,9 +65,9 @@ impl ParentRef {
         trellis_store::Attempt {
             dir: self.dir.clone(),
             log_dir: self.log_dir.clone(),
-            run_id: self.run_id.clone(),
-            attempt_id: self.attempt_id.clone(),
-            root_run_id: self.root_run_id.clone(),
+            run_id: self.run_id.clone().into(),
+            attempt_id: self.attempt_id.clone().into(),
+            root_run_id: self.root_run_id.clone().into(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod cron;
 pub mod duration;
 pub mod graph;
+pub mod ids;
 pub mod model;
 pub mod params;
 pub mod pattern;

@@ -4,6 +4,8 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{AttemptId, RunId, Stamp};
+
 /// Status of a run or a step; names and meanings follow Dagu.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,8 +74,8 @@ pub struct StepRecord {
     pub done_count: u32,
     /// The captured output variable's value, when the step has `output: VAR`.
     pub output: Option<String>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    pub started_at: Option<Stamp>,
+    pub finished_at: Option<Stamp>,
     pub worker_id: Option<String>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
@@ -91,16 +93,16 @@ pub struct StepRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub name: String,
-    pub run_id: String,
-    pub attempt_id: String,
+    pub run_id: RunId,
+    pub attempt_id: AttemptId,
     pub status: Status,
     pub steps: Vec<StepRecord>,
     pub handlers: IndexMap<String, StepRecord>,
     pub outputs: IndexMap<String, String>,
     pub params: Vec<String>,
     pub error: Option<String>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    pub started_at: Option<Stamp>,
+    pub finished_at: Option<Stamp>,
     pub pid: Option<u32>,
     pub root: Option<String>,
     pub parent: Option<String>,
@@ -111,7 +113,7 @@ pub struct RunRecord {
     pub queued: bool,
     /// When the run entered a queue (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queued_at: Option<String>,
+    pub queued_at: Option<Stamp>,
     /// The worker executing the run, when it runs on one: then its liveness is the
     /// coordinator's lease, not `pid` (a process on another machine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,8 +132,8 @@ impl RunRecord {
     pub fn new(dag: &crate::Dag, run_id: &str, attempt_id: &str, status: Status) -> RunRecord {
         RunRecord {
             name: dag.name.clone(),
-            run_id: run_id.to_string(),
-            attempt_id: attempt_id.to_string(),
+            run_id: run_id.into(),
+            attempt_id: attempt_id.into(),
             status,
             steps: dag
                 .steps

@@ -72,7 +72,7 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
                 dag: child,
                 locals,
                 params: values,
-                run_id,
+                run_id: run_id.into(),
                 parent: Some(parent),
                 retry: None,
                 queued: false,
@@ -85,7 +85,7 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
     for t in tasks {
         results.push(t.await.map_err(Error::Join)??);
     }
-    record.children = results.iter().map(|r| r.run_id.clone()).collect();
+    record.children = results.iter().map(|r| r.run_id.to_string()).collect();
     let outputs: Vec<Value> = results
         .iter()
         .map(|r| serde_json::to_value(&r.outputs).unwrap_or_default())

@@ -62,7 +62,7 @@ impl Journal {
     pub(crate) fn start<S: Store + ?Sized + 'static>(store: Arc<S>, attempt: Attempt) -> Journal {
         let shared = Arc::new(Shared::default());
         if !store.may_wait() {
-            let run_id = attempt.run_id.clone();
+            let run_id = attempt.run_id.to_string();
             let write: Inline = Box::new(move |entry| store.append(&attempt, entry));
             return Journal {
                 shared,

@@ -93,7 +93,7 @@ pub struct RunRequest {
     /// Local sub-DAGs visible to `call:` (the root file's later documents).
     pub locals: Arc<Vec<Dag>>,
     pub params: Vec<ParamValue>,
-    pub run_id: String,
+    pub run_id: trellis_core::ids::RunId,
     pub parent: Option<Attempt>,
     /// Set for `retry`: the same run id, a new attempt that keeps what already succeeded.
     pub retry: Option<Retry>,
@@ -177,8 +177,8 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
     }
 }
 
-pub(crate) fn now() -> String {
-    jiff::Timestamp::now().to_string()
+pub(crate) fn now() -> trellis_core::ids::Stamp {
+    jiff::Timestamp::now().into()
 }
 
 /// The state of one run while it is driven.

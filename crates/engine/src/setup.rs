@@ -30,8 +30,8 @@ pub(crate) fn initial_record(req: &RunRequest, attempt: &Attempt) -> RunRecord {
         pid: Some(std::process::id()),
         host: Some(trellis_store::hostname().to_string()),
         queued: req.queued,
-        parent: req.parent.as_ref().map(|p| p.run_id.clone()),
-        root: req.parent.as_ref().map(|p| p.root_run_id.clone()),
+        parent: req.parent.as_ref().map(|p| p.run_id.to_string()),
+        root: req.parent.as_ref().map(|p| p.root_run_id.to_string()),
         log_file: Some(attempt.log_dir.join("run.log").display().to_string()),
         ..RunRecord::new(&req.dag, &req.run_id, &attempt.attempt_id, Status::Running)
     }
@@ -60,7 +60,7 @@ pub(crate) fn initial_scope(
     let json = serde_json::Value::Object(named).to_string();
     for (k, v) in [
         ("DAG_NAME", req.dag.name.clone()),
-        ("DAG_RUN_ID", req.run_id.clone()),
+        ("DAG_RUN_ID", req.run_id.to_string()),
         ("DAG_RUN_LOG_FILE", run.log_file.clone().unwrap_or_default()),
         ("DAGU_PARAMS_JSON", json.clone()),
         ("DAG_PARAMS_JSON", json),

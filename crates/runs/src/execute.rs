@@ -57,7 +57,7 @@ impl Runs {
             locals: Arc::new(run.dag.local_dags.clone()),
             dag: run.dag,
             params: run.params,
-            run_id: run.run_id,
+            run_id: run.run_id.into(),
             parent: None,
             retry: run.retry,
             env: Vec::new(),

@@ -68,7 +68,7 @@ pub fn enqueue<S: Store + Queue + ?Sized>(
     store.save_definition(&attempt, req.dag)?;
     let record = RunRecord {
         params: req.params.iter().cloned().collect(),
-        queued_at: Some(jiff::Timestamp::now().to_string()),
+        queued_at: Some(jiff::Timestamp::now().into()),
         ..RunRecord::new(req.dag, &req.run_id, &attempt.attempt_id, Status::Queued)
     };
     store.append(&attempt, &Entry::Snapshot(Box::new(record)))?;
@@ -81,11 +81,11 @@ pub fn enqueue<S: Store + Queue + ?Sized>(
             .or_else(|| req.dag.queue.clone())
             .unwrap_or_else(|| req.dag.name.clone()),
         dag_name: req.dag.name.clone(),
-        run_id: req.run_id,
+        run_id: req.run_id.into(),
         file: file.display().to_string(),
         params: req.params,
         priority: req.priority,
-        queued_at: jiff::Timestamp::now().to_string(),
+        queued_at: jiff::Timestamp::now().into(),
         tags,
         scheduled_time: req.scheduled_time.map(|t| t.to_string()),
         queue_limit: req.queue_limit,

@@ -67,7 +67,7 @@ impl Runs {
                     }
                 }
                 Err(Error::NotInAnyQueue {
-                    run_id: run.run_id.clone(),
+                    run_id: run.run_id.to_string(),
                 })
             }
             Route::Request => {
@@ -77,7 +77,7 @@ impl Runs {
             }
             Route::Process(pid) => {
                 let pid = i32::try_from(pid).map_err(|_| Error::NoProcess {
-                    run_id: run.run_id.clone(),
+                    run_id: run.run_id.to_string(),
                 })?;
                 match kill(Pid::from_raw(pid), Signal::SIGTERM) {
                     // Gone already: it ended, or died; the record says which.
@@ -111,7 +111,7 @@ impl Runs {
             return Ok(Route::Request);
         }
         run.pid.map(Route::Process).ok_or_else(|| Error::NoProcess {
-            run_id: run.run_id.clone(),
+            run_id: run.run_id.to_string(),
         })
     }
 

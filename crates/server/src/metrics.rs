@@ -151,13 +151,12 @@ fn run_counts(app: &App) -> BTreeMap<&'static str, i64> {
 }
 
 fn observe_steps(run: &trellis_core::status::RunRecord, steps: &Histogram) {
-    let at = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
     for step in run.steps.iter().chain(run.handlers.values()) {
         if step.status == trellis_core::status::Status::Skipped {
             continue;
         }
-        let start = at(step.started_at.as_deref());
-        let end = at(step.finished_at.as_deref());
+        let start = step.started_at.map(|t| t.timestamp());
+        let end = step.finished_at.map(|t| t.timestamp());
         if let (Some(start), Some(end)) = (start, end) {
             steps.observe(end.duration_since(start).as_secs_f64().max(0.0));
         }

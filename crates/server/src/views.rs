@@ -61,10 +61,10 @@ impl RunSummary {
     pub fn of(run: &RunRecord) -> RunSummary {
         RunSummary {
             name: run.name.clone(),
-            run_id: run.run_id.clone(),
+            run_id: run.run_id.to_string(),
             status: run.status,
-            started_at: run.started_at.clone(),
-            finished_at: run.finished_at.clone(),
+            started_at: run.started_at.map(|t| t.to_string()),
+            finished_at: run.finished_at.map(|t| t.to_string()),
             duration_ms: duration_ms(run),
             params: run.params_text(),
             error: run.error.clone(),
@@ -73,9 +73,8 @@ impl RunSummary {
 }
 
 fn duration_ms(run: &RunRecord) -> Option<u64> {
-    let parse = |t: &Option<String>| t.as_deref()?.parse::<jiff::Timestamp>().ok();
-    let start = parse(&run.started_at)?;
-    let end = match parse(&run.finished_at) {
+    let start = run.started_at?.timestamp();
+    let end = match run.finished_at.map(|t| t.timestamp()) {
         Some(end) => end,
         None if !run.status.is_final() => jiff::Timestamp::now(),
         None => return None,
@@ -327,8 +326,8 @@ impl From<StepRecord> for StepDetail {
             retry_count: s.retry_count,
             done_count: s.done_count,
             output: s.output,
-            started_at: s.started_at,
-            finished_at: s.finished_at,
+            started_at: s.started_at.map(|t| t.to_string()),
+            finished_at: s.finished_at.map(|t| t.to_string()),
             worker_id: s.worker_id,
             stdout: s.stdout,
             stderr: s.stderr,
@@ -370,8 +369,8 @@ impl From<RunRecord> for RunDetail {
         let duration_ms = duration_ms(&run);
         RunDetail {
             name: run.name,
-            run_id: run.run_id,
-            attempt_id: run.attempt_id,
+            run_id: run.run_id.into(),
+            attempt_id: run.attempt_id.into(),
             status: run.status,
             steps: run.steps.into_iter().map(StepDetail::from).collect(),
             handlers: run
@@ -382,14 +381,14 @@ impl From<RunRecord> for RunDetail {
             outputs: run.outputs,
             params: run.params,
             error: run.error,
-            started_at: run.started_at,
-            finished_at: run.finished_at,
+            started_at: run.started_at.map(|t| t.to_string()),
+            finished_at: run.finished_at.map(|t| t.to_string()),
             duration_ms,
             pid: run.pid,
             root: run.root,
             parent: run.parent,
             queued: run.queued,
-            queued_at: run.queued_at,
+            queued_at: run.queued_at.map(|t| t.to_string()),
         }
     }
 }
@@ -415,11 +414,11 @@ impl From<trellis_store::QueueItem> for QueueItemView {
         QueueItemView {
             queue: i.queue,
             dag_name: i.dag_name,
-            run_id: i.run_id,
+            run_id: i.run_id.into(),
             file: i.file,
             params: i.params,
             priority: i.priority,
-            queued_at: i.queued_at,
+            queued_at: i.queued_at.to_string(),
             tags: i.tags,
             scheduled_time: i.scheduled_time,
         }

@@ -31,7 +31,7 @@ pub fn record(dag: &str, run_id: &str, attempt: &str, status: Status) -> RunReco
         outputs: Default::default(),
         params: vec![],
         error: None,
-        started_at: Some("2026-11-22T10:00:00Z".into()),
+        started_at: "2026-11-22T10:00:00Z".parse().ok(),
         finished_at: None,
         pid: None,
         root: None,
@@ -63,7 +63,7 @@ pub fn item(queue: &str, run_id: &str, priority: i32) -> QueueItem {
         file: "/dags/etl.yaml".into(),
         params: None,
         priority,
-        queued_at: "2026-11-22T10:00:00Z".into(),
+        queued_at: "2026-11-22T10:00:00Z".parse().unwrap(),
         tags: Default::default(),
         scheduled_time: None,
         queue_limit: None,
@@ -174,7 +174,7 @@ pub fn watchers_and_counts_follow_runs(store: &Shared) {
     assert_eq!((seen.run_id.as_str(), seen.status), ("r1", Status::Running));
 
     let mut done = record("w", "r1", &attempt.attempt_id, Status::Succeeded);
-    done.finished_at = Some("2026-11-22T10:00:05Z".into());
+    done.finished_at = "2026-11-22T10:00:05Z".parse().ok();
     store
         .append(&attempt, &Entry::Snapshot(Box::new(done)))
         .unwrap();
@@ -273,7 +273,7 @@ pub fn queues_keep_order_and_give_each_item_once(store: &dyn Backend) {
         s.items("q")
             .unwrap()
             .into_iter()
-            .map(|i| i.run_id)
+            .map(|i| i.run_id.into())
             .collect()
     };
     assert_eq!(order(store), ["high", "low", "low2"]);

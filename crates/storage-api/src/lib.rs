@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use trellis_core::Dag;
+use trellis_core::ids::{AttemptId, RunId, Stamp};
 use trellis_core::status::{RunRecord, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +80,10 @@ impl Entry {
 pub struct Attempt {
     pub dir: PathBuf,
     pub log_dir: PathBuf,
-    pub run_id: String,
-    pub attempt_id: String,
+    pub run_id: RunId,
+    pub attempt_id: AttemptId,
     /// The top-level run this one belongs to (itself for a top-level run).
-    pub root_run_id: String,
+    pub root_run_id: RunId,
 }
 
 /// Storage of runs. Implementations must make `append` atomic per entry.
@@ -130,7 +131,7 @@ pub trait Store: Send + Sync {
         for name in names {
             runs.extend(self.list(&name, usize::MAX)?);
         }
-        runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        runs.sort_by_key(|r| std::cmp::Reverse(r.started_at));
         runs.retain(|r| keep.is_none_or(|k| k(r)));
         let total = runs.len();
         let has_more = total > offset.saturating_add(limit);
@@ -208,12 +209,12 @@ impl<'a> Filtered<'a> {
 pub struct QueueItem {
     pub queue: String,
     pub dag_name: String,
-    pub run_id: String,
+    pub run_id: RunId,
     /// The workflow file to run.
     pub file: String,
     pub params: Option<String>,
     pub priority: i32,
-    pub queued_at: String,
+    pub queued_at: Stamp,
     /// Labels used by tag concurrency limits (the DAG's labels plus `--tags`).
     #[serde(default)]
     pub tags: indexmap::IndexMap<String, String>,
@@ -350,7 +351,7 @@ pub fn dequeue<S: Store + Queue + ?Sized>(
     if let Some(mut run) = store.find(&item.dag_name, &item.run_id)? {
         run.status = trellis_core::status::Status::Aborted;
         run.error = Some("removed from the queue (dequeue)".into());
-        run.finished_at = Some(jiff::Timestamp::now().to_string());
+        run.finished_at = Some(jiff::Timestamp::now().into());
         let attempt = store.retry_attempt(&item.dag_name, &item.run_id)?;
         store.append(&attempt, &Entry::Snapshot(Box::new(run)))?;
     }
@@ -417,14 +418,7 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Accepts names that are safe as one path component.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_. ".contains(c));
-    if ok {
+    if trellis_core::ids::is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidName(name.to_string()))

@@ -88,9 +88,9 @@ impl MemStore {
         Ok(Attempt {
             dir,
             log_dir,
-            run_id: run_id.to_string(),
-            attempt_id,
-            root_run_id: root.to_string(),
+            run_id: run_id.into(),
+            attempt_id: attempt_id.into(),
+            root_run_id: root.into(),
         })
     }
 }
@@ -122,7 +122,7 @@ impl Store for MemStore {
         let root = parent.map_or(run_id, |p| p.root_run_id.as_str());
         let attempt = self.new_attempt(seq, run_id, root)?;
         let key = match parent {
-            Some(p) => (p.attempt_id.clone(), run_id.to_string()),
+            Some(p) => (p.attempt_id.to_string(), run_id.to_string()),
             None => (dag.to_string(), run_id.to_string()),
         };
         let runs = match parent {
@@ -208,7 +208,7 @@ impl Store for MemStore {
     fn find_child(&self, parent: &Attempt, run_id: &str) -> Result<Option<RunRecord>> {
         check_name(run_id)?;
         let inner = self.lock();
-        let key = (parent.attempt_id.clone(), run_id.to_string());
+        let key = (parent.attempt_id.to_string(), run_id.to_string());
         Ok(inner.children.get(&key).and_then(Run::shown).cloned())
     }
 

@@ -98,7 +98,7 @@ impl RunFeed for Paging {
         let mut out = Vec::new();
         let mut seen = HashMap::new();
         for mut run in page.runs.into_iter().chain(going).chain(ended) {
-            let key = (run.name.clone(), run.run_id.clone());
+            let key = (run.name.clone(), run.run_id.to_string());
             if seen.contains_key(&key) {
                 continue;
             }

@@ -171,13 +171,13 @@ impl Store for FileStore {
         if parent.is_none() {
             self.index(dag, run_id, &run_dir);
         }
-        let root_run_id = parent.map_or_else(|| run_id.to_string(), |p| p.root_run_id.clone());
+        let root_run_id = parent.map_or_else(|| run_id.to_string(), |p| p.root_run_id.to_string());
         Ok(Attempt {
             dir,
             log_dir,
-            run_id: run_id.to_string(),
-            attempt_id,
-            root_run_id,
+            run_id: run_id.to_string().into(),
+            attempt_id: attempt_id.into(),
+            root_run_id: root_run_id.into(),
         })
     }
 
@@ -252,9 +252,9 @@ impl Store for FileStore {
         Ok(Attempt {
             dir,
             log_dir,
-            run_id: run_id.to_string(),
-            attempt_id,
-            root_run_id: run_id.to_string(),
+            run_id: run_id.to_string().into(),
+            attempt_id: attempt_id.into(),
+            root_run_id: run_id.to_string().into(),
         })
     }
 
@@ -291,9 +291,9 @@ impl Store for FileStore {
         Ok(Some(Attempt {
             dir,
             log_dir,
-            run_id: run_id.to_string(),
-            attempt_id,
-            root_run_id: run_id.to_string(),
+            run_id: run_id.to_string().into(),
+            attempt_id: attempt_id.into(),
+            root_run_id: run_id.to_string().into(),
         }))
     }
 

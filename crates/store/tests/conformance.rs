@@ -64,14 +64,14 @@ fn survives_a_database_restart(kind: Kind) {
         .list("etl", 10)
         .unwrap()
         .into_iter()
-        .map(|r| r.run_id)
+        .map(|r| r.run_id.into())
         .collect();
     assert_eq!(ids, ["during", "before"]);
     let queued: Vec<String> = store
         .items("q")
         .unwrap()
         .into_iter()
-        .map(|i| i.run_id)
+        .map(|i| i.run_id.into())
         .collect();
     assert_eq!(queued, ["during"], "queued exactly once");
 }

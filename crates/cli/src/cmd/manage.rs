@@ -88,7 +88,7 @@ pub fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     let record = execute(
         std::sync::Arc::new(dag),
         params,
-        previous.run_id.clone(),
+        previous.run_id.to_string(),
         Some(retry),
         dags_dir(&args.target),
         args.quiet,
@@ -124,9 +124,8 @@ pub fn restart(restart: &RestartArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn duration(run: &RunRecord) -> String {
-    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    match (parse(&run.started_at), parse(&run.finished_at)) {
-        (Some(a), Some(b)) => format!("{:.2}s", b.duration_since(a).as_secs_f64()),
+    match (run.started_at, run.finished_at) {
+        (Some(a), Some(b)) => format!("{:.2}s", b.0.duration_since(a.0).as_secs_f64()),
         _ => "-".into(),
     }
 }
@@ -146,7 +145,7 @@ pub fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
         "RUN ID", "STATUS", "STARTED", "DURATION"
     );
     for run in &runs {
-        let started = run.started_at.as_deref().unwrap_or("-");
+        let started = run.started_at.map_or("-".into(), |t| t.to_string());
         println!(
             "{:<38} {:<20} {:<32} {:>9}",
             run.run_id,
@@ -198,11 +197,7 @@ pub fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     for name in names {
         for mut run in store.list(&name, usize::MAX)? {
             mark_dead(&mut run);
-            let ended = run
-                .finished_at
-                .as_deref()
-                .or(run.started_at.as_deref())
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let ended = run.finished_at.or(run.started_at).map(|t| t.0);
             if !run.status.is_final() || ended.is_none_or(|t| t >= cutoff) {
                 continue;
             }

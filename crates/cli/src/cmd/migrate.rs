@@ -34,7 +34,7 @@ pub fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // Oldest first, so the database lists them newest first as the file store did.
-    runs.sort_by(|a, b| started(&a.1).cmp(started(&b.1)));
+    runs.sort_by_key(|r| started(&r.1));
     let (mut added, mut present) = (0usize, 0usize);
     for (dag, run) in &runs {
         let definition = files.definition(dag, &run.run_id)?;
@@ -64,11 +64,8 @@ pub fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!("{} of {} runs did not verify", missing.len(), runs.len())
 }
 
-fn started(run: &trellis_core::status::RunRecord) -> &str {
-    run.started_at
-        .as_deref()
-        .or(run.queued_at.as_deref())
-        .unwrap_or_default()
+fn started(run: &trellis_core::status::RunRecord) -> Option<trellis_core::ids::Stamp> {
+    run.started_at.or(run.queued_at)
 }
 
 /// Queued items of runs still queued in the database: a run that a scheduler on the

@@ -304,12 +304,12 @@ pub(crate) fn record_task(
         return;
     };
     run.attempt_id = attempt.attempt_id.clone();
-    run.parent = Some(parent.run_id.clone());
-    run.root = Some(parent.root_run_id.clone());
+    run.parent = Some(parent.run_id.to_string());
+    run.root = Some(parent.root_run_id.to_string());
     run.status = status;
     run.error = Some(msg.to_string());
     if status.is_final() {
-        run.finished_at = Some(jiff::Timestamp::now().to_string());
+        run.finished_at = Some(jiff::Timestamp::now().into());
     }
     let _ = store.append(&attempt, &Entry::Snapshot(Box::new(run)));
 }
@@ -327,7 +327,7 @@ pub(crate) fn record(coord: &Coord, dag: &str, run_id: &str, status: RunStatus, 
     run.status = status;
     run.error = Some(msg.to_string());
     if status.is_final() {
-        run.finished_at = Some(jiff::Timestamp::now().to_string());
+        run.finished_at = Some(jiff::Timestamp::now().into());
         for step in run.steps.iter_mut().chain(run.handlers.values_mut()) {
             if !step.status.is_final() && step.status != RunStatus::NotStarted {
                 step.status = status;

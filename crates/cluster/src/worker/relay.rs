@@ -119,7 +119,7 @@ impl Store for Relay {
             return Ok(());
         }
         let mut map = self.lock();
-        if let Some((_, t)) = map.get_mut(&attempt.run_id)
+        if let Some((_, t)) = map.get_mut(attempt.run_id.as_str())
             && t.log_dir.as_deref() == Some(attempt.log_dir.as_path())
         {
             entry.clone().apply(&mut t.record);

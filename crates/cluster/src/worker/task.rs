@@ -153,7 +153,7 @@ async fn execute(
         locals: Arc::new(dag.local_dags.clone()),
         dag,
         params,
-        run_id: task.run_id.clone(),
+        run_id: task.run_id.clone().into(),
         parent: parent_of(task).map(|p| p.attempt()),
         retry: None,
         env: task.env.clone().into_iter().collect(),

@@ -23,7 +23,7 @@ impl<C: Clock + 'static> Leader<C> {
             dag.worker_selector.describe()
         );
         self.active.insert(
-            item.run_id.clone(),
+            item.run_id.to_string(),
             Active {
                 slot,
                 cancel: CancellationToken::new(),

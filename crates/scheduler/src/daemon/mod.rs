@@ -418,10 +418,7 @@ impl<C: Clock + 'static> Leader<C> {
         let Ok(Some(run)) = self.store.latest(&dag.name) else {
             return false;
         };
-        let finished = run
-            .finished_at
-            .as_deref()
-            .and_then(|t| t.parse::<Timestamp>().ok());
+        let finished = run.finished_at.map(|t| t.0);
         run.status == Status::Succeeded && finished.is_some_and(|f| f >= since)
     }
 

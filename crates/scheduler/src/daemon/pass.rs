@@ -120,7 +120,7 @@ impl<C: Clock + 'static> Leader<C> {
         }
         let cancel = CancellationToken::new();
         self.active.insert(
-            item.run_id.clone(),
+            item.run_id.to_string(),
             Active {
                 slot,
                 cancel: cancel.clone(),
@@ -148,7 +148,7 @@ impl<C: Clock + 'static> Leader<C> {
             if let Err(e) = engine.run(req, cancel).await {
                 tracing::error!("scheduler: run {run_id}: {e}");
             }
-            let _ = done.send(run_id);
+            let _ = done.send(run_id.into());
         }));
     }
 
@@ -179,7 +179,7 @@ impl<C: Clock + 'static> Leader<C> {
         };
         run.status = Status::Failed;
         run.error = Some(reason.to_string());
-        run.finished_at = Some(Timestamp::now().to_string());
+        run.finished_at = Some(Timestamp::now().into());
         if let Ok(attempt) = self.store.retry_attempt(&item.dag_name, &item.run_id) {
             let _ = self.store.append(&attempt, &Entry::Snapshot(Box::new(run)));
         }
@@ -197,7 +197,7 @@ impl<C: Clock + 'static> Leader<C> {
         };
         for (i, reason) in blocked {
             let item = &items[*i];
-            let queued = item.queued_at.parse::<Timestamp>().unwrap_or(now);
+            let queued = item.queued_at.timestamp();
             if now.duration_since(queued).as_secs() >= limit as i64
                 && self
                     .store

@@ -18,8 +18,11 @@ impl<C: Clock + 'static> Leader<C> {
             .iter()
             .filter_map(|e| e.dag.as_ref().ok().map(|d| (d.clone(), e.path.clone())))
             .collect();
-        let mut in_queues: std::collections::HashSet<String> =
-            self.queued_items().into_iter().map(|i| i.run_id).collect();
+        let mut in_queues: std::collections::HashSet<String> = self
+            .queued_items()
+            .into_iter()
+            .map(|i| i.run_id.into())
+            .collect();
         // Runs handed to workers are the coordinator's to recover.
         in_queues.extend(self.active.keys().cloned());
         for (dag, path) in &entries {
@@ -32,11 +35,10 @@ impl<C: Clock + 'static> Leader<C> {
                 // well before this scheduler took over can have lost its item.
                 let settled = run
                     .queued_at
-                    .as_deref()
-                    .and_then(|t| t.parse::<Timestamp>().ok())
-                    .is_some_and(|t| Timestamp::now().duration_since(t).as_secs() >= 10);
-                let lost_item =
-                    run.status == Status::Queued && settled && !in_queues.contains(&run.run_id);
+                    .is_some_and(|t| Timestamp::now().duration_since(t.0).as_secs() >= 10);
+                let lost_item = run.status == Status::Queued
+                    && settled
+                    && !in_queues.contains(run.run_id.as_str());
                 if orphaned || lost_item {
                     self.requeue(dag, path, run, orphaned);
                 }
@@ -92,7 +94,7 @@ impl<C: Clock + 'static> Leader<C> {
             let req = Enqueue {
                 params,
                 scheduled_time,
-                ..Enqueue::new(dag, path, run.run_id.clone())
+                ..Enqueue::new(dag, path, run.run_id.to_string())
             };
             match queueing::enqueue(&*self.store, req) {
                 Ok(_) => tracing::warn!(
@@ -114,7 +116,7 @@ impl<C: Clock + 'static> Leader<C> {
             file: path.display().to_string(),
             params: run.params_text(),
             priority: 0,
-            queued_at: Timestamp::now().to_string(),
+            queued_at: Timestamp::now().into(),
             tags: dag.labels.clone(),
             scheduled_time: scheduled_time.map(|t| t.to_string()),
             queue_limit: None,

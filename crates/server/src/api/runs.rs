@@ -376,7 +376,7 @@ async fn stop(
     let status = stop_run(&app, &run).await?;
     Ok(Json(Stopped {
         name: run.name,
-        run_id: run.run_id,
+        run_id: run.run_id.into(),
         status,
     }))
 }

@@ -186,7 +186,7 @@ fn history(ctx: &Ctx, steps: &[String], runs: &[RunRecord]) -> History {
                 "{} · {} · {}",
                 r.run_id,
                 format::label(r.status),
-                When::of(r.started_at.as_deref()).exact
+                When::of(r.started_at.map(|t| t.to_string()).as_deref()).exact
             ),
         })
         .collect();
@@ -264,10 +264,10 @@ impl StepRow {
             kind: kind.to_string(),
             status: s.status.as_str(),
             label: format::label(s.status),
-            started: When::of(s.started_at.as_deref()),
+            started: When::of(s.started_at.map(|t| t.to_string()).as_deref()),
             duration: format::duration(format::between(
-                s.started_at.as_deref(),
-                s.finished_at.as_deref(),
+                s.started_at.map(|t| t.to_string()).as_deref(),
+                s.finished_at.map(|t| t.to_string()).as_deref(),
                 !s.status.is_final(),
             )),
             exit_code: s.exit_code.map(|c| c.to_string()).unwrap_or_default(),
@@ -317,10 +317,10 @@ fn run_page(ctx: &Ctx, name: &str, run_id: &str, step: Option<String>) -> Result
         base: ctx.base("runs"),
         dag_href: dag_href(ctx, stem.as_deref().unwrap_or(&run.name)),
         dag_name: run.name.clone(),
-        run_id: run.run_id.clone(),
-        attempt_id: run.attempt_id.clone(),
+        run_id: run.run_id.to_string(),
+        attempt_id: run.attempt_id.to_string(),
         run: RunLink::of(ctx, &RunSummary::of(&run)),
-        finished: When::of(run.finished_at.as_deref()),
+        finished: When::of(run.finished_at.map(|t| t.to_string()).as_deref()),
         params: run.params_text().unwrap_or_default(),
         error: run.error.clone().unwrap_or_default(),
         steps,

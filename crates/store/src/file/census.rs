@@ -185,7 +185,7 @@ mod tests {
                 run_id: run.into(),
                 attempt_id: attempt.into(),
                 status,
-                finished_at: Some("2026-01-01T00:00:01Z".into()),
+                finished_at: "2026-01-01T00:00:01Z".parse().ok(),
                 ..RunRecord::default()
             };
             // A torn last line, as a kill mid-write leaves, is skipped.

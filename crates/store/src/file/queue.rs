@@ -167,7 +167,7 @@ mod tests {
             file: "etl.yaml".into(),
             params: None,
             priority,
-            queued_at: "2026-11-22T16:00:00Z".into(),
+            queued_at: "2026-11-22T16:00:00Z".parse().unwrap(),
             tags: Default::default(),
             scheduled_time: None,
             queue_limit: None,
@@ -231,7 +231,7 @@ mod tests {
         store.enqueue(&item("q", "r1", 0)).unwrap();
         assert_eq!(
             crate::dequeue(&store, "q", "r1").unwrap().map(|i| i.run_id),
-            Some("r1".to_string())
+            Some("r1".into())
         );
         assert!(store.items("q").unwrap().is_empty());
         assert_eq!(

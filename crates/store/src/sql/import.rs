@@ -31,7 +31,7 @@ impl SqlStore {
         };
         let import = Arc::new(Import {
             dag: dag.to_string(),
-            run_id: run.run_id.clone(),
+            run_id: run.run_id.to_string(),
             attempt_id,
             record: serde_json::to_string(run).map_err(json_err)?,
             entry: serde_json::to_string(&Entry::Snapshot(Box::new(run.clone())))

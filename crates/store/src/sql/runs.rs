@@ -95,13 +95,13 @@ impl SqlStore {
                 source,
             })?;
         }
-        let root_run_id = parent.map_or_else(|| run_id.to_string(), |p| p.root_run_id.clone());
+        let root_run_id = parent.map_or_else(|| run_id.to_string(), |p| p.root_run_id.to_string());
         let row = AttemptRow {
             attempt_id: attempt_id.clone(),
             dag: dag.to_string(),
             run_id: run_id.to_string(),
             root_run_id: root_run_id.clone(),
-            parent: parent.map(|p| p.attempt_id.clone()),
+            parent: parent.map(|p| p.attempt_id.to_string()),
             dir: places.dir.display().to_string(),
             log_dir: places.log_dir.display().to_string(),
         };
@@ -116,9 +116,9 @@ impl SqlStore {
         Ok(Attempt {
             dir: places.dir,
             log_dir: places.log_dir,
-            run_id: run_id.to_string(),
-            attempt_id,
-            root_run_id,
+            run_id: run_id.to_string().into(),
+            attempt_id: attempt_id.into(),
+            root_run_id: root_run_id.into(),
         })
     }
 
@@ -415,11 +415,11 @@ impl Store for SqlStore {
             let mut row = row.into_iter().map(|v| v.into_text().unwrap_or_default());
             let mut next = || row.next().unwrap_or_default();
             Attempt {
-                attempt_id: next(),
+                attempt_id: next().into(),
                 dir: PathBuf::from(next()),
                 log_dir: PathBuf::from(next()),
-                root_run_id: next(),
-                run_id: run_id.to_string(),
+                root_run_id: next().into(),
+                run_id: run_id.to_string().into(),
             }
         }))
     }
