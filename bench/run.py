@@ -20,6 +20,17 @@ Workloads:
 
 It prints a markdown table and PASS/MISS lines for the targets. It always exits 0 once it
 has run (it is a benchmark, not a test); it exits 2 only when it cannot run at all.
+
+Guarding against regressions:
+
+    python3 bench/run.py --check            # compare with bench/baseline.json
+    python3 bench/run.py --write-baseline   # record a new baseline (on purpose only)
+
+`--check` runs chain-100, parallel-1000 and chain-10000 and compares each one's ratio to
+the floor measured in the same run (not absolute times, which differ between machines)
+and its peak RSS with the committed baseline; it exits 1 when any is more than 15% above
+it. Update the baseline only with a change that means to move it, and say so in the
+commit.
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+BASELINE = REPO / "bench" / "baseline.json"
+CHECKED = ["chain-100", "parallel-1000", "chain-10000"]
+TOLERANCE = 0.15
 DEFAULT_BIN = REPO / "target" / "release" / "trellis"
 TRUE = "/usr/bin/true"
 
@@ -261,6 +275,31 @@ def verdicts(ws: list[Workload]) -> list[str]:
     return out
 
 
+def figures(ws: list[Workload]) -> dict[str, dict[str, float]]:
+    """What the baseline keeps per workload: the median ratio to the floor and peak RSS."""
+    return {
+        w.name: {"ratio": round(med(w.wall) / med(w.floor), 3), "rss_mib": round(max(w.rss_kib) / 1024, 1)}
+        for w in ws
+        if w.ok
+    }
+
+
+def check(ws: list[Workload], baseline: dict) -> list[str]:
+    """One line per figure compared; those past the tolerance start with REGRESSED."""
+    out = []
+    now = figures(ws)
+    for name, base in sorted(baseline.get("workloads", {}).items()):
+        got = now.get(name)
+        if got is None:
+            out.append(f"REGRESSED: {name} did not run")
+            continue
+        for key, unit in (("ratio", "× floor"), ("rss_mib", " MiB")):
+            limit = base[key] * (1 + TOLERANCE)
+            tag = "ok" if got[key] <= limit else "REGRESSED"
+            out.append(f"{tag}: {name} {key} {got[key]}{unit} (baseline {base[key]}{unit}, limit {limit:.2f})")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="trellis binary (default: %(default)s)")
@@ -269,7 +308,11 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed (default: %(default)s)")
     ap.add_argument("--home-dir", type=Path, help="where the fresh TRELLIS_HOMEs go (default: the temporary work dir); e.g. /dev/shm to take the disk out")
     ap.add_argument("--json", type=Path, help="also write the raw samples here")
+    ap.add_argument("--check", action="store_true", help=f"compare with {BASELINE.name}; exit 1 past +{TOLERANCE:.0%}")
+    ap.add_argument("--write-baseline", action="store_true", help=f"write the figures measured to {BASELINE.name}")
     args = ap.parse_args()
+    if (args.check or args.write_baseline) and not args.only:
+        args.only = CHECKED
 
     binary = args.bin.resolve()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
@@ -323,6 +366,22 @@ def main() -> int:
     for w in ws:
         for f in w.failures:
             print(f"FAILED {w.name}: {f}")
+    if args.write_baseline:
+        BASELINE.write_text(json.dumps({"tolerance": TOLERANCE, "workloads": figures(ws)}, indent=2) + "\n")
+        print(f"wrote {BASELINE}")
+    if args.check:
+        try:
+            baseline = json.loads(BASELINE.read_text())
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read {BASELINE}: {e}", file=sys.stderr)
+            return 2
+        lines = check(ws, baseline)
+        print()
+        print("\n".join(lines))
+        if any(line.startswith("REGRESSED") for line in lines):
+            print(f"\nFAIL: slower or larger than {BASELINE.name} by more than {TOLERANCE:.0%}")
+            return 1
+        print(f"\nOK: within {TOLERANCE:.0%} of {BASELINE.name}")
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -498,6 +498,9 @@ async fn sign_in(c: &Client, user: &str, password: &str) -> Res {
         .await?
         .send_keys(password)
         .await?;
+    // The old page reads `complete` until the new one replaces it: mark it, and wait
+    // for a page without the mark.
+    c.execute("window.__before_submit = true", vec![]).await?;
     c.find(Locator::Css(".login button[type=submit]"))
         .await?
         .click()
@@ -506,7 +509,7 @@ async fn sign_in(c: &Client, user: &str, password: &str) -> Res {
         c,
         10,
         "the form to submit",
-        "return document.readyState === 'complete'",
+        "return !window.__before_submit && document.readyState === 'complete'",
     )
     .await
 }
