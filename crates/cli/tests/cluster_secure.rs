@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::Value;
-use support::{Env, Proc, free_port, wait_for};
+use support::{Env, Proc, Server, client, free_port, wait_for};
 
 const KEY: &str = "a-signing-key-of-32-characters!!";
 
@@ -502,4 +502,77 @@ fn shared_nothing_killed_worker_is_replaced() {
     });
     assert_eq!(done["steps"][0]["worker_id"], "w-b");
     assert_eq!(c.logs("moves", &run, "w").trim(), "done");
+}
+
+/// `start-all` with an mTLS coordinator: its server lists the workers (it reads the
+/// coordinator beside it, it does not dial it in plaintext), deep health passes, and
+/// `trellis workers` reaches the coordinator with the config's client certificate.
+#[test]
+fn start_all_with_mtls_lists_its_workers() {
+    let env = Env::new();
+    let pki = Pki::new(&env.path("pki"));
+    let port = free_port().to_string();
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let flags = [
+        "--coordinator.host",
+        "127.0.0.2",
+        "--coordinator.port",
+        &port,
+        "--coordinator.tls-cert",
+        &cert,
+        "--coordinator.tls-key",
+        &key,
+        "--coordinator.tls-ca",
+        &ca,
+        "--coordinator.signing-key",
+        KEY,
+    ];
+    let all = Server::spawn(&env, "start-all", &flags);
+    let addr = format!("127.0.0.2:{port}");
+    let args = worker_args("w-tls", "gpu=true", &addr, &good_tls(&pki), KEY);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let home = env.path("home-w-tls").display().to_string();
+    let _worker = Proc::spawn_with(
+        &env,
+        &refs,
+        "registered with the coordinator",
+        &[("TRELLIS_HOME", &home)],
+    );
+    let http = client();
+    let get = |path: &str| -> Option<Value> {
+        http.get(format!("{}{path}", all.url))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    };
+    let listed = |body: &Value| {
+        body["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|w| w["id"] == "w-tls"))
+    };
+    wait_for(20, "the mTLS worker in GET /api/v2/workers", || {
+        get("/api/v2/workers").filter(listed)
+    });
+    let deep = get("/health/deep").unwrap();
+    assert_eq!(deep["checks"]["coordinator"]["ok"], true, "{deep}");
+
+    let config = env.config(&format!(
+        "worker:\n  tls:\n    ca_file: {ca}\n    cert_file: {}\n    key_file: {}\n",
+        pki.path("client.pem"),
+        pki.path("client.key")
+    ));
+    let out = env
+        .trellis()
+        .args(["workers", "--json", "--coordinator", &addr, "--config"])
+        .arg(&config)
+        .env("TRELLIS_COORDINATOR_SIGNING_KEY", KEY)
+        .output()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(listed(&body), "{body}");
 }

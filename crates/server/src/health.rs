@@ -277,6 +277,17 @@ const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(3);
 /// coordinator that died without removing its file) or no answer fail.
 async fn coordinator_check(app: &App) -> Check {
     use trellis_cluster::{client, registry};
+    // The coordinator of `start-all` is in this process: asked directly, not dialled.
+    let local = app.local_coordinator.as_ref().and_then(|c| c.workers());
+    if let Some(workers) = local {
+        return Check {
+            ok: true,
+            detail: format!(
+                "the coordinator in this process answered ({} workers)",
+                workers.len()
+            ),
+        };
+    }
     let dir = registry::default_dir(&app.data);
     let registered = registry::list(&dir, registry::Kind::Coordinator);
     if registered.is_empty() {

@@ -45,6 +45,9 @@ pub struct Options {
     pub insecure_no_auth: bool,
     /// How to reach the coordinator for the workers view (TLS, signing key).
     pub dial: trellis_cluster::worker::link::Dial,
+    /// The coordinator serving in this same process (`start-all`): its workers are read
+    /// directly, never dialled.
+    pub local_coordinator: Option<trellis_cluster::coordinator::LocalView>,
     /// Where runs live (opened by the caller, which decides what an unreachable database
     /// means).
     pub store: trellis_store::Shared,

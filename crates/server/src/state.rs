@@ -40,6 +40,8 @@ pub struct App {
     workers: Mutex<Vec<trellis_cluster::proto::WorkerInfo>>,
     /// How to reach the coordinator (TLS, signing key).
     pub dial: trellis_cluster::worker::link::Dial,
+    /// The coordinator in this process, read directly (`start-all`).
+    pub(crate) local_coordinator: Option<trellis_cluster::coordinator::LocalView>,
     /// Bound to loopback with auth off: only localhost names are served.
     pub loopback_only: bool,
 }
@@ -80,6 +82,7 @@ impl App {
             live: crate::events::Live::default(),
             workers: Mutex::new(Vec::new()),
             dial: opts.dial.clone(),
+            local_coordinator: opts.local_coordinator.clone(),
             loopback_only: opts.addr.ip().is_loopback(),
         })
     }
@@ -101,6 +104,11 @@ impl App {
             let list = tokio::task::spawn_blocking(move || client::stored_workers(&*store))
                 .await
                 .unwrap_or_default();
+            *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = list;
+            return;
+        }
+        let local = self.local_coordinator.as_ref().and_then(|c| c.workers());
+        if let Some(list) = local {
             *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = list;
             return;
         }

@@ -263,14 +263,25 @@ pub async fn workers_json(coordinator: Option<String>, how: &Dial) -> serde_json
 }
 
 /// How the server and `trellis workers` reach the coordinator: the config's `worker.tls`
-/// settings and the signing key.
+/// settings and the signing key. A config that sets up only the coordinator's TLS (the
+/// main instance's) still dials over TLS, trusting the CA it names (else the coordinator's
+/// own certificate): never plaintext to a TLS coordinator.
 pub fn client_dial(setup: &Setup) -> anyhow::Result<Dial> {
-    let file = cluster_file(setup)?.worker;
-    let tls = file.tls.map(|t| trellis_cluster::security::ClientTls {
+    let cluster = cluster_file(setup)?;
+    let file = cluster.worker;
+    let own = file.tls.map(|t| trellis_cluster::security::ClientTls {
         ca: t.ca_file,
         cert: t.cert_file,
         key: t.key_file,
     });
+    let coordinator = cluster.coordinator.tls.and_then(|t| {
+        Some(trellis_cluster::security::ClientTls {
+            ca: Some(t.ca_file.or(t.cert_file)?),
+            cert: None,
+            key: None,
+        })
+    });
+    let tls = own.or(coordinator);
     Ok(Dial {
         tls,
         insecure: file.insecure.unwrap_or(false),

@@ -64,6 +64,7 @@ fn server_options(setup: &Setup, flags: &ServeFlags) -> anyhow::Result<trellis_s
         launcher: std::env::current_exe().context("cannot find the trellis binary")?,
         insecure_no_auth: flags.insecure_no_auth,
         dial: super::cluster::client_dial(setup)?,
+        local_coordinator: None,
         store: super::open_store()?,
     })
 }
@@ -111,6 +112,9 @@ pub fn start_all(args: &StartAllArgs) -> anyhow::Result<ExitCode> {
     let key = coordinator_opts.signing_key.clone();
     let scheduler_opts = scheduler_options(&args.setup, args.id.as_deref(), key)?;
     server_opts.dial.key = coordinator_opts.signing_key.clone();
+    // The server lists the workers of the coordinator beside it without dialling it, so
+    // whatever TLS the coordinator demands of workers does not apply to it.
+    server_opts.local_coordinator = Some(coordinator_opts.view.clone());
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         super::cancel_on_signals(shutdown.clone());

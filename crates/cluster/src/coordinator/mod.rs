@@ -46,6 +46,28 @@ pub struct Options {
     pub signing_key: Option<Vec<u8>>,
     /// Where runs live; `None`: the file store of `home`.
     pub store: Option<trellis_store::Shared>,
+    /// This coordinator's workers for a server in the same process (`start-all`).
+    pub view: LocalView,
+}
+
+/// The workers of a coordinator running in this process, read directly: a server beside
+/// it (`start-all`) needs no network path, TLS client identity or token to list them.
+#[derive(Clone, Default)]
+pub struct LocalView(Arc<std::sync::OnceLock<std::sync::Weak<Coord>>>);
+
+impl LocalView {
+    /// The workers, as `GetWorkers` answers; `None` while the coordinator is not serving
+    /// (not started yet, a standby without the lease, or stopped).
+    pub fn workers(&self) -> Option<Vec<crate::proto::WorkerInfo>> {
+        let coord = self.0.get()?.upgrade()?;
+        Some(service::worker_infos(&coord))
+    }
+}
+
+impl std::fmt::Debug for LocalView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalView")
+    }
 }
 
 impl Options {
@@ -64,6 +86,7 @@ impl Options {
             tls: None,
             signing_key: None,
             store: None,
+            view: LocalView::default(),
         }
     }
 }
@@ -177,6 +200,7 @@ pub async fn serve(
         remote: Mutex::new(()),
     });
     trellis_engine::blocking_section(|| upkeep::load_tasks(&coord));
+    let _ = coord.opts.view.0.set(Arc::downgrade(&coord));
     let upkeep = tokio::spawn(upkeep::run(coord.clone(), addr, shutdown.clone()));
     if let Some(tx) = bound {
         let _ = tx.send(addr);

@@ -396,27 +396,7 @@ impl Coordinator for Service {
         &self,
         _request: Request<proto::GetWorkersRequest>,
     ) -> Result<Response<proto::GetWorkersResponse>, Status> {
-        let now = now_ms();
-        let mut workers: Vec<proto::WorkerInfo> = self
-            .0
-            .workers()
-            .iter()
-            .map(|(id, w)| proto::WorkerInfo {
-                id: id.clone(),
-                labels: w.labels.clone().into_iter().collect(),
-                health_status: Health::from_age_ms(now - w.last_heartbeat_ms)
-                    .as_str()
-                    .into(),
-                last_heartbeat: jiff::Timestamp::from_millisecond(w.last_heartbeat_ms)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-                max_active_runs: w.max_active_runs,
-                running_tasks: w.running.clone(),
-                host: w.host.clone(),
-                connected_at: w.connected_at.clone(),
-            })
-            .collect();
-        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        let workers = worker_infos(&self.0);
         Ok(Response::new(proto::GetWorkersResponse { workers }))
     }
 
@@ -431,4 +411,29 @@ impl Coordinator for Service {
         }
         Ok(Response::new(proto::DeregisterResponse {}))
     }
+}
+
+/// The workers the coordinator knows, with health from their last heartbeat, by id.
+pub(super) fn worker_infos(coord: &Coord) -> Vec<proto::WorkerInfo> {
+    let now = now_ms();
+    let mut workers: Vec<proto::WorkerInfo> = coord
+        .workers()
+        .iter()
+        .map(|(id, w)| proto::WorkerInfo {
+            id: id.clone(),
+            labels: w.labels.clone().into_iter().collect(),
+            health_status: Health::from_age_ms(now - w.last_heartbeat_ms)
+                .as_str()
+                .into(),
+            last_heartbeat: jiff::Timestamp::from_millisecond(w.last_heartbeat_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            max_active_runs: w.max_active_runs,
+            running_tasks: w.running.clone(),
+            host: w.host.clone(),
+            connected_at: w.connected_at.clone(),
+        })
+        .collect();
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    workers
 }
