@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match cmd::run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report::chain(&err));
             // A database that cannot be reached is not bad input: say so with its own code.
             let unreachable = err.chain().any(|e| {
                 matches!(

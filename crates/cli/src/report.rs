@@ -32,3 +32,38 @@ pub fn problem_json(name: &str, source: &str, p: &Problem) -> serde_json::Value 
         "help": p.help,
     })
 }
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the
+/// message before it already ends with (an error that prints its source itself, as an IO
+/// error with its path does, would otherwise say it twice).
+pub fn chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn a_cause_already_in_its_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let err = anyhow::Error::new(trellis_store::Error::Io {
+            path: "/x/y".into(),
+            source: io,
+        })
+        .context("start the run");
+        assert_eq!(
+            super::chain(&err),
+            "start the run: /x/y: No space left on device"
+        );
+    }
+}

@@ -136,6 +136,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<ExitCode> {
 fn worker_options(args: &WorkerArgs) -> anyhow::Result<worker::Options> {
     let file = cluster_file(&args.setup)?.worker;
     let mut opts = worker::Options::new(home());
+    opts.store = Some(super::open_store()?);
     if let Some(id) = args
         .id
         .clone()

@@ -43,6 +43,9 @@ pub struct Options {
     /// TLS, plaintext override and signing key.
     pub dial: Dial,
     pub home: PathBuf,
+    /// The shared store a shared-filesystem worker writes runs to (the file store of
+    /// `home`, or the database the scheduler uses); `None`: the file store of `home`.
+    pub store: Option<trellis_store::Shared>,
     pub registry_dir: PathBuf,
     pub heartbeat_interval: Duration,
     pub registry_interval: Duration,
@@ -59,6 +62,7 @@ impl Options {
             coordinator: None,
             coordinators: Vec::new(),
             dial: Dial::default(),
+            store: None,
             registry_dir: registry::default_dir(&trellis_store::data_dir(&home)),
             home,
             heartbeat_interval: Duration::from_secs(1),
@@ -126,6 +130,14 @@ impl Worker {
 
 /// Runs the worker until `shutdown`, then drains and deregisters.
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate::Error> {
+    let shared_nothing = !opts.coordinators.is_empty();
+    let local = || -> trellis_store::Shared { Arc::new(FileStore::new(&opts.home)) };
+    // Shared-nothing: runs stay in a local store and are relayed. Shared: they go straight
+    // into the store everyone uses, a database included.
+    let store = match (&opts.store, shared_nothing) {
+        (Some(shared), false) => shared.clone(),
+        _ => local(),
+    };
     let engine_opts = EngineOptions {
         dags_dir: None,
         base_env: trellis_engine::inherited_env(),
@@ -136,13 +148,12 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate
             let data = trellis_store::data_dir(&opts.home);
             trellis_engine::RemoteHandle(Arc::new(crate::tasks::FileRemote {
                 registry_dir: opts.registry_dir.clone(),
-                tasks: crate::tasks::Tasks::Files(data),
+                tasks: crate::tasks::Tasks::of(&data, &store),
                 key: opts.dial.key.clone(),
             }))
         }),
     };
-    let shared_nothing = !opts.coordinators.is_empty();
-    let relay = Arc::new(Relay::new(FileStore::new(&opts.home), shared_nothing));
+    let relay = Arc::new(Relay::new(store.clone(), shared_nothing));
     let worker = Arc::new(Worker {
         engine: Engine::new(relay.clone(), Arc::new(Local), engine_opts),
         relay,

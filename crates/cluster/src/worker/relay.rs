@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 use trellis_core::Dag;
 use trellis_core::status::RunRecord;
-use trellis_store::{Attempt, Entry, FileStore, Store};
+use trellis_store::{Attempt, Entry, Store};
 
 /// A run being relayed.
 #[derive(Default)]
@@ -23,10 +23,10 @@ struct Tracked {
     log_dir: Option<PathBuf>,
 }
 
-/// The worker's store: the local file store, plus (in shared-nothing mode) a copy of each
-/// task's record to relay.
+/// The worker's store: the shared store, or (in shared-nothing mode) its local file store
+/// plus a copy of each task's record to relay.
 pub struct Relay {
-    inner: FileStore,
+    inner: trellis_store::Shared,
     forward: bool,
     /// Run id → task id, for runs about to start.
     tracked: Mutex<HashMap<String, (String, Tracked)>>,
@@ -34,7 +34,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(inner: FileStore, forward: bool) -> Relay {
+    pub fn new(inner: trellis_store::Shared, forward: bool) -> Relay {
         Relay {
             inner,
             forward,

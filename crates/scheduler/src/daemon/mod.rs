@@ -64,6 +64,9 @@ struct Leader<C> {
     stops_checked: Option<std::time::Instant>,
     /// When queued runs that lost their item were last looked for.
     swept: Option<std::time::Instant>,
+    /// When a queued run seen without its queue item at the last recovery will be old
+    /// enough to restore (recovery runs again then, not only every 30 s).
+    recheck: Option<std::time::Instant>,
     data: PathBuf,
     clock: Arc<C>,
     store: Shared,
@@ -118,6 +121,7 @@ pub async fn run<C: Clock + 'static>(
         renewed: None,
         stops_checked: None,
         swept: None,
+        recheck: None,
         data,
         clock,
         store,

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// An enqueue writes the run's record just before its queue item: only a run queued this
+/// long ago can have lost its item.
+const ITEM_GRACE_SECS: f64 = 10.0;
+
 impl<C: Clock + 'static> Leader<C> {
     /// Runs the previous leader was executing when it died are recorded as failed and
     /// queued again as a new attempt, so a killed scheduler never leaves a run stuck.
@@ -31,14 +35,16 @@ impl<C: Clock + 'static> Leader<C> {
                     && run.queued
                     && run.worker_id.is_none()
                     && (ran_in(&run, previous.as_ref()) || died_here(&run));
-                // An enqueue writes the record just before the queue item: only a run queued
-                // well before this scheduler took over can have lost its item.
-                let settled = run
+                let age = run
                     .queued_at
-                    .is_some_and(|t| Timestamp::now().duration_since(t.0).as_secs() >= 10);
-                let lost_item = run.status == Status::Queued
-                    && settled
-                    && !in_queues.contains(run.run_id.as_str());
+                    .map(|t| Timestamp::now().duration_since(t.0).as_secs_f64());
+                let settled = age.is_some_and(|a| a >= ITEM_GRACE_SECS);
+                let missing =
+                    run.status == Status::Queued && !in_queues.contains(run.run_id.as_str());
+                if missing && !settled {
+                    self.recheck_in(ITEM_GRACE_SECS - age.unwrap_or(0.0));
+                }
+                let lost_item = missing && settled;
                 if orphaned || lost_item {
                     self.requeue(dag, path, run, orphaned);
                 }
@@ -62,16 +68,26 @@ impl<C: Clock + 'static> Leader<C> {
 
     /// Recovery again, every 30 s while leading: a run the previous leader took from its
     /// queue just before it died may still have looked freshly queued at takeover.
+    /// Sooner when the last recovery saw a queued run without its item that was too young
+    /// to restore: then as soon as it is old enough.
     pub(super) fn sweep(&mut self) {
         let now = std::time::Instant::now();
+        let due = self.recheck.is_some_and(|t| now >= t);
         match self.swept {
-            None => self.swept = Some(now),
-            Some(t) if t.elapsed() >= std::time::Duration::from_secs(30) => {
+            None if !due => self.swept = Some(now),
+            Some(t) if !due && t.elapsed() < std::time::Duration::from_secs(30) => {}
+            _ => {
                 self.swept = Some(now);
+                self.recheck = None;
                 self.recover(None);
             }
-            Some(_) => {}
         }
+    }
+
+    /// Asks for recovery again in `secs` (the earliest such request wins).
+    fn recheck_in(&mut self, secs: f64) {
+        let at = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs.max(0.0));
+        self.recheck = Some(self.recheck.map_or(at, |t| t.min(at)));
     }
 
     pub(super) fn requeue(
