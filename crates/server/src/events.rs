@@ -91,7 +91,7 @@ impl Drop for Open {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(feed, run_events, log::log_events),
-    components(schemas(log::LogEvent, EndEvent))
+    components(schemas(log::LogEvent, EndEvent, SseEvent))
 )]
 pub struct Doc;
 
@@ -126,6 +126,15 @@ fn json_event(kind: &str, data: &impl serde::Serialize) -> Event {
         .event(kind)
         .json_data(data)
         .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+}
+
+/// One Server-Sent Event as a client reads it: its name and its data (JSON text).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SseEvent {
+    /// `run`, `log`, `end` or `error`.
+    pub event: String,
+    /// The event's JSON document, as text.
+    pub data: String,
 }
 
 /// Data of an `end` event: the run's final status.
@@ -189,7 +198,7 @@ async fn pause(live: &Live, every: Duration) -> bool {
     tag = "live",
     params(("name" = String, Path, description = "DAG name"), ("run_id" = String, Path)),
     responses(
-        (status = 200, description = "`run` events (RunDetail JSON), then `end`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`run` events (RunDetail JSON), then `end`", content_type = "text/event-stream", body = SseEvent),
         (status = 404, description = "No such run", body = ErrorBody),
     )
 )]
@@ -287,7 +296,7 @@ fn end_event(run: &RunRecord) -> Event {
     get,
     path = "/api/v2/events",
     tag = "live",
-    responses((status = 200, description = "`run` events (RunSummary JSON)", content_type = "text/event-stream", body = String))
+    responses((status = 200, description = "`run` events (RunSummary JSON)", content_type = "text/event-stream", body = SseEvent))
 )]
 async fn feed(State(app): State<Arc<App>>) -> Events {
     let rx = subscribe(&app);

@@ -166,7 +166,10 @@ pub struct Validation {
 #[derive(Serialize, ToSchema)]
 pub struct InvalidSpec {
     error: ErrorDetail,
+    /// Every problem of the spec (absent when the request body itself was malformed).
+    #[serde(default)]
     errors: Vec<Diagnostic>,
+    #[serde(default)]
     warnings: Vec<Diagnostic>,
 }
 

@@ -56,7 +56,7 @@ pub struct LogQuery {
         LogQuery,
     ),
     responses(
-        (status = 200, description = "`log` events (LogEvent), then `end`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`log` events (LogEvent), then `end`", content_type = "text/event-stream", body = super::SseEvent),
         (status = 404, description = "No such run or step", body = ErrorBody),
     )
 )]
