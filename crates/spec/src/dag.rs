@@ -76,7 +76,6 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
         "wait_mail",
         "llm",
         "registry_auths",
-        "secrets",
         "artifacts",
         "otel",
         "run_config",
@@ -88,6 +87,20 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
             dag.executor_defaults
                 .insert(key.to_string(), node.to_json());
         }
+    }
+    // Nothing resolves or masks secrets yet: a run without them would differ from what
+    // the file asks for, so the file is refused rather than run without its secrets.
+    if let Some(node) = obj.get("secrets") {
+        cx.push(
+            Problem::error(
+                Code::Unsupported,
+                node.span,
+                "`secrets:` is not supported yet: Trellis cannot resolve or mask them",
+            )
+            .help(
+                "pass the values as environment variables of the run for now, or remove `secrets:`",
+            ),
+        );
     }
     let step_types = obj.get("step_types");
     let defaults = obj
