@@ -60,9 +60,31 @@ pub struct Dag {
     /// Executor defaults that apply to every step (`container`, `ssh`, `smtp`, ...), kept as
     /// given so that executors can read them.
     pub executor_defaults: IndexMap<String, Value>,
+    /// Values resolved when a run starts, given to its steps as variables and masked
+    /// wherever output is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
     pub steps: Vec<Step>,
     /// Local sub-DAGs: the later documents of a multi-document file.
     pub local_dags: Vec<Dag>,
+}
+
+/// One entry of `secrets:`: the variable `name` gets the value `provider` finds under `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub name: String,
+    pub provider: SecretProvider,
+    pub key: String,
+}
+
+/// Where a secret's value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretProvider {
+    /// An environment variable of the process running the DAG.
+    Env,
+    /// A file's contents (one trailing newline dropped), e.g. a mounted secret.
+    File,
 }
 
 /// Default values from Dagu's `internal/core/dag.go`.

@@ -36,7 +36,7 @@ pub use remote::{Remote, RemoteChild, RemoteError, RemoteHandle};
 
 use crate::journal::Journal;
 use crate::links::{Links, step_limit};
-use crate::setup::{initial_scope, keep_settled, resolve_env};
+use crate::setup::{initial_scope, keep_settled, resolve_env, resolve_secrets};
 
 /// Settings shared by every run the engine drives.
 #[derive(Clone, Debug, Default)]
@@ -151,6 +151,11 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let scope = initial_scope(&req, &run, &attempt, self.opts.dags_dir.as_deref());
         let base = &self.opts.base_env;
         resolve_env(&req, &scope, &*self.exec, base, &attempt, &cancel).await;
+        // After `env:`, so no backtick command there can read a secret.
+        let (mask, secret_error) = match resolve_secrets(&req.dag, &scope) {
+            Ok(mask) => (mask, None),
+            Err(e) => (None, Some(e)),
+        };
         if let Some(retry) = &req.retry {
             keep_settled(&req.dag, retry, &mut run, &scope);
         }
@@ -165,6 +170,8 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
             generated: Vec::new(),
             journal,
             unmet_precondition: false,
+            mask,
+            secret_error,
         };
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
@@ -196,6 +203,10 @@ pub(crate) struct RunCtx<S: ?Sized, E> {
     journal: Journal,
     /// The DAG's preconditions did not hold, so the run never started.
     unmet_precondition: bool,
+    /// The run's secret values, masked in what its steps leave behind.
+    mask: Option<Arc<trellis_executor::Mask>>,
+    /// Why a secret could not be resolved: the run fails before any step.
+    secret_error: Option<String>,
 }
 
 impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
@@ -209,6 +220,10 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
 
     /// Preconditions, init handler, delay, then the steps. Returns the run's status.
     async fn drive(&mut self, run: &mut RunRecord) -> Status {
+        if let Some(error) = self.secret_error.take() {
+            run.error = Some(error);
+            return Status::Failed;
+        }
         let pre = self.dag.preconditions.clone();
         if let Err(reason) = step::check_conditions(self, &pre).await {
             run.error = Some(format!("precondition not met: {reason}"));
@@ -483,6 +498,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             attempt: self.attempt.clone(),
             scope: self.scope.clone(),
             cancel: self.cancel.clone(),
+            mask: self.mask.clone(),
         })
     }
 }
@@ -495,6 +511,7 @@ pub(crate) struct StepEnv<S: ?Sized, E> {
     attempt: Attempt,
     scope: Scope,
     cancel: CancellationToken,
+    mask: Option<Arc<trellis_executor::Mask>>,
 }
 
 enum Ready {

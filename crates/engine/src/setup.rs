@@ -103,6 +103,45 @@ pub(crate) async fn resolve_env<E: Executor>(
     }
 }
 
+/// The DAG's secrets, read now and set as variables of its steps; the values to mask.
+/// A secret that cannot be read fails the run (the message never holds a value).
+pub(crate) fn resolve_secrets(
+    dag: &Dag,
+    scope: &Scope,
+) -> Result<Option<std::sync::Arc<trellis_executor::Mask>>, String> {
+    use trellis_core::SecretProvider;
+    if dag.secrets.is_empty() {
+        return Ok(None);
+    }
+    let mut values = Vec::new();
+    for secret in &dag.secrets {
+        let value = match secret.provider {
+            SecretProvider::Env => std::env::var(&secret.key).map_err(|_| {
+                format!(
+                    "secret `{}`: environment variable `{}` is not set",
+                    secret.name, secret.key
+                )
+            })?,
+            SecretProvider::File => std::fs::read_to_string(&secret.key)
+                .map(|text| {
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    text.strip_suffix('\r').unwrap_or(text).to_string()
+                })
+                .map_err(|e| {
+                    format!(
+                        "secret `{}`: cannot read `{}`: {e}",
+                        secret.name, secret.key
+                    )
+                })?,
+        };
+        scope.set_var(&secret.name, value.clone());
+        values.push(value);
+    }
+    Ok(Some(std::sync::Arc::new(trellis_executor::Mask::new(
+        values,
+    ))))
+}
+
 /// `KEY=value` lines of a .env file (`export`, quotes and `#` comments allowed). A missing
 /// file contributes nothing, as in Dagu.
 fn read_dotenv(path: &std::path::Path) -> Vec<(String, String)> {

@@ -96,12 +96,29 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
     }
     let generated = generate(&env, &step, &mut record, &stdout);
     record.finished_at = Some(now());
+    if let Some(mask) = &env.mask {
+        hide_secrets(mask, &mut record, &mut vars);
+    }
     Done {
         index,
         record,
         vars,
         skip,
         generated,
+    }
+}
+
+/// What a step leaves in the run's record, with secret values masked: its output is
+/// masked on its way to the log files, but an output file or an error message is not.
+fn hide_secrets(mask: &trellis_executor::Mask, record: &mut StepRecord, vars: &mut StepVars) {
+    for text in [&mut record.error, &mut record.output, &mut vars.output]
+        .into_iter()
+        .flatten()
+    {
+        *text = mask.apply(text);
+    }
+    for note in &mut record.notes {
+        *note = mask.apply(note);
     }
 }
 
@@ -346,6 +363,7 @@ fn process_specs<S: ?Sized, E>(
             .and_then(trellis_executor::parse_signal)
             .unwrap_or(Signal::SIGTERM),
         grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
+        mask: env.mask.clone(),
     };
     Ok(match &step.action {
         Action::Commands { commands } => commands

@@ -80,6 +80,7 @@ impl<E: Executor> Subst<'_, E> {
             timeout: Some(SUBSTITUTION_TIMEOUT),
             stop_signal: Signal::SIGTERM,
             grace: Duration::from_secs(5),
+            mask: None,
         };
         let outcome = self.exec.run(spec, self.cancel.clone()).await;
         let text = std::fs::read_to_string(&stdout).ok();

@@ -12,7 +12,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+mod mask;
 mod spawn;
+
+pub use mask::{MASKED, Mask};
 
 /// What to run and where its output goes.
 #[derive(Clone, Debug)]
@@ -30,6 +33,8 @@ pub struct ProcessSpec {
     pub stop_signal: Signal,
     /// Time between the stop signal and SIGKILL.
     pub grace: Duration,
+    /// Secret values to hide in the output (`None`: written straight to the log files).
+    pub mask: Option<std::sync::Arc<Mask>>,
 }
 
 /// How a process ended.
@@ -73,11 +78,9 @@ fn append(path: &PathBuf) -> std::io::Result<File> {
 
 impl Executor for Local {
     async fn run(&self, mut spec: ProcessSpec, cancel: CancellationToken) -> Outcome {
-        let (stdout, stderr) = match (append(&spec.stdout), append(&spec.stderr)) {
-            (Ok(o), Ok(e)) => (o, e),
-            (Err(e), _) | (_, Err(e)) => {
-                return Outcome::SpawnFailed(format!("cannot open log file: {e}"));
-            }
+        let (files, copiers) = match outputs(&spec) {
+            Ok(opened) => opened,
+            Err(e) => return Outcome::SpawnFailed(format!("cannot open log file: {e}")),
         };
         let program = resolve(&spec.program, &spec.env);
         let prepared = spawn::Prepared::new(
@@ -85,7 +88,7 @@ impl Executor for Local {
             &spec.args,
             &spec.env,
             spec.working_dir.as_deref(),
-            (stdout, stderr),
+            files,
         );
         // Free the environment while the child runs, or a wide fan-out keeps thousands
         // of copies alive.
@@ -94,36 +97,100 @@ impl Executor for Local {
             Ok(prepared) => spawn::spawn(prepared).await,
             Err(e) => Err(e),
         };
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) => return Outcome::SpawnFailed(format!("{}: {e}", spec.program)),
+        let outcome = match spawned {
+            Ok(child) => supervise(child, &spec, cancel).await,
+            Err(e) => Outcome::SpawnFailed(format!("{}: {e}", spec.program)),
         };
-        let pgid = Some(Pid::from_raw(child.id() as i32));
-        let timeout = async {
-            match spec.timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let stopped = tokio::select! {
-            status = child.wait() => return wait_outcome(status),
-            _ = timeout => Outcome::TimedOut,
-            _ = cancel.cancelled() => Outcome::Cancelled,
-        };
-        // Stop the whole group: the step's shell and everything it started.
-        if let Some(pgid) = pgid {
-            let _ = killpg(pgid, spec.stop_signal);
-            if tokio::time::timeout(spec.grace, child.wait())
+        if let Some(copiers) = copiers {
+            copiers.finish().await;
+        }
+        outcome
+    }
+}
+
+/// Waits for the child, stopping its whole group on timeout or cancel.
+async fn supervise(
+    mut child: spawn::Child,
+    spec: &ProcessSpec,
+    cancel: CancellationToken,
+) -> Outcome {
+    let pgid = Pid::from_raw(child.id() as i32);
+    let timeout = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = tokio::select! {
+        status = child.wait() => return wait_outcome(status),
+        _ = timeout => Outcome::TimedOut,
+        _ = cancel.cancelled() => Outcome::Cancelled,
+    };
+    // Stop the whole group: the step's shell and everything it started.
+    let _ = killpg(pgid, spec.stop_signal);
+    if tokio::time::timeout(spec.grace, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+    let _ = killpg(pgid, Signal::SIGKILL);
+    stopped
+}
+
+/// Where the child writes: the log files themselves, or, when secrets must be masked,
+/// pipes whose copiers mask what passes into the files.
+fn outputs(spec: &ProcessSpec) -> std::io::Result<((File, File), Option<Copiers>)> {
+    let (stdout, stderr) = (append(&spec.stdout)?, append(&spec.stderr)?);
+    let Some(mask) = spec.mask.clone().filter(|m| !m.is_empty()) else {
+        return Ok(((stdout, stderr), None));
+    };
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let copy = |read, file| {
+        let mask = mask.clone();
+        let from = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+        Ok::<_, std::io::Error>(tokio::spawn(async move { mask.copy(from, file).await }))
+    };
+    let tasks = vec![copy(out_read, stdout)?, copy(err_read, stderr)?];
+    Ok(((out_write.into(), err_write.into()), Some(Copiers(tasks))))
+}
+
+/// The tasks masking a step's output.
+struct Copiers(Vec<tokio::task::JoinHandle<std::io::Result<()>>>);
+
+impl Copiers {
+    /// Waits for the copiers to reach the end of their pipes: at once when the step's
+    /// processes are gone, or after a grace when a background process it left keeps a
+    /// pipe open (its later output is not logged).
+    async fn finish(self) {
+        for task in self.0 {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
                 .await
                 .is_err()
             {
-                let _ = killpg(pgid, Signal::SIGKILL);
+                abort.abort();
             }
-            let _ = child.wait().await;
-            let _ = killpg(pgid, Signal::SIGKILL);
         }
-        stopped
     }
+}
+
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors that nothing else owns.
+    if unsafe { nix::libc::pipe2(fds.as_mut_ptr(), nix::libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// The program looked up in the step's own `PATH` once, here, rather than in the child
@@ -192,6 +259,7 @@ mod tests {
             timeout: None,
             stop_signal: Signal::SIGTERM,
             grace: Duration::from_millis(200),
+            mask: None,
         }
     }
 

@@ -397,6 +397,7 @@ mod tests {
             timeout: None,
             stop_signal: nix::sys::signal::Signal::SIGTERM,
             grace: Duration::from_millis(200),
+            mask: None,
         }
     }
 

@@ -88,20 +88,10 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
                 .insert(key.to_string(), node.to_json());
         }
     }
-    // Nothing resolves or masks secrets yet: a run without them would differ from what
-    // the file asks for, so the file is refused rather than run without its secrets.
-    if let Some(node) = obj.get("secrets") {
-        cx.push(
-            Problem::error(
-                Code::Unsupported,
-                node.span,
-                "`secrets:` is not supported yet: Trellis cannot resolve or mask them",
-            )
-            .help(
-                "pass the values as environment variables of the run for now, or remove `secrets:`",
-            ),
-        );
-    }
+    dag.secrets = obj
+        .get("secrets")
+        .map(|n| crate::secrets::decode_secrets(cx, n))
+        .unwrap_or_default();
     let step_types = obj.get("step_types");
     let defaults = obj
         .get("defaults")

@@ -204,7 +204,7 @@ pub static DAG: &[Field] = &[
         "secrets",
         [],
         r#"{"type":"array"}"#,
-        "External secret references exposed as env vars."
+        "Values resolved at run start (providers env, file), given to steps as variables and masked in logs and records."
     ),
     field!(
         "container",
@@ -599,6 +599,17 @@ pub static PARALLEL_FIELDS: &[Field] = &[
         UINT,
         "Child runs at once (1..1000, default 10)."
     ),
+];
+
+pub static SECRET_FIELDS: &[Field] = &[
+    field!("name", [], STR, "The variable steps see the value as."),
+    field!(
+        "provider",
+        [],
+        r#"{"enum":["env","file"]}"#,
+        "Where the value is: `env` (a variable of the process running the DAG) or `file`."
+    ),
+    field!("key", [], STR, "The variable's name, or the file's path."),
 ];
 
 pub static APPROVAL_FIELDS: &[Field] = &[

@@ -19,6 +19,7 @@ mod params;
 mod policy;
 mod schedule;
 pub mod schema;
+mod secrets;
 mod step;
 mod step_types;
 pub mod yaml;

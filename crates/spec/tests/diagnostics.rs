@@ -138,7 +138,10 @@ const EXPECTED: &[(&str, &[Located])] = &[
         "param_default_wrong_type.yaml",
         &[("spec::invalid-param", 5, 14)],
     ),
-    ("secrets_not_supported.yaml", &[("spec::unsupported", 3, 3)]),
+    (
+        "secret_provider_unsupported.yaml",
+        &[("spec::unsupported", 4, 15)],
+    ),
     ("self_dependency.yaml", &[("spec::cycle", 9, 9)]),
     (
         "step_nothing_to_run.yaml",
