@@ -29,26 +29,25 @@ impl<C: Clock + 'static> Leader<C> {
             .collect();
         // Runs handed to workers are the coordinator's to recover.
         in_queues.extend(self.active.keys().cloned());
-        for (dag, path) in &entries {
-            for run in self.store.list(&dag.name, 50).unwrap_or_default() {
-                let orphaned = run.status == Status::Running
-                    && run.queued
-                    && run.worker_id.is_none()
-                    && (ran_in(&run, previous.as_ref()) || died_here(&run));
-                let age = run
-                    .queued_at
-                    .map(|t| Timestamp::now().duration_since(t.0).as_secs_f64());
-                let settled = age.is_some_and(|a| a >= ITEM_GRACE_SECS);
-                let missing =
-                    run.status == Status::Queued && !in_queues.contains(run.run_id.as_str());
-                if missing && !settled {
-                    self.recheck_in(ITEM_GRACE_SECS - age.unwrap_or(0.0));
-                }
-                let lost_item = missing && settled;
-                if orphaned || lost_item {
-                    self.requeue(dag, path, run, orphaned);
-                }
+        for (i, run) in self.unfinished_runs(&entries) {
+            let (dag, path) = &entries[i];
+            let orphaned = run.status == Status::Running
+                && run.queued
+                && run.worker_id.is_none()
+                && (ran_in(&run, previous.as_ref()) || died_here(&run));
+            let age = run
+                .queued_at
+                .map(|t| Timestamp::now().duration_since(t.0).as_secs_f64());
+            let settled = age.is_some_and(|a| a >= ITEM_GRACE_SECS);
+            let missing = run.status == Status::Queued && !in_queues.contains(run.run_id.as_str());
+            if missing && !settled {
+                self.recheck_in(ITEM_GRACE_SECS - age.unwrap_or(0.0));
             }
+            if orphaned || (missing && settled) {
+                self.requeue(dag, path, run, orphaned);
+            }
+        }
+        for (dag, path) in &entries {
             if let Some(at) = self
                 .last_recorded_tick(&dag.name)
                 .filter(|at| !matches!(self.store.tick_skipped(&dag.name, &stamp(*at)), Ok(true)))
@@ -64,6 +63,31 @@ impl<C: Clock + 'static> Leader<C> {
                 self.enqueue_tick(dag, path, at);
             }
         }
+    }
+
+    /// Every run not finished yet, with the index of its DAG in `entries`: all of them
+    /// when the store can find them cheaply, else the 50 newest of each DAG (a long queue
+    /// could hide an orphan behind them).
+    fn unfinished_runs(
+        &self,
+        entries: &[(Dag, PathBuf)],
+    ) -> Vec<(usize, trellis_core::status::RunRecord)> {
+        let index: HashMap<&str, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (d, _))| (d.name.as_str(), i))
+            .collect();
+        if let Some(Ok(runs)) = self.store.unfinished(usize::MAX) {
+            return runs
+                .into_iter()
+                .filter_map(|r| Some((*index.get(r.name.as_str())?, r)))
+                .collect();
+        }
+        let newest = |(i, (d, _)): (usize, &(Dag, PathBuf))| {
+            let runs = self.store.list(&d.name, 50).unwrap_or_default();
+            runs.into_iter().map(move |r| (i, r))
+        };
+        entries.iter().enumerate().flat_map(newest).collect()
     }
 
     /// Recovery again, every 30 s while leading: a run the previous leader took from its

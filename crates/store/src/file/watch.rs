@@ -56,14 +56,19 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The newest attempt directory of a run (names sort by time).
+/// The newest attempt directory of a run that has a status log (names sort by time): an
+/// attempt whose process was killed before it wrote anything must not hide the run.
 fn latest_attempt(run_dir: &Path) -> Option<PathBuf> {
     let names = std::fs::read_dir(run_dir).ok()?;
-    names
+    let mut names: Vec<String> = names
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with("attempt_"))
-        .max()
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    names
+        .into_iter()
         .map(|n| run_dir.join(n))
+        .find(|a| a.join("status.jsonl").exists())
 }
 
 /// One run's status log, followed by `stat`.
@@ -253,5 +258,13 @@ mod tests {
             .unwrap();
         assert!(run.stale(), "the retry's attempt is followed");
         assert_eq!(run.read().unwrap().map(|r| r.status), Some(Status::Failed));
+        // A third attempt whose process died before writing anything hides nothing.
+        std::fs::create_dir_all(run_dir.join("attempt_20260101_000200_000Z_cccccc")).unwrap();
+        let mut fresh = FileWatch::new(run_dir.clone());
+        assert!(fresh.stale());
+        assert_eq!(
+            fresh.read().unwrap().map(|r| r.status),
+            Some(Status::Failed)
+        );
     }
 }
