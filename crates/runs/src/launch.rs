@@ -177,6 +177,12 @@ impl Runs {
         if let Launch::Restart { previous, .. } = &launch {
             self.stop(previous, crate::STOP_WITHIN).await?;
         }
+        // Two retries of one run at once would run it twice at once: one at a time, and
+        // only of a run that has ended (as read now, not when the request came in).
+        let _claim = match &launch {
+            Launch::Retry { previous, .. } => Some(self.claim_retry(previous).await?),
+            _ => None,
+        };
         launcher.spawn(&launch.args(), launch.env())?;
         let (dag, run_id) = launch.target();
         let seen = self
@@ -187,5 +193,41 @@ impl Runs {
             what: "start",
             within: VISIBLE_WITHIN,
         })
+    }
+
+    /// Marks `run` as being retried by this process, once it is known to have ended.
+    async fn claim_retry(&self, run: &RunRecord) -> Result<Claim> {
+        let key = (run.name.clone(), run.run_id.to_string());
+        let fresh = {
+            let mut busy = self.relaunching.lock().unwrap_or_else(|e| e.into_inner());
+            busy.insert(key.clone())
+        };
+        if !fresh {
+            return Err(Error::Busy {
+                run_id: key.1.clone(),
+            });
+        }
+        let claim = Claim(self.relaunching.clone(), key);
+        let now = self.find(&run.name, Some(run.run_id.as_str())).await?;
+        if !now.status.is_final() {
+            return Err(Error::NotFinal {
+                run_id: now.run_id.to_string(),
+                status: now.status.as_str().to_string(),
+            });
+        }
+        Ok(claim)
+    }
+}
+
+/// A run being retried by this process; released when the launch is done.
+struct Claim(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    (String, String),
+);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut busy = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        busy.remove(&self.1);
     }
 }

@@ -53,6 +53,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another request of this process is starting the same run again right now.
+    #[error("run {run_id} is already being started again")]
+    Busy { run_id: String },
+    /// Only a run that has ended can be retried.
+    #[error("run {run_id} is {status}: wait for it to end, or stop it, before retrying")]
+    NotFinal { run_id: String, status: String },
     #[error("run {run_id} did not {what} within {} s", within.as_secs())]
     Deadline {
         run_id: String,
@@ -92,6 +98,8 @@ pub struct Runs {
     /// The data dir: where task and cancel files live on the file store.
     data: PathBuf,
     launcher: Option<Launcher>,
+    /// Runs this process is starting again (a retry) until the new attempt shows.
+    relaunching: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl Runs {
@@ -101,6 +109,7 @@ impl Runs {
             logs: trellis_store::open_logs(),
             data,
             launcher: None,
+            relaunching: Default::default(),
         }
     }
 

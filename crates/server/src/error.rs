@@ -100,7 +100,9 @@ impl From<trellis_runs::Error> for Error {
         match e {
             E::Store(e) => e.into(),
             E::NotFound { .. } => Error::not_found(e.to_string()),
-            E::NotInAnyQueue { .. } => Error::conflict(e.to_string()),
+            E::NotInAnyQueue { .. } | E::Busy { .. } | E::NotFinal { .. } => {
+                Error::conflict(e.to_string())
+            }
             E::NoProcess { .. } | E::NoLauncher | E::Io { .. } | E::Deadline { .. } => {
                 Error::internal(e.to_string())
             }
