@@ -17,9 +17,8 @@
 //! stream) or the server shuts down ([`Live::close`]).
 
 mod log;
-mod watch;
 
-use watch::Tracked;
+use trellis_store::Followed as Tracked;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

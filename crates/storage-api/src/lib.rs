@@ -17,7 +17,7 @@ pub mod watch;
 pub use logs::LogStore;
 pub use memory::MemStore;
 pub use state::{Lead, LeaseInfo, State};
-pub use watch::{RunFeed, RunWatch, run_feed, watch_run};
+pub use watch::{Followed, RunFeed, RunWatch, run_feed, watch_run};
 
 use std::path::PathBuf;
 

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use trellis_core::status::RunRecord;
 
-use crate::{Result, Shared, mark_dead};
+use crate::{Result, Shared, live_status, mark_dead};
 
 /// One run's record, re-read when it may have changed.
 pub trait RunWatch: Send {
@@ -25,6 +25,65 @@ pub trait RunFeed: Send {
     /// The runs that appeared or changed status since the last call, a dead process shown
     /// failed. The first call only learns the current state and returns nothing.
     fn changes(&mut self) -> Vec<RunRecord>;
+}
+
+/// A run's latest record, kept up to date by its watcher: what a live page or a feed
+/// follows.
+pub struct Followed {
+    watch: Box<dyn RunWatch>,
+    pub record: Option<RunRecord>,
+}
+
+impl Followed {
+    pub fn new(watch: Box<dyn RunWatch>) -> Followed {
+        Followed {
+            watch,
+            record: None,
+        }
+    }
+
+    /// Re-reads the record when it may have changed; true when it did.
+    pub fn refresh(&mut self) -> bool {
+        self.stale() && self.load()
+    }
+
+    /// Looks without reading (cheap): whether the record may have changed.
+    pub fn stale(&mut self) -> bool {
+        self.watch.stale()
+    }
+
+    /// Reads the record that [`Followed::stale`] found changed; true when it differs.
+    pub fn load(&mut self) -> bool {
+        let Ok(Some(record)) = self.watch.read() else {
+            return false;
+        };
+        let changed = self.record.as_ref() != Some(&record);
+        self.record = Some(record);
+        changed
+    }
+
+    /// The run's status now: a run recorded as running whose process is gone is failed.
+    pub fn status(&self) -> Option<trellis_core::status::Status> {
+        self.record.as_ref().map(live_status)
+    }
+
+    /// The status, after reading the record once more if the process seems dead: it may
+    /// have written its final status just before exiting. The bool says the record changed.
+    pub fn settled_status(&mut self) -> (Option<trellis_core::status::Status>, bool) {
+        let status = self.status();
+        if status != self.record.as_ref().map(|r| r.status) {
+            let changed = self.refresh();
+            return (self.status(), changed);
+        }
+        (status, false)
+    }
+
+    /// The record with a dead process shown failed.
+    pub fn view(&self) -> Option<RunRecord> {
+        let mut view = self.record.clone()?;
+        mark_dead(&mut view);
+        Some(view)
+    }
 }
 
 /// A watcher of run `run_id` of `dag`; `None` when there is no such run.

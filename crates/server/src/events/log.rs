@@ -13,11 +13,11 @@ use serde::Deserialize;
 use trellis_core::status::RunRecord;
 use trellis_store::logs::{LogStore, complete_utf8_len, tail_start};
 
-use super::watch::Tracked;
 use super::{Events, RUN_POLL, blocking, end_event, json_event, locate, pause, sse};
 use crate::App;
 use crate::error::{Error, ErrorBody, Result};
 use crate::views::LogStream;
+use trellis_store::Followed as Tracked;
 
 /// Largest piece of log one event carries.
 const LOG_CHUNK: u64 = 256 * 1024;

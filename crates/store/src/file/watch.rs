@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use trellis_core::status::{RunRecord, Status};
 
 use super::{FileStore, read_log};
-use crate::{Result, RunFeed, RunWatch, Store, live_status, mark_dead};
+use crate::{Followed, Result, RunFeed, RunWatch, Store};
 
 /// The size and modification time of a status log: it only grows, so a change in either
 /// means new entries.
@@ -120,38 +120,10 @@ impl FileStore {
     }
 }
 
-/// One watched run of the feed: its status log and the status last announced.
+/// One watched run of the feed and the status last announced.
 struct Watched {
-    watch: FileWatch,
-    record: Option<RunRecord>,
+    run: Followed,
     announced: Option<Status>,
-}
-
-impl Watched {
-    /// Re-reads the record if it changed; the status now, a dead process shown failed
-    /// (after one more read: it may have written its final status just before exiting).
-    fn status(&mut self) -> Option<Status> {
-        self.refresh();
-        let record = self.record.as_ref()?;
-        if live_status(record) != record.status {
-            self.refresh();
-        }
-        self.record.as_ref().map(live_status)
-    }
-
-    fn refresh(&mut self) {
-        if self.watch.stale()
-            && let Ok(Some(record)) = self.watch.read()
-        {
-            self.record = Some(record);
-        }
-    }
-
-    fn view(&self) -> Option<RunRecord> {
-        let mut view = self.record.clone()?;
-        mark_dead(&mut view);
-        Some(view)
-    }
 }
 
 /// The newest runs of each DAG, each followed by `stat`.
@@ -193,15 +165,15 @@ impl RunFeed for FileFeed {
         let mut out = Vec::new();
         let mut visited = HashSet::new();
         for dir in self.newest() {
-            let run = self.runs.entry(dir.clone()).or_insert_with(|| Watched {
-                watch: FileWatch::new(dir.clone()),
-                record: None,
+            let watched = self.runs.entry(dir.clone()).or_insert_with(|| Watched {
+                run: Followed::new(Box::new(FileWatch::new(dir.clone()))),
                 announced: None,
             });
-            let status = run.status();
-            if status != run.announced {
-                run.announced = status;
-                if let (Some(view), false) = (run.view(), self.first) {
+            watched.run.refresh();
+            let (status, _) = watched.run.settled_status();
+            if status != watched.announced {
+                watched.announced = status;
+                if let (Some(view), false) = (watched.run.view(), self.first) {
                     out.push(view);
                 }
             }
