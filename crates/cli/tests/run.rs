@@ -796,6 +796,40 @@ fn retry_keeps_the_run_id_and_reruns_only_what_failed() {
     );
 }
 
+/// `${step.stdout}` and `${step.stderr}` name the step's log files, by id or by name;
+/// after a retry, a step carried over from the first attempt still names its own files.
+#[test]
+fn step_log_paths_by_id_and_name_survive_a_retry() {
+    let env = Env::new(&[(
+        "logs.yaml",
+        "name: logs\nsteps:\n  - name: speak\n    id: sp\n    command: sh -c 'echo said-out; echo said-err >&2'\n  \
+         - name: paths\n    command: echo ${sp.stdout} ${speak.stderr}\n    output: PATHS\n  \
+         - name: show\n    command: cat ${sp.stdout} ${speak.stderr}\n    output: SHOWN\n  \
+         - name: gate\n    command: test -f flag.txt\n",
+    )]);
+    assert_eq!(env.start("logs.yaml", &[]), 1);
+    let first = env.status("logs");
+    assert_eq!(first["outputs"]["SHOWN"], "said-out\nsaid-err", "{first:#}");
+    let paths = first["outputs"]["PATHS"].as_str().unwrap().to_string();
+    let files: Vec<&str> = paths.split(' ').collect();
+    assert!(
+        files[0].ends_with("speak.out") && files[1].ends_with("speak.err"),
+        "{paths}"
+    );
+    let id = first["run_id"].as_str().unwrap().to_string();
+    env.write("flag.txt", "");
+    let out = env.run(&["retry", "logs", "--run-id", &id, "--step", "paths", "-q"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let run = env.status("logs");
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["outputs"]["SHOWN"], "said-out\nsaid-err");
+    assert_eq!(
+        run["outputs"]["PATHS"],
+        paths.as_str(),
+        "speak's files, not this attempt's"
+    );
+}
+
 /// A condition's `expected` may get its `re:` from a variable, as in Dagu.
 #[test]
 fn an_expected_pattern_may_come_from_a_variable() {

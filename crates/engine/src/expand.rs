@@ -2,19 +2,22 @@
 //! `${VAR:0:5}`, `${step.output}`, `${step.output.key}`, `${step.exitCode}`,
 //! `${step.stdout}`, and (where no shell will do it) bare `$VAR` and `$1`.
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use indexmap::IndexMap;
 use serde_json::Value;
 
-/// What a finished step exposes to later steps.
+/// What a finished step exposes to later steps. Kept small: a run holds one per step.
 #[derive(Clone, Debug, Default)]
 pub struct StepVars {
     pub output: Option<String>,
-    pub fields: Option<Value>,
+    pub fields: Option<Box<Value>>,
     pub exit_code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
+    /// The step's log files when they are not this attempt's (a step a retry carried
+    /// over); `None` means `<log dir>/<safe name>.out|.err`, derived when asked for, so a
+    /// 10 000-step run does not hold 20 000 paths.
+    pub logs: Option<Box<(String, String)>>,
 }
 
 /// Everything `${...}` can refer to. Clones are cheap: the run's variables and step
@@ -30,8 +33,10 @@ pub struct Scope {
 #[derive(Debug, Default)]
 struct Shared {
     vars: IndexMap<String, String>,
-    steps: IndexMap<String, StepVars>,
+    /// Keyed by step id or name; the name is kept beside the vars for the log path.
+    steps: IndexMap<Box<str>, (Box<str>, StepVars)>,
     positional: Vec<String>,
+    log_dir: Option<PathBuf>,
 }
 
 impl Scope {
@@ -65,8 +70,14 @@ impl Scope {
         self.local.insert(name.to_string(), value);
     }
 
-    pub fn set_step(&self, key: &str, vars: StepVars) {
-        self.write().steps.insert(key.to_string(), vars);
+    /// Records what step `name` (known to later steps as `key`, its id or its name) left.
+    pub fn set_step(&self, key: &str, name: &str, vars: StepVars) {
+        self.write().steps.insert(key.into(), (name.into(), vars));
+    }
+
+    /// Where this attempt's step logs are, for `${step.stdout}` and `${step.stderr}`.
+    pub fn set_log_dir(&self, dir: PathBuf) {
+        self.write().log_dir = Some(dir);
     }
 
     pub fn push_positional(&self, value: String) {
@@ -143,15 +154,28 @@ impl Scope {
             return from_var;
         }
         let shared = self.read();
-        let step = shared.steps.get(head)?;
+        let (name, step) = shared.steps.get(head)?;
+        let log = |ext: &str| {
+            let dir = shared.log_dir.as_ref()?;
+            let safe = crate::log_file_name(name, ext);
+            Some(dir.join(safe).display().to_string())
+        };
         match path {
             "output" => step
                 .output
                 .clone()
-                .or_else(|| step.fields.as_ref().map(Value::to_string)),
+                .or_else(|| step.fields.as_ref().map(|f| f.to_string())),
             "exitCode" | "exit_code" => step.exit_code.map(|c| c.to_string()),
-            "stdout" => Some(step.stdout.clone()),
-            "stderr" => Some(step.stderr.clone()),
+            "stdout" => step
+                .logs
+                .as_ref()
+                .map(|l| l.0.clone())
+                .or_else(|| log("out")),
+            "stderr" => step
+                .logs
+                .as_ref()
+                .map(|l| l.1.clone())
+                .or_else(|| log("err")),
             _ => {
                 let sub = path.strip_prefix("output.")?;
                 let from_fields = step.fields.as_ref().and_then(|f| json_path(f, sub));
@@ -217,7 +241,7 @@ mod tests {
             output: Some(r#"{"v":"1.2"}"#.into()),
             ..StepVars::default()
         };
-        scope.set_step("build", build);
+        scope.set_step("build", "build", build);
         scope.push_positional("first".into());
         assert_eq!(scope.expand("${CONFIG.host}:${CONFIG.port}", false), "h:80");
         assert_eq!(scope.expand("${DATA:0:5}", false), "hello");

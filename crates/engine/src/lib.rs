@@ -184,6 +184,11 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
     }
 }
 
+/// A step's log file name in its attempt's log dir: `<safe name>.out` or `.err`.
+pub(crate) fn log_file_name(step: &str, ext: &str) -> String {
+    format!("{}.{ext}", trellis_store::safe_name(step))
+}
+
 pub(crate) fn now() -> trellis_core::ids::Stamp {
     jiff::Timestamp::now().into()
 }
@@ -307,13 +312,12 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
                         run.steps[i].started_at = Some(now());
                         run.steps[i].worker_id = self.engine.opts.worker_id.clone();
                         // Known now, so `logs --follow` and the UI can tail a running step.
-                        let safe = trellis_store::safe_name(&run.steps[i].name);
-                        let log = |ext: &str| {
-                            let path = self.attempt.log_dir.join(format!("{safe}.{ext}"));
-                            Some(path.display().to_string())
-                        };
-                        run.steps[i].stdout = log("out");
-                        run.steps[i].stderr = log("err");
+                        let log_dir = &self.attempt.log_dir;
+                        let step = &mut run.steps[i];
+                        let log = |ext: &str| log_dir.join(log_file_name(&step.name, ext));
+                        let (out, err) = (log("out"), log("err"));
+                        step.stdout = Some(out.display().to_string());
+                        step.stderr = Some(err.display().to_string());
                         self.save_step(run, i);
                         running += 1;
                         step::spawn(self, i, tx.clone());
@@ -386,11 +390,10 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             self.scope.set_var(var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
-        let key = step.id.clone().unwrap_or_else(|| step.name.clone());
-        self.scope.set_step(&key, done.vars.clone());
-        if step.id.is_some() {
-            self.scope.set_step(&step.name.clone(), done.vars);
+        if let Some(id) = &step.id {
+            self.scope.set_step(id, &step.name, done.vars.clone());
         }
+        self.scope.set_step(&step.name, &step.name, done.vars);
         skip.extend(done.skip);
         self.generated = done.generated;
         run.steps[done.index] = done.record;

@@ -44,6 +44,7 @@ pub(crate) fn initial_scope(
     dags_dir: Option<&std::path::Path>,
 ) -> Scope {
     let scope = Scope::default();
+    scope.set_log_dir(attempt.log_dir.clone());
     for p in &req.params {
         if p.positional {
             scope.push_positional(p.value.clone());
@@ -179,14 +180,22 @@ pub(crate) fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope:
             scope.set_var(var, value.clone());
             run.outputs.insert(var.clone(), value.clone());
         }
+        let logs = (
+            prev.stdout.clone().unwrap_or_default(),
+            prev.stderr.clone().unwrap_or_default(),
+        );
         let vars = StepVars {
             output: prev.output.clone(),
             fields: None,
             exit_code: prev.exit_code,
-            stdout: prev.stdout.clone().unwrap_or_default(),
-            stderr: prev.stderr.clone().unwrap_or_default(),
+            // The previous attempt's files, not this attempt's.
+            logs: Some(Box::new(logs)),
         };
-        scope.set_step(&step.id.clone().unwrap_or_else(|| step.name.clone()), vars);
+        // Known by id and by name, as a step that ran in this attempt is.
+        if let Some(id) = &step.id {
+            scope.set_step(id, &step.name, vars.clone());
+        }
+        scope.set_step(&step.name, &step.name, vars);
     }
 }
 

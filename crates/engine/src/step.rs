@@ -43,18 +43,18 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
         worker_id: env.engine.opts.worker_id.clone(),
         ..StepRecord::default()
     };
-    let safe = safe_name(&step.name);
     let (stdout, stderr) = (
-        env.attempt.log_dir.join(format!("{safe}.out")),
-        env.attempt.log_dir.join(format!("{safe}.err")),
+        env.attempt
+            .log_dir
+            .join(crate::log_file_name(&step.name, "out")),
+        env.attempt
+            .log_dir
+            .join(crate::log_file_name(&step.name, "err")),
     );
     record.stdout = Some(stdout.display().to_string());
     record.stderr = Some(stderr.display().to_string());
-    let mut vars = StepVars {
-        stdout: stdout.display().to_string(),
-        stderr: stderr.display().to_string(),
-        ..StepVars::default()
-    };
+    // The log paths are derived from the step's name when a later step asks for them.
+    let mut vars = StepVars::default();
     let mut skip = Vec::new();
     if let Err(reason) = check_conditions_env(&env, &step.preconditions).await {
         record.status = Status::Skipped;
@@ -208,7 +208,7 @@ fn finish<S: ?Sized, E>(
             &out_text(stdout, max),
             &out_text(stderr, max),
         ) {
-            Ok(v) => vars.fields = Some(v),
+            Ok(v) => vars.fields = Some(Box::new(v)),
             Err(e) => {
                 record.status = Status::Failed;
                 record.error = Some(e.to_string());

@@ -299,8 +299,13 @@ impl Store for FileStore {
 
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()> {
         let path = attempt.dir.join("dag.json");
-        let json = serde_json::to_vec(dag).map_err(|e| io(&path)(e.into()))?;
-        write_atomic(&path, &json)
+        // Streamed through a small buffer: a 10 000-step definition is megabytes of JSON,
+        // and building it whole set the peak memory of the whole run.
+        write_atomic_with(&path, |file| {
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
+            serde_json::to_writer(&mut out, dag).map_err(std::io::Error::from)?;
+            out.flush()
+        })
     }
 
     fn definition(&self, dag: &str, run_id: &str) -> Result<Option<Dag>> {
@@ -445,9 +450,18 @@ impl FileStore {
 
 /// Writes a file whole: to a temporary name, fsync, then rename over the target.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// Writes a file whole or not at all: `write` fills a temporary file, which is synced and
+/// renamed over `path`.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
+    write(&mut file).map_err(io(&tmp))?;
     file.sync_data().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))
 }
