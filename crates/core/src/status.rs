@@ -87,6 +87,18 @@ pub struct StepRecord {
     /// Things the user should know that are not errors (e.g. output truncated).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Where the step runs when that outlives its runner (a container): recorded once
+    /// started, so a new runner reattaches instead of starting it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<Handle>,
+}
+
+/// A step's work outside this process: the executor type and its external id (a
+/// container id, a Job name, a Slurm job id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    pub executor: String,
+    pub id: String,
 }
 
 /// Everything a store keeps about one attempt of a run. Each update appends a whole record.

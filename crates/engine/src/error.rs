@@ -19,10 +19,16 @@ pub enum Error {
     /// The process could not start: the executor's explanation.
     #[error("{0}")]
     SpawnFailed(String),
+    /// It ran and ended badly for a reason beyond its exit code (out of memory).
+    #[error("{reason}")]
+    Failed { reason: String },
+    /// What ran it vanished before saying how it ended.
+    #[error("lost: {0}")]
+    Lost(String),
     #[error("cannot write script: {0}")]
     WriteScript(std::io::Error),
     #[error(
-        "step type `{kind}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call and router steps run)"
+        "step type `{kind}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call, router and docker steps run)"
     )]
     UnsupportedType { kind: String },
     /// A precondition did not hold; `condition` as written in the DAG.

@@ -7,6 +7,7 @@
 //! are runs of their own nested under the parent.
 
 mod call;
+mod elsewhere;
 mod error;
 mod expand;
 mod journal;
@@ -49,6 +50,8 @@ pub struct Options {
     pub worker_id: Option<String>,
     /// Where `call` steps with a label `worker_selector` send their child runs.
     pub remote: Option<RemoteHandle>,
+    /// Executors of step types other than the local shell (`docker`), by type.
+    pub executors: trellis_executor::Registry,
 }
 
 /// Credentials Trellis reads from its environment that steps must not see (an operator's
@@ -172,6 +175,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
             unmet_precondition: false,
             mask,
             secret_error,
+            started: mpsc::unbounded_channel(),
         };
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
@@ -212,6 +216,8 @@ pub(crate) struct RunCtx<S: ?Sized, E> {
     mask: Option<Arc<trellis_executor::Mask>>,
     /// Why a secret could not be resolved: the run fails before any step.
     secret_error: Option<String>,
+    /// Handles of started steps, from their tasks (see [`StepEnv::started`]).
+    started: (StartedTx, mpsc::UnboundedReceiver<Started>),
 }
 
 impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
@@ -330,7 +336,15 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             if running == 0 {
                 continue;
             }
-            let Some(done) = rx.recv().await else { break };
+            let done = loop {
+                tokio::select! {
+                    // Before any step's end: a step says where it runs before it ends.
+                    biased;
+                    Some((i, handle)) = self.started.1.recv() => self.record_handle(run, i, handle),
+                    done = rx.recv() => break done,
+                }
+            };
+            let Some(done) = done else { break };
             running -= 1;
             let index = done.index;
             let generated = std::mem::take(&mut self.generated);
@@ -376,6 +390,15 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
         }
         *graph = Links::rebuild(&self.dag, run, graph);
         self.journal.push(Entry::Snapshot(Box::new(run.clone())));
+    }
+
+    /// Records where a step runs (a container id) while it runs, so that a runner that
+    /// dies now leaves a record a new runner can reattach from.
+    fn record_handle(&self, run: &mut RunRecord, index: usize, handle: trellis_executor::Handle) {
+        if let Some(step) = run.steps.get_mut(index) {
+            step.handle = Some(handle);
+            self.save_step(run, index);
+        }
     }
 
     fn settle(&mut self, run: &mut RunRecord, done: Done, skip: &mut Vec<String>) {
@@ -502,6 +525,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             scope: self.scope.clone(),
             cancel: self.cancel.clone(),
             mask: self.mask.clone(),
+            started: self.started.0.clone(),
         })
     }
 }
@@ -515,7 +539,13 @@ pub(crate) struct StepEnv<S: ?Sized, E> {
     scope: Scope,
     cancel: CancellationToken,
     mask: Option<Arc<trellis_executor::Mask>>,
+    /// Tells the run loop a step's handle, to be recorded while the step runs.
+    started: StartedTx,
 }
+
+/// A step (by index) started where it runs, and how to find it again.
+type Started = (usize, trellis_executor::Handle);
+type StartedTx = mpsc::UnboundedSender<Started>;
 
 enum Ready {
     Wait,

@@ -74,11 +74,11 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
             skip = route(&env, value, routes);
             Ok(0)
         }
-        // Step types whose executors are not built yet fail clearly, naming the type,
-        // rather than running their command on the local shell.
-        _ if step.executor.is_some() => Err(Error::UnsupportedType {
-            kind: step.executor_kind().to_string(),
-        }),
+        // Other step types go to their executor (a docker step with no command runs its
+        // image's own); a type with none fails naming it, never on the local shell.
+        _ if step.executor.is_some() => {
+            run_with_policies(&env, &step, &stdout, &stderr, &mut record).await
+        }
         Action::Noop => Ok(0),
         _ => run_with_policies(&env, &step, &stdout, &stderr, &mut record).await,
     };
@@ -298,33 +298,44 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
         let _ = std::fs::remove_file(stdout);
         let _ = std::fs::remove_file(stderr);
     }
+    if let Some(config) = &step.executor {
+        return crate::elsewhere::run(env, step, config, stdout, stderr, record).await;
+    }
     let specs = process_specs(env, step, stdout, stderr)?;
-    let mut code = 0;
     for spec in specs {
         let outcome = env.engine.exec.run(spec, env.cancel.clone()).await;
-        record.exit_code = outcome.exit_code();
-        match outcome {
-            Outcome::Exited(0) => code = 0,
-            Outcome::Exited(status) => {
-                let stderr = stderr_tail(stderr);
-                return Err(Error::Exited {
-                    code: status,
-                    stderr,
-                });
-            }
-            Outcome::Signaled(signal) => {
-                let stderr = stderr_tail(stderr);
-                return Err(Error::Signaled { signal, stderr });
-            }
-            Outcome::TimedOut => {
-                let secs = step.timeout_sec.unwrap_or(0);
-                return Err(Error::TimedOut { secs });
-            }
-            Outcome::Cancelled => return Err(Error::Cancelled),
-            Outcome::SpawnFailed(e) => return Err(Error::SpawnFailed(e)),
-        }
+        judge(outcome, step, stderr, record)?;
     }
-    Ok(code)
+    Ok(0)
+}
+
+/// A process's or container's end as the step's result: Ok for exit 0, else the error
+/// the step's record shows.
+pub(crate) fn judge(
+    outcome: Outcome,
+    step: &Step,
+    stderr: &Path,
+    record: &mut StepRecord,
+) -> Result<i32, Error> {
+    record.exit_code = outcome.exit_code();
+    Err(match outcome {
+        Outcome::Exited(0) => return Ok(0),
+        Outcome::Exited(code) => Error::Exited {
+            code,
+            stderr: stderr_tail(stderr),
+        },
+        Outcome::Signaled(signal) => Error::Signaled {
+            signal,
+            stderr: stderr_tail(stderr),
+        },
+        Outcome::TimedOut => Error::TimedOut {
+            secs: step.timeout_sec.unwrap_or(0),
+        },
+        Outcome::Cancelled => Error::Cancelled,
+        Outcome::SpawnFailed(e) => Error::SpawnFailed(e),
+        Outcome::Failed { reason, .. } => Error::Failed { reason },
+        Outcome::Lost(why) => Error::Lost(why),
+    })
 }
 
 /// The last lines a failed process wrote to stderr (what usually says why), if any.
@@ -443,7 +454,7 @@ fn direct(command: &str, env: &[(String, String)]) -> Option<(String, Vec<String
     ))
 }
 
-fn process_env<S: ?Sized, E>(
+pub(crate) fn process_env<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
     stdout: &Path,

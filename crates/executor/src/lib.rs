@@ -12,10 +12,15 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+mod docker;
+mod docker_config;
 mod mask;
+mod seam;
 mod spawn;
 
+pub use docker::Docker;
 pub use mask::{MASKED, Mask};
+pub use seam::{BoxFuture, Handle, Registry, StartError, StepExecutor, StepRequest, Work};
 
 /// What to run and where its output goes.
 #[derive(Clone, Debug)]
@@ -37,6 +42,12 @@ pub struct ProcessSpec {
     pub mask: Option<std::sync::Arc<Mask>>,
 }
 
+/// A command line split into words as a shell would, without running one (quotes and
+/// backslashes; no variables or globs). `None` for unbalanced quotes.
+pub fn split_command(command: &str) -> Option<Vec<String>> {
+    shlex::split(command)
+}
+
 /// How a process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -47,6 +58,13 @@ pub enum Outcome {
     Cancelled,
     /// It never started (no such program, bad working dir, ...).
     SpawnFailed(String),
+    /// It ran and ended badly for a reason its exit code does not say (out of memory).
+    Failed {
+        code: Option<i32>,
+        reason: String,
+    },
+    /// What ran it is gone, and with it the step's end (a container removed by hand).
+    Lost(String),
 }
 
 impl Outcome {
@@ -54,6 +72,7 @@ impl Outcome {
         match self {
             Outcome::Exited(code) => Some(*code),
             Outcome::Signaled(sig) => Some(128 + sig),
+            Outcome::Failed { code, .. } => *code,
             _ => None,
         }
     }
@@ -72,7 +91,7 @@ pub trait Executor: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Local;
 
-fn append(path: &PathBuf) -> std::io::Result<File> {
+fn append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 

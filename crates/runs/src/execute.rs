@@ -44,6 +44,7 @@ impl Runs {
             base_env: trellis_engine::inherited_env(),
             worker_id: None,
             remote: run.remote,
+            executors: trellis_executor::Registry::builtin(),
         };
         let engine = Engine::new(store, Arc::new(Local), opts);
         let (this, name, id, token) = (

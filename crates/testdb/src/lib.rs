@@ -11,6 +11,8 @@
 //! Durability: fsync is off (fast), but each commit still reaches the OS at commit time, so a
 //! committed row survives [`Server::stop`] (SIGKILL), as it would survive a real server crash.
 
+pub mod podman;
+
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -152,6 +152,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate
                 key: opts.dial.key.clone(),
             }))
         }),
+        executors: trellis_executor::Registry::builtin(),
     };
     let relay = Arc::new(Relay::new(store.clone(), shared_nothing));
     let worker = Arc::new(Worker {

@@ -111,6 +111,7 @@ pub async fn run<C: Clock + 'static>(
         base_env: trellis_engine::inherited_env(),
         worker_id: None,
         remote: Some(opts.handoff.remote()),
+        executors: trellis_executor::Registry::builtin(),
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), engine_opts);
     let started = clock.now();

@@ -1,0 +1,161 @@
+//! `type: docker` steps against a real Docker Engine API: a throwaway Podman service
+//! (`podman system service`) with a local busybox image, started per test. Skipped only
+//! where Podman is not installed; CI installs it (scripts/test), so nothing skips there.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use support::Env;
+use trellis_testdb::podman::Podman;
+
+fn podman() -> Option<Podman> {
+    if !Podman::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "podman and busybox-static must be installed in CI"
+        );
+        eprintln!("skipped: podman (root) and busybox-static are needed");
+        return None;
+    }
+    Some(Podman::start().expect("start podman"))
+}
+
+fn start(env: &Env, podman: &Podman, file: &std::path::Path) -> Output {
+    env.trellis()
+        .args(["start", "-q"])
+        .arg(file)
+        .current_dir(env.work.path())
+        .env("DOCKER_HOST", podman.docker_host())
+        .output()
+        .expect("run trellis")
+}
+
+fn status(env: &Env, dag: &str) -> Value {
+    support::status(env, dag, "").expect("status --json")
+}
+
+fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
+}
+
+const BOXED: &str = r#"
+name: boxed
+type: graph
+env:
+  - RUN_WIDE: everywhere
+steps:
+  - name: inside
+    type: docker
+    with:
+      image: localhost/trellis-test:latest
+      pull: never
+      env:
+        GREETING: hello
+      volumes: ["./shared:/shared"]
+      working_dir: /shared
+    command: sh -c 'echo "$GREETING $RUN_WIDE $(head -c 9 /etc/passwd)"; echo data > out.txt; echo oops >&2'
+    output: SAID
+  - name: exits-seven
+    type: docker
+    with: {image: "localhost/trellis-test:latest", pull: never}
+    command: sh -c 'echo about to fail; exit 7'
+    continue_on:
+      exit_code: [7]
+  - name: script
+    type: docker
+    with: {image: "localhost/trellis-test:latest", pull: never}
+    script: |
+      for word in one two; do echo "$word"; done
+    output: WORDS
+  - name: no-such-image
+    type: docker
+    with: {image: "localhost/no-such-image:1", pull: never}
+    command: "true"
+    continue_on:
+      failure: true
+"#;
+
+#[test]
+fn docker_steps_run_in_containers_with_logs_exit_codes_and_volumes() {
+    let Some(podman) = podman() else { return };
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("shared")).expect("shared dir");
+    let file = env.dag("boxed", BOXED);
+    let out = start(&env, &podman, &file);
+    let run = status(&env, "boxed");
+    // Two steps failed under continue_on, as Dagu counts it.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(run["status"], "partially_succeeded", "{run:#}\n{said}");
+    assert_eq!(step(&run, "inside")["status"], "succeeded");
+    // The image's /etc/passwd, not the host's: the step ran in the container.
+    assert_eq!(run["outputs"]["SAID"], "hello everywhere root:x:0:");
+    assert_eq!(run["outputs"]["WORDS"], "one\ntwo");
+    assert_eq!(
+        std::fs::read_to_string(env.path("shared/out.txt"))
+            .ok()
+            .as_deref(),
+        Some("data\n"),
+        "./shared resolves against the DAG's dir"
+    );
+    let stderr = env
+        .trellis()
+        .args(["logs", "boxed", "--step", "inside", "--stderr"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&stderr.stdout).trim(), "oops");
+    let seven = step(&run, "exits-seven");
+    assert_eq!(seven["exit_code"], 7, "{seven:#}");
+    assert_eq!(seven["error"], "exit status 7", "{seven:#}");
+    let missing = step(&run, "no-such-image");
+    let error = missing["error"].as_str().unwrap_or_default();
+    assert!(error.contains("localhost/no-such-image:1"), "{missing:#}");
+    assert!(
+        podman.containers().is_empty(),
+        "left behind: {:?}",
+        podman.containers()
+    );
+}
+
+#[test]
+fn a_timed_out_or_unreachable_docker_step_fails_clearly() {
+    let Some(podman) = podman() else { return };
+    let env = Env::new();
+    let file = env.dag(
+        "slow",
+        "steps:\n  - name: wait\n    type: docker\n    timeout_sec: 1\n    with: {image: \"localhost/trellis-test:latest\", pull: never}\n    command: sleep 60\n",
+    );
+    start(&env, &podman, &file);
+    let run = status(&env, "slow");
+    let wait = step(&run, "wait");
+    assert_eq!(wait["status"], "failed", "{run:#}");
+    assert!(
+        wait["error"].as_str().unwrap_or("").contains("timed out"),
+        "{wait:#}"
+    );
+    assert!(
+        podman.containers().is_empty(),
+        "left behind: {:?}",
+        podman.containers()
+    );
+
+    let gone = env.work.path().join("no-docker.sock");
+    let out = env
+        .trellis()
+        .args(["start", "-q"])
+        .arg(&file)
+        .env("DOCKER_HOST", format!("unix://{}", gone.display()))
+        .output()
+        .expect("run trellis");
+    assert_eq!(out.status.code(), Some(1));
+    let run = status(&env, "slow");
+    let error = step(&run, "wait")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains(&gone.display().to_string()), "{error}");
+}

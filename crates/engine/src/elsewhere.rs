@@ -1,0 +1,213 @@
+//! Steps of other types than the local shell (`type: docker`): the step becomes a
+//! [`StepRequest`] for its executor from the registry, which starts it and returns a
+//! handle; the run loop records the handle while the step runs, and the executor follows
+//! it to its end. A step whose record already holds a handle (a run resumed after its
+//! runner died) is reattached, never started twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use trellis_core::status::StepRecord;
+use trellis_core::{Action, ExecutorConfig, Step};
+use trellis_executor::{Executor, StepRequest, Work};
+use trellis_store::Store;
+
+use crate::step::judge;
+use crate::{Error, StepEnv};
+
+/// One try of a step on its executor. Ok(exit code) on success.
+pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    config: &ExecutorConfig,
+    stdout: &Path,
+    stderr: &Path,
+    record: &mut StepRecord,
+) -> Result<i32, Error> {
+    let Some(executor) = env.engine.opts.executors.get(&config.kind).cloned() else {
+        return Err(Error::UnsupportedType {
+            kind: config.kind.clone(),
+        });
+    };
+    let works = works(env, step)?;
+    let try_no = record.retry_count + record.done_count;
+    for (part, work) in works.into_iter().enumerate() {
+        let req = request(env, step, config, work, (try_no, part), stdout, stderr);
+        let handle = match record
+            .handle
+            .clone()
+            .filter(|h| h.executor == executor.kind())
+        {
+            Some(handle) => handle,
+            None => executor
+                .start(&req)
+                .await
+                .map_err(|e| Error::SpawnFailed(e.0))?,
+        };
+        record.handle = Some(handle.clone());
+        let _ = env.started.send((env_index(record, env), handle.clone()));
+        let outcome = executor.wait(&handle, &req, env.cancel.clone()).await;
+        // The next command of the step is a new container.
+        record.handle = None;
+        judge(outcome, step, stderr, record)?;
+    }
+    Ok(0)
+}
+
+/// The step's index in the run, for the run loop (handlers have none it records).
+fn env_index<S: ?Sized, E>(record: &StepRecord, env: &StepEnv<S, E>) -> usize {
+    env.dag
+        .steps
+        .iter()
+        .position(|s| s.name == record.name)
+        .unwrap_or(usize::MAX)
+}
+
+/// What the step runs: one container per command line, split like a shell would but
+/// without one (as Dagu does); a script through `sh -c` (or its `shell`); nothing given,
+/// the image's own command.
+fn works<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Result<Vec<Work>, Error> {
+    Ok(match &step.action {
+        Action::Commands { commands } => commands
+            .iter()
+            .map(|c| {
+                let command = env.scope.expand(c, false);
+                trellis_executor::split_command(&command)
+                    .map(Work::Argv)
+                    .ok_or_else(|| {
+                        Error::SpawnFailed(format!(
+                            "cannot split `{command}` into words (unbalanced quotes)"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Action::Exec { program, args } => {
+            let mut argv = vec![env.scope.expand(program, true)];
+            argv.extend(args.iter().map(|a| env.scope.expand(a, true)));
+            vec![Work::Argv(argv)]
+        }
+        Action::Script { script, program } => vec![Work::Script {
+            program: program
+                .clone()
+                .or_else(|| step.shell.as_ref().map(|s| s.program.clone())),
+            text: env.scope.expand(script, false),
+        }],
+        _ => vec![Work::Default],
+    })
+}
+
+fn request<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    config: &ExecutorConfig,
+    work: Work,
+    (try_no, part): (u32, usize),
+    stdout: &Path,
+    stderr: &Path,
+) -> StepRequest {
+    let attempt = &env.attempt;
+    let labels = BTreeMap::from([
+        ("trellis.dag".to_string(), env.dag.name.clone()),
+        ("trellis.run_id".to_string(), attempt.run_id.to_string()),
+        (
+            "trellis.attempt".to_string(),
+            attempt.attempt_id.to_string(),
+        ),
+        ("trellis.step".to_string(), step.name.clone()),
+        ("trellis.try".to_string(), try_no.to_string()),
+    ]);
+    let name = format!(
+        "trellis-{}-{}-{}-{try_no}-{part}",
+        env.dag.name, attempt.attempt_id, step.name
+    );
+    StepRequest {
+        name: external_name(&name),
+        work,
+        env: step_env(env, step),
+        working_dir: step
+            .working_dir
+            .clone()
+            .or_else(|| env.dag.working_dir.clone())
+            .map(|d| PathBuf::from(env.scope.expand(&d, true))),
+        config: expand_json(env, &config.config),
+        stdout: stdout.to_path_buf(),
+        stderr: stderr.to_path_buf(),
+        timeout: step.timeout_sec.filter(|t| *t > 0).map(Duration::from_secs),
+        stop_signal: step
+            .signal_on_stop
+            .as_deref()
+            .and_then(trellis_executor::parse_signal)
+            .unwrap_or(Signal::SIGTERM),
+        grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
+        mask: env.mask.clone(),
+        labels,
+    }
+}
+
+/// The variables a step sets for itself — the run's (params, `env:`, secrets) and the
+/// step's own `env:` — without this host's environment, which is not the container's.
+fn step_env<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Vec<(String, String)> {
+    let mut vars: indexmap::IndexMap<String, String> = env.scope.all_vars().into_iter().collect();
+    let mut scope = env.scope.clone();
+    for (k, v) in &step.env {
+        let value = scope.expand(v, true);
+        scope.set_local(k, value.clone());
+        vars.insert(k.clone(), value);
+    }
+    vars.insert("DAG_RUN_STEP_NAME".into(), step.name.clone());
+    vars.into_iter().collect()
+}
+
+/// `${...}` in every string of the step's `with:`.
+fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(env.scope.expand(s, false)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| expand_json(env, v)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), expand_json(env, v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A name Docker (and Kubernetes, Slurm) accept: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most
+/// 128 characters; a long one keeps a hash of the whole so that it stays unique.
+fn external_name(raw: &str) -> String {
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.len() <= 128 {
+        return clean;
+    }
+    let hash = clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{}-{hash:016x}", &clean[..110])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::external_name;
+
+    #[test]
+    fn external_names_are_valid_and_stay_unique_when_cut() {
+        assert_eq!(external_name("trellis-a b/c-1"), "trellis-a-b-c-1");
+        let long = |c: char| format!("trellis-{}", c.to_string().repeat(200));
+        let (a, b) = (external_name(&long('a')), external_name(&long('b')));
+        assert!(a.len() <= 128 && b.len() <= 128);
+        assert_ne!(a, b);
+        assert_eq!(a, external_name(&long('a')), "deterministic");
+    }
+}

@@ -1,0 +1,145 @@
+//! The executor seam for steps that run somewhere other than a local process group: a
+//! container, a Kubernetes Job, a Slurm job, a remote host. Two phases, so a step outlives
+//! the process that started it: [`StepExecutor::start`] returns a durable [`Handle`] (the
+//! engine records it with the step), and [`StepExecutor::wait`] attaches to a handle —
+//! just started, or read back after the runner died — streams its logs from where the
+//! step's log files end, and stops it on cancel or timeout.
+//!
+//! A new executor is one module: implement the trait and add it to [`Registry::builtin`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Mask, Outcome};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a started step lives, durable across restarts of whoever started it; kept in
+/// the step's record.
+pub use trellis_core::status::Handle;
+
+/// What the step runs, as intent: the executor decides how (a container's command, a
+/// batch script, a remote shell).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Whatever the target's default is (an image's own command).
+    Default,
+    /// A command line for a shell.
+    Shell { shell: Vec<String>, command: String },
+    /// A program and its arguments, no shell.
+    Argv(Vec<String>),
+    /// A script's text, run by `program` (a shell when `None`).
+    Script {
+        program: Option<String>,
+        text: String,
+    },
+}
+
+/// One try of one step, for an executor.
+#[derive(Clone, Debug)]
+pub struct StepRequest {
+    /// A deterministic name for what the executor creates (run, attempt, step, try), so
+    /// that a crash between starting and recording the handle is recovered by name.
+    pub name: String,
+    pub work: Work,
+    /// Variables the step sets for itself (its `env:` and the run's), not the host's.
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    /// The step's `with:` (or v1 `executor.config`), checked by [`StepExecutor::check`].
+    pub config: serde_json::Value,
+    /// Log files, appended to; a reattached step continues after what they hold.
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub timeout: Option<Duration>,
+    pub stop_signal: Signal,
+    pub grace: Duration,
+    pub mask: Option<Arc<Mask>>,
+    /// Labels the executor puts on what it creates (run id, step), for people and lookups.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a step could not start; the message is shown to the user as the step's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// A place steps run that is not this machine's process table.
+pub trait StepExecutor: Send + Sync {
+    /// The step type this executor serves (`docker`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks a step's `with:` before any run: an error names the key and what is wrong.
+    fn check(&self, config: &serde_json::Value) -> Result<(), String>;
+
+    /// Creates and starts the step's work; returns once it is running.
+    fn start<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Result<Handle, StartError>>;
+
+    /// Finds a step's work by the deterministic name of `req` (after a crash between
+    /// start and recording its handle). `None` when nothing by that name exists.
+    fn find<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Option<Handle>>;
+
+    /// Follows a started step to its end: logs into the step's files (after what they
+    /// already hold), the stop signal and then a kill on cancel or timeout.
+    fn wait<'a>(
+        &'a self,
+        handle: &'a Handle,
+        req: &'a StepRequest,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+/// The step executors built into this binary, by step type.
+#[derive(Clone)]
+pub struct Registry {
+    by_kind: BTreeMap<&'static str, Arc<dyn StepExecutor>>,
+}
+
+/// The built-in executors.
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::builtin()
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_kind.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// Every executor this build has. `container` is Dagu's other name for `docker`.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry::empty();
+        let docker: Arc<dyn StepExecutor> = Arc::new(crate::docker::Docker::from_env());
+        registry.add_as("docker", docker.clone());
+        registry.add_as("container", docker);
+        registry
+    }
+
+    pub fn empty() -> Registry {
+        Registry {
+            by_kind: BTreeMap::new(),
+        }
+    }
+
+    pub fn add_as(&mut self, kind: &'static str, executor: Arc<dyn StepExecutor>) {
+        self.by_kind.insert(kind, executor);
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn StepExecutor>> {
+        self.by_kind.get(kind)
+    }
+
+    /// The step types served, for messages.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.by_kind.keys().copied().collect()
+    }
+}
