@@ -13,6 +13,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // Loading refuses step types this build has no executor for.
+    trellis_spec::set_executor_check(trellis_executor::check_step);
     let args = cli::Args::parse();
     init_logging(args.log_format);
     match cmd::run(args) {

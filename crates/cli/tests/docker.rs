@@ -159,3 +159,45 @@ fn a_timed_out_or_unreachable_docker_step_fails_clearly() {
         .to_string();
     assert!(error.contains(&gone.display().to_string()), "{error}");
 }
+
+/// A step type no executor serves, or a DAG-level `container:`, is refused when the file
+/// loads — never run on the local shell — and a docker step's options are checked then.
+#[test]
+fn unsupported_types_dag_level_container_and_bad_options_are_refused_at_load() {
+    let env = Env::new();
+    let file = env.dag(
+        "refused",
+        "container:\n  image: alpine\nsteps:\n  - name: remote\n    type: ssh\n    with: {host: h}\n    \
+         command: uptime\n  - name: boxed\n    type: docker\n    with:\n      image: alpine\n      \
+         colour: red\n    command: \"true\"\n",
+    );
+    let out = env
+        .trellis()
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(2));
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "`container` at the DAG level is not acted on",
+        "refused.yaml:1:1",
+        "step type `ssh` cannot run in this version of trellis",
+        "refused.yaml:5:11",
+        "docker: unknown option `colour`",
+    ] {
+        assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
+    }
+    let out = env
+        .trellis()
+        .args(["start", "-q"])
+        .arg(&file)
+        .output()
+        .expect("start");
+    assert_eq!(out.status.code(), Some(2), "nothing runs");
+    assert!(
+        support::status(&env, "refused", "").is_none(),
+        "no run was recorded"
+    );
+}

@@ -20,7 +20,9 @@ mod spawn;
 
 pub use docker::Docker;
 pub use mask::{MASKED, Mask};
-pub use seam::{BoxFuture, Handle, Registry, StartError, StepExecutor, StepRequest, Work};
+pub use seam::{
+    BoxFuture, Handle, Registry, StartError, StepExecutor, StepRequest, Work, check_step,
+};
 
 /// What to run and where its output goes.
 #[derive(Clone, Debug)]

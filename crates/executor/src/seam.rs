@@ -95,6 +95,13 @@ pub trait StepExecutor: Send + Sync {
     ) -> BoxFuture<'a, Outcome>;
 }
 
+/// For the loader (`trellis_spec::set_executor_check`): `None` when no built-in
+/// executor serves `kind`, else its check of the step's `with:`.
+pub fn check_step(kind: &str, config: &serde_json::Value) -> Option<Result<(), String>> {
+    static BUILTIN: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::builtin);
+    BUILTIN.get(kind).map(|e| e.check(config))
+}
+
 /// The step executors built into this binary, by step type.
 #[derive(Clone)]
 pub struct Registry {

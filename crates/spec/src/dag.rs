@@ -86,6 +86,7 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
         if let Some(node) = obj.get(key) {
             dag.executor_defaults
                 .insert(key.to_string(), node.to_json());
+            not_acted_on(cx, &obj, key);
         }
     }
     dag.secrets = obj
@@ -362,4 +363,35 @@ pub fn duration(cx: &mut Cx, node: &Node) -> Option<u64> {
             None
         }
     }
+}
+
+/// DAG-level settings kept in the model but not acted on yet. Those that would change what
+/// runs or where (a `container:` every step should run in) are refused; notification
+/// settings, whose absence changes nothing that runs, load with a warning.
+fn not_acted_on(cx: &mut Cx, obj: &Obj, key: &str) {
+    let Some(span) = obj.key(key).map(|k| k.span) else {
+        return;
+    };
+    let notice = matches!(
+        key,
+        "smtp" | "mail_on" | "error_mail" | "info_mail" | "wait_mail" | "otel" | "webhook"
+    );
+    let problem = if notice {
+        Problem::warning(
+            Code::Unsupported,
+            span,
+            format!("`{key}` is not acted on yet: no mail, trace or webhook is sent for this DAG"),
+        )
+    } else {
+        Problem::error(
+            Code::Unsupported,
+            span,
+            format!("`{key}` at the DAG level is not acted on by this version of trellis"),
+        )
+        .help(match key {
+            "container" => "run the steps with `type: docker` and `with: {image: ...}` instead",
+            _ => "remove it, or set it on the steps whose type supports it",
+        })
+    };
+    cx.push(problem);
 }

@@ -32,6 +32,23 @@ use trellis_core::params::{ParamError, ParamToken, ParamValue};
 use crate::decode::Cx;
 use crate::diag::{Code, Problem};
 
+/// What the binary's executors say about a step type and its `with:`: `None` when no
+/// executor serves the type, else the executor's check. Installed once by the binary
+/// ([`set_executor_check`]); without it every known type loads (this crate alone cannot
+/// know which executors a build has).
+pub type ExecutorCheck = fn(&str, &serde_json::Value) -> Option<Result<(), String>>;
+
+static EXECUTOR_CHECK: std::sync::OnceLock<ExecutorCheck> = std::sync::OnceLock::new();
+
+/// Makes loading refuse step types no executor serves, and check each step's `with:`.
+pub fn set_executor_check(check: ExecutorCheck) {
+    let _ = EXECUTOR_CHECK.set(check);
+}
+
+pub(crate) fn executor_check() -> Option<ExecutorCheck> {
+    EXECUTOR_CHECK.get().copied()
+}
+
 /// A file that loaded; `warnings` may still be worth showing.
 #[derive(Debug)]
 pub struct Loaded {

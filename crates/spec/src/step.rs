@@ -306,7 +306,9 @@ fn executor(cx: &mut Cx, obj: &Obj) -> Option<ExecutorConfig> {
                 let eobj = cx.object(node, fields::EXECUTOR_FIELDS, "executor")?;
                 let kind = eobj.string(cx, "type")?;
                 let config = eobj.get("config").map(Node::to_json).unwrap_or(config);
-                return known_type(cx, &kind, node).then(|| ExecutorConfig { kind, config });
+                let with = eobj.get("config").unwrap_or(node);
+                let runs = known_type(cx, &kind, node) && runnable(cx, &kind, &config, node, with);
+                return runs.then_some(ExecutorConfig { kind, config });
             }
         }
     } else {
@@ -319,7 +321,31 @@ fn executor(cx: &mut Cx, obj: &Obj) -> Option<ExecutorConfig> {
     ) {
         return None;
     }
-    known_type(cx, &kind, node).then_some(ExecutorConfig { kind, config })
+    let with = obj.get("with").unwrap_or(node);
+    let runs = known_type(cx, &kind, node) && runnable(cx, &kind, &config, node, with);
+    runs.then_some(ExecutorConfig { kind, config })
+}
+
+/// Refuses a step type this build cannot run (rather than load a step that would fail at
+/// run time, or run elsewhere than written), and reports its executor's objections to
+/// its `with:`.
+fn runnable(cx: &mut Cx, kind: &str, config: &serde_json::Value, node: &Node, with: &Node) -> bool {
+    let Some(check) = crate::executor_check() else {
+        return true;
+    };
+    let problem = match check(kind, config) {
+        Some(Ok(())) => return true,
+        Some(Err(message)) => Problem::error(Code::InvalidValue, with.span, message)
+            .label("these options"),
+        None => Problem::error(
+            Code::Unsupported,
+            node.span,
+            format!("step type `{kind}` cannot run in this version of trellis: its executor is not built yet"),
+        )
+        .help("the steps that run: shell commands, scripts and exec, call (dag, subworkflow, parallel), router, noop, and docker (container)"),
+    };
+    cx.push(problem);
+    false
 }
 
 fn known_type(cx: &mut Cx, kind: &str, node: &Node) -> bool {
