@@ -201,3 +201,75 @@ fn unsupported_types_dag_level_container_and_bad_options_are_refused_at_load() {
         "no run was recorded"
     );
 }
+
+/// `kill -9` of the scheduler running a docker step leaves the container running; the
+/// next scheduler resumes the run, reattaches to that container and ends the step with
+/// its real exit code and whole log. The step's command counts its starts: one.
+#[test]
+fn a_killed_runner_leaves_its_container_and_the_next_one_reattaches() {
+    let Some(podman) = podman() else { return };
+    let env = Env::new();
+    let shared = env.path("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    let file = env.dag(
+        "crash",
+        &format!(
+            "steps:\n  - name: first\n    command: echo before\n  - name: long\n    type: docker\n    \
+             with:\n      image: localhost/trellis-test:latest\n      pull: never\n      \
+             volumes: [\"{}:/shared\"]\n    \
+             command: sh -c 'echo started >> /shared/starts; echo one; while [ ! -f /shared/go ]; do sleep 0.1; done; echo two; exit 3'\n",
+            shared.display()
+        ),
+    );
+    let host = podman.docker_host();
+    let vars = [("DOCKER_HOST", host.as_str())];
+    let mut first = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    let out = env
+        .trellis()
+        .arg("enqueue")
+        .arg(&file)
+        .output()
+        .expect("enqueue");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    support::wait_for(60, "the container to start", || {
+        std::fs::read_to_string(shared.join("starts"))
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    first.kill9();
+    assert_eq!(
+        podman.containers().len(),
+        1,
+        "the container outlives its runner"
+    );
+
+    let _second = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    std::fs::write(shared.join("go"), "").expect("go");
+    // Final, and by the resumed attempt: recovery first records the orphan as failed.
+    let run = support::wait_for(60, "the resumed run to end", || {
+        support::status(&env, "crash", "")
+            .filter(|r| r["status"] == "failed" && step(r, "long")["status"] == "failed")
+            .filter(|r| step(r, "long")["error"] != "process died")
+    });
+    let long = step(&run, "long");
+    assert_eq!(long["exit_code"], 3, "{run:#}");
+    assert_eq!(long["error"], "exit status 3", "{run:#}");
+    assert_eq!(step(&run, "first")["status"], "succeeded");
+    let starts = std::fs::read_to_string(shared.join("starts")).unwrap_or_default();
+    assert_eq!(starts.lines().count(), 1, "one container, never a second");
+    let log = env
+        .trellis()
+        .args(["logs", "crash", "--step", "long"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "one\ntwo\n");
+    assert!(
+        podman.containers().is_empty(),
+        "left behind: {:?}",
+        podman.containers()
+    );
+}

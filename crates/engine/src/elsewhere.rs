@@ -35,11 +35,24 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
     let try_no = record.retry_count + record.done_count;
     for (part, work) in works.into_iter().enumerate() {
         let req = request(env, step, config, work, (try_no, part), stdout, stderr);
-        let handle = match record
+        let carried = record
             .handle
-            .clone()
-            .filter(|h| h.executor == executor.kind())
-        {
+            .take()
+            .filter(|h| h.executor == executor.kind());
+        let found = match carried {
+            // Left by a runner that died: reattach when it is still there (by id, or by
+            // the name it would have had when the runner died before recording its id).
+            Some(h) => {
+                executor
+                    .find(&StepRequest {
+                        name: h.id,
+                        ..req.clone()
+                    })
+                    .await
+            }
+            None => None,
+        };
+        let handle = match found {
             Some(handle) => handle,
             None => executor
                 .start(&req)
@@ -118,12 +131,14 @@ fn request<S: ?Sized, E>(
         ("trellis.step".to_string(), step.name.clone()),
         ("trellis.try".to_string(), try_no.to_string()),
     ]);
-    let name = format!(
-        "trellis-{}-{}-{}-{try_no}-{part}",
-        env.dag.name, attempt.attempt_id, step.name
-    );
     StepRequest {
-        name: external_name(&name),
+        name: work_name(
+            &env.dag.name,
+            attempt.run_id.as_str(),
+            &step.name,
+            try_no,
+            part,
+        ),
         work,
         env: step_env(env, step),
         working_dir: step
@@ -173,6 +188,29 @@ fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, value: &serde_json::Value) -> 
         ),
         other => other.clone(),
     }
+}
+
+/// The name of what a try of a step creates: per run, not per attempt, so that the
+/// attempt that resumes a run whose runner died finds it by name.
+fn work_name(dag: &str, run_id: &str, step: &str, try_no: u32, part: usize) -> String {
+    external_name(&format!("trellis-{dag}-{run_id}-{step}-{try_no}-{part}"))
+}
+
+/// Where a step that was running when its runner died may still be: its recorded
+/// handle, else (died between starting it and recording the handle) its name.
+pub(crate) fn resume_handle(
+    step: &Step,
+    prev: &StepRecord,
+    run: &trellis_core::status::RunRecord,
+) -> Option<trellis_executor::Handle> {
+    let kind = &step.executor.as_ref()?.kind;
+    prev.handle.clone().or_else(|| {
+        let try_no = prev.retry_count + prev.done_count;
+        Some(trellis_executor::Handle {
+            executor: kind.clone(),
+            id: work_name(&run.name, run.run_id.as_str(), &step.name, try_no, 0),
+        })
+    })
 }
 
 /// A name Docker (and Kubernetes, Slurm) accept: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most

@@ -324,9 +324,10 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
                         let (out, err) = (log("out"), log("err"));
                         step.stdout = Some(out.display().to_string());
                         step.stderr = Some(err.display().to_string());
+                        let resume = step.handle.clone();
                         self.save_step(run, i);
                         running += 1;
-                        step::spawn(self, i, tx.clone());
+                        step::spawn(self, i, resume, tx.clone());
                     }
                 }
             }
@@ -499,7 +500,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             .map(|s| s.name.as_str())
             .collect();
         self.scope.set_var("DAG_WAITING_STEPS", waiting.join(","));
-        let done = step::execute(self.snapshot(), step.clone(), usize::MAX).await;
+        let done = step::execute(self.snapshot(), step.clone(), usize::MAX, None).await;
         let mut rec = done.record;
         rec.name = name.to_string();
         if let (Some(Output::Variable(_)), Some(value)) =

@@ -165,6 +165,12 @@ fn read_dotenv(path: &std::path::Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A step whose runner died while it ran: its work may still be going on elsewhere.
+fn orphaned(prev: &trellis_core::status::StepRecord) -> bool {
+    matches!(prev.status, Status::Running | Status::Retrying)
+        || prev.error.as_deref() == Some("process died")
+}
+
 /// Copies the steps a retry keeps (and what they published) from the previous attempt.
 pub(crate) fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope: &Scope) {
     let rerun = rerun_set(dag, retry);
@@ -173,6 +179,9 @@ pub(crate) fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope:
             continue;
         };
         if rerun.contains(&i) {
+            if orphaned(prev) {
+                run.steps[i].handle = crate::elsewhere::resume_handle(step, prev, &retry.previous);
+            }
             continue;
         }
         run.steps[i] = prev.clone();

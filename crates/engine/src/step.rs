@@ -21,12 +21,13 @@ use crate::{Done, Error, RunCtx, StepEnv, now};
 pub(crate) fn spawn<S: Store + ?Sized + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
     index: usize,
+    resume: Option<trellis_core::status::Handle>,
     tx: mpsc::UnboundedSender<Done>,
 ) {
     let env = ctx.snapshot();
     let step = ctx.dag.steps[index].clone();
     tokio::spawn(async move {
-        let done = execute(env, step, index).await;
+        let done = execute(env, step, index, resume).await;
         let _ = tx.send(done);
     });
 }
@@ -36,11 +37,14 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: Arc<StepEnv<S, E>>,
     step: Step,
     index: usize,
+    resume: Option<trellis_core::status::Handle>,
 ) -> Done {
     let mut record = StepRecord {
         name: step.name.clone(),
         started_at: Some(now()),
         worker_id: env.engine.opts.worker_id.clone(),
+        // Work a dead runner left going: reattached to, not started again.
+        handle: resume,
         ..StepRecord::default()
     };
     let (stdout, stderr) = (

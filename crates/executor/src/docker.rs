@@ -93,14 +93,16 @@ impl StepExecutor for Docker {
                 name: Some(req.name.clone()),
                 platform: config.platform.clone().unwrap_or_default(),
             };
-            let created = call(&host, client.create_container(Some(options), body)).await;
+            let create = || client.create_container(Some(options.clone()), body.clone());
+            let mut created = call(&host, create()).await;
+            if matches!(&created, Err(e) if is_status(e, 409)) {
+                // A kept container of an earlier attempt of this try: starting means new
+                // work (a runner that died is resumed through `find`, not here).
+                let _ = remove(&client, &req.name).await;
+                created = call(&host, create()).await;
+            }
             let id = match created {
                 Ok(created) => created.id,
-                // Ours from before a crash: the name is deterministic per try.
-                Err(e) if is_status(&e, 409) => match self.find(req).await {
-                    Some(handle) => return Ok(handle),
-                    None => return Err(StartError(format!("container {}: {e}", req.name))),
-                },
                 Err(e) => {
                     return Err(StartError(format!(
                         "cannot create a container of `{}`: {e}",

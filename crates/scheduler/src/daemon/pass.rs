@@ -138,7 +138,7 @@ impl<C: Clock + 'static> Leader<C> {
             params,
             run_id: item.run_id.clone(),
             parent: None,
-            retry: None,
+            retry: self.resume_of(item),
             env,
             queued: true,
         };
@@ -150,6 +150,21 @@ impl<C: Clock + 'static> Leader<C> {
             }
             let _ = done.send(run_id.into());
         }));
+    }
+
+    /// A queued run that carries the steps of an attempt whose runner died (recovery
+    /// put them there) resumes from them, as a retry of what did not succeed.
+    fn resume_of(&self, item: &QueueItem) -> Option<trellis_engine::Retry> {
+        let run = self
+            .store
+            .find(&item.dag_name, &item.run_id)
+            .ok()
+            .flatten()?;
+        let progressed = run.steps.iter().any(|s| s.status != Status::NotStarted);
+        progressed.then_some(trellis_engine::Retry {
+            previous: run,
+            from_step: None,
+        })
     }
 
     /// The DAG as it is now in the dags dir, else the file named at enqueue time, else

@@ -108,6 +108,34 @@ impl<C: Clock + 'static> Leader<C> {
         }
     }
 
+    /// Gives the re-queued run the orphan's steps, so that it resumes (see
+    /// `Leader::resume_of`): what succeeded is kept, and a step whose work outlives its
+    /// runner (a container) is reattached rather than run a second time.
+    fn carry_progress(&self, dag: &Dag, orphan: &trellis_core::status::RunRecord) {
+        let (Ok(Some(mut queued)), Ok(attempt)) = (
+            self.store.find(&dag.name, &orphan.run_id),
+            self.store.retry_attempt(&dag.name, &orphan.run_id),
+        ) else {
+            return;
+        };
+        queued.steps = orphan.steps.clone();
+        for step in &mut queued.steps {
+            if matches!(step.status, Status::Running | Status::Retrying) {
+                step.status = Status::Failed;
+                step.error = Some("process died".into());
+            }
+        }
+        if let Err(e) = self
+            .store
+            .append(&attempt, &Entry::Snapshot(Box::new(queued)))
+        {
+            tracing::error!(
+                "scheduler: run {}: cannot keep its progress: {e}",
+                orphan.run_id
+            );
+        }
+    }
+
     /// Asks for recovery again in `secs` (the earliest such request wins).
     fn recheck_in(&mut self, secs: f64) {
         let at = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs.max(0.0));
@@ -137,11 +165,14 @@ impl<C: Clock + 'static> Leader<C> {
                 ..Enqueue::new(dag, path, run.run_id.to_string())
             };
             match queueing::enqueue(&*self.store, req) {
-                Ok(_) => tracing::warn!(
-                    "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
-                    run.run_id,
-                    dag.name
-                ),
+                Ok(_) => {
+                    self.carry_progress(dag, &run);
+                    tracing::warn!(
+                        "scheduler: run {} of {} was orphaned by a dead scheduler; queued again",
+                        run.run_id,
+                        dag.name
+                    )
+                }
                 Err(e) => tracing::error!(
                     "scheduler: cannot re-queue orphaned run {}: {e}",
                     run.run_id
