@@ -180,6 +180,9 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
         ctx.handlers(&mut run).await;
+        // Containers of finished steps, removed in the background, are gone before the
+        // run's last record (and before a `trellis start` exits).
+        self.opts.executors.settle().await;
         run.finished_at = Some(now());
         run.warnings.extend(ctx.journal.flush().await);
         let RunCtx { attempt, .. } = ctx;

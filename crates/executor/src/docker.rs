@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, InspectContainerOptions,
+    KillContainerOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
@@ -35,18 +37,49 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
 };
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 
+/// A container's output as the API streams it.
+type Output = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+
 /// The Docker executor. Holds no connection: each step connects to its host.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Docker {
     /// `DOCKER_HOST` when the executor was built.
     host: Option<String>,
+    /// Output streams attached before their containers started, by container id, until
+    /// `wait` takes them: attaching first misses nothing, and the stream ends the moment
+    /// the container does (following the logs instead ends up to a poll interval later).
+    attached: Arc<Mutex<HashMap<String, Output>>>,
+    /// Removals of finished containers still under way.
+    removals: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Docker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Docker").field("host", &self.host).finish()
+    }
 }
 
 impl Docker {
     pub fn from_env() -> Docker {
         Docker {
             host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+            attached: Arc::default(),
+            removals: Arc::default(),
         }
+    }
+
+    fn removals(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.removals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn attached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Output>> {
+        self.attached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The host a step talks to, and a client for it.
@@ -110,12 +143,27 @@ impl StepExecutor for Docker {
                     )));
                 }
             };
+            let attach = AttachContainerOptions {
+                stream: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            match call(&host, client.attach_container(&id, Some(attach))).await {
+                Ok(attached) => {
+                    self.attached().insert(id.clone(), attached.output);
+                }
+                Err(e) => {
+                    tracing::debug!(container = %id, "attach failed, logs will be followed: {e}")
+                }
+            }
             let started = call(
                 &host,
                 client.start_container(&id, None::<StartContainerOptions>),
             )
             .await;
             if let Err(e) = started {
+                self.attached().remove(&id);
                 let _ = remove(&client, &id).await;
                 return Err(StartError(format!(
                     "cannot start the container of `{}`: {e}",
@@ -161,7 +209,13 @@ impl StepExecutor for Docker {
                 Ok(c) => c,
                 Err(e) => return Outcome::SpawnFailed(e.0),
             };
-            let follow = follow_logs(&client, &handle.id, req);
+            let attached = self.attached().remove(&handle.id);
+            let follow = async {
+                match attached {
+                    Some(output) => copy_output(output, req, (0, 0)).await,
+                    None => follow_logs(&client, &handle.id, req).await,
+                }
+            };
             let timeout = async {
                 match req.timeout {
                     Some(t) => tokio::time::sleep(t).await,
@@ -184,9 +238,26 @@ impl StepExecutor for Docker {
             }
             let outcome = finished(&client, &host, &handle.id).await;
             if config.auto_remove {
-                let _ = remove(&client, &handle.id).await;
+                // Off the step's path: Podman holds a removal until its cleanup process
+                // is done (about 150 ms); `settle` waits for what is still going.
+                let id = handle.id.clone();
+                let removal = tokio::spawn(async move {
+                    if let Err(e) = remove(&client, &id).await {
+                        tracing::warn!(container = %id, "cannot remove a finished step's container: {e}");
+                    }
+                });
+                self.removals().push(removal);
             }
             stopped.unwrap_or(outcome)
+        })
+    }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let pending: Vec<_> = self.removals().drain(..).collect();
+            for removal in pending {
+                let _ = removal.await;
+            }
         })
     }
 }
@@ -305,21 +376,27 @@ fn resolve_volume(volume: &str, base: &Path) -> String {
 /// Copies the container's output into the step's log files, skipping what they already
 /// hold (a reattached step continues where its log stopped). Ends when the container does.
 async fn follow_logs(client: &bollard::Docker, id: &str, req: &StepRequest) -> std::io::Result<()> {
-    let mut out = crate::append(&req.stdout)?;
-    let mut err = crate::append(&req.stderr)?;
-    let mut skip_out = out.metadata()?.len();
-    let mut skip_err = err.metadata()?.len();
+    let skip = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
     let options = LogsOptions {
         follow: true,
         stdout: true,
         stderr: true,
         ..Default::default()
     };
-    let mut logs = client.logs(id, Some(options));
+    let logs = Box::pin(client.logs(id, Some(options)));
+    copy_output(logs, req, (skip(&req.stdout), skip(&req.stderr))).await
+}
+
+/// Appends a container's output to the step's log files, the first `skip` bytes of each
+/// stream left out (already there), secrets masked.
+async fn copy_output(mut logs: Output, req: &StepRequest, skip: (u64, u64)) -> std::io::Result<()> {
+    let mut out = crate::append(&req.stdout)?;
+    let mut err = crate::append(&req.stderr)?;
+    let (mut skip_out, mut skip_err) = skip;
     while let Some(chunk) = logs.next().await {
         let chunk = chunk.map_err(std::io::Error::other)?;
         let (file, skip, bytes) = match chunk {
-            bollard::container::LogOutput::StdErr { message } => (&mut err, &mut skip_err, message),
+            LogOutput::StdErr { message } => (&mut err, &mut skip_err, message),
             other => (&mut out, &mut skip_out, other.into_bytes()),
         };
         let from = (*skip).min(bytes.len() as u64) as usize;
@@ -360,22 +437,30 @@ async fn running(client: &bollard::Docker, id: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// How the container ended, once it has: its exit code, or "out of memory".
+/// How the container ended, once it has: its exit code, or "out of memory". Polled, not
+/// `/wait`: Podman answers a wait up to its poll interval (250 ms) after the exit.
 async fn finished(client: &bollard::Docker, host: &str, id: &str) -> Outcome {
-    let mut waits = 0;
-    loop {
-        let inspected = call(
-            host,
-            client.inspect_container(id, None::<InspectContainerOptions>),
-        )
-        .await;
-        let state = match inspected {
-            Ok(c) => c.state.unwrap_or_default(),
-            Err(e) => return Outcome::Lost(format!("container {id} vanished: {e}")),
+    let socket = host
+        .strip_prefix("unix://")
+        .or(host.starts_with('/').then_some(host));
+    for waits in 0u32.. {
+        let state = match socket {
+            Some(socket) => crate::docker_state::inspect(socket, id).await,
+            None => typed_state(client, host, id).await,
         };
-        if state.running != Some(true) {
-            let code = state.exit_code.unwrap_or(-1) as i32;
-            if state.oom_killed == Some(true) {
+        let state = match state {
+            Ok(Some(state)) => state,
+            Ok(None) => return Outcome::Lost(format!("container {id} vanished")),
+            Err(e) if waits < 20 => {
+                tracing::debug!(container = %id, "inspect failed, trying again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Outcome::Lost(format!("container {id}: {e}")),
+        };
+        if !state.running {
+            let code = state.exit_code as i32;
+            if state.oom_killed {
                 return Outcome::Failed {
                     code: Some(code),
                     reason: "out of memory: the container was killed by the OOM killer".into(),
@@ -383,10 +468,35 @@ async fn finished(client: &bollard::Docker, host: &str, id: &str) -> Outcome {
             }
             return Outcome::Exited(code);
         }
-        // The log stream can end before the state says so; poll briefly.
-        waits += 1;
-        let pause = if waits < 50 { 20 } else { 500 };
+        // The output stream can end just before the state says so.
+        let pause = if waits < 100 { 5 } else { 500 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    unreachable!("the loop above returns")
+}
+
+/// [`crate::docker_state::inspect`] through the typed client, for TCP hosts.
+async fn typed_state(
+    client: &bollard::Docker,
+    host: &str,
+    id: &str,
+) -> std::io::Result<Option<crate::docker_state::State>> {
+    let found = call(
+        host,
+        client.inspect_container(id, None::<InspectContainerOptions>),
+    )
+    .await;
+    match found {
+        Ok(c) => {
+            let state = c.state.unwrap_or_default();
+            Ok(Some(crate::docker_state::State {
+                running: state.running == Some(true),
+                exit_code: state.exit_code.unwrap_or(-1),
+                oom_killed: state.oom_killed == Some(true),
+            }))
+        }
+        Err(e) if is_status(&e, 404) => Ok(None),
+        Err(e) => Err(std::io::Error::other(e)),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 mod docker;
 mod docker_config;
+mod docker_state;
 mod mask;
 mod seam;
 mod spawn;

@@ -93,6 +93,13 @@ pub trait StepExecutor: Send + Sync {
         req: &'a StepRequest,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Outcome>;
+
+    /// Finishes the clean-up of ended steps left to the background (removing their
+    /// containers); a run calls it before it ends, so a process that exits then leaves
+    /// nothing behind.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// For the loader (`trellis_spec::set_executor_check`): `None` when no built-in
@@ -143,6 +150,13 @@ impl Registry {
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn StepExecutor>> {
         self.by_kind.get(kind)
+    }
+
+    /// Waits for every executor's background clean-up ([`StepExecutor::settle`]).
+    pub async fn settle(&self) {
+        for executor in self.by_kind.values() {
+            executor.settle().await;
+        }
     }
 
     /// The step types served, for messages.
