@@ -5,10 +5,8 @@
 //! runner died) is reattached, never started twice.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use nix::sys::signal::Signal;
 use trellis_core::status::StepRecord;
 use trellis_core::{Action, ExecutorConfig, Step};
 use trellis_executor::{Executor, StepRequest, Work};
@@ -131,6 +129,7 @@ fn request<S: ?Sized, E>(
         ("trellis.step".to_string(), step.name.clone()),
         ("trellis.try".to_string(), try_no.to_string()),
     ]);
+    let limits = crate::step::Limits::of(env, step);
     StepRequest {
         name: work_name(
             &env.dag.name,
@@ -140,39 +139,17 @@ fn request<S: ?Sized, E>(
             part,
         ),
         work,
-        env: step_env(env, step),
-        working_dir: step
-            .working_dir
-            .clone()
-            .or_else(|| env.dag.working_dir.clone())
-            .map(|d| PathBuf::from(env.scope.expand(&d, true))),
+        env: crate::step::step_env(env, step).into_iter().collect(),
+        working_dir: crate::step::working_dir(env, step),
         config: expand_json(env, &config.config),
         stdout: stdout.to_path_buf(),
         stderr: stderr.to_path_buf(),
-        timeout: step.timeout_sec.filter(|t| *t > 0).map(Duration::from_secs),
-        stop_signal: step
-            .signal_on_stop
-            .as_deref()
-            .and_then(trellis_executor::parse_signal)
-            .unwrap_or(Signal::SIGTERM),
-        grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
+        timeout: limits.timeout,
+        stop_signal: limits.stop_signal,
+        grace: limits.grace,
         mask: env.mask.clone(),
         labels,
     }
-}
-
-/// The variables a step sets for itself — the run's (params, `env:`, secrets) and the
-/// step's own `env:` — without this host's environment, which is not the container's.
-fn step_env<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Vec<(String, String)> {
-    let mut vars: indexmap::IndexMap<String, String> = env.scope.all_vars().into_iter().collect();
-    let mut scope = env.scope.clone();
-    for (k, v) in &step.env {
-        let value = scope.expand(v, true);
-        scope.set_local(k, value.clone());
-        vars.insert(k.clone(), value);
-    }
-    vars.insert("DAG_RUN_STEP_NAME".into(), step.name.clone());
-    vars.into_iter().collect()
 }
 
 /// `${...}` in every string of the step's `with:`.

@@ -360,24 +360,17 @@ fn process_specs<S: ?Sized, E>(
         .map(|s| (s.program, s.args))
         .unwrap_or_else(|| ("sh".into(), Vec::new()));
     let vars = process_env(env, step, stdout, stderr);
+    let limits = Limits::of(env, step);
     let base = |program: String, args: Vec<String>| ProcessSpec {
         program,
         args,
         env: vars.clone(),
-        working_dir: step
-            .working_dir
-            .clone()
-            .or_else(|| env.dag.working_dir.clone())
-            .map(|d| PathBuf::from(env.scope.expand(&d, true))),
+        working_dir: working_dir(env, step),
         stdout: stdout.to_path_buf(),
         stderr: stderr.to_path_buf(),
-        timeout: step.timeout_sec.filter(|t| *t > 0).map(Duration::from_secs),
-        stop_signal: step
-            .signal_on_stop
-            .as_deref()
-            .and_then(trellis_executor::parse_signal)
-            .unwrap_or(Signal::SIGTERM),
-        grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
+        timeout: limits.timeout,
+        stop_signal: limits.stop_signal,
+        grace: limits.grace,
         mask: env.mask.clone(),
     };
     Ok(match &step.action {
@@ -458,17 +451,43 @@ fn direct(command: &str, env: &[(String, String)]) -> Option<(String, Vec<String
     ))
 }
 
-pub(crate) fn process_env<S: ?Sized, E>(
+/// The step's working dir (its own, else the DAG's), expanded.
+pub(crate) fn working_dir<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Option<PathBuf> {
+    step.working_dir
+        .clone()
+        .or_else(|| env.dag.working_dir.clone())
+        .map(|d| PathBuf::from(env.scope.expand(&d, true)))
+}
+
+/// How long a step may run and how it is stopped.
+pub(crate) struct Limits {
+    pub timeout: Option<Duration>,
+    pub stop_signal: Signal,
+    /// Between the stop signal and the kill.
+    pub grace: Duration,
+}
+
+impl Limits {
+    pub(crate) fn of<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Limits {
+        Limits {
+            timeout: step.timeout_sec.filter(|t| *t > 0).map(Duration::from_secs),
+            stop_signal: step
+                .signal_on_stop
+                .as_deref()
+                .and_then(trellis_executor::parse_signal)
+                .unwrap_or(Signal::SIGTERM),
+            grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
+        }
+    }
+}
+
+/// The variables a step sets for itself: the run's (params, `env:`, secrets), the
+/// step's own `env:` and its name — not this host's environment.
+pub(crate) fn step_env<S: ?Sized, E>(
     env: &StepEnv<S, E>,
     step: &Step,
-    stdout: &Path,
-    stderr: &Path,
-) -> Vec<(String, String)> {
-    let mut vars: indexmap::IndexMap<String, String> =
-        env.engine.opts.base_env.iter().cloned().collect();
-    for (k, v) in env.scope.all_vars() {
-        vars.insert(k, v);
-    }
+) -> indexmap::IndexMap<String, String> {
+    let mut vars: indexmap::IndexMap<String, String> = env.scope.all_vars().into_iter().collect();
     let mut scope = env.scope.clone();
     for (k, v) in &step.env {
         let value = scope.expand(v, true);
@@ -476,6 +495,20 @@ pub(crate) fn process_env<S: ?Sized, E>(
         vars.insert(k.clone(), value);
     }
     vars.insert("DAG_RUN_STEP_NAME".into(), step.name.clone());
+    vars
+}
+
+/// A local process's environment: this host's (without `SECRET_VARS`), then the step's
+/// own variables and its log files.
+fn process_env<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    stdout: &Path,
+    stderr: &Path,
+) -> Vec<(String, String)> {
+    let mut vars: indexmap::IndexMap<String, String> =
+        env.engine.opts.base_env.iter().cloned().collect();
+    vars.extend(step_env(env, step));
     vars.insert(
         "DAG_RUN_STEP_STDOUT_FILE".into(),
         stdout.display().to_string(),
