@@ -112,9 +112,10 @@ impl<C: Clock + 'static> Leader<C> {
     /// `Leader::resume_of`): what succeeded is kept, and a step whose work outlives its
     /// runner (a container) is reattached rather than run a second time.
     fn carry_progress(&self, dag: &Dag, orphan: &trellis_core::status::RunRecord) {
-        let (Ok(Some(mut queued)), Ok(attempt)) = (
+        // The attempt the enqueue just made, not a new one.
+        let (Ok(Some(mut queued)), Ok(Some(attempt))) = (
             self.store.find(&dag.name, &orphan.run_id),
-            self.store.retry_attempt(&dag.name, &orphan.run_id),
+            self.store.latest_attempt(&dag.name, &orphan.run_id),
         ) else {
             return;
         };
