@@ -224,17 +224,7 @@ fn a_killed_runner_leaves_its_container_and_the_next_one_reattaches() {
     let host = podman.docker_host();
     let vars = [("DOCKER_HOST", host.as_str())];
     let mut first = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
-    let out = env
-        .trellis()
-        .arg("enqueue")
-        .arg(&file)
-        .output()
-        .expect("enqueue");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::enqueue(&env, &file);
     support::wait_for(60, "the container to start", || {
         std::fs::read_to_string(shared.join("starts"))
             .ok()

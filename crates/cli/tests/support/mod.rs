@@ -254,3 +254,19 @@ pub fn status(env: &Env, dag: &str, run_id: &str) -> Option<serde_json::Value> {
     let out = cmd.output().ok()?;
     serde_json::from_slice(&out.stdout).ok()
 }
+
+/// `trellis enqueue FILE`, which must succeed; returns the run id it printed.
+pub fn enqueue(env: &Env, file: &Path) -> String {
+    let out = env
+        .trellis()
+        .arg("enqueue")
+        .arg(file)
+        .output()
+        .expect("enqueue");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
