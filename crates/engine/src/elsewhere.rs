@@ -141,7 +141,8 @@ fn request<S: ?Sized, E>(
         work,
         env: crate::step::step_env(env, step).into_iter().collect(),
         working_dir: crate::step::working_dir(env, step),
-        config: expand_json(env, &config.config),
+        // `${...}` only: `$VAR` in `with:` stays for the container's shell.
+        config: crate::output::expand_json(env, &config.config, false),
         stdout: stdout.to_path_buf(),
         stderr: stderr.to_path_buf(),
         timeout: limits.timeout,
@@ -149,21 +150,6 @@ fn request<S: ?Sized, E>(
         grace: limits.grace,
         mask: env.mask.clone(),
         labels,
-    }
-}
-
-/// `${...}` in every string of the step's `with:`.
-fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, value: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => Value::String(env.scope.expand(s, false)),
-        Value::Array(items) => Value::Array(items.iter().map(|v| expand_json(env, v)).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), expand_json(env, v)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
 }
 

@@ -34,7 +34,7 @@ pub(crate) fn capture_fields<S: ?Sized, E>(
     let mut out = serde_json::Map::new();
     for (key, field) in fields {
         let value = match field {
-            OutputField::Literal(v) => expand_json(env, v),
+            OutputField::Literal(v) => expand_json(env, v, true),
             OutputField::Capture {
                 from,
                 path,
@@ -103,13 +103,17 @@ fn decode_output(key: &str, text: &str, decode: &OutputDecode) -> Result<Value, 
     })
 }
 
-pub(crate) fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, v: &Value) -> Value {
+/// `${...}` in every string of a JSON value; with `bare`, `$VAR` too (where no shell
+/// will expand it later).
+pub(crate) fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, v: &Value, bare: bool) -> Value {
     match v {
-        Value::String(s) => Value::String(env.scope.expand(s, true)),
-        Value::Array(items) => Value::Array(items.iter().map(|i| expand_json(env, i)).collect()),
+        Value::String(s) => Value::String(env.scope.expand(s, bare)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|i| expand_json(env, i, bare)).collect())
+        }
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, v)| (k.clone(), expand_json(env, v)))
+                .map(|(k, v)| (k.clone(), expand_json(env, v, bare)))
                 .collect(),
         ),
         other => other.clone(),
