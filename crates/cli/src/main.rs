@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     // Loading refuses step types this build has no executor for.
     trellis_spec::set_executor_check(trellis_executor::check_step);
+    trellis_spec::set_dag_option_check(trellis_executor::check_dag_option);
     let args = cli::Args::parse();
     init_logging(args.log_format);
     match cmd::run(args) {

@@ -160,14 +160,14 @@ fn a_timed_out_or_unreachable_docker_step_fails_clearly() {
     assert!(error.contains(&gone.display().to_string()), "{error}");
 }
 
-/// A step type no executor serves, or a DAG-level `container:`, is refused when the file
-/// loads — never run on the local shell — and a docker step's options are checked then.
+/// A step type no executor serves, or a DAG-level `container:` option not acted on, is
+/// refused when the file loads — never run on the local shell — and a docker step's options are checked then.
 #[test]
-fn unsupported_types_dag_level_container_and_bad_options_are_refused_at_load() {
+fn unsupported_types_and_options_not_acted_on_are_refused_at_load() {
     let env = Env::new();
     let file = env.dag(
         "refused",
-        "container:\n  image: alpine\nsteps:\n  - name: remote\n    type: ssh\n    with: {host: h}\n    \
+        "container:\n  image: alpine\n  wait_for: healthy\nsteps:\n  - name: remote\n    type: ssh\n    with: {host: h}\n    \
          command: uptime\n  - name: boxed\n    type: docker\n    with:\n      image: alpine\n      \
          colour: red\n    command: \"true\"\n",
     );
@@ -181,10 +181,10 @@ fn unsupported_types_dag_level_container_and_bad_options_are_refused_at_load() {
     let said =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     for expected in [
-        "`container` at the DAG level is not acted on",
-        "refused.yaml:1:1",
+        "`wait_for: healthy` is not acted on",
+        "refused.yaml:2:3",
         "step type `ssh` cannot run in this version of trellis",
-        "refused.yaml:5:11",
+        "refused.yaml:6:11",
         "docker: unknown option `colour`",
     ] {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
@@ -257,6 +257,115 @@ fn a_killed_runner_leaves_its_container_and_the_next_one_reattaches() {
         .output()
         .expect("logs");
     assert_eq!(String::from_utf8_lossy(&log.stdout), "one\ntwo\n");
+    assert!(
+        podman.containers().is_empty(),
+        "left behind: {:?}",
+        podman.containers()
+    );
+}
+
+const SHARED: &str = r#"
+name: shared
+container:
+  name: kept-box
+  image: localhost/trellis-test:latest
+  pull_policy: never
+  keep_container: true
+  env: [BOX=inside]
+  working_dir: /tmp
+steps:
+  - name: mark
+    command: sh -c 'echo $BOX $STEP_VAR > marker-5b1e; hostname'
+    env: [STEP_VAR=mine]
+    output: HOST1
+  - name: read
+    command: cat /tmp/marker-5b1e
+    output: MARK
+  - name: script
+    script: |
+      hostname
+    output: HOST2
+  - name: fails
+    command: sh -c 'exit 4'
+    continue_on:
+      exit_code: [4]
+handler_on:
+  exit:
+    command: test -f /tmp/marker-5b1e
+"#;
+
+const INTO: &str = r#"
+name: into
+container: kept-box
+steps:
+  - name: again
+    command: cat marker-5b1e
+    output: AGAIN
+  - name: own
+    container:
+      image: localhost/trellis-test:latest
+      pull_policy: never
+    command: sh -c 'test -f /tmp/marker-5b1e || echo fresh'
+    output: OWN
+  - name: named
+    container: kept-box
+    command: cat /tmp/marker-5b1e
+    output: NAMED
+"#;
+
+/// A DAG-level `container:` runs every command step (and handler) of a run in one
+/// container, exec'd into it; kept, a later DAG execs into it by name, a step with its own
+/// `container:` gets a fresh one, and nothing of a finished run is left but what was kept.
+#[test]
+fn a_dag_level_container_holds_every_step_of_the_run() {
+    let Some(podman) = podman() else { return };
+    let env = Env::new();
+    let file = env.dag("shared", SHARED);
+    let out = start(&env, &podman, &file);
+    let run = status(&env, "shared");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(run["status"], "partially_succeeded", "{run:#}\n{said}");
+    assert_eq!(run["outputs"]["MARK"], "inside mine", "{run:#}");
+    let host = run["outputs"]["HOST1"].as_str().unwrap_or_default();
+    assert!(!host.is_empty(), "{run:#}");
+    assert_eq!(run["outputs"]["HOST2"], host, "one container for the run");
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    assert_ne!(host, here.trim(), "not this machine");
+    assert_eq!(step(&run, "fails")["exit_code"], 4, "{run:#}");
+    assert_eq!(run["handlers"]["on_exit"]["status"], "succeeded", "{run:#}");
+    assert_eq!(
+        podman.containers().len(),
+        1,
+        "kept: {:?}",
+        podman.containers()
+    );
+
+    let file = env.dag("into", INTO);
+    let out = start(&env, &podman, &file);
+    let said = String::from_utf8_lossy(&out.stderr);
+    let run = support::status(&env, "into", "").unwrap_or_else(|| panic!("no run: {said}"));
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{said}");
+    assert_eq!(run["outputs"]["AGAIN"], "inside mine");
+    assert_eq!(run["outputs"]["OWN"], "fresh");
+    assert_eq!(run["outputs"]["NAMED"], "inside mine");
+    assert_eq!(
+        podman.containers().len(),
+        1,
+        "someone else's container stays, the step's own is gone: {:?}",
+        podman.containers()
+    );
+    let rm = podman.command().args(["rm", "-f", "kept-box"]).output();
+    assert!(rm.is_ok_and(|o| o.status.success()));
+
+    // Not kept: removed with the run.
+    let file = env.dag(
+        "gone",
+        &SHARED
+            .replace("keep_container: true", "keep_container: false")
+            .replace("name: shared", "name: gone"),
+    );
+    start(&env, &podman, &file);
+    assert_eq!(status(&env, "gone")["status"], "partially_succeeded");
     assert!(
         podman.containers().is_empty(),
         "left behind: {:?}",

@@ -87,6 +87,9 @@ pub enum SecretProvider {
     File,
 }
 
+/// The key of [`Dag::executor_defaults`] holding the DAG-level `container:`.
+pub const RUN_CONTAINER_KEY: &str = "container";
+
 /// Default values from Dagu's `internal/core/dag.go`.
 pub const DEFAULT_MAX_OUTPUT_SIZE: u64 = 1024 * 1024;
 pub const DEFAULT_MAX_CLEAN_UP_TIME_SEC: u64 = 5;
@@ -108,6 +111,23 @@ impl Dag {
     pub fn step(&self, key: &str) -> Option<&Step> {
         let by_name = self.steps.iter().find(|s| s.name == key);
         by_name.or_else(|| self.steps.iter().find(|s| s.id.as_deref() == Some(key)))
+    }
+
+    /// The container every shell step of a run runs in (Dagu's DAG-level `container:`),
+    /// as the loader normalised it (a mapping; a bare name became `{exec: name}`).
+    pub fn run_container(&self) -> Option<&Value> {
+        self.executor_defaults.get(RUN_CONTAINER_KEY)
+    }
+
+    /// Whether `step` runs in the run's container when the DAG has one: steps that run
+    /// a command and name no place of their own.
+    pub fn in_run_container(&self, step: &Step) -> bool {
+        self.run_container().is_some()
+            && step.executor.is_none()
+            && matches!(
+                step.action,
+                Action::Commands { .. } | Action::Script { .. } | Action::Exec { .. }
+            )
     }
 
     /// Finds a local sub-DAG (a later document of the same file) by name.

@@ -29,7 +29,7 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
             kind: config.kind.clone(),
         });
     };
-    let works = works(env, step)?;
+    let works = works(env, step);
     let try_no = record.retry_count + record.done_count;
     for (part, work) in works.into_iter().enumerate() {
         let req = request(env, step, config, work, (try_no, part), stdout, stderr);
@@ -76,24 +76,15 @@ fn env_index<S: ?Sized, E>(record: &StepRecord, env: &StepEnv<S, E>) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// What the step runs: one container per command line, split like a shell would but
-/// without one (as Dagu does); a script through `sh -c` (or its `shell`); nothing given,
+/// What the step runs: one container (or exec) per command line, which the executor
+/// runs with the shell its options name or splits into words (as Dagu does); a script through `sh -c` (or its `shell`); nothing given,
 /// the image's own command.
-fn works<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Result<Vec<Work>, Error> {
-    Ok(match &step.action {
+fn works<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Vec<Work> {
+    match &step.action {
         Action::Commands { commands } => commands
             .iter()
-            .map(|c| {
-                let command = env.scope.expand(c, false);
-                trellis_executor::split_command(&command)
-                    .map(Work::Argv)
-                    .ok_or_else(|| {
-                        Error::SpawnFailed(format!(
-                            "cannot split `{command}` into words (unbalanced quotes)"
-                        ))
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+            .map(|c| Work::Line(env.scope.expand(c, false)))
+            .collect(),
         Action::Exec { program, args } => {
             let mut argv = vec![env.scope.expand(program, true)];
             argv.extend(args.iter().map(|a| env.scope.expand(a, true)));
@@ -106,7 +97,7 @@ fn works<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Result<Vec<Work>, Er
             text: env.scope.expand(script, false),
         }],
         _ => vec![Work::Default],
-    })
+    }
 }
 
 fn request<S: ?Sized, E>(
@@ -130,6 +121,9 @@ fn request<S: ?Sized, E>(
         ("trellis.try".to_string(), try_no.to_string()),
     ]);
     let limits = crate::step::Limits::of(env, step);
+    // `${...}` only: `$VAR` in `with:` stays for the container's shell.
+    let mut config = crate::output::expand_json(env, &config.config, false);
+    crate::run_container::with_registry_auths(&env.dag, &env.scope, &mut config);
     StepRequest {
         name: work_name(
             &env.dag.name,
@@ -141,8 +135,7 @@ fn request<S: ?Sized, E>(
         work,
         env: crate::step::step_env(env, step).into_iter().collect(),
         working_dir: crate::step::working_dir(env, step),
-        // `${...}` only: `$VAR` in `with:` stays for the container's shell.
-        config: crate::output::expand_json(env, &config.config, false),
+        config,
         stdout: stdout.to_path_buf(),
         stderr: stderr.to_path_buf(),
         timeout: limits.timeout,
@@ -159,13 +152,23 @@ fn work_name(dag: &str, run_id: &str, step: &str, try_no: u32, part: usize) -> S
     external_name(&format!("trellis-{dag}-{run_id}-{step}-{try_no}-{part}"))
 }
 
+/// The name of a run's DAG-level container.
+pub(crate) fn run_container_name(dag: &str, run_id: &str) -> String {
+    external_name(&format!("trellis-{dag}-{run_id}"))
+}
+
 /// Where a step that was running when its runner died may still be: its recorded
-/// handle, else (died between starting it and recording the handle) its name.
+/// handle, else (died between starting it and recording the handle) its name. A step
+/// exec'd into the run's container has no name to be found by: its handle or nothing.
 pub(crate) fn resume_handle(
+    dag: &trellis_core::Dag,
     step: &Step,
     prev: &StepRecord,
     run: &trellis_core::status::RunRecord,
 ) -> Option<trellis_executor::Handle> {
+    if dag.in_run_container(step) {
+        return prev.handle.clone();
+    }
     let kind = &step.executor.as_ref()?.kind;
     prev.handle.clone().or_else(|| {
         let try_no = prev.retry_count + prev.done_count;

@@ -14,6 +14,7 @@ mod journal;
 mod links;
 mod output;
 mod remote;
+mod run_container;
 mod setup;
 mod step;
 mod subst;
@@ -155,9 +156,19 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let base = &self.opts.base_env;
         resolve_env(&req, &scope, &*self.exec, base, &attempt, &cancel).await;
         // After `env:`, so no backtick command there can read a secret.
-        let (mask, secret_error) = match resolve_secrets(&req.dag, &scope) {
+        let (mask, mut secret_error) = match resolve_secrets(&req.dag, &scope) {
             Ok(mask) => (mask, None),
             Err(e) => (None, Some(e)),
+        };
+        let registry = &self.opts.executors;
+        let run_container = match secret_error {
+            Some(_) => None,
+            None => run_container::open(&req.dag, registry, &attempt, &scope, &cancel)
+                .await
+                .unwrap_or_else(|e| {
+                    secret_error = Some(e);
+                    None
+                }),
         };
         if let Some(retry) = &req.retry {
             keep_settled(&req.dag, retry, &mut run, &scope);
@@ -176,10 +187,14 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
             mask,
             secret_error,
             started: mpsc::unbounded_channel(),
+            run_container: run_container.as_ref().map(|c| c.step.clone()),
         };
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
         ctx.handlers(&mut run).await;
+        if let Some(container) = run_container {
+            container.close().await;
+        }
         // Containers of finished steps, removed in the background, are gone before the
         // run's last record (and before a `trellis start` exits).
         self.opts.executors.settle().await;
@@ -217,8 +232,11 @@ pub(crate) struct RunCtx<S: ?Sized, E> {
     unmet_precondition: bool,
     /// The run's secret values, masked in what its steps leave behind.
     mask: Option<Arc<trellis_executor::Mask>>,
-    /// Why a secret could not be resolved: the run fails before any step.
+    /// Why a secret could not be resolved, or the run's container not started: the run
+    /// fails before any step.
     secret_error: Option<String>,
+    /// The `type`/`with:` of steps that run in the DAG-level `container:`.
+    run_container: Option<Arc<trellis_core::ExecutorConfig>>,
     /// Handles of started steps, from their tasks (see [`StepEnv::started`]).
     started: (StartedTx, mpsc::UnboundedReceiver<Started>),
 }
@@ -530,6 +548,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             cancel: self.cancel.clone(),
             mask: self.mask.clone(),
             started: self.started.0.clone(),
+            run_container: self.run_container.clone(),
         })
     }
 }
@@ -545,6 +564,8 @@ pub(crate) struct StepEnv<S: ?Sized, E> {
     mask: Option<Arc<trellis_executor::Mask>>,
     /// Tells the run loop a step's handle, to be recorded while the step runs.
     started: StartedTx,
+    /// The `type`/`with:` of steps that run in the DAG-level `container:`.
+    run_container: Option<Arc<trellis_core::ExecutorConfig>>,
 }
 
 /// A step (by index) started where it runs, and how to find it again.

@@ -106,14 +106,23 @@ fn decode_output(key: &str, text: &str, decode: &OutputDecode) -> Result<Value, 
 /// `${...}` in every string of a JSON value; with `bare`, `$VAR` too (where no shell
 /// will expand it later).
 pub(crate) fn expand_json<S: ?Sized, E>(env: &StepEnv<S, E>, v: &Value, bare: bool) -> Value {
+    expand_in(&env.scope, v, bare)
+}
+
+/// [`expand_json`] with `${...}` only, from a scope.
+pub(crate) fn expand_value(scope: &crate::expand::Scope, v: &Value) -> Value {
+    expand_in(scope, v, false)
+}
+
+fn expand_in(scope: &crate::expand::Scope, v: &Value, bare: bool) -> Value {
     match v {
-        Value::String(s) => Value::String(env.scope.expand(s, bare)),
+        Value::String(s) => Value::String(scope.expand(s, bare)),
         Value::Array(items) => {
-            Value::Array(items.iter().map(|i| expand_json(env, i, bare)).collect())
+            Value::Array(items.iter().map(|i| expand_in(scope, i, bare)).collect())
         }
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, v)| (k.clone(), expand_json(env, v, bare)))
+                .map(|(k, v)| (k.clone(), expand_in(scope, v, bare)))
                 .collect(),
         ),
         other => other.clone(),

@@ -180,7 +180,8 @@ pub(crate) fn keep_settled(dag: &Dag, retry: &Retry, run: &mut RunRecord, scope:
         };
         if rerun.contains(&i) {
             if orphaned(prev) {
-                run.steps[i].handle = crate::elsewhere::resume_handle(step, prev, &retry.previous);
+                run.steps[i].handle =
+                    crate::elsewhere::resume_handle(dag, step, prev, &retry.previous);
             }
             continue;
         }

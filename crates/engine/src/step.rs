@@ -305,6 +305,16 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
     if let Some(config) = &step.executor {
         return crate::elsewhere::run(env, step, config, stdout, stderr, record).await;
     }
+    if env.dag.in_run_container(step) {
+        // Never on this machine instead: a run whose container did not start fails its
+        // steps (and handlers) here.
+        let Some(config) = env.run_container.clone() else {
+            return Err(Error::SpawnFailed(
+                "the run's container is not running".into(),
+            ));
+        };
+        return crate::elsewhere::run(env, step, &config, stdout, stderr, record).await;
+    }
     let specs = process_specs(env, step, stdout, stderr)?;
     for spec in specs {
         let outcome = env.engine.exec.run(spec, env.cancel.clone()).await;

@@ -13,7 +13,11 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 mod docker;
+mod docker_api;
+mod docker_auth;
 mod docker_config;
+mod docker_exec;
+mod docker_run;
 mod docker_state;
 mod mask;
 mod seam;
@@ -22,7 +26,8 @@ mod spawn;
 pub use docker::Docker;
 pub use mask::{MASKED, Mask};
 pub use seam::{
-    BoxFuture, Handle, Registry, StartError, StepExecutor, StepRequest, Work, check_step,
+    BoxFuture, Handle, Registry, Shared, SharedRequest, StartError, StepExecutor, StepRequest,
+    Work, check_dag_option, check_step,
 };
 
 /// What to run and where its output goes.

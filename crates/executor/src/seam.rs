@@ -31,6 +31,9 @@ pub use trellis_core::status::Handle;
 pub enum Work {
     /// Whatever the target's default is (an image's own command).
     Default,
+    /// A command line as written: the executor runs it through the shell its options
+    /// name, or else splits it into words and runs them with no shell (as Dagu does).
+    Line(String),
     /// A command line for a shell.
     Shell { shell: Vec<String>, command: String },
     /// A program and its arguments, no shell.
@@ -63,6 +66,28 @@ pub struct StepRequest {
     pub mask: Option<Arc<Mask>>,
     /// Labels the executor puts on what it creates (run id, step), for people and lookups.
     pub labels: BTreeMap<String, String>,
+}
+
+/// The place every step of a run shares (Dagu's DAG-level `container:`), asked for once
+/// before the run's first step.
+#[derive(Clone, Debug)]
+pub struct SharedRequest {
+    /// A deterministic name (per run), so that a resumed run finds its place again.
+    pub name: String,
+    /// The DAG-level options, checked by [`StepExecutor::check_shared`].
+    pub config: serde_json::Value,
+    /// The DAG's working dir (relative volumes resolve against it).
+    pub working_dir: Option<PathBuf>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A shared place, ready: steps run there with `step_config` as their `with:`.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub handle: Handle,
+    pub step_config: serde_json::Value,
+    /// Removed when the run ends (else kept, or not this run's to remove).
+    pub remove: bool,
 }
 
 /// Why a step could not start; the message is shown to the user as the step's error.
@@ -100,6 +125,26 @@ pub trait StepExecutor: Send + Sync {
     fn settle(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// Checks DAG-level options for a place every step of a run shares.
+    fn check_shared(&self, _config: &serde_json::Value) -> Result<(), String> {
+        Err(format!("`{}` cannot hold a whole run", self.kind()))
+    }
+
+    /// Makes (or, for a resumed run, finds) the place every step of a run shares.
+    fn open_shared<'a>(
+        &'a self,
+        _req: &'a SharedRequest,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Shared, StartError>> {
+        let kind = self.kind();
+        Box::pin(async move { Err(StartError(format!("`{kind}` cannot hold a whole run"))) })
+    }
+
+    /// Ends a run's shared place (unless it is kept).
+    fn close_shared<'a>(&'a self, _shared: &'a Shared) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// For the loader (`trellis_spec::set_executor_check`): `None` when no built-in
@@ -107,6 +152,16 @@ pub trait StepExecutor: Send + Sync {
 pub fn check_step(kind: &str, config: &serde_json::Value) -> Option<Result<(), String>> {
     static BUILTIN: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::builtin);
     BUILTIN.get(kind).map(|e| e.check(config))
+}
+
+/// For the loader (`trellis_spec::set_dag_option_check`): the DAG-level options the
+/// executors read (`container:`, `registry_auths:`); `None` for any other key.
+pub fn check_dag_option(key: &str, value: &serde_json::Value) -> Option<Result<(), String>> {
+    match key {
+        "container" => Some(crate::docker::Docker::default().check_shared(value)),
+        "registry_auths" => Some(crate::docker_auth::parse(Some(value)).map(|_| ())),
+        _ => None,
+    }
 }
 
 /// The step executors built into this binary, by step type.

@@ -84,9 +84,15 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
         "harnesses",
     ] {
         if let Some(node) = obj.get(key) {
-            dag.executor_defaults
-                .insert(key.to_string(), node.to_json());
-            not_acted_on(cx, &obj, key);
+            let value = executor_option(key, node);
+            match crate::dag_option_check().and_then(|check| check(key, &value)) {
+                Some(Ok(())) => {}
+                Some(Err(message)) => cx.push(
+                    Problem::error(Code::InvalidValue, node.span, message).label("these options"),
+                ),
+                None => not_acted_on(cx, &obj, key),
+            }
+            dag.executor_defaults.insert(key.to_string(), value);
         }
     }
     dag.secrets = obj
@@ -366,6 +372,15 @@ pub fn duration(cx: &mut Cx, node: &Node) -> Option<u64> {
 }
 
 /// DAG-level settings kept in the model but not acted on yet. Those that would change what
+/// A DAG-level executor option as stored: `container: name` is Dagu's short form of
+/// `container: {exec: name}`.
+fn executor_option(key: &str, node: &Node) -> serde_json::Value {
+    match (key, node.as_str()) {
+        ("container", Some(name)) => serde_json::json!({ "exec": name }),
+        _ => node.to_json(),
+    }
+}
+
 /// runs or where (a `container:` every step should run in) are refused; notification
 /// settings, whose absence changes nothing that runs, load with a warning.
 fn not_acted_on(cx: &mut Cx, obj: &Obj, key: &str) {
@@ -388,10 +403,7 @@ fn not_acted_on(cx: &mut Cx, obj: &Obj, key: &str) {
             span,
             format!("`{key}` at the DAG level is not acted on by this version of trellis"),
         )
-        .help(match key {
-            "container" => "run the steps with `type: docker` and `with: {image: ...}` instead",
-            _ => "remove it, or set it on the steps whose type supports it",
-        })
+        .help("remove it, or set it on the steps whose type supports it")
     };
     cx.push(problem);
 }

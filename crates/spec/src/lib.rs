@@ -49,6 +49,21 @@ pub(crate) fn executor_check() -> Option<ExecutorCheck> {
     EXECUTOR_CHECK.get().copied()
 }
 
+/// Checks a DAG-level option the executors read (`container`, `registry_auths`): `None`
+/// when no executor reads that key.
+pub type DagOptionCheck = fn(&str, &serde_json::Value) -> Option<Result<(), String>>;
+
+static DAG_OPTION_CHECK: std::sync::OnceLock<DagOptionCheck> = std::sync::OnceLock::new();
+
+/// Makes loading check the DAG-level options executors read, and refuse those none does.
+pub fn set_dag_option_check(check: DagOptionCheck) {
+    let _ = DAG_OPTION_CHECK.set(check);
+}
+
+pub(crate) fn dag_option_check() -> Option<DagOptionCheck> {
+    DAG_OPTION_CHECK.get().copied()
+}
+
 /// A file that loaded; `warnings` may still be worth showing.
 #[derive(Debug)]
 pub struct Loaded {

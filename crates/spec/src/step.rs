@@ -284,6 +284,9 @@ fn check_nothing_to_run(cx: &mut Cx, step: &Step, span: Span) {
 
 /// `type` + `with`, or the v1 `executor:` form. `None` means the built-in shell.
 fn executor(cx: &mut Cx, obj: &Obj) -> Option<ExecutorConfig> {
+    if let Some(node) = obj.get("container") {
+        return own_container(cx, obj, node);
+    }
     let config = obj
         .get("with")
         .map(Node::to_json)
@@ -324,6 +327,35 @@ fn executor(cx: &mut Cx, obj: &Obj) -> Option<ExecutorConfig> {
     let with = obj.get("with").unwrap_or(node);
     let runs = known_type(cx, &kind, node) && runnable(cx, &kind, &config, node, with);
     runs.then_some(ExecutorConfig { kind, config })
+}
+
+/// A step's own `container:` (Dagu 2.x): a `docker` step whose options are the mapping,
+/// or `{exec: name}` for a bare container name.
+fn own_container(cx: &mut Cx, obj: &Obj, node: &Node) -> Option<ExecutorConfig> {
+    for other in ["type", "executor"] {
+        if let (Some(k), Some(c)) = (obj.key(other), obj.key("container")) {
+            let kind = obj.get(other).and_then(Node::as_str).unwrap_or("");
+            if matches!(kind, "docker" | "container") && other == "type" && !obj.has("with") {
+                continue;
+            }
+            cx.push(
+                Problem::error(
+                    Code::Conflict,
+                    c.span,
+                    format!("`container` and `{other}` both say where the step runs"),
+                )
+                .related(k.span, format!("{other} set here"))
+                .help("keep one: `container:` alone runs the step in that container"),
+            );
+            return None;
+        }
+    }
+    let config = match node.as_str() {
+        Some(name) => serde_json::json!({ "exec": name }),
+        None => node.to_json(),
+    };
+    let kind = "docker".to_string();
+    runnable(cx, &kind, &config, node, node).then_some(ExecutorConfig { kind, config })
 }
 
 /// Refuses a step type this build cannot run (rather than load a step that would fail at
