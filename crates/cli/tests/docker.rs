@@ -372,3 +372,60 @@ fn a_dag_level_container_holds_every_step_of_the_run() {
         podman.containers()
     );
 }
+
+/// `kill -9` of the runner while a step runs in the run's container: the container and
+/// the exec'd step go on; the next scheduler finds the container by the run's name,
+/// follows the same exec to its exit code, and runs the rest of the run in it.
+#[test]
+fn a_killed_runner_leaves_the_run_container_and_the_next_one_carries_on_in_it() {
+    let Some(podman) = podman() else { return };
+    let env = Env::new();
+    let shared = env.path("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    let file = env.dag(
+        "crash-box",
+        &format!(
+            "container:\n  image: localhost/trellis-test:latest\n  pull_policy: never\n  \
+             volumes: [\"{}:/shared\"]\nsteps:\n  - name: long\n    \
+             command: sh -c 'echo started >> /shared/starts; hostname > /shared/host; while [ ! -f /shared/go ]; do sleep 0.1; done; exit 3'\n    \
+             continue_on:\n      exit_code: [3]\n  - name: after\n    command: hostname\n    output: AFTER\n",
+            shared.display()
+        ),
+    );
+    let host = podman.docker_host();
+    let vars = [("DOCKER_HOST", host.as_str())];
+    let mut first = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    support::enqueue(&env, &file);
+    support::wait_for(60, "the step to start", || {
+        std::fs::read_to_string(shared.join("host"))
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    first.kill9();
+    assert_eq!(
+        podman.containers().len(),
+        1,
+        "the run's container outlives its runner"
+    );
+
+    let _second = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    std::fs::write(shared.join("go"), "").expect("go");
+    let run = support::wait_for(60, "the resumed run to end", || {
+        support::status(&env, "crash-box", "").filter(|r| r["status"] == "partially_succeeded")
+    });
+    let long = step(&run, "long");
+    assert_eq!(long["exit_code"], 3, "{run:#}");
+    let starts = std::fs::read_to_string(shared.join("starts")).unwrap_or_default();
+    assert_eq!(starts.lines().count(), 1, "the step ran once: {run:#}");
+    let first_host = std::fs::read_to_string(shared.join("host")).unwrap_or_default();
+    assert_eq!(
+        run["outputs"]["AFTER"],
+        first_host.trim(),
+        "the same container"
+    );
+    assert!(
+        podman.containers().is_empty(),
+        "left behind: {:?}",
+        podman.containers()
+    );
+}
