@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+pub mod conformance;
 mod docker;
 mod docker_api;
 mod docker_auth;
@@ -19,6 +20,7 @@ mod docker_config;
 mod docker_exec;
 mod docker_run;
 mod docker_state;
+pub mod fake;
 mod mask;
 mod seam;
 mod spawn;
