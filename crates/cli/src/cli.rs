@@ -47,6 +47,10 @@ pub enum Command {
     /// aborted, cancelled or is waiting for approval, and 2 for invalid input (then no run
     /// is recorded).
     Start(StartArgs),
+    /// Run a queued run a scheduler took from its queue: what the container run launcher
+    /// starts in each run's container.
+    #[command(hide = true)]
+    RunQueued(RunQueuedArgs),
     /// Show the latest (or a given) run of a workflow.
     Status(StatusArgs),
     /// Stop a running run: its steps get the stop signal, the run ends cancelled.
@@ -531,6 +535,24 @@ pub struct StartArgs {
     /// Positional parameters ($1, $2, ...), after `--`.
     #[arg(last = true, value_name = "ARGS")]
     pub positional: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunQueuedArgs {
+    /// The DAG's name.
+    #[arg(value_name = "DAG")]
+    pub dag: String,
+    /// The queued run.
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// The file it was queued from (else the definition stored with the run).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    #[arg(long, value_name = "PARAMS")]
+    pub params: Option<String>,
+    /// The tick that queued it (DAG_RUN_SCHEDULED_TIME).
+    #[arg(long, value_name = "TIME")]
+    pub scheduled_time: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use trellis_core::status::StepRecord;
 use trellis_core::{Action, ExecutorConfig, Step};
-use trellis_executor::{Executor, StepRequest, Work};
+use trellis_executor::{Executor, StepRequest, Work, external_name};
 use trellis_store::Store;
 
 use crate::step::judge;
@@ -179,31 +179,9 @@ pub(crate) fn resume_handle(
     })
 }
 
-/// A name Docker (and Kubernetes, Slurm) accept: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most
-/// 128 characters; a long one keeps a hash of the whole so that it stays unique.
-fn external_name(raw: &str) -> String {
-    let clean: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.len() <= 128 {
-        return clean;
-    }
-    let hash = clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{}-{hash:016x}", &clean[..110])
-}
-
 #[cfg(test)]
 mod tests {
-    use super::external_name;
+    use trellis_executor::external_name;
 
     #[test]
     fn external_names_are_valid_and_stay_unique_when_cut() {

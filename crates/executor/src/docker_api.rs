@@ -132,6 +132,10 @@ pub(crate) fn container_body(
             network_mode: config.network.clone(),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             restart_policy: config.restart_policy.as_deref().map(restart_policy),
+            memory: config.mem_limit,
+            cpu_quota: config.cpu_quota,
+            cpu_period: config.cpu_period,
+            cpu_shares: config.cpu_shares,
             // Removed by us after the exit code is read, not by the engine at exit.
             auto_remove: Some(false),
             ..Default::default()

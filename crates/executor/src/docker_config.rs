@@ -72,6 +72,11 @@ pub struct Config {
     /// What a step's command line is run with (`["bash", "-c"]`); without it the line is
     /// split into words and run with no shell.
     pub shell: Option<Vec<String>>,
+    /// Limits: memory in bytes, CPU quota and period (microseconds), relative shares.
+    pub mem_limit: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<i64>,
+    pub cpu_shares: Option<i64>,
 }
 
 /// Every key, with its other spellings and where it may be written.
@@ -99,6 +104,10 @@ const KEYS: &[(&str, &[&str], Where)] = &[
     ("log_pattern", &["logPattern"], Where::RunImage),
     ("registry_auths", &[], Where::Any),
     ("shell", &[], Where::Any),
+    ("mem_limit", &["memory"], Where::Image),
+    ("cpu_quota", &[], Where::Image),
+    ("cpu_period", &[], Where::Image),
+    ("cpu_shares", &[], Where::Image),
 ];
 
 /// Where a key applies.
@@ -168,6 +177,10 @@ impl Config {
             log_pattern: log_pattern(get("log_pattern"))?,
             registry_auths: crate::docker_auth::parse(get("registry_auths"))?,
             shell: shell(get("shell"))?,
+            mem_limit: bytes(get("mem_limit"))?,
+            cpu_quota: number(get("cpu_quota"), "cpu_quota")?,
+            cpu_period: number(get("cpu_period"), "cpu_period")?,
+            cpu_shares: number(get("cpu_shares"), "cpu_shares")?,
         })
     }
 
@@ -439,6 +452,40 @@ fn startup(mode: Option<&Value>, command: Option<&Value>) -> Result<Startup, Str
         (Some(other), _) => Err(format!(
             "docker: `startup: {other}`: use keepalive, entrypoint or command"
         )),
+    }
+}
+
+fn number(v: Option<&Value>, key: &str) -> Result<Option<i64>, String> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n > 0) => Ok(n.as_i64()),
+        Some(_) => Err(format!("docker: `{key}` must be a positive whole number")),
+    }
+}
+
+/// `512m`, `1g`, `100k`, `1024b` or a number of bytes (docker-py's `mem_limit`).
+fn bytes(v: Option<&Value>) -> Result<Option<i64>, String> {
+    let bad = |s: &str| format!("docker: `mem_limit: {s}`: use bytes or a size like 512m or 1g");
+    let text = match v {
+        None => return Ok(None),
+        Some(Value::Number(_)) => return number(v, "mem_limit"),
+        Some(Value::String(s)) => s.trim().to_ascii_lowercase(),
+        Some(other) => return Err(bad(&other.to_string())),
+    };
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let scale: i64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(bad(&text)),
+    };
+    match digits.parse::<i64>() {
+        Ok(n) if n > 0 => n.checked_mul(scale).map(Some).ok_or_else(|| bad(&text)),
+        _ => Err(bad(&text)),
     }
 }
 

@@ -164,6 +164,28 @@ pub fn check_dag_option(key: &str, value: &serde_json::Value) -> Option<Result<(
     }
 }
 
+/// A name Docker (and Kubernetes, Slurm) accept: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most
+/// 128 characters; a long one keeps a hash of the whole so that it stays unique.
+pub fn external_name(raw: &str) -> String {
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.len() <= 128 {
+        return clean;
+    }
+    let hash = clean.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{}-{hash:016x}", &clean[..110])
+}
+
 /// The step executors built into this binary, by step type.
 #[derive(Clone)]
 pub struct Registry {

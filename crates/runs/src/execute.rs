@@ -27,6 +27,10 @@ pub struct Execute {
     pub dags_dir: Option<PathBuf>,
     /// Where `call` steps with a label selector send their child runs.
     pub remote: Option<RemoteHandle>,
+    /// The run was queued (its record exists): it gets a new attempt.
+    pub queued: bool,
+    /// Extra variables for every step (`DAG_RUN_SCHEDULED_TIME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Runs {
@@ -61,8 +65,8 @@ impl Runs {
             run_id: run.run_id.into(),
             parent: None,
             retry: run.retry,
-            env: Vec::new(),
-            queued: false,
+            env: run.env,
+            queued: run.queued,
         };
         // A task of its own on the runtime's workers (not driven from the caller's
         // thread), so a step's spawn and its settle do not hop between threads.

@@ -24,6 +24,9 @@ pub struct Config {
     pub default_execution_mode: ExecutionMode,
     #[serde(default)]
     pub storage: Storage,
+    /// Runs each run the scheduler starts in a container of its own (`type: docker`).
+    #[serde(default, alias = "runLauncher")]
+    pub run_launcher: Option<crate::launcher::RunLauncher>,
 }
 
 /// Where runs, queues and shared state live: `backend: file` (the default, under the data
@@ -134,10 +137,17 @@ impl Config {
         if json.is_null() {
             return Ok(Config::default());
         }
-        serde_json::from_value(json).map_err(|source| Error::Config {
+        let config: Config = serde_json::from_value(json).map_err(|source| Error::Config {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        if let Some(launcher) = &config.run_launcher {
+            launcher.check().map_err(|message| Error::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        }
+        Ok(config)
     }
 
     /// The queue limits this config sets.

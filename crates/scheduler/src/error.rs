@@ -25,6 +25,9 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// A config file whose settings cannot be acted on.
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
     /// A DAG file with problems: the first, and how many more.
     #[error("{}:{line}:{col}: {message}{}", path.display(), more_text(*more))]
     InvalidDag {

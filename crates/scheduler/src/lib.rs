@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod heartbeat;
+pub mod launcher;
 
 pub mod daemon;
 pub mod dispatch;

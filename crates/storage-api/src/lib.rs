@@ -396,9 +396,17 @@ pub fn live_status(run: &RunRecord) -> trellis_core::status::Status {
 /// This machine's name, as runs, workers and coordinators record it (the kernel's, else
 /// `/etc/hostname`, else `localhost`). The one definition: runs compare it to decide
 /// whether a recorded pid can be checked here.
+/// Overrides [`hostname`] (the name runs record as where their process is).
+pub const HOST_NAME_VAR: &str = "TRELLIS_HOST_NAME";
+
 pub fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
+        // Set by the run launcher for a run in a container: its pid means nothing on any
+        // machine, so no scheduler takes the run for a dead process of its own.
+        if let Some(name) = std::env::var(HOST_NAME_VAR).ok().filter(|n| !n.is_empty()) {
+            return name;
+        }
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
             .map(|h| h.trim().to_string())

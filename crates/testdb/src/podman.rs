@@ -80,10 +80,18 @@ impl Podman {
     /// A `podman` command against this service's storage (to inspect what a test left).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("podman");
-        let base = self.dir.path();
-        cmd.env("CONTAINERS_CONF", base.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", base.join("storage.conf"));
+        cmd.envs(self.env());
         cmd
+    }
+
+    /// The variables that point `podman` (or a script running it) at this service's
+    /// settings and storage.
+    pub fn env(&self) -> [(&'static str, PathBuf); 2] {
+        let base = self.dir.path();
+        [
+            ("CONTAINERS_CONF", base.join("containers.conf")),
+            ("CONTAINERS_STORAGE_CONF", base.join("storage.conf")),
+        ]
     }
 
     /// Names of the containers that exist (running or not).

@@ -23,6 +23,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Validate(a) => validate::run(&a),
         Command::Dry(a) => dry::run(&a),
         Command::Start(a) => run::start(&a),
+        Command::RunQueued(a) => run::run_queued(&a),
         Command::Status(a) => run::status(&a),
         Command::Stop(a) => manage::stop(&a),
         Command::Retry(a) => manage::retry(&a),

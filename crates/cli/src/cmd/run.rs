@@ -78,6 +78,33 @@ pub fn execute(
     dags_dir: Option<PathBuf>,
     quiet: bool,
 ) -> anyhow::Result<RunRecord> {
+    execute_as(
+        dag,
+        params,
+        run_id,
+        retry,
+        dags_dir,
+        quiet,
+        Queued::default(),
+    )
+}
+
+/// How a queued run differs from one started here.
+#[derive(Default)]
+pub struct Queued {
+    queued: bool,
+    env: Vec<(String, String)>,
+}
+
+fn execute_as(
+    dag: Arc<Dag>,
+    params: Vec<trellis_core::params::ParamValue>,
+    run_id: String,
+    retry: Option<trellis_engine::Retry>,
+    dags_dir: Option<PathBuf>,
+    quiet: bool,
+    queued: Queued,
+) -> anyhow::Result<RunRecord> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,6 +128,8 @@ pub fn execute(
                 retry,
                 dags_dir,
                 remote: Some(remote),
+                queued: queued.queued,
+                env: queued.env,
             };
             let record = runs.execute(store, run, cancel).await;
             shown.finish();
@@ -121,6 +150,69 @@ pub fn execute(
         }
     }
     Ok(record)
+}
+
+/// Runs a run a scheduler took from its queue (in the container the run launcher made
+/// for it): the DAG from its file, else the definition stored with the run; steps a dead
+/// runner left carried over, as the scheduler's own resume does.
+pub fn run_queued(args: &crate::cli::RunQueuedArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open_store()?;
+    let Some(run) = store.find(&args.dag, &args.run_id)? else {
+        anyhow::bail!("no run {} of {}", args.run_id, args.dag);
+    };
+    if run.status.is_final() {
+        eprintln!(
+            "run {} of {} already ended: {}",
+            args.run_id, args.dag, run.status
+        );
+        return Ok(ExitCode::from(run.status.exit_code()));
+    }
+    let from_file = args.file.as_deref().and_then(|f| load(f).ok().flatten());
+    let dag = match from_file {
+        Some(dag) => dag,
+        None => store
+            .definition(&args.dag, &args.run_id)?
+            .ok_or_else(|| anyhow::anyhow!("run {} has no definition", args.run_id))?,
+    };
+    let params = trellis_spec::resolve_params(&dag, args.params.as_deref(), &[]).map_err(|e| {
+        anyhow::anyhow!(
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let progressed = run
+        .steps
+        .iter()
+        .any(|s| s.status != trellis_core::status::Status::NotStarted);
+    let retry = progressed.then(|| trellis_engine::Retry {
+        previous: run.clone(),
+        from_step: None,
+    });
+    let queued = Queued {
+        queued: true,
+        env: args
+            .scheduled_time
+            .iter()
+            .map(|t| ("DAG_RUN_SCHEDULED_TIME".to_string(), t.clone()))
+            .collect(),
+    };
+    let dags_dir = args
+        .file
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    let record = execute_as(
+        Arc::new(dag),
+        params,
+        args.run_id.clone(),
+        retry,
+        dags_dir,
+        true,
+        queued,
+    )?;
+    Ok(ExitCode::from(record.status.exit_code()))
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! a queue file appearing — with a one-second timer as the safety net.
 
 mod dispatched;
+mod launched;
 mod pass;
 mod recovery;
 mod shared;

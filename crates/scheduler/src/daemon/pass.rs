@@ -118,6 +118,9 @@ impl<C: Clock + 'static> Leader<C> {
         if dispatch::wanted(&dag, &self.opts.config) {
             return self.dispatch(item, slot, &dag);
         }
+        if let Some(launcher) = self.opts.config.run_launcher.clone() {
+            return self.launch(item, slot, &launcher);
+        }
         let cancel = CancellationToken::new();
         self.active.insert(
             item.run_id.to_string(),

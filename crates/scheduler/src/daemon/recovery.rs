@@ -31,6 +31,16 @@ impl<C: Clock + 'static> Leader<C> {
         in_queues.extend(self.active.keys().cloned());
         for (i, run) in self.unfinished_runs(&entries) {
             let (dag, path) = &entries[i];
+            // In a container of its own: its container says when it ends.
+            if run.status == Status::Running
+                && run
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| h.starts_with("container/"))
+            {
+                self.adopt_launched(dag, &run);
+                continue;
+            }
             let orphaned = run.status == Status::Running
                 && run.queued
                 && run.worker_id.is_none()
