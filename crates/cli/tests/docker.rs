@@ -429,3 +429,22 @@ fn a_killed_runner_leaves_the_run_container_and_the_next_one_carries_on_in_it() 
         podman.containers()
     );
 }
+
+/// A container the OOM killer ends fails its step with "out of memory", not a bare code.
+#[test]
+fn a_container_killed_for_memory_fails_with_out_of_memory() {
+    let Some(podman) = podman() else { return };
+    let env = Env::new();
+    let file = env.dag(
+        "hungry",
+        "steps:\n  - name: eat\n    type: docker\n    with:\n      image: localhost/trellis-test:latest\n      \
+         pull: never\n      mem_limit: 16m\n    \
+         command: sh -c 'x=$(head -c 200000000 /dev/zero | tr \"\\\\0\" a); echo ${#x}'\n",
+    );
+    start(&env, &podman, &file);
+    let run = status(&env, "hungry");
+    let eat = step(&run, "eat");
+    assert_eq!(eat["status"], "failed", "{run:#}");
+    let error = eat["error"].as_str().unwrap_or_default();
+    assert!(error.contains("out of memory"), "{eat:#}");
+}

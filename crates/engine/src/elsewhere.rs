@@ -32,7 +32,8 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
     let works = works(env, step);
     let try_no = record.retry_count + record.done_count;
     for (part, work) in works.into_iter().enumerate() {
-        let req = request(env, step, config, work, (try_no, part), stdout, stderr);
+        let mut req = request(env, step, config, work, (try_no, part), stdout, stderr);
+        req.record = recorder(env, record);
         let carried = record
             .handle
             .take()
@@ -58,13 +59,38 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
                 .map_err(|e| Error::SpawnFailed(e.0))?,
         };
         record.handle = Some(handle.clone());
-        let _ = env.started.send((env_index(record, env), handle.clone()));
+        let _ = env
+            .started
+            .send((env_index(record, env), handle.clone(), None));
         let outcome = executor.wait(&handle, &req, env.cancel.clone()).await;
         // The next command of the step is a new container.
         record.handle = None;
         judge(outcome, step, stderr, record)?;
     }
     Ok(0)
+}
+
+/// Records a handle in the run's store before the executor starts the work: the run
+/// loop writes it and answers once the write is done. Only for the run's own steps
+/// (handlers run after the run loop has stopped listening).
+fn recorder<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    record: &StepRecord,
+) -> Option<trellis_executor::Recorder> {
+    let index = env_index(record, env);
+    if index == usize::MAX {
+        return None;
+    }
+    let started = env.started.clone();
+    Some(std::sync::Arc::new(move |handle| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = started.send((index, handle, Some(tx)));
+        Box::pin(async move {
+            if sent.is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }))
 }
 
 /// The step's index in the run, for the run loop (handlers have none it records).
@@ -143,6 +169,7 @@ fn request<S: ?Sized, E>(
         grace: limits.grace,
         mask: env.mask.clone(),
         labels,
+        record: None,
     }
 }
 

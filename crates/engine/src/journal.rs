@@ -107,6 +107,16 @@ impl Journal {
         }
     }
 
+    /// Tells `done` once everything queued so far is written (or failed).
+    pub(crate) fn flush_then(&self, done: oneshot::Sender<()>) {
+        match self.inline {
+            Some(_) => {
+                let _ = done.send(());
+            }
+            None => self.enqueue(Op::Flush(done)),
+        }
+    }
+
     /// Waits until everything queued so far is written (or failed); the warnings so far.
     pub(crate) async fn flush(&self) -> Vec<String> {
         if self.inline.is_none() {

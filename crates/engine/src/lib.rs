@@ -362,7 +362,12 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
                 tokio::select! {
                     // Before any step's end: a step says where it runs before it ends.
                     biased;
-                    Some((i, handle)) = self.started.1.recv() => self.record_handle(run, i, handle),
+                    Some((i, handle, written)) = self.started.1.recv() => {
+                        self.record_handle(run, i, handle);
+                        if let Some(written) = written {
+                            self.journal.flush_then(written);
+                        }
+                    }
                     done = rx.recv() => break done,
                 }
             };
@@ -568,8 +573,13 @@ pub(crate) struct StepEnv<S: ?Sized, E> {
     run_container: Option<Arc<trellis_core::ExecutorConfig>>,
 }
 
-/// A step (by index) started where it runs, and how to find it again.
-type Started = (usize, trellis_executor::Handle);
+/// A step (by index) started where it runs, and how to find it again; the sender, when
+/// given, hears once the handle is written.
+type Started = (
+    usize,
+    trellis_executor::Handle,
+    Option<tokio::sync::oneshot::Sender<()>>,
+);
 type StartedTx = mpsc::UnboundedSender<Started>;
 
 enum Ready {

@@ -48,10 +48,13 @@ type Check = for<'a> fn(&'a Suite<'a>) -> crate::BoxFuture<'a, Result<(), String
 
 /// Runs every check; the first failure names its check.
 pub async fn run(suite: &Suite<'_>) -> Result<(), String> {
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("exit code and logs", |s| Box::pin(exit_code_and_logs(s))),
         ("find by name", |s| Box::pin(find_by_name(s))),
         ("reattach after a restart", |s| Box::pin(reattach(s))),
+        ("recorded, then the runner died", |s| {
+            Box::pin(recorded_not_started(s))
+        }),
         ("cancel and timeout stop", |s| Box::pin(stops(s))),
         ("a handle whose work is gone", |s| Box::pin(gone(s))),
         ("nothing left behind", |s| Box::pin(nothing_left(s))),
@@ -78,6 +81,7 @@ impl Suite<'_> {
             grace: Duration::from_secs(2),
             mask: None,
             labels: BTreeMap::from([("trellis.conformance".into(), self.prefix.into())]),
+            record: None,
         }
     }
 }
@@ -165,6 +169,34 @@ async fn reattach(s: &Suite<'_>) -> Result<(), String> {
     new.settle().await;
     expect("outcome", outcome, Outcome::Exited(0))?;
     expect("the whole log, once", read(&req.stdout), "one\ntwo\n")
+}
+
+/// The runner records the handle of created work and dies before starting it: a new
+/// runner waiting on that handle starts the work, once. (An executor that creates and
+/// starts in one call never records early, and passes.)
+async fn recorded_not_started(s: &Suite<'_>) -> Result<(), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut req = s.request("recorded", s.programs.print("once\n", "", 0));
+    req.record = Some(Arc::new(move |handle| {
+        let _ = tx.send(handle);
+        // The runner dies here: nothing after the record happens.
+        Box::pin(std::future::pending())
+    }));
+    let old = (s.make)();
+    let recorded = tokio::select! {
+        started = old.start(&req) => {
+            started.map_err(|e| format!("start: {}", e.0))?;
+            return Ok(());
+        }
+        handle = rx.recv() => handle.ok_or("no handle recorded")?,
+    };
+    drop(old);
+    req.record = None;
+    let new = (s.make)();
+    let outcome = new.wait(&recorded, &req, CancellationToken::new()).await;
+    new.settle().await;
+    expect("outcome", outcome, Outcome::Exited(0))?;
+    expect("stdout, once", read(&req.stdout), "once\n")
 }
 
 async fn stops(s: &Suite<'_>) -> Result<(), String> {

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, StartContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, StartContainerOptions,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::Outcome;
-use crate::docker_api::{call, copy_output, finished, follow_logs, is_status, remove, stop};
+use crate::docker_api::{call, copy_output, finished, follow_logs, remove, stop};
 use crate::docker_config::{Config, Level, Target};
 use crate::seam::{
     BoxFuture, Handle, Shared, SharedRequest, StartError, StepExecutor, StepRequest,
@@ -140,12 +140,18 @@ impl StepExecutor for Docker {
             if let Some(exec) = crate::docker_exec::exec_id(&req.name) {
                 return crate::docker_exec::find(&client, &host, exec).await;
             }
-            let found = call(
-                &host,
-                client.inspect_container(&req.name, None::<InspectContainerOptions>),
-            )
-            .await
-            .ok()?;
+            let found = match crate::docker_api::inspect(&client, &host, &req.name).await {
+                Ok(found) => found?,
+                Err(e) => {
+                    // Neither found nor known absent: starting anew could run the step
+                    // twice, so the step fails instead (and can be retried).
+                    tracing::error!(container = %req.name, "cannot tell whether the step's container exists: {e}");
+                    return Some(Handle {
+                        executor: "docker".into(),
+                        id: req.name.clone(),
+                    });
+                }
+            };
             Some(Handle {
                 executor: "docker".into(),
                 id: found.id?,
@@ -225,6 +231,11 @@ impl Docker {
         let id = self
             .create(client, host, &name, config, body, &req.labels)
             .await?;
+        req.record(&Handle {
+            executor: "docker".into(),
+            id: id.clone(),
+        })
+        .await;
         let attach = AttachContainerOptions {
             stream: true,
             stdout: true,
@@ -254,6 +265,37 @@ impl Docker {
         Ok(id)
     }
 
+    /// Starts a container that was created but never started (attached first, as in
+    /// `start_container`); `None` when it had started.
+    async fn start_created(
+        &self,
+        client: &bollard::Docker,
+        host: &str,
+        id: &str,
+    ) -> Result<Option<crate::docker::Output>, StartError> {
+        match crate::docker_api::state(client, host, id).await {
+            Ok(Some(state)) if state.created => {}
+            _ => return Ok(None),
+        }
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let output = call(host, client.attach_container(id, Some(attach)))
+            .await
+            .ok()
+            .map(|a| a.output);
+        call(
+            host,
+            client.start_container(id, None::<StartContainerOptions>),
+        )
+        .await
+        .map_err(|e| StartError(format!("cannot start container {id}: {e}")))?;
+        Ok(output)
+    }
+
     /// Creates a container named `name`. One of this run's that is in the way (a kept
     /// container of an earlier attempt of this try) is replaced: starting means new work,
     /// as a runner that died is resumed through `find`, not here. Anyone else's is not.
@@ -272,7 +314,7 @@ impl Docker {
         };
         let create = || client.create_container(Some(options.clone()), body.clone());
         let mut created = call(host, create()).await;
-        if matches!(&created, Err(e) if is_status(e, 409)) {
+        if matches!(&created, Err(e) if crate::docker_api::is_name_conflict(e)) {
             if !crate::docker_run::same_run(client, host, name, labels).await {
                 return Err(StartError(format!(
                     "a container named `{name}` already exists and is not this run's: remove it, or change `name`"
@@ -299,7 +341,25 @@ impl Docker {
         req: &StepRequest,
         cancel: CancellationToken,
     ) -> Outcome {
-        let attached = self.attached().remove(id);
+        let mut attached = self.attached().remove(id);
+        if attached.is_none() {
+            // Created and recorded by a runner that died before starting it.
+            match self.start_created(&client, host, id).await {
+                Ok(output) => attached = output,
+                Err(e) => return Outcome::SpawnFailed(e.0),
+            }
+        }
+        // A limit the step set is the one the OOM killer may enforce: watched on this
+        // machine (see `OomWatch`), at the cost of one more call.
+        let local = host.starts_with("unix://") || host.starts_with('/');
+        let pid = match config.mem_limit.is_some() && local {
+            true => match crate::docker_api::state(&client, host, id).await {
+                Ok(Some(state)) => state.pid,
+                _ => 0,
+            },
+            false => 0,
+        };
+        let mut oom = crate::docker_api::OomWatch::open(pid);
         let follow = async {
             match attached {
                 Some(output) => copy_output(output, req, (0, 0)).await,
@@ -320,7 +380,7 @@ impl Docker {
             stop(&client, id, req.stop_signal, req.grace).await;
             tracing::debug!(container = %id, "stopped: {stopped:?}");
         }
-        let outcome = finished(&client, host, id).await;
+        let outcome = finished(&client, host, id, &mut oom).await;
         if config.auto_remove {
             // Off the step's path: Podman holds a removal until its cleanup process
             // is done (about 150 ms); `settle` waits for what is still going.

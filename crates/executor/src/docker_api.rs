@@ -280,7 +280,12 @@ pub(crate) async fn running(client: &bollard::Docker, id: &str) -> bool {
 
 /// How the container ended, once it has: its exit code, or "out of memory". Polled, not
 /// `/wait`: Podman answers a wait up to its poll interval (250 ms) after the exit.
-pub(crate) async fn finished(client: &bollard::Docker, host: &str, id: &str) -> Outcome {
+pub(crate) async fn finished(
+    client: &bollard::Docker,
+    host: &str,
+    id: &str,
+    oom: &mut OomWatch,
+) -> Outcome {
     for waits in 0u32.. {
         let state = match state(client, host, id).await {
             Ok(Some(state)) => state,
@@ -294,7 +299,8 @@ pub(crate) async fn finished(client: &bollard::Docker, host: &str, id: &str) -> 
         };
         if !state.running {
             let code = state.exit_code as i32;
-            if state.oom_killed {
+
+            if state.oom_killed || (code == 137 && oom.killed()) {
                 return Outcome::Failed {
                     code: Some(code),
                     reason: "out of memory: the container was killed by the OOM killer".into(),
@@ -307,6 +313,52 @@ pub(crate) async fn finished(client: &bollard::Docker, host: &str, id: &str) -> 
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     unreachable!("the loop above returns")
+}
+
+/// Whether the OOM killer struck in a container's memory cgroup, read from the cgroup's
+/// own counter (`oom_kill` in cgroup v2's `memory.events`, v1's `memory.oom_control`).
+/// Docker reports that as `OOMKilled`; Podman on cgroup v1 does not, so the executor
+/// opens the counter while the container runs (on this machine) and reads it at the end.
+pub(crate) struct OomWatch(Option<std::fs::File>);
+
+impl OomWatch {
+    pub(crate) fn open(pid: i64) -> OomWatch {
+        let file = (pid > 0)
+            .then(|| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+            .flatten()
+            .and_then(|groups| {
+                groups.lines().find_map(|line| {
+                    let mut parts = line.splitn(3, ':');
+                    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                    let file = match controllers {
+                        "" => format!("/sys/fs/cgroup{path}/memory.events"),
+                        c if c.split(',').any(|c| c == "memory") => {
+                            format!("/sys/fs/cgroup/memory{path}/memory.oom_control")
+                        }
+                        _ => return None,
+                    };
+                    std::fs::File::open(file).ok()
+                })
+            });
+        OomWatch(file)
+    }
+
+    /// Whether the counter shows a kill (false when it cannot be read).
+    pub(crate) fn killed(&mut self) -> bool {
+        use std::io::{Read, Seek};
+        let Some(file) = &mut self.0 else {
+            return false;
+        };
+        let mut text = String::new();
+        if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+            return false;
+        }
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    }
 }
 
 /// A container's state: `None` when there is no such container.
@@ -342,6 +394,11 @@ pub(crate) async fn typed_state(
                 running: state.running == Some(true),
                 exit_code: state.exit_code.unwrap_or(-1),
                 oom_killed: state.oom_killed == Some(true),
+                created: matches!(
+                    state.status,
+                    Some(bollard::models::ContainerStateStatusEnum::CREATED)
+                ),
+                pid: state.pid.unwrap_or(0),
             }))
         }
         Err(e) if is_status(&e, 404) => Ok(None),
@@ -357,7 +414,48 @@ pub(crate) async fn remove(
         force: true,
         ..Default::default()
     };
-    client.remove_container(id, Some(options)).await
+    // A busy service can fail a removal (its locks, a cleanup under way): tried again,
+    // as a container left behind is a leak nobody sees.
+    let mut tries = 0;
+    loop {
+        match client.remove_container(id, Some(options.clone())).await {
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) if tries < 5 => {
+                tracing::debug!(container = id, "removal failed, trying again: {e}");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Inspects a container by name or id: `Ok(None)` only when there is none (404); other
+/// failures (a busy service) are tried again before they are returned, since "not
+/// there" leads to starting new work and a wrong "not there" would run a step twice.
+pub(crate) async fn inspect(
+    client: &bollard::Docker,
+    host: &str,
+    name: &str,
+) -> Result<Option<bollard::models::ContainerInspectResponse>, bollard::errors::Error> {
+    let mut tries = 0;
+    loop {
+        match call(
+            host,
+            client.inspect_container(name, None::<InspectContainerOptions>),
+        )
+        .await
+        {
+            Ok(found) => return Ok(Some(found)),
+            Err(e) if is_status(&e, 404) => return Ok(None),
+            Err(e) if tries < 5 => {
+                tracing::debug!(container = name, "inspect failed, trying again: {e}");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub(crate) async fn call<T>(
@@ -372,6 +470,18 @@ pub(crate) async fn call<T>(
                 format!("{host} did not answer in {} s", CALL_TIMEOUT.as_secs()),
             ),
         }),
+    }
+}
+
+/// Whether creating failed because the name is taken: 409 from Docker, 500 with "already
+/// in use" from Podman.
+pub(crate) fn is_name_conflict(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 409 || (*status_code == 500 && message.contains("already in use")),
+        _ => false,
     }
 }
 

@@ -53,17 +53,39 @@ pub(crate) async fn start(
     let created = call(host, client.create_exec(container, options))
         .await
         .map_err(|e| StartError(format!("cannot exec into container `{container}`: {e}")))?;
-    let started = call(
-        host,
-        client.start_exec(&created.id, None::<StartExecOptions>),
-    )
-    .await
-    .map_err(|e| StartError(format!("cannot exec into container `{container}`: {e}")))?;
     let id = format!("{PREFIX}{}", created.id);
-    if let StartExecResults::Attached { output, .. } = started {
-        docker.attached().insert(id.clone(), output);
-    }
+    // Recorded before it starts: an exec has no name to be found by after a crash.
+    req.record(&Handle {
+        executor: "docker".into(),
+        id: id.clone(),
+    })
+    .await;
+    start_created(docker, client, host, &created.id)
+        .await
+        .map_err(|e| StartError(format!("cannot exec into container `{container}`: {e}")))?;
     Ok(id)
+}
+
+/// Starts a created exec, attached.
+async fn start_created(
+    docker: &Docker,
+    client: &bollard::Docker,
+    host: &str,
+    exec: &str,
+) -> Result<(), bollard::errors::Error> {
+    let started = call(host, client.start_exec(exec, None::<StartExecOptions>)).await?;
+    if let StartExecResults::Attached { output, .. } = started {
+        docker.attached().insert(format!("{PREFIX}{exec}"), output);
+    }
+    Ok(())
+}
+
+/// Whether an exec was created and never started (its runner died in between).
+async fn never_started(client: &bollard::Docker, host: &str, exec: &str) -> bool {
+    matches!(
+        call(host, client.inspect_exec(exec)).await,
+        Ok(e) if e.running != Some(true) && e.pid.unwrap_or(0) == 0
+    )
 }
 
 /// Waits up to [`RUNNING_WAIT`] for `container` to be running; one that does not exist
@@ -117,7 +139,15 @@ pub(crate) async fn wait(
     req: &StepRequest,
     cancel: CancellationToken,
 ) -> Outcome {
-    let attached = docker.attached().remove(&format!("{PREFIX}{exec}"));
+    let key = format!("{PREFIX}{exec}");
+    let held = docker.attached().contains_key(&key);
+    if !held
+        && never_started(client, host, exec).await
+        && let Err(e) = start_created(docker, client, host, exec).await
+    {
+        return Outcome::SpawnFailed(format!("cannot start exec {exec}: {e}"));
+    }
+    let attached = docker.attached().remove(&key);
     let follow = async {
         match attached {
             Some(output) => copy_output(output, req, (0, 0)).await,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use bollard::query_parameters::{InspectContainerOptions, LogsOptions, StartContainerOptions};
+use bollard::query_parameters::{LogsOptions, StartContainerOptions};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -79,12 +79,9 @@ async fn resumed(
     name: &str,
     req: &SharedRequest,
 ) -> Option<String> {
-    let found = call(
-        host,
-        client.inspect_container(name, None::<InspectContainerOptions>),
-    )
-    .await
-    .ok()?;
+    let found = crate::docker_api::inspect(client, host, name)
+        .await
+        .ok()??;
     let labels = found.config.as_ref()?.labels.as_ref()?;
     let ours = labels.get("trellis.run_id") == req.labels.get("trellis.run_id");
     let running = found.state.as_ref()?.running == Some(true);
@@ -201,12 +198,7 @@ pub(crate) async fn same_run(
     name: &str,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    let Ok(found) = call(
-        host,
-        client.inspect_container(name, None::<InspectContainerOptions>),
-    )
-    .await
-    else {
+    let Ok(Some(found)) = crate::docker_api::inspect(client, host, name).await else {
         return false;
     };
     let theirs = found

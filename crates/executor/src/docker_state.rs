@@ -12,6 +12,10 @@ pub(crate) struct State {
     pub running: bool,
     pub exit_code: i64,
     pub oom_killed: bool,
+    /// Created and never started.
+    pub created: bool,
+    /// The container's first process, as this machine numbers it (0 when not running).
+    pub pid: i64,
 }
 
 /// `None` when no such container exists.
@@ -43,5 +47,7 @@ pub(crate) async fn inspect(socket: &str, id: &str) -> io::Result<Option<State>>
             && !matches!(status, "stopped" | "exited" | "dead"),
         exit_code: state["ExitCode"].as_i64().unwrap_or(-1),
         oom_killed: state["OOMKilled"].as_bool().unwrap_or(false),
+        created: status == "created" || status == "configured",
+        pid: state["Pid"].as_i64().unwrap_or(0),
     }))
 }

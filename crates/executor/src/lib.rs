@@ -28,8 +28,8 @@ mod spawn;
 pub use docker::Docker;
 pub use mask::{MASKED, Mask};
 pub use seam::{
-    BoxFuture, Handle, Registry, Shared, SharedRequest, StartError, StepExecutor, StepRequest,
-    Work, check_dag_option, check_step, external_name,
+    BoxFuture, Handle, Recorder, Registry, Shared, SharedRequest, StartError, StepExecutor,
+    StepRequest, Work, check_dag_option, check_step, external_name,
 };
 
 /// What to run and where its output goes.

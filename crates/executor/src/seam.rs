@@ -46,7 +46,7 @@ pub enum Work {
 }
 
 /// One try of one step, for an executor.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StepRequest {
     /// A deterministic name for what the executor creates (run, attempt, step, try), so
     /// that a crash between starting and recording the handle is recovered by name.
@@ -66,6 +66,34 @@ pub struct StepRequest {
     pub mask: Option<Arc<Mask>>,
     /// Labels the executor puts on what it creates (run id, step), for people and lookups.
     pub labels: BTreeMap<String, String>,
+    /// Records a handle durably: an executor that can create its work before starting it
+    /// calls this in between, so a runner that dies at any moment leaves a handle of work
+    /// that either never started (and is started on resume) or runs (and is followed).
+    pub record: Option<Recorder>,
+}
+
+impl std::fmt::Debug for StepRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepRequest")
+            .field("name", &self.name)
+            .field("work", &self.work)
+            .field("config", &self.config)
+            .field("timeout", &self.timeout)
+            .field("record", &StepRequestRecorder(&self.record))
+            .finish_non_exhaustive()
+    }
+}
+
+/// See [`StepRequest::record`].
+pub type Recorder = Arc<dyn Fn(Handle) -> BoxFuture<'static, ()> + Send + Sync>;
+
+impl StepRequest {
+    /// Records `handle` through [`StepRequest::record`], when there is a recorder.
+    pub async fn record(&self, handle: &Handle) {
+        if let Some(record) = &self.record {
+            record(handle.clone()).await;
+        }
+    }
 }
 
 /// The place every step of a run shares (Dagu's DAG-level `container:`), asked for once
@@ -198,6 +226,19 @@ impl Default for Registry {
         Registry::builtin()
     }
 }
+
+impl std::fmt::Debug for StepRequestRecorder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(recorder)"
+        } else {
+            "None"
+        })
+    }
+}
+
+/// Debug for the recorder field.
+pub(crate) struct StepRequestRecorder<'a>(pub &'a Option<Recorder>);
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

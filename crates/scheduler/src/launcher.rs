@@ -180,6 +180,7 @@ impl RunLauncher {
                 ("trellis.dag".to_string(), launch.dag.to_string()),
                 ("trellis.run_id".to_string(), launch.run_id.to_string()),
             ]),
+            record: None,
         })
     }
 

@@ -41,10 +41,16 @@ impl Podman {
             .prefix("trellis-podman-")
             .tempdir()?;
         let base = dir.path();
+        // Its own tmp dir: the default, /run/libpod, is shared by every service on the
+        // machine, and one test's reset would pull it from under another's.
         fs::write(
             base.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\nnetns = \"host\"\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\nnetns = \"host\"\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 tmp_dir = \"{}/tmp\"\n",
+                base.display()
+            ),
         )?;
         fs::write(
             base.join("storage.conf"),
