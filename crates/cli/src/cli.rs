@@ -579,6 +579,10 @@ pub struct ValidateArgs {
     /// Print only errors, not warnings or "ok" lines.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also check that what the steps need answers now (the Docker API of docker steps
+    /// and of a DAG-level container); an unreachable one is a warning.
+    #[arg(long)]
+    pub check_runtime: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -158,6 +158,26 @@ fn a_timed_out_or_unreachable_docker_step_fails_clearly() {
         .unwrap_or_default()
         .to_string();
     assert!(error.contains(&gone.display().to_string()), "{error}");
+
+    // `validate --check-runtime` says so before any run; with the API up it says nothing.
+    let check = |host: &str| {
+        let out = env
+            .trellis()
+            .args(["validate", "--check-runtime"])
+            .arg(&file)
+            .env("DOCKER_HOST", host)
+            .output()
+            .expect("validate");
+        assert_eq!(out.status.code(), Some(0), "a warning, not an error");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let said = check(&format!("unix://{}", gone.display()));
+    assert!(
+        said.contains("step `wait` needs docker") && said.contains(&gone.display().to_string()),
+        "{said}"
+    );
+    let said = check(&podman.docker_host());
+    assert!(!said.contains("warning"), "{said}");
 }
 
 /// A step type no executor serves, or a DAG-level `container:` option not acted on, is

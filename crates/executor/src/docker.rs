@@ -191,6 +191,20 @@ impl StepExecutor for Docker {
         })
     }
 
+    fn probe<'a>(&'a self, config: &'a serde_json::Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let config = Config::parse_at(config, Level::Run)?;
+            let (host, client) = self.client(&config).map_err(|e| e.0)?;
+            match tokio::time::timeout(Duration::from_secs(5), client.ping()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("the Docker API at {host} does not answer: {e}")),
+                Err(_) => Err(format!(
+                    "the Docker API at {host} did not answer within 5 s"
+                )),
+            }
+        })
+    }
+
     fn check_shared(&self, config: &serde_json::Value) -> Result<(), String> {
         Config::parse_at(config, Level::Run).map(|_| ())
     }

@@ -154,6 +154,12 @@ pub trait StepExecutor: Send + Sync {
         Box::pin(async {})
     }
 
+    /// Whether what the options name can be reached now (the Docker API answers), for
+    /// `trellis validate --check-runtime`.
+    fn probe<'a>(&'a self, _config: &'a serde_json::Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Checks DAG-level options for a place every step of a run shares.
     fn check_shared(&self, _config: &serde_json::Value) -> Result<(), String> {
         Err(format!("`{}` cannot hold a whole run", self.kind()))
