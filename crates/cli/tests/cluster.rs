@@ -49,7 +49,14 @@ impl Cluster {
     }
 
     fn add_worker(&mut self, id: &str, labels: &str, slots: u32) {
+        self.add_worker_with(id, labels, slots, &[]);
+    }
+
+    fn add_worker_with(&mut self, id: &str, labels: &str, slots: u32, vars: &[(&str, &str)]) {
         let slots = slots.to_string();
+        let dir = self.env.work.path().display().to_string();
+        let mut vars = vars.to_vec();
+        vars.push(("DIR", &dir));
         let worker = Proc::spawn_with(
             &self.env,
             &[
@@ -66,7 +73,7 @@ impl Cluster {
                 "30",
             ],
             "registered with the coordinator",
-            &[("DIR", &self.env.work.path().display().to_string())],
+            &vars,
         );
         self.workers.insert(id.to_string(), worker);
     }
@@ -656,4 +663,70 @@ fn walk(root: &std::path::Path, name: &str) -> std::path::PathBuf {
         }
     }
     panic!("no {name} under {}", root.display())
+}
+
+/// SIGTERM of a worker whose run is in a docker step: the worker leaves at once without
+/// stopping the container and hands the run back; the next worker resumes the run and
+/// reattaches to that container (one container, the step run once).
+#[test]
+fn a_drained_worker_leaves_its_containers_to_the_next_worker() {
+    use trellis_testdb::podman::Podman;
+    if !Podman::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "podman must be installed in CI"
+        );
+        return;
+    }
+    let podman = Podman::start().expect("start podman");
+    let host = podman.docker_host();
+    let mut cluster = Cluster::start(&[], "", &[]);
+    cluster.add_worker_with("w-c", "pool=c", 1, &[("DOCKER_HOST", &host)]);
+    let shared = cluster.env.path("shared");
+    std::fs::create_dir_all(&shared).expect("shared");
+    let yaml = format!(
+        "worker_selector: {{pool: c}}\nsteps:\n  - name: boxed\n    type: docker\n    with:\n      \
+         image: {}\n      pull: never\n      volumes: [\"{}:/shared\"]\n    \
+         command: sh -c 'echo started >> /shared/starts; while [ ! -f /shared/go ]; do sleep 0.1; done; echo done'\n",
+        Podman::IMAGE,
+        shared.display()
+    );
+    cluster.dag("boxed", &yaml);
+    let run = cluster.enqueue("boxed");
+    wait_for(60, "the container to start", || {
+        std::fs::read_to_string(shared.join("starts"))
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    cluster.wait_run("boxed", &run, 30, "the handle to be recorded", |s| {
+        s["steps"][0]["status"] == "running"
+    });
+    let worker = cluster.workers.get_mut("w-c").expect("w-c");
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    let exit = wait_for(
+        20,
+        "the worker to leave without waiting for its run",
+        || worker.child.try_wait().ok().flatten(),
+    );
+    assert!(exit.success(), "{}", worker.output());
+    assert!(worker.said("leaving 1 run(s)"), "{}", worker.output());
+    assert_eq!(podman.containers().len(), 1, "the container runs on");
+
+    cluster.add_worker_with("w-e", "pool=c", 1, &[("DOCKER_HOST", &host)]);
+    std::fs::write(shared.join("go"), "").expect("go");
+    let done = cluster.finished("boxed", &run, 60);
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", cluster.logs());
+    let starts = std::fs::read_to_string(shared.join("starts")).unwrap_or_default();
+    assert_eq!(starts.lines().count(), 1, "the step ran once");
+    assert_eq!(step_workers(&done), vec![Some("w-e".to_string())]);
+    let log = cluster
+        .env
+        .trellis()
+        .args(["logs", "boxed", "--step", "boxed"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "done\n");
+    wait_for(30, "the container to be removed", || {
+        podman.containers().is_empty().then_some(())
+    });
 }

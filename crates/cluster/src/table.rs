@@ -257,6 +257,21 @@ impl Table {
     }
 
     /// Whether `token` is the live claim of `task_id` by `worker`.
+    /// A worker leaving hands back a task it claimed (its steps run on without it): the
+    /// task is pending again as the same attempt, to be resumed by the next worker.
+    pub fn release(&mut self, task_id: &str, worker: &str, token: &str, now_ms: i64) -> bool {
+        if !self.owns(task_id, worker, token) {
+            return false;
+        }
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return false;
+        };
+        task.spec.existing_run = true;
+        task.spec.queued_ms = now_ms;
+        task.phase = Phase::pending();
+        true
+    }
+
     pub fn owns(&self, task_id: &str, worker: &str, token: &str) -> bool {
         matches!(
             self.tasks.get(task_id).map(|t| &t.phase),

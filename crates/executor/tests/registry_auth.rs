@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_executor::{Docker, StepExecutor, StepRequest, Work};
 
+/// Each pull's request line and auth header.
+type Pulls = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Answers image inspects with 404 and pulls with 500, keeping each pull's auth header.
-async fn serve(
-    listener: tokio::net::UnixListener,
-    pulls: Arc<Mutex<Vec<(String, Option<String>)>>>,
-) {
+async fn serve(listener: tokio::net::UnixListener, pulls: Pulls) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             return;

@@ -405,7 +405,31 @@ impl Coordinator for Service {
         request: Request<proto::DeregisterRequest>,
     ) -> Result<Response<proto::DeregisterResponse>, Status> {
         self.caller(&request, &request.get_ref().worker_id)?;
-        let id = request.into_inner().worker_id;
+        let req = request.into_inner();
+        let id = req.worker_id;
+        let now = jiff::Timestamp::now().as_millisecond();
+        for task in &req.released {
+            let released = self
+                .0
+                .table()
+                .release(&task.task_id, &id, &task.claim_token, now);
+            let spec = self.0.table().get(&task.task_id).map(|t| t.spec.clone());
+            if let (true, Some(spec)) = (released, spec) {
+                let msg = format!(
+                    "worker {id} left while its steps run on; queued for another worker to resume"
+                );
+                crate::coordinator::upkeep::settle(
+                    &self.0,
+                    &spec,
+                    trellis_core::status::Status::Queued,
+                    &msg,
+                );
+                crate::coordinator::upkeep::persist(&self.0, &task.task_id);
+            }
+        }
+        if !req.released.is_empty() {
+            self.0.wake.notify_waiters();
+        }
         if self.0.workers().remove(&id).is_some() {
             tracing::info!("coordinator: worker {id} left");
         }

@@ -256,7 +256,7 @@ fn ended_any(coord: &Coord, dag: &str, run_id: &str) -> bool {
     matches!(coord.store.find(dag, run_id), Ok(Some(run)) if run.status.is_final())
 }
 
-fn persist(coord: &Coord, task_id: &str) {
+pub(crate) fn persist(coord: &Coord, task_id: &str) {
     let task = coord.table().get(task_id).cloned();
     if let Some(task) = task
         && let Err(e) = coord.tasks.write(&task)

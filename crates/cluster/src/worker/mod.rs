@@ -180,13 +180,26 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate
     let registry = tokio::spawn(registry_loop(worker.clone(), stop_link.clone()));
     let slots = Arc::new(Semaphore::new(worker.opts.max_active_runs.max(1) as usize));
     poll_loop(worker.clone(), slots.clone(), shutdown.clone()).await;
-    drain(&worker, &slots).await;
+    let released = match shared_nothing {
+        // A shared-nothing worker's records are its own: nobody else could resume.
+        true => Vec::new(),
+        false => movable(&worker),
+    };
+    drain(&worker, &slots, &released).await;
     stop_link.cancel();
     let _ = link.await;
     let _ = registry.await;
     if let Some(mut client) = worker.client() {
+        if !released.is_empty() {
+            tracing::info!(
+                "worker {}: leaving {} run(s) whose steps run on in containers to another worker",
+                worker.opts.id,
+                released.len()
+            );
+        }
         let req = proto::DeregisterRequest {
             worker_id: worker.opts.id.clone(),
+            released,
         };
         let _ = client.deregister(req).await;
     }
@@ -195,10 +208,38 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate
     Ok(())
 }
 
-/// Waits for running tasks up to the grace period, then cancels what is left.
-async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
-    let total = worker.opts.max_active_runs.max(1);
-    let busy = total as usize - slots.available_permits();
+/// Runs that can move to another worker as they are: every step running now runs where
+/// it outlives this process (a container) and is recorded with its handle.
+fn movable(worker: &Worker) -> Vec<proto::RunningTask> {
+    use trellis_store::Store;
+    let running: Vec<proto::RunningTask> = worker
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|r| r.info.clone())
+        .collect();
+    running
+        .into_iter()
+        .filter(|task| {
+            let Ok(Some(run)) = worker.relay.find(&task.dag_name, &task.run_id) else {
+                return false;
+            };
+            let mut live = run
+                .steps
+                .iter()
+                .filter(|s| s.status == trellis_core::status::Status::Running)
+                .peekable();
+            live.peek().is_some() && live.all(|s| s.handle.is_some())
+        })
+        .collect()
+}
+
+/// Waits for running tasks up to the grace period, then cancels what is left; runs
+/// `released` to another worker are neither waited for nor cancelled.
+async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>, released: &[proto::RunningTask]) {
+    let total = (worker.opts.max_active_runs.max(1) as usize).saturating_sub(released.len()) as u32;
+    let busy = (total as usize).saturating_sub(slots.available_permits());
     if busy > 0 {
         tracing::info!(
             "worker {}: draining {busy} running task(s) (up to {} s)",
@@ -220,6 +261,7 @@ async fn drain(worker: &Arc<Worker>, slots: &Arc<Semaphore>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .filter(|r| !released.iter().any(|t| t.task_id == r.info.task_id))
         {
             r.cancel.cancel();
         }

@@ -137,6 +137,29 @@ pub(super) async fn accept(
     });
 }
 
+/// A task queued again (its worker left or went silent) resumes from the run's record:
+/// what succeeded is kept, and steps whose work outlived that worker (containers, with
+/// handles) are reattached to instead of started again.
+fn resume_of(worker: &Worker, task: &proto::Task) -> Option<trellis_engine::Retry> {
+    use trellis_store::Store;
+    if !task.existing_run || parent_of(task).is_some() {
+        return None;
+    }
+    let run = worker
+        .relay
+        .find(&task.dag_name, &task.run_id)
+        .ok()
+        .flatten()?;
+    let progressed = run
+        .steps
+        .iter()
+        .any(|s| s.status != trellis_core::status::Status::NotStarted);
+    progressed.then_some(trellis_engine::Retry {
+        previous: run,
+        from_step: None,
+    })
+}
+
 /// Runs the task's DAG with the engine. `Err` says why it could not start (the coordinator
 /// records the run as failed with it).
 async fn execute(
@@ -155,7 +178,7 @@ async fn execute(
         params,
         run_id: task.run_id.clone().into(),
         parent: parent_of(task).map(|p| p.attempt()),
-        retry: None,
+        retry: resume_of(worker, task),
         env: task.env.clone().into_iter().collect(),
         queued: task.existing_run,
     };
