@@ -156,19 +156,9 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let base = &self.opts.base_env;
         resolve_env(&req, &scope, &*self.exec, base, &attempt, &cancel).await;
         // After `env:`, so no backtick command there can read a secret.
-        let (mask, mut secret_error) = match resolve_secrets(&req.dag, &scope) {
+        let (mask, secret_error) = match resolve_secrets(&req.dag, &scope) {
             Ok(mask) => (mask, None),
             Err(e) => (None, Some(e)),
-        };
-        let registry = &self.opts.executors;
-        let run_container = match secret_error {
-            Some(_) => None,
-            None => run_container::open(&req.dag, registry, &attempt, &scope, &cancel)
-                .await
-                .unwrap_or_else(|e| {
-                    secret_error = Some(e);
-                    None
-                }),
         };
         if let Some(retry) = &req.retry {
             keep_settled(&req.dag, retry, &mut run, &scope);
@@ -187,12 +177,13 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
             mask,
             secret_error,
             started: mpsc::unbounded_channel(),
-            run_container: run_container.as_ref().map(|c| c.step.clone()),
+            container: None,
+            run_container: None,
         };
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
         ctx.handlers(&mut run).await;
-        if let Some(container) = run_container {
+        if let Some(container) = ctx.container.take() {
             container.close().await;
         }
         // Containers of finished steps, removed in the background, are gone before the
@@ -232,10 +223,11 @@ pub(crate) struct RunCtx<S: ?Sized, E> {
     unmet_precondition: bool,
     /// The run's secret values, masked in what its steps leave behind.
     mask: Option<Arc<trellis_executor::Mask>>,
-    /// Why a secret could not be resolved, or the run's container not started: the run
-    /// fails before any step.
+    /// Why a secret could not be resolved: the run fails before any step.
     secret_error: Option<String>,
-    /// The `type`/`with:` of steps that run in the DAG-level `container:`.
+    /// The DAG-level `container:`, once open (after the DAG's preconditions hold).
+    container: Option<run_container::RunContainer>,
+    /// The `type`/`with:` of steps that run in it.
     run_container: Option<Arc<trellis_core::ExecutorConfig>>,
     /// Handles of started steps, from their tasks (see [`StepEnv::started`]).
     started: (StartedTx, mpsc::UnboundedReceiver<Started>),
@@ -261,6 +253,25 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             run.error = Some(format!("precondition not met: {reason}"));
             self.unmet_precondition = true;
             return Status::Aborted;
+        }
+        let registry = &self.engine.opts.executors;
+        match run_container::open(
+            &self.dag,
+            registry,
+            &self.attempt,
+            &self.scope,
+            &self.cancel,
+        )
+        .await
+        {
+            Ok(container) => {
+                self.run_container = container.as_ref().map(|c| c.step.clone());
+                self.container = container;
+            }
+            Err(error) => {
+                run.error = Some(error);
+                return Status::Failed;
+            }
         }
         if let Some(init) = self.dag.handlers.init.clone() {
             let rec = self
