@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Container steps against the Podman CLI (Python 3.11, standard library only).
 
-    python3 bench/containers.py --bin target/release/trellis [--steps 20] [--runs 3]
+    python3 bench/containers.py --bin target/release/trellis [--steps 20] [--runs 3] [--run-container]
 
 Starts its own Podman service (Docker Engine API on a unix socket, runc, cgroupfs, its own
 storage in a temp dir, as crates/testdb/src/podman.rs does) and imports one image from the
@@ -10,6 +10,10 @@ host's static busybox: no registry. Then, alternating, for each run:
 - trellis: `trellis start` of a DAG of N `type: docker` steps running `true` in that image
   (a chain: each step is created, started, followed, inspected and removed through the API);
 - floor: a shell loop of `podman run --rm IMAGE true`, N times (the Podman CLI, no service).
+
+With `--run-container` the DAG has a DAG-level `container:` and N command steps exec'd into
+it, and the floor is the CLI doing the same: `podman run -d`, N × `podman exec ID true`,
+`podman rm -f`.
 
 Prints a table of wall times (median, min) and the ratio, and each step's start-to-end
 time from the run's records (p50 and p99 over all steps of all runs). Needs root and the
@@ -80,7 +84,11 @@ def setup(base: Path) -> subprocess.Popen:
     raise SystemExit("podman service did not start")
 
 
-def dag(n: int) -> str:
+def dag(n: int, shared: bool) -> str:
+    if shared:
+        lines = ["name: boxes", "container:", f"  image: \"{IMAGE}\"", "  pull_policy: never", "steps:"]
+        lines += [f"  - name: c{i}\n    command: \"true\"" for i in range(n)]
+        return "\n".join(lines) + "\n"
     lines = ["name: boxes", "steps:"]
     for i in range(n):
         lines += [f"  - name: c{i}", "    type: docker", f"    with: {{image: \"{IMAGE}\", pull: never}}",
@@ -106,12 +114,13 @@ def main() -> int:
     ap.add_argument("--bin", default="target/release/trellis")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--run-container", action="store_true", help="one DAG-level container, steps exec'd in")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="trellis-bench-podman-"))
     service = setup(base)
     env = podman_env(base)
     wf = base / "boxes.yaml"
-    wf.write_text(dag(args.steps))
+    wf.write_text(dag(args.steps, args.run_container))
     trellis, floor, per_step = [], [], []
     try:
         for r in range(args.runs):
@@ -126,6 +135,9 @@ def main() -> int:
             per_step += step_times(args.bin, tenv)
             t0 = time.perf_counter()
             loop = f"for i in $(seq {args.steps}); do podman run --rm {IMAGE} true || exit 1; done"
+            if args.run_container:
+                loop = (f"id=$(podman run -d {IMAGE} sleep 600) && for i in $(seq {args.steps}); "
+                        f"do podman exec $id true || exit 1; done; podman rm -f -t 0 $id >/dev/null")
             subprocess.run(["bash", "-c", loop], env=env, check=True)
             floor.append(time.perf_counter() - t0)
             print(f"  run {r + 1}/{args.runs}: trellis {trellis[-1]:.2f} s, podman loop {floor[-1]:.2f} s",
@@ -137,12 +149,14 @@ def main() -> int:
     med = statistics.median
     per_step.sort()
     p99 = per_step[min(len(per_step) - 1, int(len(per_step) * 0.99))]
-    print(f"\n{args.steps} `true` containers in a chain, {args.runs} runs each, alternating.\n")
+    what = "`true` steps exec'd into one container" if args.run_container else "`true` containers"
+    floor_name = "`podman run -d` + `podman exec` loop" if args.run_container else "`podman run --rm` loop"
+    print(f"\n{args.steps} {what} in a chain, {args.runs} runs each, alternating.\n")
     print("| | median | min | ratio to the CLI loop (median) | step start to end p50 | p99 |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| trellis (Docker API) | {med(trellis):.2f} s | {min(trellis):.2f} s | "
           f"{med(trellis) / med(floor):.2f}× | {med(per_step) * 1e3:.0f} ms | {p99 * 1e3:.0f} ms |")
-    print(f"| `podman run --rm` loop | {med(floor):.2f} s | {min(floor):.2f} s | 1.00× | — | — |")
+    print(f"| {floor_name} | {med(floor):.2f} s | {min(floor):.2f} s | 1.00× | — | — |")
     return 0
 
 

@@ -28,6 +28,7 @@ impl<C: Clock + 'static> Leader<C> {
                 slot,
                 cancel: CancellationToken::new(),
                 task: Some(task),
+                contained: false,
             },
         );
     }
@@ -41,6 +42,7 @@ impl<C: Clock + 'static> Leader<C> {
                     slot: run.slot,
                     cancel: CancellationToken::new(),
                     task: Some(run.task_id),
+                    contained: false,
                 },
             );
         }

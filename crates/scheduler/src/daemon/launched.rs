@@ -92,11 +92,12 @@ impl<C: Clock + 'static> Leader<C> {
                 slot,
                 cancel: cancel.clone(),
                 task: None,
+                contained: true,
             },
         );
         let (store, done) = (self.store.clone(), self.done.clone());
-        self.tasks.retain(|t| !t.is_finished());
-        self.tasks.push(tokio::spawn(async move {
+        self.followers.retain(|t| !t.is_finished());
+        self.followers.push(tokio::spawn(async move {
             let outcome = container(&req, start, cancel).await;
             let reason = match &outcome {
                 Outcome::Exited(0) => None,

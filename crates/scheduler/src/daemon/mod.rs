@@ -52,6 +52,8 @@ struct Active {
     cancel: CancellationToken,
     /// The task file of a run handed to a worker.
     task: Option<String>,
+    /// Runs in a container of its own (the run launcher): it outlives this scheduler.
+    contained: bool,
 }
 
 struct Leader<C> {
@@ -78,6 +80,8 @@ struct Leader<C> {
     started: Timestamp,
     done: mpsc::UnboundedSender<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tasks following launched containers: dropped at shutdown, the containers go on.
+    followers: Vec<tokio::task::JoinHandle<()>>,
     /// DAG-level `retry_policy`: re-runs due, and how many each run has had.
     retries: Vec<(Timestamp, String, String)>,
     retried: HashMap<String, u32>,
@@ -134,6 +138,7 @@ pub async fn run<C: Clock + 'static>(
         started,
         done: done_tx,
         tasks: Vec::new(),
+        followers: Vec::new(),
         retries: Vec::new(),
         retried: HashMap::new(),
     };
@@ -195,8 +200,12 @@ impl<C: Clock + 'static> Leader<C> {
                 _ = shutdown.cancelled() => break,
             }
         }
-        for active in self.active.values() {
+        for active in self.active.values().filter(|a| !a.contained) {
             active.cancel.cancel();
+        }
+        // A run in its own container carries on; the next leader follows it.
+        for follower in self.followers.drain(..) {
+            follower.abort();
         }
         for task in self.tasks.drain(..) {
             let _ = task.await;

@@ -128,6 +128,7 @@ impl<C: Clock + 'static> Leader<C> {
                 slot,
                 cancel: cancel.clone(),
                 task: None,
+                contained: false,
             },
         );
         let env = item
