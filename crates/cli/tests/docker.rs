@@ -428,11 +428,31 @@ fn a_killed_runner_leaves_the_run_container_and_the_next_one_carries_on_in_it() 
         "the run's container outlives its runner"
     );
 
-    let _second = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    let second = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
     std::fs::write(shared.join("go"), "").expect("go");
-    let run = support::wait_for(60, "the resumed run to end", || {
-        support::status(&env, "crash-box", "").filter(|r| r["status"] == "partially_succeeded")
+    let mut last = None;
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        support::wait_for(60, "the resumed run to end", || {
+            last = support::status(&env, "crash-box", "");
+            // Final, and by the resumed attempt: recovery first records the orphan failed.
+            last.clone()
+                .filter(|r| !matches!(r["status"].as_str(), Some("running" | "queued")))
+                .filter(|r| step(r, "long")["error"] != "process died")
+        })
+    }));
+    let run = ended.unwrap_or_else(|_| {
+        panic!(
+            "the resumed run did not end: {last:#?}\nscheduler: {}\ncontainers: {:?}",
+            second.output(),
+            podman.containers()
+        )
     });
+    assert_eq!(
+        run["status"],
+        "partially_succeeded",
+        "{run:#}\nscheduler: {}",
+        second.output()
+    );
     let long = step(&run, "long");
     assert_eq!(long["exit_code"], 3, "{run:#}");
     let starts = std::fs::read_to_string(shared.join("starts")).unwrap_or_default();
