@@ -23,6 +23,8 @@ mod docker_state;
 pub mod fake;
 mod mask;
 mod seam;
+mod slurm;
+mod slurm_config;
 mod spawn;
 
 pub use docker::Docker;
@@ -31,6 +33,7 @@ pub use seam::{
     BoxFuture, Handle, Recorder, Registry, Shared, SharedRequest, StartError, StepExecutor,
     StepRequest, Work, check_dag_option, check_step, external_name,
 };
+pub use slurm::Slurm;
 
 /// What to run and where its output goes.
 #[derive(Clone, Debug)]

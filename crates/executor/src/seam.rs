@@ -259,6 +259,7 @@ impl Registry {
         let docker: Arc<dyn StepExecutor> = Arc::new(crate::docker::Docker::from_env());
         registry.add_as("docker", docker.clone());
         registry.add_as("container", docker);
+        registry.add_as("slurm", Arc::new(crate::slurm::Slurm));
         registry
     }
 

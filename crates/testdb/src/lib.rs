@@ -12,6 +12,7 @@
 //! committed row survives [`Server::stop`] (SIGKILL), as it would survive a real server crash.
 
 pub mod podman;
+pub mod slurm;
 
 use std::fs::{self, File};
 use std::io;

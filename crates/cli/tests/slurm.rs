@@ -1,0 +1,232 @@
+//! `type: slurm` steps against a real single-node Slurm (munged, slurmctld, slurmd) that the
+//! tests start once in a temp dir (`trellis_testdb::slurm`): the executor conformance
+//! suite, a DAG of slurm steps (resources, env, exit codes, logs, Slurm's own refusals) and
+//! a `kill -9` of the runner mid-job, reattached by job id. Skipped only where Slurm is not
+//! installed; CI installs it (scripts/test), so nothing skips there.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use support::Env;
+use trellis_executor::conformance::{self, Programs, Suite};
+use trellis_executor::{StepExecutor, Work};
+use trellis_testdb::slurm::Slurm;
+
+/// One cluster for the whole file, stopped at the end: the scenarios run in turn in one
+/// test, since a static's cluster would never be stopped.
+#[test]
+fn slurm_steps_end_to_end() {
+    if !Slurm::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "slurmctld, slurmd, munge and slurm-client must be installed in CI"
+        );
+        eprintln!("skipped: Slurm (root) is needed");
+        return;
+    }
+    let slurm = Slurm::start().expect("start slurm");
+    // The conformance suite runs the executor in this process.
+    for (k, v) in slurm.env() {
+        // SAFETY: set before this test starts any thread that reads the environment.
+        unsafe { std::env::set_var(k, v) };
+    }
+    the_slurm_executor_passes_the_suite(&slurm);
+    slurm_steps_run_as_jobs_with_logs_exit_codes_and_slurms_refusals(&slurm);
+    a_killed_runner_leaves_its_job_and_the_next_one_reattaches(&slurm);
+}
+
+struct SlurmPrograms<'a> {
+    dir: PathBuf,
+    slurm: &'a Slurm,
+}
+
+fn sh(script: &str, args: &[&str]) -> Work {
+    let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    Work::Argv(argv)
+}
+
+impl Programs for SlurmPrograms<'_> {
+    fn print(&self, out: &str, err: &str, code: i32) -> Work {
+        sh(
+            r#"printf %s "$1"; printf %s "$2" >&2; exit "$3""#,
+            &[out, err, &code.to_string()],
+        )
+    }
+    fn await_flag(&self, flag: &str, before: &str, after: &str) -> Work {
+        let path = self.dir.join(flag).display().to_string();
+        sh(
+            r#"printf %s "$2"; while [ ! -f "$1" ]; do sleep 0.05; done; printf %s "$3""#,
+            &[&path, before, after],
+        )
+    }
+    fn sleep(&self) -> Work {
+        sh("sleep 600", &[])
+    }
+    fn config(&self) -> Value {
+        json!({"partition": "debug"})
+    }
+    fn flag_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+    fn leftovers(&self) -> Vec<String> {
+        let out = self
+            .slurm
+            .command("squeue")
+            .args(["-h", "-o", "%j %T"])
+            .output();
+        match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("slurm-"))
+                .map(String::from)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn the_slurm_executor_passes_the_suite(slurm: &Slurm) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let programs = SlurmPrograms {
+        dir: dir.path().to_path_buf(),
+        slurm,
+    };
+    let make = || Arc::new(trellis_executor::Slurm) as Arc<dyn StepExecutor>;
+    let suite = Suite {
+        make: &make,
+        programs: &programs,
+        logs: dir.path(),
+        prefix: "slurm",
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(conformance::run(&suite))
+        .expect("conformance");
+}
+
+fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
+}
+
+const JOBS: &str = r#"
+name: jobs
+type: graph
+env:
+  - RUN_WIDE: everywhere
+steps:
+  - name: compute
+    type: slurm
+    with:
+      partition: debug
+      cpus_per_task: 1
+      time: "00:05:00"
+      env: {GREETING: hello}
+    command: echo "$GREETING $RUN_WIDE job=$SLURM_JOB_ID"; echo oops >&2
+    output: SAID
+  - name: script
+    type: slurm
+    script: |
+      for word in one two; do echo "$word"; done
+    output: WORDS
+  - name: exits-four
+    type: slurm
+    command: exit 4
+    continue_on:
+      exit_code: [4]
+  - name: nowhere
+    type: slurm
+    with: {partition: no-such-partition}
+    command: "true"
+    continue_on:
+      failure: true
+"#;
+
+fn slurm_steps_run_as_jobs_with_logs_exit_codes_and_slurms_refusals(slurm: &Slurm) {
+    let env = Env::new();
+    let file = env.dag("jobs", JOBS);
+    let out = env
+        .trellis()
+        .args(["start", "-q"])
+        .arg(&file)
+        .envs(slurm.env())
+        .output()
+        .expect("run");
+    let run = support::status(&env, "jobs", "").expect("status");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(run["status"], "partially_succeeded", "{run:#}\n{said}");
+    let line = run["outputs"]["SAID"].as_str().unwrap_or_default();
+    assert!(line.starts_with("hello everywhere job="), "{run:#}");
+    assert!(
+        line.len() > "hello everywhere job=".len(),
+        "a job id: {line}"
+    );
+    assert_eq!(run["outputs"]["WORDS"], "one\ntwo");
+    let stderr = env
+        .trellis()
+        .args(["logs", "jobs", "--step", "compute", "--stderr"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&stderr.stdout).trim(), "oops");
+    assert_eq!(step(&run, "exits-four")["exit_code"], 4, "{run:#}");
+    let nowhere = step(&run, "nowhere");
+    let error = nowhere["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("invalid partition"),
+        "Slurm's own words: {nowhere:#}"
+    );
+}
+
+/// `kill -9` of the scheduler while a job runs: the job goes on; the next scheduler resumes
+/// the run, finds the job by its id and follows it to its exit code and whole log.
+fn a_killed_runner_leaves_its_job_and_the_next_one_reattaches(slurm: &Slurm) {
+    let env = Env::new();
+    let shared = env.path("shared");
+    std::fs::create_dir_all(&shared).expect("shared");
+    let file = env.dag(
+        "crash-job",
+        &format!(
+            "steps:\n  - name: long\n    type: slurm\n    \
+             command: echo started >> {0}/starts; echo one; while [ ! -f {0}/go ]; do sleep 0.1; done; echo two; exit 3\n",
+            shared.display()
+        ),
+    );
+    let conf = slurm.conf().display().to_string();
+    let vars = [("SLURM_CONF", conf.as_str())];
+    let mut first = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    support::enqueue(&env, &file);
+    support::wait_for(60, "the job to start", || {
+        std::fs::read_to_string(shared.join("starts"))
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    first.kill9();
+    let _second = support::Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
+    std::fs::write(shared.join("go"), "").expect("go");
+    let run = support::wait_for(60, "the resumed run to end", || {
+        support::status(&env, "crash-job", "")
+            .filter(|r| r["status"] == "failed")
+            .filter(|r| {
+                !r["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("process died")
+            })
+    });
+    let long = step(&run, "long");
+    assert_eq!(long["exit_code"], 3, "{run:#}");
+    let starts = std::fs::read_to_string(shared.join("starts")).unwrap_or_default();
+    assert_eq!(starts.lines().count(), 1, "one job, never a second");
+    let log = env
+        .trellis()
+        .args(["logs", "crash-job", "--step", "long"])
+        .output()
+        .expect("logs");
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "one\ntwo\n");
+}

@@ -1,0 +1,439 @@
+//! `type: slurm`: each try of a step is one batch job, submitted with `sbatch --parsable`
+//! (the step as a batch script; its variables in `sbatch`'s environment, which the job
+//! inherits, never in a file). The job id is the handle and the job name the request's
+//! deterministic name, so a runner that died before recording the id finds the job by name
+//! (`squeue --states=all`). The job writes its output into spool files beside the step's
+//! logs (`<step>.slurm.out`/`.err`), copied into the logs while it runs; state and exit
+//! code come from `scontrol show job` (a cluster without `slurmdbd` has no plain `sacct`).
+//! Stop and timeout send the stop signal to the whole job (`scancel --signal --full`),
+//! then `scancel` once the grace period is over.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::Outcome;
+use crate::seam::{BoxFuture, Handle, StartError, StepExecutor, StepRequest, Work};
+use crate::slurm_config::Config;
+
+/// How often a job's state is read: soon after the start, then less often.
+const POLL_FIRST: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug, Default)]
+pub struct Slurm;
+
+impl StepExecutor for Slurm {
+    fn kind(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn check(&self, config: &serde_json::Value) -> Result<(), String> {
+        Config::parse(config).map(|_| ())
+    }
+
+    fn start<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Result<Handle, StartError>> {
+        Box::pin(async move {
+            let config = Config::parse(&req.config).map_err(StartError)?;
+            let spool = Spool::of(req);
+            let script = script(req, &config)?;
+            spool
+                .reset(&script)
+                .map_err(|e| StartError(format!("cannot write the job script: {e}")))?;
+            let mut cmd = Command::new("sbatch");
+            cmd.arg("--parsable")
+                .arg(format!("--job-name={}", req.name))
+                .arg(format!("--output={}", spool.out.display()))
+                .arg(format!("--error={}", spool.err.display()));
+            if let Some(dir) = config
+                .working_dir
+                .clone()
+                .map(PathBuf::from)
+                .or_else(|| working_dir(req))
+            {
+                cmd.arg(format!("--chdir={}", dir.display()));
+            }
+            for (flag, value) in &config.resources {
+                cmd.arg(format!("{flag}={value}"));
+            }
+            cmd.args(&config.sbatch_args).arg(&spool.script);
+            // The job inherits sbatch's environment (`--export=ALL`, Slurm's default).
+            cmd.envs(req.env.iter().cloned())
+                .envs(config.env.iter().cloned());
+            let out = run(&mut cmd).await.map_err(StartError)?;
+            let id = out.split(';').next().unwrap_or("").trim().to_string();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(StartError(format!(
+                    "sbatch answered `{}`, not a job id",
+                    out.trim()
+                )));
+            }
+            Ok(Handle {
+                executor: "slurm".into(),
+                id,
+            })
+        })
+    }
+
+    fn find<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Option<Handle>> {
+        Box::pin(async move {
+            let id = if req.name.bytes().all(|b| b.is_ascii_digit()) {
+                job(&req.name).await.ok()?.map(|_| req.name.clone())?
+            } else {
+                let mut cmd = Command::new("squeue");
+                cmd.args(["-h", "--states=all", "-o", "%i", "-n", &req.name]);
+                let out = run(&mut cmd).await.ok()?;
+                out.lines()
+                    .map(str::trim)
+                    .rfind(|l| !l.is_empty())?
+                    .to_string()
+            };
+            Some(Handle {
+                executor: "slurm".into(),
+                id,
+            })
+        })
+    }
+
+    fn wait<'a>(
+        &'a self,
+        handle: &'a Handle,
+        req: &'a StepRequest,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(follow(&handle.id, req, cancel))
+    }
+
+    fn probe<'a>(&'a self, _config: &'a serde_json::Value) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async {
+            run(Command::new("sinfo").args(["-h", "-o", "%P"]))
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
+async fn follow(id: &str, req: &StepRequest, cancel: CancellationToken) -> Outcome {
+    // The job's own output paths: a job started by an earlier attempt writes where that
+    // attempt said.
+    let spool = match job(id).await {
+        Ok(Some(job)) if !job.stdout.is_empty() => Spool {
+            script: PathBuf::new(),
+            out: PathBuf::from(&job.stdout),
+            err: PathBuf::from(if job.stderr.is_empty() {
+                &job.stdout
+            } else {
+                &job.stderr
+            }),
+        },
+        _ => Spool::of(req),
+    };
+    let mut copier = Copier::new(req, &spool);
+    let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut pause = POLL_FIRST;
+    let mut last_state = String::from("PENDING");
+    loop {
+        copier.copy();
+        match job(id).await {
+            Ok(Some(job)) if job.ended() => {
+                copier.copy();
+                return job.outcome();
+            }
+            Ok(Some(job)) => last_state = job.state,
+            Ok(None) => {
+                copier.copy();
+                return Outcome::Lost(format!(
+                    "job {id} is no longer known to Slurm (last seen {last_state})"
+                ));
+            }
+            Err(e) => tracing::debug!(job = id, "scontrol failed, trying again: {e}"),
+        }
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(pause) => None,
+            _ = until_deadline => Some(Outcome::TimedOut),
+            _ = cancel.cancelled() => Some(Outcome::Cancelled),
+        };
+        if let Some(stopped) = stopped {
+            stop(id, req).await;
+            copier.copy();
+            return stopped;
+        }
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// The stop signal to every process of the job, then `scancel` after the grace period.
+async fn stop(id: &str, req: &StepRequest) {
+    let signal = format!(
+        "--signal={}",
+        req.stop_signal.as_str().trim_start_matches("SIG")
+    );
+    let _ = run(Command::new("scancel").args([signal.as_str(), "--full", id])).await;
+    let deadline = tokio::time::Instant::now() + req.grace;
+    while tokio::time::Instant::now() < deadline {
+        if matches!(job(id).await, Ok(Some(j)) if j.ended()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = run(Command::new("scancel").arg(id)).await;
+}
+
+/// What `scontrol show job` says of a job.
+#[derive(Debug)]
+struct Job {
+    state: String,
+    exit_code: i32,
+    signal: i32,
+    reason: String,
+    stdout: String,
+    stderr: String,
+}
+
+impl Job {
+    fn ended(&self) -> bool {
+        !matches!(
+            self.state.as_str(),
+            "PENDING"
+                | "RUNNING"
+                | "CONFIGURING"
+                | "COMPLETING"
+                | "SUSPENDED"
+                | "REQUEUED"
+                | "RESIZING"
+                | "SIGNALING"
+                | "STAGE_OUT"
+        )
+    }
+
+    fn outcome(&self) -> Outcome {
+        let code = Some(self.exit_code);
+        match self.state.as_str() {
+            "COMPLETED" => Outcome::Exited(self.exit_code),
+            "FAILED" if self.signal > 0 => Outcome::Signaled(self.signal),
+            "FAILED" => Outcome::Exited(self.exit_code),
+            "OUT_OF_MEMORY" => Outcome::Failed {
+                code,
+                reason: "out of memory: the job went over its Slurm memory limit".into(),
+            },
+            "TIMEOUT" => Outcome::Failed {
+                code,
+                reason: "the job reached its Slurm time limit".into(),
+            },
+            "CANCELLED" => Outcome::Failed {
+                code,
+                reason: "the job was cancelled in Slurm".into(),
+            },
+            other => Outcome::Failed {
+                code,
+                reason: format!("the job ended {other} in Slurm ({})", self.reason),
+            },
+        }
+    }
+}
+
+/// `Ok(None)` when Slurm no longer knows the job.
+async fn job(id: &str) -> Result<Option<Job>, String> {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| program_error("scontrol", &e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Invalid job id") {
+            return Ok(None);
+        }
+        return Err(err.trim().to_string());
+    }
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_string()
+    };
+    let exit = field("ExitCode");
+    let (code, signal) = exit.split_once(':').unwrap_or((&exit, "0"));
+    Ok(Some(Job {
+        state: field("JobState"),
+        exit_code: code.parse().unwrap_or(-1),
+        signal: signal.parse().unwrap_or(0),
+        reason: field("Reason"),
+        stdout: field("StdOut"),
+        stderr: field("StdErr"),
+    }))
+}
+
+/// Runs a Slurm command; its stdout, or Slurm's own message.
+async fn run(cmd: &mut Command) -> Result<String, String> {
+    let program = cmd.as_std().get_program().to_string_lossy().to_string();
+    let out = cmd
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| program_error(&program, &e))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).to_string());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(format!("{program}: {}", err.trim()))
+}
+
+fn program_error(program: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            "`{program}` is not on the PATH: the slurm step type needs Slurm's client commands (Debian: slurm-client)"
+        )
+    } else {
+        format!("cannot run `{program}`: {e}")
+    }
+}
+
+fn working_dir(req: &StepRequest) -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    Some(
+        req.working_dir
+            .as_ref()
+            .map_or(cwd.clone(), |d| cwd.join(d)),
+    )
+}
+
+/// The batch script: a shebang, then the step's command, script or argv.
+fn script(req: &StepRequest, config: &Config) -> Result<String, StartError> {
+    let shell = config.shell.as_deref().unwrap_or("/bin/sh");
+    let quote = |words: &[String]| -> String {
+        words
+            .iter()
+            .map(|w| shlex::try_quote(w).map_or_else(|_| w.clone(), |q| q.into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let body = match &req.work {
+        Work::Default => {
+            return Err(StartError(
+                "slurm: the step needs a command or a script".into(),
+            ));
+        }
+        Work::Line(line) => line.clone(),
+        Work::Argv(argv) => format!("exec {}", quote(argv)),
+        Work::Shell { shell, command } => {
+            let mut words = shell.clone();
+            words.push(command.clone());
+            format!("exec {}", quote(&words))
+        }
+        Work::Script {
+            program: None,
+            text,
+        } if text.starts_with("#!") => return Ok(text.clone()),
+        Work::Script {
+            program: None,
+            text,
+        } => text.clone(),
+        Work::Script {
+            program: Some(program),
+            text,
+        } => {
+            let words: Vec<String> = program.split_whitespace().map(String::from).collect();
+            format!(
+                "exec {} -c {}",
+                quote(&words),
+                quote(std::slice::from_ref(text))
+            )
+        }
+    };
+    Ok(format!("#!{shell}\n{body}\n"))
+}
+
+/// The job's script and output files, beside the step's logs.
+struct Spool {
+    script: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Spool {
+    fn of(req: &StepRequest) -> Spool {
+        let with = |path: &Path, ext: &str| {
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(ext);
+            path.with_file_name(name)
+        };
+        Spool {
+            script: with(&req.stdout, ".slurm.sh"),
+            out: with(&req.stdout, ".slurm"),
+            err: with(&req.stderr, ".slurm"),
+        }
+    }
+
+    /// A new job: its script written, the output of an earlier one gone.
+    fn reset(&self, script: &str) -> std::io::Result<()> {
+        for path in [&self.out, &self.err] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::write(&self.script, script)
+    }
+}
+
+/// Copies what the job wrote to its spool files into the step's logs, from where the
+/// logs end (a reattached step continues there), secrets masked.
+struct Copier<'a> {
+    req: &'a StepRequest,
+    pairs: [(PathBuf, PathBuf, u64); 2],
+}
+
+impl<'a> Copier<'a> {
+    fn new(req: &'a StepRequest, spool: &Spool) -> Copier<'a> {
+        let held = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        Copier {
+            req,
+            pairs: [
+                (spool.out.clone(), req.stdout.clone(), held(&req.stdout)),
+                (spool.err.clone(), req.stderr.clone(), held(&req.stderr)),
+            ],
+        }
+    }
+
+    fn copy(&mut self) {
+        for (from, to, offset) in &mut self.pairs {
+            if let Err(e) = copy_from(from, to, offset, self.req) {
+                tracing::debug!(file = %from.display(), "cannot copy a job's output yet: {e}");
+            }
+        }
+    }
+}
+
+fn copy_from(from: &Path, to: &Path, offset: &mut u64, req: &StepRequest) -> std::io::Result<()> {
+    let mut file = match std::fs::File::open(from) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(*offset))?;
+    let mut fresh = Vec::new();
+    file.read_to_end(&mut fresh)?;
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    *offset += fresh.len() as u64;
+    let mut log = crate::append(to)?;
+    match &req.mask {
+        Some(mask) if !mask.is_empty() => {
+            log.write_all(mask.apply(&String::from_utf8_lossy(&fresh)).as_bytes())
+        }
+        _ => log.write_all(&fresh),
+    }
+}
