@@ -36,6 +36,7 @@ fn slurm_steps_end_to_end() {
     the_slurm_executor_passes_the_suite(&slurm);
     slurm_steps_run_as_jobs_with_logs_exit_codes_and_slurms_refusals(&slurm);
     a_killed_runner_leaves_its_job_and_the_next_one_reattaches(&slurm);
+    a_local_dag_runs_on_slurm_by_configuration_alone(&slurm);
 }
 
 struct SlurmPrograms<'a> {
@@ -229,4 +230,57 @@ fn a_killed_runner_leaves_its_job_and_the_next_one_reattaches(slurm: &Slurm) {
         .output()
         .expect("logs");
     assert_eq!(String::from_utf8_lossy(&log.stdout), "one\ntwo\n");
+}
+
+/// A DAG written for this machine runs on Slurm when the config file says so
+/// (`executors.default: slurm`), with the config's defaults under each job; nothing in the
+/// file changes. A bad default is refused when the config loads.
+fn a_local_dag_runs_on_slurm_by_configuration_alone(slurm: &Slurm) {
+    let env = Env::new();
+    let config = env.config(
+        "executors:\n  default: slurm\n  slurm:\n    partition: debug\n    time: \"00:05:00\"\n",
+    );
+    let file = env.dag(
+        "plain",
+        "steps:\n  - name: where\n    command: echo \"job=$SLURM_JOB_ID partition=$SLURM_JOB_PARTITION\"\n    output: WHERE\n",
+    );
+    let out = env
+        .trellis()
+        .args(["start", "-q"])
+        .arg(&file)
+        .env("TRELLIS_CONFIG", &config)
+        .envs(slurm.env())
+        .output()
+        .expect("run");
+    let run = support::status(&env, "plain", "").expect("status");
+    assert_eq!(
+        run["status"],
+        "succeeded",
+        "{run:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = run["outputs"]["WHERE"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("job=") && said.ends_with("partition=debug"),
+        "{said}"
+    );
+    assert!(
+        said.len() > "job= partition=debug".len(),
+        "a job id: {said}"
+    );
+
+    let bad = env.config("executors:\n  default: slurm\n  slurm:\n    colour: red\n");
+    let out = env
+        .trellis()
+        .args(["start", "-q"])
+        .arg(&file)
+        .env("TRELLIS_CONFIG", &bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("executors.") && said.contains("`colour`"),
+        "{said}"
+    );
 }

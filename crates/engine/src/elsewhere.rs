@@ -148,7 +148,8 @@ fn request<S: ?Sized, E>(
     ]);
     let limits = crate::step::Limits::of(env, step);
     // `${...}` only: `$VAR` in `with:` stays for the container's shell.
-    let mut config = crate::output::expand_json(env, &config.config, false);
+    let own = crate::output::expand_json(env, &config.config, false);
+    let mut config = env.engine.opts.executors.with_defaults(&config.kind, own);
     crate::run_container::with_registry_auths(&env.dag, &env.scope, &mut config);
     StepRequest {
         name: work_name(
@@ -193,10 +194,16 @@ pub(crate) fn resume_handle(
     prev: &StepRecord,
     run: &trellis_core::status::RunRecord,
 ) -> Option<trellis_executor::Handle> {
-    if dag.in_run_container(step) {
+    // In the run's container, or sent to the config's default executor: the handle it
+    // recorded, if any (a local step has none).
+    let Some(kind) = step
+        .executor
+        .as_ref()
+        .map(|e| &e.kind)
+        .filter(|_| !dag.in_run_container(step))
+    else {
         return prev.handle.clone();
-    }
-    let kind = &step.executor.as_ref()?.kind;
+    };
     prev.handle.clone().or_else(|| {
         let try_no = prev.retry_count + prev.done_count;
         Some(trellis_executor::Handle {

@@ -30,8 +30,8 @@ mod spawn;
 pub use docker::Docker;
 pub use mask::{MASKED, Mask};
 pub use seam::{
-    BoxFuture, Handle, Recorder, Registry, Shared, SharedRequest, StartError, StepExecutor,
-    StepRequest, Work, check_dag_option, check_step, external_name,
+    BoxFuture, Defaults, Handle, Recorder, Registry, Shared, SharedRequest, StartError,
+    StepExecutor, StepRequest, Work, check_dag_option, check_step, external_name, set_defaults,
 };
 pub use slurm::Slurm;
 

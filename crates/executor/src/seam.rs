@@ -220,10 +220,26 @@ pub fn external_name(raw: &str) -> String {
     format!("{}-{hash:016x}", &clean[..110])
 }
 
+/// What the config file says about executors (`executors:`): the executor of command
+/// steps that name none, and options under every step's `with:` by step type.
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {
+    pub default: Option<String>,
+    pub with: BTreeMap<String, serde_json::Value>,
+}
+
+static DEFAULTS: std::sync::OnceLock<Defaults> = std::sync::OnceLock::new();
+
+/// Sets [`Defaults`] for every [`Registry::builtin`] of this process (from `main`, once).
+pub fn set_defaults(defaults: Defaults) {
+    let _ = DEFAULTS.set(defaults);
+}
+
 /// The step executors built into this binary, by step type.
 #[derive(Clone)]
 pub struct Registry {
     by_kind: BTreeMap<&'static str, Arc<dyn StepExecutor>>,
+    defaults: Defaults,
 }
 
 /// The built-in executors.
@@ -260,13 +276,34 @@ impl Registry {
         registry.add_as("docker", docker.clone());
         registry.add_as("container", docker);
         registry.add_as("slurm", Arc::new(crate::slurm::Slurm));
+        registry.defaults = DEFAULTS.get().cloned().unwrap_or_default();
         registry
     }
 
     pub fn empty() -> Registry {
         Registry {
             by_kind: BTreeMap::new(),
+            defaults: Defaults::default(),
         }
+    }
+
+    /// The executor of command steps that name none (`executors.default`), if any.
+    pub fn default_kind(&self) -> Option<&str> {
+        self.defaults.default.as_deref()
+    }
+
+    /// A step's `with:` over the config's defaults for its type.
+    pub fn with_defaults(&self, kind: &str, with: serde_json::Value) -> serde_json::Value {
+        let Some(serde_json::Value::Object(defaults)) = self.defaults.with.get(kind) else {
+            return with;
+        };
+        let mut merged = defaults.clone();
+        match with {
+            serde_json::Value::Object(own) => merged.extend(own),
+            serde_json::Value::Null => {}
+            other => return other,
+        }
+        serde_json::Value::Object(merged)
     }
 
     pub fn add_as(&mut self, kind: &'static str, executor: Arc<dyn StepExecutor>) {

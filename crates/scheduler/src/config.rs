@@ -27,6 +27,54 @@ pub struct Config {
     /// Runs each run the scheduler starts in a container of its own (`type: docker`).
     #[serde(default, alias = "runLauncher")]
     pub run_launcher: Option<crate::launcher::RunLauncher>,
+    /// Where command steps that name no type run, and defaults of each type's `with:`.
+    #[serde(default)]
+    pub executors: Executors,
+}
+
+/// `executors:` — `default: slurm` sends command steps that name no type to Slurm;
+/// `slurm: {...}` (any step type) is laid under every such step's `with:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Executors {
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(flatten)]
+    pub with: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Executors {
+    /// Refuses a type no executor serves and options its executor rejects.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(kind) = &self.default {
+            let with = self.with.get(kind).cloned().unwrap_or_default();
+            match trellis_executor::check_step(kind, &with) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(format!("executors.default: {kind}: {e}")),
+                None => return Err(format!("executors.default: no executor serves `{kind}`")),
+            }
+        }
+        for (kind, with) in &self.with {
+            match trellis_executor::check_step(kind, with) {
+                Some(Ok(())) => {}
+                // Defaults for a type that takes its image from each step are checked with
+                // the step.
+                Some(Err(e)) if kind != "docker" || !e.contains("`image` is required") => {
+                    return Err(format!("executors.{kind}: {e}"));
+                }
+                Some(Err(_)) => {}
+                None => return Err(format!("executors.{kind}: no executor serves `{kind}`")),
+            }
+        }
+        Ok(())
+    }
+
+    /// For [`trellis_executor::set_defaults`].
+    pub fn defaults(&self) -> trellis_executor::Defaults {
+        trellis_executor::Defaults {
+            default: self.default.clone(),
+            with: self.with.clone(),
+        }
+    }
 }
 
 /// Where runs, queues and shared state live: `backend: file` (the default, under the data
@@ -140,6 +188,10 @@ impl Config {
         let config: Config = serde_json::from_value(json).map_err(|source| Error::Config {
             path: path.to_path_buf(),
             source,
+        })?;
+        config.executors.check().map_err(|message| Error::Invalid {
+            path: path.to_path_buf(),
+            message,
         })?;
         if let Some(launcher) = &config.run_launcher {
             launcher.check().map_err(|message| Error::Invalid {

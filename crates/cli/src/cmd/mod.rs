@@ -64,6 +64,7 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         return Ok(());
     };
     let config = trellis_scheduler::config::Config::load(&path).map_err(anyhow::Error::msg)?;
+    trellis_executor::set_defaults(config.executors.defaults());
     let database = config
         .storage
         .database_url()
