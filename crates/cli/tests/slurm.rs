@@ -222,6 +222,11 @@ fn a_killed_runner_leaves_its_job_and_the_next_one_reattaches(slurm: &Slurm) {
     });
     let long = step(&run, "long");
     assert_eq!(long["exit_code"], 3, "{run:#}");
+    let handle = long["handle"].as_str().unwrap_or_default();
+    assert!(
+        handle.starts_with("slurm:"),
+        "the job id is shown: {long:#}"
+    );
     let starts = std::fs::read_to_string(shared.join("starts")).unwrap_or_default();
     assert_eq!(starts.lines().count(), 1, "one job, never a second");
     let log = env

@@ -31,14 +31,15 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
     };
     let works = works(env, step);
     let try_no = record.retry_count + record.done_count;
+    // Left by a runner that died (a new try starts with none): the first command's.
+    let mut carried = record
+        .handle
+        .take()
+        .filter(|h| h.executor == executor.kind());
     for (part, work) in works.into_iter().enumerate() {
         let mut req = request(env, step, config, work, (try_no, part), stdout, stderr);
         req.record = recorder(env, record);
-        let carried = record
-            .handle
-            .take()
-            .filter(|h| h.executor == executor.kind());
-        let found = match carried {
+        let found = match carried.take() {
             // Left by a runner that died: reattach when it is still there (by id, or by
             // the name it would have had when the runner died before recording its id).
             Some(h) => {
@@ -63,8 +64,7 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
             .started
             .send((env_index(record, env), handle.clone(), None));
         let outcome = executor.wait(&handle, &req, env.cancel.clone()).await;
-        // The next command of the step is a new container.
-        record.handle = None;
+        // Kept on the record, which shows where the step ran; the next command starts anew.
         judge(outcome, step, stderr, record)?;
     }
     Ok(0)

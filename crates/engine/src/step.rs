@@ -298,9 +298,11 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
     record: &mut StepRecord,
 ) -> Result<i32, Error> {
     if record.retry_count > 0 || record.done_count > 0 {
-        // A new attempt of the step starts its logs afresh.
+        // A new attempt of the step starts its logs afresh, and new work: the last try's
+        // handle is where that try ran, not something to reattach to.
         let _ = std::fs::remove_file(stdout);
         let _ = std::fs::remove_file(stderr);
+        record.handle = None;
     }
     if let Some(config) = &step.executor {
         return crate::elsewhere::run(env, step, config, stdout, stderr, record).await;

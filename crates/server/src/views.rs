@@ -305,6 +305,10 @@ pub struct StepDetail {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub worker_id: Option<String>,
+    /// Where the step runs outside this machine's processes, as `executor:id` (`slurm:42`,
+    /// `docker:<container id>`): what a restarted runner reattaches to.
+    #[serde(default)]
+    pub handle: Option<String>,
     /// Path of the stdout log on the server (read it through the log route).
     pub stdout: Option<String>,
     pub stderr: Option<String>,
@@ -329,6 +333,7 @@ impl From<StepRecord> for StepDetail {
             started_at: s.started_at.map(|t| t.to_string()),
             finished_at: s.finished_at.map(|t| t.to_string()),
             worker_id: s.worker_id,
+            handle: s.handle.map(|h| format!("{}:{}", h.executor, h.id)),
             stdout: s.stdout,
             stderr: s.stderr,
             error: s.error,

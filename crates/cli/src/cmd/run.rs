@@ -259,6 +259,7 @@ fn step_json(s: &StepRecord) -> Value {
         "name": s.name, "status": s.status, "exit_code": s.exit_code, "retry_count": s.retry_count,
         "output": s.output, "started_at": s.started_at, "finished_at": s.finished_at,
         "worker_id": s.worker_id, "error": s.error, "notes": s.notes, "children": s.children,
+        "handle": s.handle.as_ref().map(|h| format!("{}:{}", h.executor, h.id)),
     })
 }
 

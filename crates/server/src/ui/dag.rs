@@ -255,6 +255,10 @@ pub struct StepRow {
     pub exit_code: String,
     pub error: String,
     pub retries: u32,
+    /// Where it runs outside this machine (`slurm job 42`, `docker 3f2a…`), or empty.
+    pub handle: String,
+    /// The handle in full, for the tooltip.
+    pub handle_id: String,
 }
 
 impl StepRow {
@@ -273,6 +277,12 @@ impl StepRow {
             exit_code: s.exit_code.map(|c| c.to_string()).unwrap_or_default(),
             error: s.error.clone().unwrap_or_default(),
             retries: s.retry_count,
+            handle: s.handle.as_ref().map(format::handle).unwrap_or_default(),
+            handle_id: s
+                .handle
+                .as_ref()
+                .map(|h| format!("{} {}", h.executor, h.id))
+                .unwrap_or_default(),
         }
     }
 }

@@ -124,6 +124,17 @@ pub fn percent_encode(text: &str) -> String {
     out
 }
 
+/// A step's handle, short: `slurm job 42`, `docker 3f2a9c1b0d4e` (a container id cut to
+/// 12 characters, as `docker ps` shows it), `docker exec 1a2b…`.
+pub fn handle(h: &trellis_core::status::Handle) -> String {
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    match (h.executor.as_str(), h.id.strip_prefix("exec:")) {
+        ("slurm", _) => format!("slurm job {}", h.id),
+        (kind, Some(exec)) => format!("{kind} exec {}", short(exec)),
+        (kind, None) => format!("{kind} {}", short(&h.id)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +160,22 @@ mod tests {
     #[test]
     fn encodes_query_values() {
         assert_eq!(percent_encode("/dags/a b?x=1&y"), "/dags/a%20b%3Fx%3D1%26y");
+    }
+
+    #[test]
+    fn handles_read_as_people_say_them() {
+        let h = |executor: &str, id: &str| trellis_core::status::Handle {
+            executor: executor.into(),
+            id: id.into(),
+        };
+        assert_eq!(handle(&h("slurm", "42")), "slurm job 42");
+        assert_eq!(
+            handle(&h("docker", "3f2a9c1b0d4e5f60718")),
+            "docker 3f2a9c1b0d4e"
+        );
+        assert_eq!(
+            handle(&h("docker", "exec:abcdef0123456789")),
+            "docker exec abcdef012345"
+        );
     }
 }
