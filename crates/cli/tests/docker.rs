@@ -11,15 +11,7 @@ use support::Env;
 use trellis_testdb::podman::Podman;
 
 fn podman() -> Option<Podman> {
-    if !Podman::available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "podman and busybox-static must be installed in CI"
-        );
-        eprintln!("skipped: podman (root) and busybox-static are needed");
-        return None;
-    }
-    Some(Podman::start().expect("start podman"))
+    support::podman()
 }
 
 fn start(env: &Env, podman: &Podman, file: &std::path::Path) -> Output {

@@ -15,15 +15,7 @@ use trellis_testdb::podman::Podman;
 const IMAGE: &str = "localhost/trellis-run:test";
 
 fn podman_with_image() -> Option<Podman> {
-    if !Podman::available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "podman and busybox-static must be installed in CI"
-        );
-        eprintln!("skipped: podman (root) and busybox-static are needed");
-        return None;
-    }
-    let podman = Podman::start().expect("start podman");
+    let podman = support::podman()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-image");
     let out = std::process::Command::new(script)
         .arg(support::TRELLIS)

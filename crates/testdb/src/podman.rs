@@ -174,7 +174,8 @@ fn ping(socket: &Path) -> io::Result<bool> {
     Ok(answer.starts_with("HTTP/1.") && answer.contains(" 200 "))
 }
 
-fn run(cmd: &mut Command) -> io::Result<()> {
+/// Runs a setup command; its stderr is the error when it fails.
+pub(crate) fn run(cmd: &mut Command) -> io::Result<()> {
     let out = cmd.output()?;
     if out.status.success() {
         return Ok(());

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::podman::run;
+
 pub struct Slurm {
     dir: tempfile::TempDir,
 }
@@ -177,15 +179,4 @@ fn which(program: &str) -> Option<PathBuf> {
         .iter()
         .map(|d| Path::new(d).join(program))
         .find(|p| p.exists())
-}
-
-fn run(cmd: &mut Command) -> io::Result<()> {
-    let out = cmd.output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    )))
 }

@@ -270,3 +270,18 @@ pub fn enqueue(env: &Env, file: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A throwaway Podman service for a test, or `None` (the test is skipped) where Podman
+/// is not installed; CI installs it, so nothing skips there.
+pub fn podman() -> Option<trellis_testdb::podman::Podman> {
+    use trellis_testdb::podman::Podman;
+    if !Podman::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "podman and busybox-static must be installed in CI"
+        );
+        eprintln!("skipped: podman (root) and busybox-static are needed");
+        return None;
+    }
+    Some(Podman::start().expect("start podman"))
+}
