@@ -71,10 +71,7 @@ impl StepExecutor for Slurm {
                     out.trim()
                 )));
             }
-            Ok(Handle {
-                executor: "slurm".into(),
-                id,
-            })
+            Ok(Handle::new("slurm", id))
         })
     }
 
@@ -91,10 +88,7 @@ impl StepExecutor for Slurm {
                     .rfind(|l| !l.is_empty())?
                     .to_string()
             };
-            Some(Handle {
-                executor: "slurm".into(),
-                id,
-            })
+            Some(Handle::new("slurm", id))
         })
     }
 
@@ -178,14 +172,27 @@ async fn stop(id: &str, req: &StepRequest) {
         req.stop_signal.as_str().trim_start_matches("SIG")
     );
     let _ = run(Command::new("scancel").args([signal.as_str(), "--full", id])).await;
-    let deadline = tokio::time::Instant::now() + req.grace;
+    if ended_within(id, req.grace).await {
+        return;
+    }
+    let _ = run(Command::new("scancel").arg(id)).await;
+    // Until Slurm has the job ended (out of COMPLETING), bounded: nothing of a stopped
+    // step is left running when its stop returns.
+    ended_within(id, Duration::from_secs(10)).await;
+}
+
+/// Whether the job ends (or Slurm forgets it) within `limit`.
+async fn ended_within(id: &str, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
-        if matches!(job(id).await, Ok(Some(j)) if j.ended()) {
-            return;
+        match job(id).await {
+            Ok(Some(j)) if !j.ended() => {}
+            Ok(_) => return true,
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = run(Command::new("scancel").arg(id)).await;
+    false
 }
 
 /// What `scontrol show job` says of a job.
