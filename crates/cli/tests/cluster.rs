@@ -670,15 +670,9 @@ fn walk(root: &std::path::Path, name: &str) -> std::path::PathBuf {
 /// reattaches to that container (one container, the step run once).
 #[test]
 fn a_drained_worker_leaves_its_containers_to_the_next_worker() {
-    use trellis_testdb::podman::Podman;
-    if !Podman::available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "podman must be installed in CI"
-        );
+    let Some(podman) = support::podman() else {
         return;
-    }
-    let podman = Podman::start().expect("start podman");
+    };
     let host = podman.docker_host();
     let mut cluster = Cluster::start(&[], "", &[]);
     cluster.add_worker_with("w-c", "pool=c", 1, &[("DOCKER_HOST", &host)]);
@@ -688,7 +682,7 @@ fn a_drained_worker_leaves_its_containers_to_the_next_worker() {
         "worker_selector: {{pool: c}}\nsteps:\n  - name: boxed\n    type: docker\n    with:\n      \
          image: {}\n      pull: never\n      volumes: [\"{}:/shared\"]\n    \
          command: sh -c 'echo started >> /shared/starts; while [ ! -f /shared/go ]; do sleep 0.1; done; echo done'\n",
-        Podman::IMAGE,
+        trellis_testdb::podman::Podman::IMAGE,
         shared.display()
     );
     cluster.dag("boxed", &yaml);

@@ -31,6 +31,20 @@ fn podman_with_image() -> Option<Podman> {
     Some(podman)
 }
 
+/// A home with a `shared` dir the runs' containers mount, and the variables a scheduler
+/// needs to launch them: the Docker API and the config file with `run_launcher`.
+fn setup(podman: &Podman) -> (Env, std::path::PathBuf, Vec<(&'static str, String)>) {
+    let env = Env::new();
+    let shared = env.path("shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    let config = config(&env, &shared).display().to_string();
+    let vars = vec![
+        ("DOCKER_HOST", podman.docker_host()),
+        ("TRELLIS_CONFIG", config),
+    ];
+    (env, shared, vars)
+}
+
 fn config(env: &Env, shared: &Path) -> std::path::PathBuf {
     env.config(&format!(
         "run_launcher:\n  type: docker\n  config:\n    image: {IMAGE}\n    pull: never\n    \
@@ -54,21 +68,13 @@ fn each_run_runs_in_a_container_of_its_own() {
     let Some(podman) = podman_with_image() else {
         return;
     };
-    let env = Env::new();
-    let shared = env.path("shared");
-    std::fs::create_dir_all(&shared).expect("shared dir");
-    let config = config(&env, &shared);
+    let (env, _shared, mut vars) = setup(&podman);
+    vars.push(("LAUNCH_MARK", "from-the-scheduler".into()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let file = env.dag(
         "launched",
         "steps:\n  - name: where\n    command: sh -c 'echo \"$LAUNCH_MARK $FIXED\"; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; test -d /shared'\n    output: SAID\n",
     );
-    let host = podman.docker_host();
-    let config = config.display().to_string();
-    let vars = [
-        ("DOCKER_HOST", host.as_str()),
-        ("TRELLIS_CONFIG", config.as_str()),
-        ("LAUNCH_MARK", "from-the-scheduler"),
-    ];
     let _scheduler = Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
     let run_id = support::enqueue(&env, &file);
     let run = support::wait_for(120, "the launched run to end", || {
@@ -105,20 +111,12 @@ fn a_killed_scheduler_leaves_the_runs_container_to_the_next() {
     let Some(podman) = podman_with_image() else {
         return;
     };
-    let env = Env::new();
-    let shared = env.path("shared");
-    std::fs::create_dir_all(&shared).expect("shared dir");
-    let config = config(&env, &shared);
+    let (env, shared, vars) = setup(&podman);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let file = env.dag(
         "outlives",
         "steps:\n  - name: long\n    command: sh -c 'echo started >> /shared/starts; while [ ! -f /shared/go ]; do sleep 0.1; done; echo done'\n  - name: after\n    command: echo after\n",
     );
-    let host = podman.docker_host();
-    let config = config.display().to_string();
-    let vars = [
-        ("DOCKER_HOST", host.as_str()),
-        ("TRELLIS_CONFIG", config.as_str()),
-    ];
     let mut first = Proc::spawn_with(&env, &["scheduler"], "leading", &vars);
     let run_id = support::enqueue(&env, &file);
     support::wait_for(120, "the step to start", || {

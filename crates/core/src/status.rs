@@ -101,6 +101,15 @@ pub struct Handle {
     pub id: String,
 }
 
+impl Handle {
+    pub fn new(executor: impl Into<String>, id: impl Into<String>) -> Handle {
+        Handle {
+            executor: executor.into(),
+            id: id.into(),
+        }
+    }
+}
+
 /// Everything a store keeps about one attempt of a run. Each update appends a whole record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {

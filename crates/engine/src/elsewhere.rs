@@ -4,6 +4,7 @@
 //! it to its end. A step whose record already holds a handle (a run resumed after its
 //! runner died) is reattached, never started twice.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -14,6 +15,37 @@ use trellis_store::Store;
 
 use crate::step::judge;
 use crate::{Error, StepEnv};
+
+/// Where a step runs when not as a local process: on its own type's executor, in the
+/// run's container, or on the config's default executor (`executors.default`). `Err`
+/// for a step of a run whose container did not start: never on this machine instead.
+pub(crate) fn placement<'a, S: ?Sized, E>(
+    env: &'a StepEnv<S, E>,
+    step: &'a Step,
+) -> Option<Result<Cow<'a, ExecutorConfig>, Error>> {
+    if let Some(config) = &step.executor {
+        return Some(Ok(Cow::Borrowed(config)));
+    }
+    if env.dag.in_run_container(step) {
+        return Some(match &env.run_container {
+            Some(config) => Ok(Cow::Borrowed(config)),
+            None => Err(Error::SpawnFailed(
+                "the run's container is not running".into(),
+            )),
+        });
+    }
+    let kind = env.engine.opts.executors.default_kind()?;
+    let command = matches!(
+        step.action,
+        Action::Commands { .. } | Action::Script { .. } | Action::Exec { .. }
+    );
+    command.then(|| {
+        Ok(Cow::Owned(ExecutorConfig {
+            kind: kind.to_string(),
+            config: serde_json::Value::Null,
+        }))
+    })
+}
 
 /// One try of a step on its executor. Ok(exit code) on success.
 pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(

@@ -254,24 +254,9 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
             self.unmet_precondition = true;
             return Status::Aborted;
         }
-        let registry = &self.engine.opts.executors;
-        match run_container::open(
-            &self.dag,
-            registry,
-            &self.attempt,
-            &self.scope,
-            &self.cancel,
-        )
-        .await
-        {
-            Ok(container) => {
-                self.run_container = container.as_ref().map(|c| c.step.clone());
-                self.container = container;
-            }
-            Err(error) => {
-                run.error = Some(error);
-                return Status::Failed;
-            }
+        if let Err(error) = self.open_container().await {
+            run.error = Some(error);
+            return Status::Failed;
         }
         if let Some(init) = self.dag.handlers.init.clone() {
             let rec = self

@@ -65,6 +65,26 @@ pub(crate) async fn open(
     }))
 }
 
+impl<S: trellis_store::Store + ?Sized + 'static, E: trellis_executor::Executor + 'static>
+    crate::RunCtx<S, E>
+{
+    /// Opens the DAG's run container (if it has one) for the steps that follow.
+    pub(crate) async fn open_container(&mut self) -> Result<(), String> {
+        let registry = &self.engine.opts.executors;
+        let container = open(
+            &self.dag,
+            registry,
+            &self.attempt,
+            &self.scope,
+            &self.cancel,
+        )
+        .await?;
+        self.run_container = container.as_ref().map(|c| c.step.clone());
+        self.container = container;
+        Ok(())
+    }
+}
+
 impl RunContainer {
     pub(crate) async fn close(self) {
         self.executor.close_shared(&self.shared).await;

@@ -304,21 +304,9 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
         let _ = std::fs::remove_file(stderr);
         record.handle = None;
     }
-    if let Some(config) = &step.executor {
-        return crate::elsewhere::run(env, step, config, stdout, stderr, record).await;
-    }
-    if env.dag.in_run_container(step) {
-        // Never on this machine instead: a run whose container did not start fails its
-        // steps (and handlers) here.
-        let Some(config) = env.run_container.clone() else {
-            return Err(Error::SpawnFailed(
-                "the run's container is not running".into(),
-            ));
-        };
-        return crate::elsewhere::run(env, step, &config, stdout, stderr, record).await;
-    }
-    if let Some(config) = default_executor(env, step) {
-        return crate::elsewhere::run(env, step, &config, stdout, stderr, record).await;
+    if let Some(place) = crate::elsewhere::placement(env, step) {
+        let place = place?;
+        return crate::elsewhere::run(env, step, &place, stdout, stderr, record).await;
     }
     let specs = process_specs(env, step, stdout, stderr)?;
     for spec in specs {
@@ -326,22 +314,6 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
         judge(outcome, step, stderr, record)?;
     }
     Ok(0)
-}
-
-/// The config file's `executors.default` for a command step that names no type.
-pub(crate) fn default_executor<S: ?Sized, E>(
-    env: &StepEnv<S, E>,
-    step: &Step,
-) -> Option<trellis_core::ExecutorConfig> {
-    let kind = env.engine.opts.executors.default_kind()?;
-    let command = matches!(
-        step.action,
-        Action::Commands { .. } | Action::Script { .. } | Action::Exec { .. }
-    );
-    (command && step.executor.is_none()).then(|| trellis_core::ExecutorConfig {
-        kind: kind.to_string(),
-        config: serde_json::Value::Null,
-    })
 }
 
 /// A process's or container's end as the step's result: Ok for exit 0, else the error

@@ -126,10 +126,7 @@ impl StepExecutor for Docker {
                     crate::docker_exec::start(self, &client, &host, &config, container, req).await?
                 }
             };
-            Ok(Handle {
-                executor: "docker".into(),
-                id,
-            })
+            Ok(Handle::new("docker", id))
         })
     }
 
@@ -146,16 +143,10 @@ impl StepExecutor for Docker {
                     // Neither found nor known absent: starting anew could run the step
                     // twice, so the step fails instead (and can be retried).
                     tracing::error!(container = %req.name, "cannot tell whether the step's container exists: {e}");
-                    return Some(Handle {
-                        executor: "docker".into(),
-                        id: req.name.clone(),
-                    });
+                    return Some(Handle::new("docker", req.name.clone()));
                 }
             };
-            Some(Handle {
-                executor: "docker".into(),
-                id: found.id?,
-            })
+            Some(Handle::new("docker", found.id?))
         })
     }
 
@@ -245,11 +236,7 @@ impl Docker {
         let id = self
             .create(client, host, &name, config, body, &req.labels)
             .await?;
-        req.record(&Handle {
-            executor: "docker".into(),
-            id: id.clone(),
-        })
-        .await;
+        req.record(&Handle::new("docker", id.clone())).await;
         let attach = AttachContainerOptions {
             stream: true,
             stdout: true,

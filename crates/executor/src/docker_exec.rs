@@ -55,11 +55,7 @@ pub(crate) async fn start(
         .map_err(|e| StartError(format!("cannot exec into container `{container}`: {e}")))?;
     let id = format!("{PREFIX}{}", created.id);
     // Recorded before it starts: an exec has no name to be found by after a crash.
-    req.record(&Handle {
-        executor: "docker".into(),
-        id: id.clone(),
-    })
-    .await;
+    req.record(&Handle::new("docker", id.clone())).await;
     start_created(docker, client, host, &created.id)
         .await
         .map_err(|e| StartError(format!("cannot exec into container `{container}`: {e}")))?;
@@ -124,10 +120,7 @@ async fn wait_running(
 
 pub(crate) async fn find(client: &bollard::Docker, host: &str, exec: &str) -> Option<Handle> {
     call(host, client.inspect_exec(exec)).await.ok()?;
-    Some(Handle {
-        executor: "docker".into(),
-        id: format!("{PREFIX}{exec}"),
-    })
+    Some(Handle::new("docker", format!("{PREFIX}{exec}")))
 }
 
 /// Follows an exec to its end: its output while attached, then its exit code.

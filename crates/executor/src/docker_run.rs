@@ -49,10 +49,7 @@ pub(crate) async fn open(
     };
     step_config["exec"] = json!(id);
     Ok(Shared {
-        handle: Handle {
-            executor: "docker".into(),
-            id,
-        },
+        handle: Handle::new("docker", id),
         step_config,
         remove,
     })

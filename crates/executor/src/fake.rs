@@ -128,10 +128,7 @@ impl StepExecutor for Fake {
                 Some(runtime) => drop(runtime.spawn(work)),
                 None => drop(tokio::spawn(work)),
             }
-            Ok(Handle {
-                executor: "fake".into(),
-                id,
-            })
+            Ok(Handle::new("fake", id))
         })
     }
 
@@ -143,10 +140,7 @@ impl StepExecutor for Fake {
                 .rev()
                 .find_map(|n| jobs.get(&format!("{}#{n}", req.name)))
                 .or_else(|| jobs.get(&req.name))?;
-            Some(Handle {
-                executor: "fake".into(),
-                id: latest.id.clone(),
-            })
+            Some(Handle::new("fake", latest.id.clone()))
         })
     }
 

@@ -79,7 +79,7 @@ impl std::fmt::Debug for StepRequest {
             .field("work", &self.work)
             .field("config", &self.config)
             .field("timeout", &self.timeout)
-            .field("record", &StepRequestRecorder(&self.record))
+            .field("records_early", &self.record.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -248,19 +248,6 @@ impl Default for Registry {
         Registry::builtin()
     }
 }
-
-impl std::fmt::Debug for StepRequestRecorder<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Some(recorder)"
-        } else {
-            "None"
-        })
-    }
-}
-
-/// Debug for the recorder field.
-pub(crate) struct StepRequestRecorder<'a>(pub &'a Option<Recorder>);
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
