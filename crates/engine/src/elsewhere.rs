@@ -181,6 +181,7 @@ fn request<S: ?Sized, E>(
     let limits = crate::step::Limits::of(env, step);
     // `${...}` only: `$VAR` in `with:` stays for the container's shell.
     let own = crate::output::expand_json(env, &config.config, false);
+    let own = dag_defaults(env, &config.kind, own);
     let mut config = env.engine.opts.executors.with_defaults(&config.kind, own);
     crate::run_container::with_registry_auths(&env.dag, &env.scope, &mut config);
     StepRequest {
@@ -203,6 +204,23 @@ fn request<S: ?Sized, E>(
         mask: env.mask.clone(),
         labels,
         record: None,
+    }
+}
+
+/// A step's `with:` over the DAG's defaults for its executor (`kubernetes:`, `slurm:`).
+fn dag_defaults<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    kind: &str,
+    own: serde_json::Value,
+) -> serde_json::Value {
+    let executors = &env.engine.opts.executors;
+    let canonical = executors.get(kind).map_or(kind, |e| e.kind());
+    match env.dag.executor_defaults.get(canonical) {
+        Some(defaults) if matches!(canonical, "kubernetes" | "slurm") => {
+            let defaults = crate::output::expand_json(env, defaults, false);
+            trellis_executor::lay_over(&defaults, own)
+        }
+        _ => own,
     }
 }
 

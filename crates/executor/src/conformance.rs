@@ -31,6 +31,11 @@ pub trait Programs: Send + Sync {
     fn flag_dir(&self) -> PathBuf;
     /// What is still there after the suite's work ended and `settle` ran.
     fn leftovers(&self) -> Vec<String>;
+    /// Whether the target keeps one stream of output (a Kubernetes pod's log): stderr
+    /// then lands in the step's stdout log, in order.
+    fn merged_output(&self) -> bool {
+        false
+    }
 }
 
 /// The executor under test: `make` gives a new instance each call (what a restarted
@@ -114,6 +119,9 @@ async fn exit_code_and_logs(s: &Suite<'_>) -> Result<(), String> {
     let outcome = exec.wait(&handle, &req, CancellationToken::new()).await;
     expect("outcome", outcome, Outcome::Exited(3))?;
     exec.settle().await;
+    if s.programs.merged_output() {
+        return expect("one stream", read(&req.stdout), "out\nerr\n");
+    }
     expect("stdout", read(&req.stdout), "out\n")?;
     expect("stderr", read(&req.stderr), "err\n")
 }

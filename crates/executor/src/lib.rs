@@ -21,6 +21,9 @@ mod docker_exec;
 mod docker_run;
 mod docker_state;
 pub mod fake;
+mod kube_config;
+mod kube_follow;
+mod kubernetes;
 mod mask;
 mod seam;
 mod slurm;
@@ -28,10 +31,12 @@ mod slurm_config;
 mod spawn;
 
 pub use docker::Docker;
+pub use kubernetes::Kubernetes;
 pub use mask::{MASKED, Mask};
 pub use seam::{
     BoxFuture, Defaults, Handle, Recorder, Registry, Shared, SharedRequest, StartError,
-    StepExecutor, StepRequest, Work, check_dag_option, check_step, external_name, set_defaults,
+    StepExecutor, StepRequest, Work, check_dag_option, check_step, external_name, lay_over,
+    set_defaults,
 };
 pub use slurm::Slurm;
 

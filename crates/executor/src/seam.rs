@@ -189,11 +189,14 @@ pub fn check_step(kind: &str, config: &serde_json::Value) -> Option<Result<(), S
 }
 
 /// For the loader (`trellis_spec::set_dag_option_check`): the DAG-level options the
-/// executors read (`container:`, `registry_auths:`); `None` for any other key.
+/// executors read (`container:`, `registry_auths:`, and `kubernetes:` / `slurm:`, laid
+/// under each such step's `with:`); `None` for any other key.
 pub fn check_dag_option(key: &str, value: &serde_json::Value) -> Option<Result<(), String>> {
     match key {
         "container" => Some(crate::docker::Docker::default().check_shared(value)),
         "registry_auths" => Some(crate::docker_auth::parse(Some(value)).map(|_| ())),
+        "kubernetes" => Some(crate::kube_config::Config::parse_defaults(value).map(|_| ())),
+        "slurm" => Some(crate::slurm_config::Config::parse(value).map(|_| ())),
         _ => None,
     }
 }
@@ -235,6 +238,20 @@ pub fn set_defaults(defaults: Defaults) {
     let _ = DEFAULTS.set(defaults);
 }
 
+/// `with:` over `defaults` (a mapping), key by key.
+pub fn lay_over(defaults: &serde_json::Value, with: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(defaults) = defaults else {
+        return with;
+    };
+    let mut merged = defaults.clone();
+    match with {
+        serde_json::Value::Object(own) => merged.extend(own),
+        serde_json::Value::Null => {}
+        other => return other,
+    }
+    serde_json::Value::Object(merged)
+}
+
 /// The step executors built into this binary, by step type.
 #[derive(Clone)]
 pub struct Registry {
@@ -263,6 +280,9 @@ impl Registry {
         registry.add_as("docker", docker.clone());
         registry.add_as("container", docker);
         registry.add_as("slurm", Arc::new(crate::slurm::Slurm));
+        let kubernetes: Arc<dyn StepExecutor> = Arc::new(crate::kubernetes::Kubernetes::default());
+        registry.add_as("kubernetes", kubernetes.clone());
+        registry.add_as("k8s", kubernetes);
         registry.defaults = DEFAULTS.get().cloned().unwrap_or_default();
         registry
     }
@@ -281,16 +301,12 @@ impl Registry {
 
     /// A step's `with:` over the config's defaults for its type.
     pub fn with_defaults(&self, kind: &str, with: serde_json::Value) -> serde_json::Value {
-        let Some(serde_json::Value::Object(defaults)) = self.defaults.with.get(kind) else {
-            return with;
-        };
-        let mut merged = defaults.clone();
-        match with {
-            serde_json::Value::Object(own) => merged.extend(own),
-            serde_json::Value::Null => {}
-            other => return other,
+        let canonical = self.get(kind).map_or(kind, |e| e.kind());
+        let defaults = self.defaults.with.get(kind);
+        match defaults.or_else(|| self.defaults.with.get(canonical)) {
+            Some(defaults) => lay_over(defaults, with),
+            None => with,
         }
-        serde_json::Value::Object(merged)
     }
 
     pub fn add_as(&mut self, kind: &'static str, executor: Arc<dyn StepExecutor>) {

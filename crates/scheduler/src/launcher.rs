@@ -16,21 +16,43 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use trellis_executor::{StepRequest, Work};
 
-/// `run_launcher:` in the config file.
+/// `run_launcher:` in the config file: `type: docker | k8s`, or Dagster's `module:` and
+/// `class:` lines (`DockerRunLauncher`, `K8sRunLauncher`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunLauncher {
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub module: Option<String>,
+    #[serde(default)]
+    pub class: Option<String>,
     #[serde(default)]
     pub config: LauncherConfig,
+}
+
+/// The launchers this build has, as the executor each runs its runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launcher {
+    Docker,
+    Kubernetes,
+}
+
+impl Launcher {
+    /// The step executor that starts and follows a run's container or Job.
+    pub fn executor(self) -> &'static str {
+        match self {
+            Launcher::Docker => "docker",
+            Launcher::Kubernetes => "kubernetes",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LauncherConfig {
-    /// An image with `trellis` on its PATH.
-    #[serde(default)]
+    /// An image with `trellis` on its PATH (`job_image` for Kubernetes, as Dagster).
+    #[serde(default, alias = "job_image")]
     pub image: Option<String>,
     #[serde(default)]
     pub network: Option<String>,
@@ -47,6 +69,39 @@ pub struct LauncherConfig {
     /// When to pull the image: always, missing (the default), never.
     #[serde(default)]
     pub pull: Option<String>,
+    // Kubernetes: seed 003's `K8sRunLauncher` keys, see [`crate::launcher_k8s`].
+    #[serde(default)]
+    pub job_namespace: Option<String>,
+    /// Use the pod's service account (a scheduler running in the cluster).
+    #[serde(default)]
+    pub load_incluster_config: Option<bool>,
+    #[serde(default)]
+    pub kubeconfig_file: Option<String>,
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+    #[serde(default)]
+    pub image_pull_secrets: Option<Value>,
+    /// Config maps and secrets whose keys become the run's variables.
+    #[serde(default)]
+    pub env_config_maps: Vec<String>,
+    #[serde(default)]
+    pub env_secrets: Vec<String>,
+    #[serde(default)]
+    pub resources: Option<Value>,
+    #[serde(default)]
+    pub labels: IndexMap<String, Value>,
+    #[serde(default)]
+    pub annotations: IndexMap<String, Value>,
+    #[serde(default)]
+    pub volumes: Option<Value>,
+    #[serde(default)]
+    pub volume_mounts: Option<Value>,
+    #[serde(default)]
+    pub node_selector: Option<Value>,
+    #[serde(default)]
+    pub tolerations: Option<Value>,
 }
 
 /// Where the run's container gets its store and files from.
@@ -76,22 +131,61 @@ impl RunLauncher {
             dags_dir: Path::new("/dags"),
             store_env: Vec::new(),
         };
-        let config = self.docker_config(&mounts)?;
-        match trellis_executor::check_step("docker", &config) {
+        let launcher = self.launcher()?;
+        let config = self.executor_config(launcher, &mounts)?;
+        match trellis_executor::check_step(launcher.executor(), &config) {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(format!("run_launcher: {e}")),
-            None => Err("run_launcher: this build has no docker executor".into()),
+            None => Err(format!(
+                "run_launcher: this build has no {} executor",
+                launcher.executor()
+            )),
+        }
+    }
+
+    /// Which launcher `type:` (or Dagster's `class:`) names.
+    pub fn launcher(&self) -> Result<Launcher, String> {
+        let named = match (&self.kind, &self.class) {
+            (Some(kind), _) => kind.as_str(),
+            (None, Some(class)) => class.as_str(),
+            (None, None) => return Err("run_launcher: `type:` is required (docker or k8s)".into()),
+        };
+        match named {
+            "docker" | "DockerRunLauncher" => Ok(Launcher::Docker),
+            "k8s" | "kubernetes" | "K8sRunLauncher" => Ok(Launcher::Kubernetes),
+            other => Err(format!(
+                "run_launcher: `{other}` is not built; the launchers are: docker (DockerRunLauncher), k8s (K8sRunLauncher)"
+            )),
+        }
+    }
+
+    /// The `with:` of the executor that starts a run's container or Job.
+    pub fn executor_config(&self, launcher: Launcher, mounts: &Mounts) -> Result<Value, String> {
+        match launcher {
+            Launcher::Docker => {
+                self.config.refuse_k8s_keys("docker")?;
+                self.docker_config(mounts)
+            }
+            Launcher::Kubernetes => {
+                let c = &self.config;
+                let docker_only = [
+                    ("network", c.network.is_some()),
+                    ("container_kwargs", !c.container_kwargs.is_empty()),
+                    ("host", c.host.is_some()),
+                    ("pull", c.pull.is_some()),
+                ];
+                if let Some((key, _)) = docker_only.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "run_launcher: `{key}` is a docker launcher option; for k8s see image_pull_policy, resources, volumes"
+                    ));
+                }
+                c.k8s_with()
+            }
         }
     }
 
     /// The docker executor's `with:` for a run's container.
-    pub fn docker_config(&self, mounts: &Mounts) -> Result<Value, String> {
-        if self.kind != "docker" {
-            return Err(format!(
-                "run_launcher: type `{}` is not built; the launchers are: docker",
-                self.kind
-            ));
-        }
+    fn docker_config(&self, mounts: &Mounts) -> Result<Value, String> {
         let c = &self.config;
         let image = c
             .image
@@ -140,6 +234,7 @@ impl RunLauncher {
         mounts: &Mounts,
         logs: &Path,
     ) -> Result<StepRequest, String> {
+        let launcher = self.launcher()?;
         let mut argv = vec![
             "run-queued".to_string(),
             format!("--run-id={}", launch.run_id),
@@ -159,15 +254,22 @@ impl RunLauncher {
         let mut env = mounts.store_env.clone();
         env.push((
             trellis_store::HOST_NAME_VAR.to_string(),
-            format!("container/{name}"),
+            match launcher {
+                Launcher::Docker => format!("container/{name}"),
+                Launcher::Kubernetes => format!("job/{name}"),
+            },
         ));
         env.extend(self.passed_env());
+        if launcher == Launcher::Kubernetes {
+            // A Job's command replaces the image's entrypoint.
+            argv.insert(0, "trellis".into());
+        }
         Ok(StepRequest {
             name,
             work: Work::Argv(argv),
             env,
             working_dir: None,
-            config: self.docker_config(mounts)?,
+            config: self.executor_config(launcher, mounts)?,
             stdout: logs.join(format!("{}.out", launch.run_id)),
             stderr: logs.join(format!("{}.err", launch.run_id)),
             timeout: None,

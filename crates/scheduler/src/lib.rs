@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod heartbeat;
 pub mod launcher;
+mod launcher_k8s;
 
 pub mod daemon;
 pub mod dispatch;

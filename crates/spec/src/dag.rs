@@ -69,6 +69,7 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
         "s3",
         "redis",
         "kubernetes",
+        "slurm",
         "smtp",
         "mail_on",
         "error_mail",

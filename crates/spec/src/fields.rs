@@ -221,7 +221,18 @@ pub static DAG: &[Field] = &[
     field!("ssh", [], OBJ, "Default SSH settings."),
     field!("s3", [], OBJ, "Default S3 settings."),
     field!("redis", [], OBJ, "Default Redis settings."),
-    field!("kubernetes", [], OBJ, "Default Kubernetes settings."),
+    field!(
+        "kubernetes",
+        [],
+        OBJ,
+        "Defaults under the with: of every kubernetes step (namespace, image, kubeconfig, ...)."
+    ),
+    field!(
+        "slurm",
+        [],
+        OBJ,
+        "Defaults under the with: of every slurm step (partition, time, account, ...)."
+    ),
     field!("smtp", [], OBJ, "SMTP server for mail notifications."),
     field!(
         "mail_on",

@@ -374,7 +374,7 @@ fn runnable(cx: &mut Cx, kind: &str, config: &serde_json::Value, node: &Node, wi
             node.span,
             format!("step type `{kind}` cannot run in this version of trellis: its executor is not built yet"),
         )
-        .help("the steps that run: shell commands, scripts and exec, call (dag, subworkflow, parallel), router, noop, docker (container) and slurm"),
+        .help("the steps that run: shell commands, scripts and exec, call (dag, subworkflow, parallel), router, noop, docker (container), slurm and kubernetes (k8s)"),
     };
     cx.push(problem);
     false

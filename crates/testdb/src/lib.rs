@@ -11,6 +11,7 @@
 //! Durability: fsync is off (fast), but each commit still reaches the OS at commit time, so a
 //! committed row survives [`Server::stop`] (SIGKILL), as it would survive a real server crash.
 
+pub mod kube;
 pub mod podman;
 pub mod slurm;
 

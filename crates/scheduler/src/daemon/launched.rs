@@ -79,6 +79,13 @@ impl<C: Clock + 'static> Leader<C> {
     }
 
     fn follow(&mut self, slot: Slot, req: StepRequest, start: bool) {
+        let kind = self
+            .opts
+            .config
+            .run_launcher
+            .as_ref()
+            .and_then(|l| l.launcher().ok())
+            .map_or("docker", |l| l.executor());
         let cancel = CancellationToken::new();
         let run_id = req
             .labels
@@ -98,7 +105,7 @@ impl<C: Clock + 'static> Leader<C> {
         let (store, done) = (self.store.clone(), self.done.clone());
         self.followers.retain(|t| !t.is_finished());
         self.followers.push(tokio::spawn(async move {
-            let outcome = container(&req, start, cancel).await;
+            let outcome = container(kind, &req, start, cancel).await;
             let reason = match &outcome {
                 Outcome::Exited(0) => None,
                 other => Some(describe(other, &req)),
@@ -138,10 +145,15 @@ impl<C: Clock + 'static> Leader<C> {
 }
 
 /// Starts (or finds again) the run's container and waits for it to end.
-async fn container(req: &StepRequest, start: bool, cancel: CancellationToken) -> Outcome {
+async fn container(
+    kind: &str,
+    req: &StepRequest,
+    start: bool,
+    cancel: CancellationToken,
+) -> Outcome {
     let registry = trellis_executor::Registry::builtin();
-    let Some(docker) = registry.get("docker") else {
-        return Outcome::SpawnFailed("this build has no docker executor".into());
+    let Some(docker) = registry.get(kind) else {
+        return Outcome::SpawnFailed(format!("this build has no {kind} executor"));
     };
     let handle = match docker.find(req).await {
         Some(handle) if !start => handle,
