@@ -7,7 +7,7 @@ mod support;
 use std::process::Output;
 
 use serde_json::Value;
-use support::Env;
+use support::{Env, step};
 use trellis_testdb::podman::Podman;
 
 fn podman() -> Option<Podman> {
@@ -26,13 +26,6 @@ fn start(env: &Env, podman: &Podman, file: &std::path::Path) -> Output {
 
 fn status(env: &Env, dag: &str) -> Value {
     support::status(env, dag, "").expect("status --json")
-}
-
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
 }
 
 const BOXED: &str = r#"

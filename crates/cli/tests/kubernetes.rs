@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use support::{Env, Proc};
+use support::{Env, Proc, step};
 use trellis_executor::conformance::{self, Programs, Suite};
 use trellis_executor::{StepExecutor, Work};
 use trellis_testdb::kube::Cluster;
@@ -79,28 +79,15 @@ struct KubePrograms<'a> {
     cluster: &'a Cluster,
 }
 
-fn sh(script: &str, args: &[&str]) -> Work {
-    let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    Work::Argv(argv)
-}
-
 impl Programs for KubePrograms<'_> {
     fn print(&self, out: &str, err: &str, code: i32) -> Work {
-        sh(
-            r#"printf %s "$1"; printf %s "$2" >&2; exit "$3""#,
-            &[out, err, &code.to_string()],
-        )
+        conformance::sh::print(out, err, code)
     }
     fn await_flag(&self, flag: &str, before: &str, after: &str) -> Work {
-        let path = self.dir.join(flag).display().to_string();
-        sh(
-            r#"printf %s "$2"; while [ ! -f "$1" ]; do sleep 0.05; done; printf %s "$3""#,
-            &[&path, before, after],
-        )
+        conformance::sh::await_flag(&self.dir, flag, before, after)
     }
     fn sleep(&self) -> Work {
-        sh("sleep 600", &[])
+        conformance::sh::sleep()
     }
     fn config(&self) -> Value {
         json!({"image": "busybox:1.36", "namespace": "batch",
@@ -151,13 +138,6 @@ fn the_kubernetes_executor_passes_the_suite(cluster: &Cluster) {
     if let Err(e) = runtime.block_on(conformance::run(&suite)) {
         panic!("conformance: {e}\n{}", cluster.log());
     }
-}
-
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
 }
 
 fn jobs_dag(cluster: &Cluster) -> String {
@@ -369,9 +349,16 @@ fn a_killed_runner_leaves_its_job_and_the_next_one_reattaches(cluster: &Cluster)
 /// A DAG written for this machine runs as Kubernetes Jobs when the config file says so.
 fn a_local_dag_runs_on_kubernetes_by_configuration_alone(cluster: &Cluster) {
     let env = Env::new();
+    // A kubeconfig with a bearer token (the stand-in ignores it): it must not reach the
+    // run's record or logs.
+    let with_token = std::fs::read_to_string(cluster.kubeconfig())
+        .expect("kubeconfig")
+        .replace("user: {}", "user: {token: TOKEN-never-shown}");
+    let kubeconfig = env.path("kubeconfig");
+    std::fs::write(&kubeconfig, with_token).expect("kubeconfig");
     let config = env.config(&format!(
         "executors:\n  default: kubernetes\n  kubernetes:\n    image: busybox:1.36\n    namespace: batch\n    kubeconfig: {}\n",
-        cluster.kubeconfig().display()
+        kubeconfig.display()
     ));
     let file = env.dag(
         "plain",
@@ -393,6 +380,8 @@ fn a_local_dag_runs_on_kubernetes_by_configuration_alone(cluster: &Cluster) {
     );
     let said = run["outputs"]["WHERE"].as_str().unwrap_or_default();
     assert!(said.starts_with("pod=trellis-plain-"), "{said}");
+    let leaks = support::files_holding(env.home.path(), "TOKEN-never-shown");
+    assert!(leaks.is_empty(), "the token leaked into {leaks:?}");
 }
 
 /// `run_launcher: {type: k8s}`: each queued run executes as `trellis run-queued` in a

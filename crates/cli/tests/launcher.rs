@@ -8,8 +8,7 @@ mod support;
 
 use std::path::Path;
 
-use serde_json::Value;
-use support::{Env, Proc};
+use support::{Env, Proc, step};
 use trellis_testdb::podman::Podman;
 
 const IMAGE: &str = "localhost/trellis-run:test";
@@ -52,13 +51,6 @@ fn config(env: &Env, shared: &Path) -> std::path::PathBuf {
          mem_limit: 256m\n      volumes: [\"{}:/shared\"]\n",
         shared.display()
     ))
-}
-
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
 }
 
 /// A queued run goes to a container of its own, with the listed variables and limits,

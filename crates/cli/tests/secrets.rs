@@ -1,10 +1,13 @@
 //! `secrets:` end to end with the real binary: steps see the values, and nothing a run
 //! leaves behind (logs, records, outputs, error messages, `status`, `logs`) holds them.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
 use assert_cmd::Command;
+use support::files_holding;
 
 const FROM_ENV: &str = "hunter2-Zq9x";
 const FROM_FILE: &str = "filesecret-77Kp";
@@ -19,25 +22,6 @@ fn trellis(home: &Path, work: &Path, args: &[&str]) -> std::process::Output {
         .timeout(Duration::from_secs(60))
         .output()
         .expect("run trellis")
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use support::Env;
+use support::{Env, step};
 use trellis_executor::conformance::{self, Programs, Suite};
 use trellis_executor::{StepExecutor, Work};
 use trellis_testdb::slurm::Slurm;
@@ -44,28 +44,15 @@ struct SlurmPrograms<'a> {
     slurm: &'a Slurm,
 }
 
-fn sh(script: &str, args: &[&str]) -> Work {
-    let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    Work::Argv(argv)
-}
-
 impl Programs for SlurmPrograms<'_> {
     fn print(&self, out: &str, err: &str, code: i32) -> Work {
-        sh(
-            r#"printf %s "$1"; printf %s "$2" >&2; exit "$3""#,
-            &[out, err, &code.to_string()],
-        )
+        conformance::sh::print(out, err, code)
     }
     fn await_flag(&self, flag: &str, before: &str, after: &str) -> Work {
-        let path = self.dir.join(flag).display().to_string();
-        sh(
-            r#"printf %s "$2"; while [ ! -f "$1" ]; do sleep 0.05; done; printf %s "$3""#,
-            &[&path, before, after],
-        )
+        conformance::sh::await_flag(&self.dir, flag, before, after)
     }
     fn sleep(&self) -> Work {
-        sh("sleep 600", &[])
+        conformance::sh::sleep()
     }
     fn config(&self) -> Value {
         json!({"partition": "debug"})
@@ -107,13 +94,6 @@ fn the_slurm_executor_passes_the_suite(slurm: &Slurm) {
     runtime
         .block_on(conformance::run(&suite))
         .expect("conformance");
-}
-
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
 }
 
 const JOBS: &str = r#"

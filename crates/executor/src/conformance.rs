@@ -38,6 +38,42 @@ pub trait Programs: Send + Sync {
     }
 }
 
+/// The suite's work as `sh -c` scripts, for executors that run commands in a shell's
+/// world (a batch job, a pod): arguments pass as `$1`...
+pub mod sh {
+    use std::path::Path;
+
+    use crate::seam::Work;
+
+    fn sh(script: &str, args: &[&str]) -> Work {
+        let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Work::Argv(argv)
+    }
+
+    /// See [`super::Programs::print`].
+    pub fn print(out: &str, err: &str, code: i32) -> Work {
+        sh(
+            r#"printf %s "$1"; printf %s "$2" >&2; exit "$3""#,
+            &[out, err, &code.to_string()],
+        )
+    }
+
+    /// See [`super::Programs::await_flag`].
+    pub fn await_flag(dir: &Path, flag: &str, before: &str, after: &str) -> Work {
+        let path = dir.join(flag).display().to_string();
+        sh(
+            r#"printf %s "$2"; while [ ! -f "$1" ]; do sleep 0.05; done; printf %s "$3""#,
+            &[&path, before, after],
+        )
+    }
+
+    /// See [`super::Programs::sleep`].
+    pub fn sleep() -> Work {
+        sh("sleep 600", &[])
+    }
+}
+
 /// The executor under test: `make` gives a new instance each call (what a restarted
 /// runner has), all of them reaching the same work.
 pub struct Suite<'a> {

@@ -129,17 +129,7 @@ async fn watch(
             }
             Err(e) => tracing::debug!(job = t.name, "reading the Job failed, trying again: {e}"),
         }
-        let until_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(pause) => None,
-            _ = until_deadline => Some(Outcome::TimedOut),
-            _ = cancel.cancelled() => Some(Outcome::Cancelled),
-        };
+        let stopped = crate::seam::pause(pause, deadline, &cancel).await;
         if let Some(stopped) = stopped {
             stop(t, jobs, req).await;
             return stopped;

@@ -181,6 +181,26 @@ pub trait StepExecutor: Send + Sync {
     }
 }
 
+/// A poller's wait between two reads of a step's state: `None` after `pause`, or how the
+/// step ends when its deadline passes or it is cancelled first.
+pub(crate) async fn pause(
+    pause: Duration,
+    deadline: Option<tokio::time::Instant>,
+    cancel: &CancellationToken,
+) -> Option<Outcome> {
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => None,
+        _ = until_deadline => Some(Outcome::TimedOut),
+        _ = cancel.cancelled() => Some(Outcome::Cancelled),
+    }
+}
+
 /// For the loader (`trellis_spec::set_executor_check`): `None` when no built-in
 /// executor serves `kind`, else its check of the step's `with:`.
 pub fn check_step(kind: &str, config: &serde_json::Value) -> Option<Result<(), String>> {

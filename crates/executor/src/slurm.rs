@@ -145,17 +145,7 @@ async fn follow(id: &str, req: &StepRequest, cancel: CancellationToken) -> Outco
             }
             Err(e) => tracing::debug!(job = id, "scontrol failed, trying again: {e}"),
         }
-        let until_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(pause) => None,
-            _ = until_deadline => Some(Outcome::TimedOut),
-            _ = cancel.cancelled() => Some(Outcome::Cancelled),
-        };
+        let stopped = crate::seam::pause(pause, deadline, &cancel).await;
         if let Some(stopped) = stopped {
             stop(id, req).await;
             copier.copy();

@@ -31,6 +31,7 @@ import random
 import signal
 import string
 import sys
+import time
 import uuid
 
 import aiohttp
@@ -135,7 +136,7 @@ class Cluster(kmock.KubernetesEmulator):
             except kubernetes_validate.SchemaNotFoundError as e:
                 error = f"no schema for {obj.get('kind')}: {e}"
             with open(DIR / "validated.jsonl", "a") as f:
-                f.write(json.dumps({"kind": obj.get("kind"), "name": meta.get("name"),
+                f.write(json.dumps({"kind": obj.get("kind"), "name": meta.get("name"), "at": time.time(),
                                     "error": error, "object": obj}) + "\n")
             if error:
                 raise ApiError(422, "Invalid", error)
@@ -172,7 +173,7 @@ class Cluster(kmock.KubernetesEmulator):
             elif not follow or not running:
                 break
             else:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.05)
         await response.write_eof()
         return response
 

@@ -19,10 +19,10 @@ pub struct Cluster {
     url: String,
 }
 
-/// Where the stand-in's Python packages live: `$HOME/.cache/trellis-ci/py`.
+/// Where the stand-in's Python packages live: `$HOME/.cache/trellis-ci/py-kube`.
 pub fn python_path() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    home.join(".cache/trellis-ci/py")
+    home.join(".cache/trellis-ci/py-kube")
 }
 
 impl Cluster {
