@@ -84,6 +84,14 @@ async fn never_started(client: &bollard::Docker, host: &str, exec: &str) -> bool
     )
 }
 
+/// Podman reports an exec that has ended with pid 0, as one never started: starting it
+/// then fails with "can only start created exec sessions". It ran (its runner died while
+/// it did): it is followed to its exit code, never started again.
+fn already_ran(e: &bollard::errors::Error) -> bool {
+    e.to_string()
+        .contains("can only start created exec sessions")
+}
+
 /// Waits up to [`RUNNING_WAIT`] for `container` to be running; one that does not exist
 /// fails at once.
 async fn wait_running(
@@ -137,6 +145,7 @@ pub(crate) async fn wait(
     if !held
         && never_started(client, host, exec).await
         && let Err(e) = start_created(docker, client, host, exec).await
+        && !already_ran(&e)
     {
         return Outcome::SpawnFailed(format!("cannot start exec {exec}: {e}"));
     }
