@@ -140,7 +140,7 @@ impl Config {
         let spec = JobSpec {
             backoff_limit: Some(count(map, "backoff_limit")?.unwrap_or(0) as i32),
             active_deadline_seconds: count(map, "active_deadline")?,
-            ttl_seconds_after_finished: count(map, "ttl_after_finished")?.map(|n| n as i32),
+            ttl_seconds_after_finished: ttl(map)?,
             pod_failure_policy: typed::<PodFailurePolicy>(map, "pod_failure_policy", camel)?,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -379,6 +379,17 @@ fn strings(
     }
 }
 
+/// At least a minute: a Job deleted by its TTL before Trellis read its end (a poll, or a
+/// runner restarting) would leave a finished step lost, or run again.
+fn ttl(map: &Map<String, Value>) -> Result<Option<i32>, String> {
+    match count(map, "ttl_after_finished")? {
+        Some(n) if n < 60 => Err(format!(
+            "kubernetes: ttl_after_finished {n} is too short: at least 60 seconds, so the Job outlives the reading of its end (cleanup_policy: delete removes it at once after that)"
+        )),
+        other => Ok(other.map(|n| n as i32)),
+    }
+}
+
 fn count(map: &Map<String, Value>, key: &str) -> Result<Option<i64>, String> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -450,5 +461,7 @@ mod tests {
             "image required"
         );
         assert!(Config::parse(&json!({"image": "a", "namespace": "Bad_NS"})).is_err());
+        let err = Config::parse(&json!({"image": "a", "ttl_after_finished": 0})).unwrap_err();
+        assert!(err.contains("at least 60"), "{err}");
     }
 }

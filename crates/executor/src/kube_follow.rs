@@ -19,6 +19,9 @@ use crate::Outcome;
 use crate::seam::{StartError, StepRequest};
 
 const POLL_FIRST: Duration = Duration::from_millis(50);
+/// The longest an API call may take before it counts as failed (kube sets no read
+/// timeout): a stalled connection must not hold up a stop or a timeout.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
 const POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Waiting reasons of a container that will not start without someone's help.
@@ -109,7 +112,7 @@ async fn watch(
     let mut pause = POLL_FIRST;
     let mut last_seen = String::from("not started");
     loop {
-        match jobs.get_opt(t.name).await {
+        match bounded(jobs.get_opt(t.name)).await {
             Ok(Some(job)) => {
                 let list = job_pods(pods, t.name).await;
                 if let Some(outcome) = ended(&job, &list) {
@@ -138,10 +141,20 @@ async fn watch(
     }
 }
 
+/// An API call bounded by [`CALL_LIMIT`]; a stalled one is retried like a failed one.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_LIMIT, call).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CALL_LIMIT.as_secs())),
+    }
+}
+
 /// The Job's pods, oldest first (one per try the Job made).
 async fn job_pods(pods: &Api<Pod>, job: &str) -> Vec<Pod> {
     let params = ListParams::default().labels(&format!("job-name={job}"));
-    let mut list: Vec<Pod> = match pods.list(&params).await {
+    let mut list: Vec<Pod> = match bounded(pods.list(&params)).await {
         Ok(list) => list.items,
         Err(e) => {
             tracing::debug!(job, "listing the Job's pods failed: {e}");
@@ -252,7 +265,7 @@ async fn stop(t: &Target<'_>, jobs: &Api<Job>, req: &StepRequest) {
     let pods: Api<Pod> = Api::namespaced(t.client.clone(), t.namespace);
     let until = tokio::time::Instant::now() + req.grace + Duration::from_secs(10);
     while tokio::time::Instant::now() < until {
-        let job_gone = matches!(jobs.get_opt(t.name).await, Ok(None));
+        let job_gone = matches!(bounded(jobs.get_opt(t.name)).await, Ok(None));
         if job_gone && job_pods(&pods, t.name).await.is_empty() {
             return;
         }
@@ -265,6 +278,8 @@ async fn stop(t: &Target<'_>, jobs: &Api<Job>, req: &StepRequest) {
 async fn copy_logs(pods: &Api<Pod>, job: &str, req: &StepRequest, ended: &CancellationToken) {
     let mut skip = std::fs::metadata(&req.stdout).map_or(0, |m| m.len());
     let mut done: Vec<String> = Vec::new();
+    // Bytes of each pod's log already handled (written or skipped), for a stream reopened.
+    let mut consumed: std::collections::HashMap<String, u64> = Default::default();
     loop {
         let list = job_pods(pods, job).await;
         let next = list.iter().find(|p| {
@@ -287,15 +302,30 @@ async fn copy_logs(pods: &Api<Pod>, job: &str, req: &StepRequest, ended: &Cancel
             ended.cancelled().await;
             tokio::time::sleep(Duration::from_secs(10)).await;
         };
+        let read = consumed.entry(name.clone()).or_insert(0);
         tokio::select! {
-            streamed = stream_pod(pods, &name, req, &mut skip) => {
+            streamed = stream_pod(pods, &name, req, &mut skip, read) => {
                 if let Err(e) = streamed {
                     tracing::debug!(pod = name, "the pod's log stream ended early: {e}");
                 }
             }
             _ = late => return,
         }
+        // A stream can close while the container runs (an idle connection cut): it is
+        // opened again, after what this pod has already given.
+        if still_running(pods, &name).await && !ended.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         done.push(name);
+    }
+}
+
+/// Whether the pod's container is still running (not ended, not gone).
+async fn still_running(pods: &Api<Pod>, name: &str) -> bool {
+    match bounded(pods.get_opt(name)).await {
+        Ok(Some(pod)) => terminated(&pod).is_none() && started(&pod),
+        _ => false,
     }
 }
 
@@ -315,6 +345,7 @@ async fn stream_pod(
     name: &str,
     req: &StepRequest,
     skip: &mut u64,
+    consumed: &mut u64,
 ) -> Result<(), String> {
     let params = LogParams {
         follow: true,
@@ -327,6 +358,7 @@ async fn stream_pod(
         .map_err(|e| e.to_string())?;
     let mut log = crate::append(&req.stdout).map_err(|e| e.to_string())?;
     let mut line = Vec::new();
+    let mut seen = 0u64;
     loop {
         line.clear();
         let n = stream
@@ -343,6 +375,11 @@ async fn stream_pod(
             _ => std::mem::take(&mut line),
         };
         let len = masked.len() as u64;
+        seen += len;
+        if seen <= *consumed {
+            continue;
+        }
+        *consumed = seen;
         if *skip >= len {
             *skip -= len;
             continue;

@@ -178,7 +178,8 @@ pub(crate) fn api_error(e: &kube::Error) -> String {
 }
 
 /// A Job name from the request's name: a DNS label (at most 63 characters, so that the
-/// `job-name` label of its pods is valid), with a hash of the whole when cut.
+/// `job-name` label of its pods is valid), with a hash of the whole whenever the name had
+/// to change (cut, or `Load_data` and `load.data`, which would otherwise meet).
 pub(crate) fn job_name(raw: &str) -> String {
     let mut clean: String = raw
         .chars()
@@ -191,7 +192,7 @@ pub(crate) fn job_name(raw: &str) -> String {
         })
         .collect();
     clean = clean.trim_matches('-').to_string();
-    if dns_label(&clean) {
+    if dns_label(&clean) && clean == raw {
         return clean;
     }
     let hash = raw.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -221,6 +222,14 @@ fn job(req: &StepRequest, config: &Config) -> Result<Job, StartError> {
             .extend(annotations.clone());
     }
     let command = command(&req.work)?;
+    let pod = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .ok_or_else(|| StartError("kubernetes: the Job has no pod".into()))?;
+    // Kubernetes ignores a grace given when deleting a Job: its pods get their own.
+    pod.termination_grace_period_seconds
+        .get_or_insert(req.grace.as_secs().min(i64::MAX as u64) as i64);
     let container = job
         .spec
         .as_mut()
@@ -297,10 +306,10 @@ mod tests {
 
     #[test]
     fn job_names_are_dns_labels_and_stay_unique_when_cut() {
-        assert_eq!(
-            job_name("trellis-ETL_daily-1-load-0-0"),
-            "trellis-etl-daily-1-load-0-0"
-        );
+        assert_eq!(job_name("trellis-etl-1-load-0-0"), "trellis-etl-1-load-0-0");
+        let (upper, dotted) = (job_name("run-Load_data-0"), job_name("run-load.data-0"));
+        assert!(upper.starts_with("run-load-data-0-"), "{upper}");
+        assert_ne!(upper, dotted, "names that clean alike stay apart");
         let long = |c: char| format!("trellis-{}", c.to_string().repeat(100));
         let (a, b) = (job_name(&long('a')), job_name(&long('b')));
         assert!(dns_label(&a) && dns_label(&b), "{a}");
