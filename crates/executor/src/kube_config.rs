@@ -81,17 +81,7 @@ impl Config {
                 KEYS.join(", ")
             ));
         }
-        let text = |key: &str| -> Result<Option<String>, String> {
-            match map.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
-                Some(_) => Err(format!("kubernetes: `{key}` must be a non-empty string")),
-            }
-        };
-        let image = text("image")?.ok_or(
-            "kubernetes: `image` is required (in the step's with:, the DAG's kubernetes: or the config file's executors.kubernetes)",
-        )?;
-        let delete_after = match text("cleanup_policy")?.as_deref() {
+        let delete_after = match text(map, "cleanup_policy")?.as_deref() {
             None | Some("delete") => true,
             Some("keep") => false,
             Some(other) => {
@@ -100,59 +90,7 @@ impl Config {
                 ));
             }
         };
-        let pull_policy = match text("image_pull_policy")?.as_deref() {
-            None => None,
-            Some(p @ ("Always" | "IfNotPresent" | "Never")) => Some(p.to_string()),
-            Some(other) => {
-                return Err(format!(
-                    "kubernetes: image_pull_policy `{other}` must be Always, IfNotPresent or Never"
-                ));
-            }
-        };
-        let container = Container {
-            name: CONTAINER.into(),
-            image: Some(image),
-            image_pull_policy: pull_policy,
-            working_dir: text("working_dir")?,
-            env: typed::<Vec<EnvVar>>(map, "env", env_list)?,
-            env_from: typed::<Vec<EnvFromSource>>(map, "env_from", list)?,
-            resources: typed::<ResourceRequirements>(map, "resources", quantities)?,
-            security_context: typed::<SecurityContext>(map, "security_context", camel)?,
-            volume_mounts: typed::<Vec<VolumeMount>>(map, "volume_mounts", list)?,
-            ..Container::default()
-        };
-        let labels = strings(map, "labels")?;
-        let annotations = strings(map, "annotations")?;
-        let pod = PodSpec {
-            containers: vec![container],
-            restart_policy: Some("Never".into()),
-            service_account_name: text("service_account")?,
-            node_selector: strings(map, "node_selector")?,
-            tolerations: typed::<Vec<Toleration>>(map, "tolerations", list)?,
-            security_context: typed::<PodSecurityContext>(map, "pod_security_context", camel)?,
-            affinity: typed::<Affinity>(map, "affinity", camel)?,
-            termination_grace_period_seconds: count(map, "termination_grace_period_seconds")?,
-            priority_class_name: text("priority_class_name")?,
-            volumes: typed::<Vec<Volume>>(map, "volumes", list)?,
-            image_pull_secrets: pull_secrets(map)?,
-            ..PodSpec::default()
-        };
-        let spec = JobSpec {
-            backoff_limit: Some(count(map, "backoff_limit")?.unwrap_or(0) as i32),
-            active_deadline_seconds: count(map, "active_deadline")?,
-            ttl_seconds_after_finished: ttl(map)?,
-            pod_failure_policy: typed::<PodFailurePolicy>(map, "pod_failure_policy", camel)?,
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: labels.clone(),
-                    annotations: annotations.clone(),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..JobSpec::default()
-        };
-        let namespace = text("namespace")?.unwrap_or_else(|| "default".into());
+        let namespace = text(map, "namespace")?.unwrap_or_else(|| "default".into());
         if !dns_label(&namespace) {
             return Err(format!(
                 "kubernetes: namespace `{namespace}` is not a valid name (lowercase letters, digits and '-')"
@@ -167,22 +105,97 @@ impl Config {
         };
         Ok(Config {
             connection: Connection {
-                kubeconfig: text("kubeconfig")?,
-                context: text("context")?,
+                kubeconfig: text(map, "kubeconfig")?,
+                context: text(map, "context")?,
                 in_cluster,
             },
             namespace,
             delete_after,
-            job: Job {
-                metadata: ObjectMeta {
-                    labels,
-                    annotations,
-                    ..ObjectMeta::default()
-                },
-                spec: Some(spec),
-                status: None,
-            },
+            job: job(map)?,
         })
+    }
+}
+
+/// The Job: its spec, labels and annotations (on the Job and its pods).
+fn job(map: &Map<String, Value>) -> Result<Job, String> {
+    let labels = strings(map, "labels")?;
+    let annotations = strings(map, "annotations")?;
+    let spec = JobSpec {
+        backoff_limit: Some(count(map, "backoff_limit")?.unwrap_or(0) as i32),
+        active_deadline_seconds: count(map, "active_deadline")?,
+        ttl_seconds_after_finished: ttl(map)?,
+        pod_failure_policy: typed::<PodFailurePolicy>(map, "pod_failure_policy", camel)?,
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: labels.clone(),
+                annotations: annotations.clone(),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(pod(map)?),
+        },
+        ..JobSpec::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            labels,
+            annotations,
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// The pod of every try: one container, never restarted in place (the Job retries).
+fn pod(map: &Map<String, Value>) -> Result<PodSpec, String> {
+    Ok(PodSpec {
+        containers: vec![container(map)?],
+        restart_policy: Some("Never".into()),
+        service_account_name: text(map, "service_account")?,
+        node_selector: strings(map, "node_selector")?,
+        tolerations: typed::<Vec<Toleration>>(map, "tolerations", camel)?,
+        security_context: typed::<PodSecurityContext>(map, "pod_security_context", camel)?,
+        affinity: typed::<Affinity>(map, "affinity", camel)?,
+        termination_grace_period_seconds: count(map, "termination_grace_period_seconds")?,
+        priority_class_name: text(map, "priority_class_name")?,
+        volumes: typed::<Vec<Volume>>(map, "volumes", camel)?,
+        image_pull_secrets: pull_secrets(map)?,
+        ..PodSpec::default()
+    })
+}
+
+fn container(map: &Map<String, Value>) -> Result<Container, String> {
+    let image = text(map, "image")?.ok_or(
+        "kubernetes: `image` is required (in the step's with:, the DAG's kubernetes: or the config file's executors.kubernetes)",
+    )?;
+    let pull_policy = match text(map, "image_pull_policy")?.as_deref() {
+        None => None,
+        Some(p @ ("Always" | "IfNotPresent" | "Never")) => Some(p.to_string()),
+        Some(other) => {
+            return Err(format!(
+                "kubernetes: image_pull_policy `{other}` must be Always, IfNotPresent or Never"
+            ));
+        }
+    };
+    Ok(Container {
+        name: CONTAINER.into(),
+        image: Some(image),
+        image_pull_policy: pull_policy,
+        working_dir: text(map, "working_dir")?,
+        env: typed::<Vec<EnvVar>>(map, "env", env_list)?,
+        env_from: typed::<Vec<EnvFromSource>>(map, "env_from", camel)?,
+        resources: typed::<ResourceRequirements>(map, "resources", quantities)?,
+        security_context: typed::<SecurityContext>(map, "security_context", camel)?,
+        volume_mounts: typed::<Vec<VolumeMount>>(map, "volume_mounts", camel)?,
+        ..Container::default()
+    })
+}
+
+fn text(map: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(format!("kubernetes: `{key}` must be a non-empty string")),
     }
 }
 
@@ -275,10 +288,6 @@ fn camel(value: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(camel).collect()),
         other => other.clone(),
     }
-}
-
-fn list(value: &Value) -> Value {
-    camel(value)
 }
 
 /// `env:` as a list of `{name, value | value_from}`, or a mapping / `K=V` list (Trellis's
