@@ -21,6 +21,9 @@ mod docker_exec;
 mod docker_run;
 mod docker_state;
 pub mod fake;
+mod http;
+mod inproc;
+mod jq;
 mod kube_config;
 mod kube_follow;
 mod kubernetes;
@@ -29,6 +32,8 @@ mod seam;
 mod slurm;
 mod slurm_config;
 mod spawn;
+mod state;
+mod state_store;
 
 pub use docker::Docker;
 pub use kubernetes::Kubernetes;

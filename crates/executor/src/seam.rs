@@ -303,6 +303,15 @@ impl Registry {
         let kubernetes: Arc<dyn StepExecutor> = Arc::new(crate::kubernetes::Kubernetes::default());
         registry.add_as("kubernetes", kubernetes.clone());
         registry.add_as("k8s", kubernetes);
+        registry.add_as(
+            "http",
+            Arc::new(crate::inproc::InProcess::new(crate::http::Http)),
+        );
+        registry.add_as("jq", Arc::new(crate::inproc::InProcess::new(crate::jq::Jq)));
+        registry.add_as(
+            "state",
+            Arc::new(crate::inproc::InProcess::new(crate::state::State)),
+        );
         registry.defaults = DEFAULTS.get().cloned().unwrap_or_default();
         registry
     }

@@ -148,7 +148,7 @@ pub struct Paths {
     pub log_dir: Option<PathBuf>,
     #[serde(default, alias = "serviceRegistryDir")]
     pub service_registry_dir: Option<PathBuf>,
-    /// Accepted for Dagu configs; Trellis keeps no step state files yet.
+    /// Where `state.*` steps keep their values (default `<data dir>/dag-state`).
     #[serde(default, alias = "dagStateDir")]
     pub dag_state_dir: Option<PathBuf>,
 }

@@ -114,6 +114,7 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
     let scx = StepCx {
         defaults: &defaults,
         step_types,
+        actions: obj.get("actions"),
     };
     dag.handlers = obj
         .get("handler_on")
@@ -255,6 +256,7 @@ fn decode_handlers(cx: &mut Cx, node: &Node, scx: &StepCx) -> Handlers {
                     &StepCx {
                         defaults: &Defaults::default(),
                         step_types: scx.step_types,
+                        actions: scx.actions,
                     },
                 )
             })

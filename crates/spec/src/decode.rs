@@ -26,6 +26,8 @@ pub(crate) use field;
 #[derive(Default)]
 pub struct Cx {
     pub problems: Vec<Problem>,
+    /// Names of the DAGs the file's later documents declare (for Dagu 1.x `run: <dag>`).
+    pub local_dags: Vec<String>,
 }
 
 impl Cx {

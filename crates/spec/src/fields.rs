@@ -199,6 +199,12 @@ pub static DAG: &[Field] = &[
         OBJ,
         "Reusable custom step types."
     ),
+    field!(
+        "actions",
+        [],
+        OBJ,
+        "Custom actions: name → {description, input_schema, template (with `run` or `action`)}."
+    ),
     field!("timezone", ["tz"], STR, "IANA timezone for the schedules."),
     field!(
         "secrets",
@@ -386,7 +392,19 @@ pub static STEP_FIELDS: &[Field] = &[
         BOOL,
         "Send mail when this step fails."
     ),
-    field!("call", ["run"], STR, "Name of a DAG to run as a sub-DAG."),
+    field!("call", [], STR, "Name of a DAG to run as a sub-DAG."),
+    field!(
+        "run",
+        [],
+        r#"{"type":["string","array"]}"#,
+        "Shell command (Dagu 2.15); several lines make a script, a list several commands. A DAG's name here calls it (Dagu 1.x)."
+    ),
+    field!(
+        "action",
+        [],
+        STR,
+        "Built-in action (http.request, ssh.run, sftp.upload, jq.filter, mail.send, state.get, dag.run, wait.duration, ...) or one from `actions:`; its inputs under `with:`."
+    ),
     field!(
         "params",
         [],
@@ -796,4 +814,5 @@ pub const STEP_TYPES: &[&str] = &[
     "template",
     "noop",
     "slurm",
+    "state",
 ];

@@ -6,6 +6,7 @@
 //! decoders turn it into the model, collecting all [`diag::Problem`]s at once rather than
 //! stopping at the first.
 
+mod action;
 mod dag;
 mod daggy;
 mod decode;
@@ -44,6 +45,8 @@ static EXECUTOR_CHECK: std::sync::OnceLock<ExecutorCheck> = std::sync::OnceLock:
 pub fn set_executor_check(check: ExecutorCheck) {
     let _ = EXECUTOR_CHECK.set(check);
 }
+
+pub use action::set_dag_exists;
 
 pub(crate) fn executor_check() -> Option<ExecutorCheck> {
     EXECUTOR_CHECK.get().copied()
@@ -97,7 +100,14 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, Vec<Problem>> {
         }]
     })?;
     let stem = default_name(name);
-    let mut cx = Cx::default();
+    let mut cx = Cx {
+        local_dags: docs
+            .iter()
+            .skip(1)
+            .filter_map(|d| d.get("name").and_then(yaml::Node::as_str).map(String::from))
+            .collect(),
+        ..Cx::default()
+    };
     let format = detect(&docs);
     let dag = match (format, docs.split_first()) {
         (_, None) => {

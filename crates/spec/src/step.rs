@@ -85,6 +85,8 @@ impl Defaults {
 pub struct StepCx<'a> {
     pub defaults: &'a Defaults,
     pub step_types: Option<&'a Node>,
+    /// `actions:` — custom actions (Dagu 2.15's successor of `step_types:`).
+    pub actions: Option<&'a Node>,
 }
 
 /// `steps:` as a list (strings, steps, nested lists = parallel groups) or a name → step map.
@@ -154,6 +156,30 @@ fn decode_named(cx: &mut Cx, item: &Node, key: &Node, scx: &StepCx) -> Option<(S
     Some((step, meta))
 }
 
+/// The step in the form the decoder reads: custom types and actions filled in, Dagu
+/// 2.15's `run:`/`action:` rewritten; `None` when it is already in that form. Custom
+/// actions may use one another, up to a depth that stops a cycle.
+fn expand(cx: &mut Cx, node: &Node, scx: &StepCx) -> Option<Node> {
+    let mut current: Option<Node> = None;
+    for _ in 0..8 {
+        let at = current.as_ref().unwrap_or(node);
+        let next = crate::step_types::expand(cx, at, scx.step_types, scx.actions).or_else(|| {
+            let names = cx.local_dags.clone();
+            crate::action::normalize(cx, at, &names)
+        });
+        match next {
+            Some(n) => current = Some(n),
+            None => return current,
+        }
+    }
+    cx.push(Problem::error(
+        Code::Cycle,
+        node.span,
+        "custom actions use one another in a cycle",
+    ));
+    None
+}
+
 /// Decodes one step; `default_name` is used when it has neither `name` nor `id`.
 pub fn decode_step(
     cx: &mut Cx,
@@ -173,7 +199,7 @@ pub fn decode_step(
     }
     let before = cx.problems.len();
     let expanded;
-    let node = match crate::step_types::expand(cx, node, scx.step_types) {
+    let node = match expand(cx, node, scx) {
         Some(n) => {
             expanded = n;
             &expanded

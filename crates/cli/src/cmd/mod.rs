@@ -61,6 +61,7 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         .and_then(|s| s.config.clone())
         .or_else(|| std::env::var_os("TRELLIS_CONFIG").map(std::path::PathBuf::from));
     let Some(path) = path else {
+        export_state_dir();
         return Ok(());
     };
     let config = trellis_scheduler::config::Config::load(&path).map_err(anyhow::Error::msg)?;
@@ -76,6 +77,7 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         ("TRELLIS_DATA_DIR", paths.data_dir),
         ("TRELLIS_LOG_DIR", paths.log_dir),
         ("TRELLIS_SERVICE_REGISTRY_DIR", paths.service_registry_dir),
+        ("TRELLIS_DAG_STATE_DIR", paths.dag_state_dir),
     ] {
         if let Some(value) = value
             && std::env::var_os(var).is_none()
@@ -87,7 +89,20 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
             unsafe { std::env::set_var(var, value) };
         }
     }
+    export_state_dir();
     Ok(())
+}
+
+/// `TRELLIS_DAG_STATE_DIR` for the `state.*` steps: `paths.dag_state_dir` (exported
+/// above), else `<data dir>/dag-state`, absolute so that children agree.
+fn export_state_dir() {
+    if std::env::var_os("TRELLIS_DAG_STATE_DIR").is_some() {
+        return;
+    }
+    let dir = trellis_store::data_dir(&run::home()).join("dag-state");
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    // SAFETY: called from `main` before any runtime or thread starts.
+    unsafe { std::env::set_var("TRELLIS_DAG_STATE_DIR", dir) };
 }
 
 /// Opens the store every command shares: the database named by the config's `storage`
