@@ -14,6 +14,8 @@
 pub mod kube;
 pub mod podman;
 pub mod slurm;
+pub mod smtp;
+pub mod sshd;
 
 use std::fs::{self, File};
 use std::io;
