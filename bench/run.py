@@ -13,10 +13,12 @@ os.wait4 on a child of this script). Interleaved with those runs it
 measures the floor: a bash loop that spawns `/usr/bin/true` once per step, sequentially.
 
 Workloads:
-  single         1 step
-  chain-100      100 `true` steps, default chain type
-  parallel-1000  1000 independent `true` steps and a join step depending on all of them
-  chain-10000    10 000 `true` steps, default chain type
+  single             1 step
+  chain-100          100 `true` steps, default chain type
+  chain-100-abspath  the same with `command: /usr/bin/true`
+  chain-100-relpath  the same with `command: ./true` (a copy in the working directory)
+  parallel-1000      1000 independent `true` steps and a join step depending on all of them
+  chain-10000        10 000 `true` steps, default chain type
 
 It prints a markdown table and PASS/MISS lines for the targets. It always exits 0 once it
 has run (it is a benchmark, not a test); it exits 2 only when it cannot run at all.
@@ -59,11 +61,11 @@ TRUE = "/usr/bin/true"
 # --- workflow generation ------------------------------------------------------------------
 
 
-def chain_yaml(name: str, n: int) -> str:
+def chain_yaml(name: str, n: int, command: str = '"true"') -> str:
     lines = [f"name: {name}", "steps:"]
     for i in range(1, n + 1):
         lines.append(f"  - name: s{i}")
-        lines.append('    command: "true"')
+        lines.append(f"    command: {command}")
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +103,10 @@ def workloads(selected: set[str] | None) -> list[Workload]:
     all_ = [
         Workload("single", 1, chain_yaml("single", 1), large=False),
         Workload("chain-100", 100, chain_yaml("chain-100", 100), large=False),
+        # The same program named by path: absolute, and relative to the working directory
+        # (a copy of `true` placed there by `measure`).
+        Workload("chain-100-abspath", 100, chain_yaml("chain-100-abspath", 100, TRUE), large=False),
+        Workload("chain-100-relpath", 100, chain_yaml("chain-100-relpath", 100, "./true"), large=False),
         Workload("parallel-1000", 1001, parallel_yaml("parallel-1000", 1000), large=True),
         Workload("chain-10000", 10000, chain_yaml("chain-10000", 10000), large=True),
     ]
@@ -168,6 +174,8 @@ def calibrate() -> tuple[int, int]:
 def measure(w: Workload, binary: Path, runs: int, work: Path, home_root: Path, timeout: float) -> None:
     wf = work / f"{w.name}.yaml"
     wf.write_text(w.yaml)
+    if not (work / "true").exists():
+        shutil.copy2(TRUE, work / "true")  # for `command: ./true`
     floor_argv = ["bash", "-c", f"for i in $(seq {w.steps}); do {TRUE}; done"]
     for r in range(runs):
         # Homes are deleted only at the very end: on an ext4 without a journal, inodes
@@ -304,7 +312,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="trellis binary (default: %(default)s)")
     ap.add_argument("--runs", type=int, help="runs per workload (default: 5 small, 3 large)")
-    ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only this workload (repeatable): single, chain-100, parallel-1000, chain-10000")
+    ap.add_argument("--only", action="append", metavar="WORKLOAD", help="run only this workload (repeatable): single, chain-100, chain-100-abspath, chain-100-relpath, parallel-1000, chain-10000")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed (default: %(default)s)")
     ap.add_argument("--home-dir", type=Path, help="where the fresh TRELLIS_HOMEs go (default: the temporary work dir); e.g. /dev/shm to take the disk out")
     ap.add_argument("--json", type=Path, help="also write the raw samples here")

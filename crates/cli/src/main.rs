@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     // Loading refuses step types this build has no executor for.
     trellis_spec::set_executor_check(trellis_executor::check_step);
     trellis_spec::set_dag_option_check(trellis_executor::check_dag_option);
+    // Dagu 1.x's `run: <dag>` calls a DAG of the dags dir.
+    trellis_spec::set_dag_exists(cmd::dag_in_dags_dir);
     let args = cli::Args::parse();
     init_logging(args.log_format);
     match cmd::run(args) {

@@ -174,6 +174,31 @@ fn validate_rejects_bad_daggy_json() {
 }
 
 #[test]
+fn validate_reports_a_broken_jq_filter_and_a_bad_action_where_they_are() {
+    let file = "\
+steps:
+  - id: pick
+    action: jq.filter
+    with: {filter: \".items | map(\"}
+  - id: call
+    action: http.request
+    with: {method: GET, url: http://127.0.0.1:1/, colour: red}
+";
+    let dir = dir_with(&[("actions.yaml", file)]);
+    trellis(dir.path())
+        .args(["validate", "actions.yaml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("actions.yaml:4:11"))
+        .stderr(predicate::str::contains(
+            "invalid jq filter `.items | map(`",
+        ))
+        .stderr(predicate::str::contains("actions.yaml:7:11"))
+        .stderr(predicate::str::contains("unknown field `colour`"))
+        .stderr(predicate::str::contains("actions.yaml: 2 errors"));
+}
+
+#[test]
 fn validate_json_prints_one_object_per_problem() {
     let dir = dir_with(&[("bad.yaml", TYPO), ("legacy.yaml", LEGACY)]);
     let output = trellis(dir.path())

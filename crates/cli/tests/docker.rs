@@ -172,8 +172,8 @@ fn unsupported_types_and_options_not_acted_on_are_refused_at_load() {
     let env = Env::new();
     let file = env.dag(
         "refused",
-        "container:\n  image: alpine\n  wait_for: healthy\nsteps:\n  - name: remote\n    type: ssh\n    with: {host: h}\n    \
-         command: uptime\n  - name: boxed\n    type: docker\n    with:\n      image: alpine\n      \
+        "container:\n  image: alpine\n  wait_for: healthy\nsteps:\n  - name: remote\n    type: s3\n    with: {bucket: b}\n    \
+         command: upload\n  - name: boxed\n    type: docker\n    with:\n      image: alpine\n      \
          colour: red\n    command: \"true\"\n",
     );
     let out = env
@@ -188,7 +188,7 @@ fn unsupported_types_and_options_not_acted_on_are_refused_at_load() {
     for expected in [
         "`wait_for: healthy` is not acted on",
         "refused.yaml:2:3",
-        "step type `ssh` cannot run in this version of trellis",
+        "step type `s3` cannot run in this version of trellis",
         "refused.yaml:6:11",
         "docker: unknown option `colour`",
     ] {

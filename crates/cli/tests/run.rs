@@ -641,23 +641,21 @@ fn missing_commands_and_programs_fail_with_the_reason() {
 }
 
 #[test]
-fn huge_stdout_completes_and_the_output_is_capped() {
+fn huge_stdout_completes_and_fails_a_step_capturing_it() {
     let env = Env::new(&[(
         "big.yaml",
         "name: big\nmax_output_size: 1000\nsteps:\n  - name: flood\n    \
          command: head -c 2000000 /dev/zero | tr '\\0' x\n    output: FLOOD\n",
     )]);
-    assert_eq!(env.start("big.yaml", &[]), 0);
+    assert_eq!(env.start("big.yaml", &[]), 1);
     let run = env.status("big");
-    assert_eq!(run["status"], "succeeded");
-    let output = step(&run, "flood")["output"].as_str().expect("output");
-    assert!(
-        !output.is_empty() && output.len() <= 1000,
-        "{} bytes",
-        output.len()
+    let flood = step(&run, "flood");
+    assert_eq!(flood["status"], "failed");
+    assert_eq!(
+        error_of(flood),
+        "failed to capture output: output exceeded maximum size limit of 1000 bytes"
     );
-    assert!(output.bytes().all(|b| b == b'x'));
-    assert!(run["outputs"]["FLOOD"].as_str().unwrap().len() <= 1000);
+    assert!(run["outputs"].get("FLOOD").is_none(), "{run:#}");
     // The log keeps everything.
     let log = env.run(&["logs", "big", "--step", "flood"]);
     assert_eq!(log.stdout.len(), 2_000_000);

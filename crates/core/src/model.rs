@@ -107,6 +107,14 @@ impl Dag {
         }
     }
 
+    /// The most stdout a step may capture for `output:`; 0 means Dagu's default.
+    pub fn output_limit(&self) -> u64 {
+        match self.max_output_size {
+            0 => DEFAULT_MAX_OUTPUT_SIZE,
+            n => n,
+        }
+    }
+
     /// Finds a step by name, or by id when no name matches.
     pub fn step(&self, key: &str) -> Option<&Step> {
         let by_name = self.steps.iter().find(|s| s.name == key);

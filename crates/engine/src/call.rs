@@ -1,12 +1,14 @@
 //! `call` steps: a sub-DAG run of its own (nested under the parent's attempt), once or once
 //! per `parallel` item with at most `max_concurrent` at a time.
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use trellis_core::Action;
 use trellis_core::Step;
-use trellis_core::status::{Status, StepRecord};
+use trellis_core::status::{RunRecord, Status, StepRecord};
 use trellis_executor::Executor;
 use trellis_store::Store;
 
@@ -17,6 +19,7 @@ use crate::{Error, RunRequest, StepEnv};
 pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     step: &Step,
+    stdout: &Path,
     record: &mut StepRecord,
 ) -> Result<i32, Error> {
     let Action::Call(call) = &step.action else {
@@ -86,15 +89,12 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
         results.push(t.await.map_err(Error::Join)??);
     }
     record.children = results.iter().map(|r| r.run_id.to_string()).collect();
-    let outputs: Vec<Value> = results
-        .iter()
-        .map(|r| serde_json::to_value(&r.outputs).unwrap_or_default())
-        .collect();
-    let value = match (&call.parallel, outputs.first()) {
-        (None, Some(o)) => serde_json::json!({"name": name, "outputs": o}),
-        _ => serde_json::json!({"name": name, "outputs": outputs}),
-    };
-    record.output = Some(value.to_string());
+    if call.parallel.is_some() {
+        publish_aggregate(env, step, stdout, record, &results)?;
+    } else {
+        let outputs = results.first().map(|r| serde_json::json!(r.outputs));
+        record.output = Some(serde_json::json!({"name": name, "outputs": outputs}).to_string());
+    }
     let statuses: Vec<Status> = results.iter().map(|r| r.status).collect();
     if statuses.iter().all(|s| *s == Status::Succeeded) {
         Ok(0)
@@ -114,6 +114,77 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
             error: bad.and_then(|r| r.error.clone()).unwrap_or_default(),
         })
     }
+}
+
+/// A `parallel` call's result as Dagu gives it: the aggregate JSON, written to the step's
+/// stdout log whatever the children's ends, and its output (trimmed, as any output). Like
+/// any captured stdout, it fails the step past `max_output_size` when `output:` is set.
+fn publish_aggregate<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    stdout: &Path,
+    record: &mut StepRecord,
+    results: &[RunRecord],
+) -> Result<(), Error> {
+    let text = aggregate(results);
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stdout)
+        .and_then(|mut log| log.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot write the aggregate of step {} to its log: {e}",
+            step.name
+        );
+    }
+    let max = env.dag.output_limit();
+    if step.output.is_some() && text.len() as u64 > max {
+        return Err(Error::OutputTooLarge { max });
+    }
+    record.output = Some(text.trim().to_string());
+    Ok(())
+}
+
+/// Dagu's `outputResults` (`parallel.go`): counts, each child's result, and the outputs of
+/// the children that succeeded, in item order; pretty-printed with a final newline.
+fn aggregate(results: &[RunRecord]) -> String {
+    let ok = |r: &&RunRecord| matches!(r.status, Status::Succeeded | Status::PartiallySucceeded);
+    let entries: Vec<Value> = results.iter().map(child_result).collect();
+    let succeeded = results.iter().filter(ok).count();
+    let value = json!({
+        "summary": {
+            "total": results.len(),
+            "succeeded": succeeded,
+            "failed": results.len() - succeeded,
+        },
+        "results": entries,
+        "outputs": results.iter().filter(ok).map(|r| json!(r.outputs)).collect::<Vec<_>>(),
+    });
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// One child as Dagu's `RunStatus` marshals it: empty name, id and params are left out.
+fn child_result(run: &RunRecord) -> Value {
+    let mut entry = serde_json::Map::new();
+    let mut put = |key: &str, value: String| {
+        if !value.is_empty() {
+            entry.insert(key.into(), value.into());
+        }
+    };
+    put("name", run.name.clone());
+    put("dagRunId", run.run_id.to_string());
+    put("params", run.params.join(" "));
+    entry.insert("outputs".into(), json!(run.outputs));
+    // Dagu has no "cancelled": a run stopped part-way is "aborted" there.
+    let status = match run.status {
+        Status::Cancelled => "aborted",
+        other => other.as_str(),
+    };
+    entry.insert("status".into(), status.into());
+    Value::Object(entry)
 }
 
 /// A child run on a worker whose labels match the step's `worker_selector`.
@@ -191,7 +262,7 @@ fn find_dag<S: ?Sized, E>(env: &StepEnv<S, E>, name: &str) -> Option<trellis_cor
     for ext in ["yaml", "yml"] {
         let path = dir.join(format!("{name}.{ext}"));
         if let Ok(text) = std::fs::read_to_string(&path) {
-            return trellis_spec::load_str(&path.display().to_string(), &text)
+            return trellis_spec::load_file_str(&path, &text)
                 .ok()
                 .map(|l| l.dag);
         }

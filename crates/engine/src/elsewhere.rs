@@ -178,10 +178,17 @@ fn request<S: ?Sized, E>(
         ("trellis.step".to_string(), step.name.clone()),
         ("trellis.try".to_string(), try_no.to_string()),
     ]);
-    let limits = crate::step::Limits::of(env, step);
+    let limits = crate::process::Limits::of(env, step);
     // `${...}` only: `$VAR` in `with:` stays for the container's shell.
     let own = crate::output::expand_json(env, &config.config, false);
-    let own = dag_defaults(env, &config.kind, own);
+    let mut own = dag_defaults(env, &config.kind, own);
+    // Only the step's own working dir applies on a remote host (the DAG's is local).
+    if let (Some(dir), serde_json::Value::Object(map)) = (&step.working_dir, &mut own)
+        && matches!(config.kind.as_str(), "ssh")
+        && !map.contains_key("working_dir")
+    {
+        map.insert("working_dir".into(), env.scope.expand(dir, false).into());
+    }
     let mut config = env.engine.opts.executors.with_defaults(&config.kind, own);
     crate::run_container::with_registry_auths(&env.dag, &env.scope, &mut config);
     StepRequest {
@@ -193,8 +200,8 @@ fn request<S: ?Sized, E>(
             part,
         ),
         work,
-        env: crate::step::step_env(env, step).into_iter().collect(),
-        working_dir: crate::step::working_dir(env, step),
+        env: crate::process::step_env(env, step).into_iter().collect(),
+        working_dir: crate::process::working_dir(env, step),
         config,
         stdout: stdout.to_path_buf(),
         stderr: stderr.to_path_buf(),
@@ -215,8 +222,19 @@ fn dag_defaults<S: ?Sized, E>(
 ) -> serde_json::Value {
     let executors = &env.engine.opts.executors;
     let canonical = executors.get(kind).map_or(kind, |e| e.kind());
-    match env.dag.executor_defaults.get(canonical) {
-        Some(defaults) if matches!(canonical, "kubernetes" | "slurm") => {
+    // sftp steps reach their host as ssh steps do: the DAG's `ssh:` serves both.
+    let section = match canonical {
+        "sftp" => "ssh",
+        "mail" => "smtp",
+        other => other,
+    };
+    match env.dag.executor_defaults.get(section) {
+        // A mail step's server is the DAG's `smtp:`, under its own key.
+        Some(smtp) if section == "smtp" => {
+            let smtp = crate::output::expand_json(env, smtp, false);
+            trellis_executor::lay_over(&serde_json::json!({ "smtp": smtp }), own)
+        }
+        Some(defaults) if matches!(section, "kubernetes" | "slurm" | "ssh") => {
             let defaults = crate::output::expand_json(env, defaults, false);
             trellis_executor::lay_over(&defaults, own)
         }

@@ -27,6 +27,11 @@ pub enum Error {
     Lost(String),
     #[error("cannot write script: {0}")]
     WriteScript(std::io::Error),
+    #[error("failed to create working directory {dir}: {error}")]
+    WorkingDir { dir: String, error: std::io::Error },
+    /// Dagu's words: the step's stdout, captured for `output:`, passed `max_output_size`.
+    #[error("failed to capture output: output exceeded maximum size limit of {max} bytes")]
+    OutputTooLarge { max: u64 },
     #[error(
         "step type `{kind}` cannot run yet: its executor is not built in this version of trellis (local shell, exec, call, router and docker steps run)"
     )]

@@ -195,19 +195,26 @@ pub fn json_path(value: &Value, path: &str) -> Option<String> {
     })
 }
 
-/// The value at `.a.b.0` inside `value`.
+/// The value at `.a.b.0` (or `a.b[0]`, as Dagu writes an index) inside `value`.
 pub fn select_json(value: &Value, path: &str) -> Option<Value> {
     let mut cur = value;
-    for key in path
+    for segment in path
         .trim_start_matches('.')
         .split('.')
         .filter(|k| !k.is_empty())
     {
-        cur = match cur {
-            Value::Object(map) => map.get(key)?,
-            Value::Array(items) => items.get(key.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
+        let (key, indices) = segment.split_at(segment.find('[').unwrap_or(segment.len()));
+        if !key.is_empty() {
+            cur = match cur {
+                Value::Object(map) => map.get(key)?,
+                Value::Array(items) => items.get(key.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        for index in indices.split('[').skip(1) {
+            let n = index.strip_suffix(']')?.parse::<usize>().ok()?;
+            cur = cur.as_array()?.get(n)?;
+        }
     }
     Some(cur.clone())
 }
@@ -254,5 +261,21 @@ mod tests {
             "first ${UNKNOWN} $HOME"
         );
         assert_eq!(scope.expand("$DATA!", true), "hello world!");
+    }
+
+    #[test]
+    fn a_json_path_may_index_with_brackets() {
+        let scope = Scope::default();
+        scope.set_var(
+            "OUT",
+            r#"{"outputs":[{"v":"a"},{"v":"b"}],"grid":[[1,2],[3,4]]}"#.into(),
+        );
+        assert_eq!(scope.expand("${OUT.outputs[1].v}", false), "b");
+        assert_eq!(scope.expand("${OUT.outputs.0.v}", false), "a");
+        assert_eq!(scope.expand("${OUT.grid[1][0]}", false), "3");
+        assert_eq!(
+            scope.expand("${OUT.outputs[9].v}", false),
+            "${OUT.outputs[9].v}"
+        );
     }
 }

@@ -12,7 +12,9 @@ mod error;
 mod expand;
 mod journal;
 mod links;
+mod notify;
 mod output;
+mod process;
 mod remote;
 mod run_container;
 mod setup;
@@ -183,6 +185,7 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> Engine<S, E> {
         let outcome = ctx.drive(&mut run).await;
         run.status = outcome;
         ctx.handlers(&mut run).await;
+        notify::run_ended(&ctx, &mut run).await;
         if let Some(container) = ctx.container.take() {
             container.close().await;
         }

@@ -1,21 +1,21 @@
 //! Running one step: preconditions, the process (with retries and repeats), outputs,
 //! sub-DAG calls and routers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use trellis_core::backoff::Backoff;
 use trellis_core::pattern::Pattern;
 use trellis_core::status::{Status, StepRecord};
-use trellis_core::{Action, Condition, Output, Step};
-use trellis_executor::{Executor, Outcome, ProcessSpec};
-use trellis_store::{Store, safe_name};
+use trellis_core::{Action, Condition, Output, RepeatPolicy, Step};
+use trellis_executor::{Executor, Outcome};
+use trellis_store::Store;
 
-use crate::expand::StepVars;
+use crate::expand::{Scope, StepVars};
 use crate::output::{capture_fields, out_text, read_capped};
+use crate::process::{Launch, process_specs, step_scope};
 use crate::{Done, Error, RunCtx, StepEnv, now};
 
 pub(crate) fn spawn<S: Store + ?Sized + 'static, E: Executor + 'static>(
@@ -73,7 +73,7 @@ pub(crate) async fn execute<S: Store + ?Sized + 'static, E: Executor + 'static>(
         };
     }
     let result = match &step.action {
-        Action::Call(_) => crate::call::call(&env, &step, &mut record).await,
+        Action::Call(_) => crate::call::call(&env, &step, &stdout, &mut record).await,
         Action::Router { value, routes } => {
             skip = route(&env, value, routes);
             Ok(0)
@@ -136,7 +136,7 @@ fn generate<S: ?Sized, E>(
     if !step.generator || record.status != Status::Succeeded {
         return Vec::new();
     }
-    let text = read_capped(stdout, env.dag.max_output_size as usize);
+    let text = read_capped(stdout, env.dag.output_limit() as usize);
     match trellis_spec::generated_steps(&env.dag, &text) {
         Ok(steps)
             if steps
@@ -165,13 +165,11 @@ fn finish<S: ?Sized, E>(
     stdout: &Path,
     stderr: &Path,
 ) {
-    let max = env.dag.max_output_size as usize;
+    let max = env.dag.output_limit() as usize;
+    // Output beyond the limit failed the step and sets no variable (Dagu).
+    let too_large = matches!(result, Err(Error::OutputTooLarge { .. }));
     if record.output.is_none() && !matches!(step.action, Action::Call(_)) {
-        vars.output = Some(read_capped(stdout, max).trim().to_string());
-        let size = std::fs::metadata(stdout).map_or(0, |m| m.len());
-        if step.output.is_some() && size > max as u64 {
-            record.notes.push(format!("output truncated to max_output_size ({max} bytes) of {size} bytes; the full stdout is in the log"));
-        }
+        vars.output = (!too_large).then(|| read_capped(stdout, max).trim().to_string());
     } else {
         vars.output = record.output.clone();
     }
@@ -204,7 +202,7 @@ fn finish<S: ?Sized, E>(
             }
         }
     }
-    if let Some(Output::Fields(fields)) = step.output.as_deref() {
+    if let Some(Output::Fields(fields)) = step.output.as_deref().filter(|_| !too_large) {
         match capture_fields(
             env,
             step,
@@ -235,11 +233,22 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
     stderr: &Path,
     record: &mut StepRecord,
 ) -> Result<i32, Error> {
-    let mut result = run_once(env, step, stdout, stderr, record).await;
+    let scope = step_scope(env, step);
+    let launch = Launch {
+        scope: &scope,
+        stdout,
+        stderr,
+        errexit: true,
+    };
+    let mut result = run_once(env, step, &launch, record).await;
     if let Some(retry) = &step.retry_policy {
         let mut intervals = Backoff::new(retry.interval_sec, retry.backoff, retry.max_interval_sec);
-        while result.is_err() {
-            let code = record.exit_code;
+        while let Err(error) = &result {
+            // Dagu judges output beyond the limit as exit code 1.
+            let code = match error {
+                Error::OutputTooLarge { .. } => Some(1),
+                _ => record.exit_code,
+            };
             let retriable =
                 retry.exit_codes.is_empty() || code.is_some_and(|c| retry.exit_codes.contains(&c));
             if record.retry_count >= retry.limit || !retriable || env.cancel.is_cancelled() {
@@ -247,37 +256,71 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
             }
             wait(env, intervals.next_secs()).await;
             record.retry_count += 1;
-            result = run_once(env, step, stdout, stderr, record).await;
+            result = run_once(env, step, &launch, record).await;
         }
     }
     record.done_count = 1;
-    if let Some(repeat) = &step.repeat_policy {
-        let mut intervals =
-            Backoff::new(repeat.interval_sec, repeat.backoff, repeat.max_interval_sec);
-        loop {
-            if repeat.limit.is_some_and(|l| record.done_count >= l) || env.cancel.is_cancelled() {
-                break;
-            }
-            let hit = match (&repeat.condition, repeat.exit_codes.is_empty()) {
-                (Some(c), _) => check_condition(env, c).await.is_ok(),
-                (None, false) => record
-                    .exit_code
-                    .is_some_and(|c| repeat.exit_codes.contains(&c)),
-                (None, true) => result.is_ok(),
-            };
-            let again = match repeat.mode {
-                trellis_core::RepeatMode::While => hit,
-                trellis_core::RepeatMode::Until => !hit,
-            };
-            if !again {
-                break;
-            }
-            wait(env, intervals.next_secs()).await;
-            result = run_once(env, step, stdout, stderr, record).await;
-            record.done_count += 1;
+    match &step.repeat_policy {
+        Some(repeat) => repeat_step(env, step, repeat, &launch, record, result).await,
+        None => result,
+    }
+}
+
+/// Runs the step again while its repeat_policy says so. Each check comes after a run and
+/// sees the output variable that run just captured (Dagu reloads it before the check).
+async fn repeat_step<S: Store + ?Sized + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    repeat: &RepeatPolicy,
+    launch: &Launch<'_>,
+    record: &mut StepRecord,
+    mut result: Result<i32, Error>,
+) -> Result<i32, Error> {
+    let mut intervals = Backoff::new(repeat.interval_sec, repeat.backoff, repeat.max_interval_sec);
+    loop {
+        if repeat.limit.is_some_and(|l| record.done_count >= l) || env.cancel.is_cancelled() {
+            break;
         }
+        let hit = match (&repeat.condition, repeat.exit_codes.is_empty()) {
+            (Some(c), _) => {
+                let scope = with_output(env, step, launch, &result);
+                let dir = step.working_dir.as_deref();
+                check_condition(env, &scope, c, dir).await.is_ok()
+            }
+            (None, false) => record
+                .exit_code
+                .is_some_and(|c| repeat.exit_codes.contains(&c)),
+            (None, true) => result.is_ok(),
+        };
+        let again = match repeat.mode {
+            trellis_core::RepeatMode::While => hit,
+            trellis_core::RepeatMode::Until => !hit,
+        };
+        if !again {
+            break;
+        }
+        wait(env, intervals.next_secs()).await;
+        result = run_once(env, step, launch, record).await;
+        record.done_count += 1;
     }
     result
+}
+
+/// The step's variables with the `output:` variable its last run captured, if it fitted.
+fn with_output<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    launch: &Launch<'_>,
+    result: &Result<i32, Error>,
+) -> Scope {
+    let mut scope = launch.scope.clone();
+    if let Some(Output::Variable(var)) = step.output.as_deref()
+        && !matches!(result, Err(Error::OutputTooLarge { .. }))
+    {
+        let text = read_capped(launch.stdout, env.dag.output_limit() as usize);
+        scope.set_local(var, text.trim().to_string());
+    }
+    scope
 }
 
 async fn wait<S: ?Sized, E>(env: &StepEnv<S, E>, secs: f64) {
@@ -293,10 +336,10 @@ async fn wait<S: ?Sized, E>(env: &StepEnv<S, E>, secs: f64) {
 async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
     step: &Step,
-    stdout: &Path,
-    stderr: &Path,
+    launch: &Launch<'_>,
     record: &mut StepRecord,
 ) -> Result<i32, Error> {
+    let (stdout, stderr) = (launch.stdout, launch.stderr);
     if record.retry_count > 0 || record.done_count > 0 {
         // A new attempt of the step starts its logs afresh, and new work: the last try's
         // handle is where that try ran, not something to reattach to.
@@ -304,16 +347,34 @@ async fn run_once<S: Store + ?Sized + 'static, E: Executor + 'static>(
         let _ = std::fs::remove_file(stderr);
         record.handle = None;
     }
-    if let Some(place) = crate::elsewhere::placement(env, step) {
-        let place = place?;
-        return crate::elsewhere::run(env, step, &place, stdout, stderr, record).await;
+    let code = match crate::elsewhere::placement(env, step) {
+        Some(place) => {
+            let place = place?;
+            crate::elsewhere::run(env, step, &place, stdout, stderr, record).await?
+        }
+        None => {
+            for spec in process_specs(env, step, launch)? {
+                let outcome = env.engine.exec.run(spec, env.cancel.clone()).await;
+                judge(outcome, step, stderr, record)?;
+            }
+            0
+        }
+    };
+    output_fits(env, step, stdout)?;
+    Ok(code)
+}
+
+/// Dagu fails a step whose stdout, captured for `output:`, passes `max_output_size`,
+/// whatever its exit code; the log keeps all of it.
+fn output_fits<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step, stdout: &Path) -> Result<(), Error> {
+    if step.output.is_none() {
+        return Ok(());
     }
-    let specs = process_specs(env, step, stdout, stderr)?;
-    for spec in specs {
-        let outcome = env.engine.exec.run(spec, env.cancel.clone()).await;
-        judge(outcome, step, stderr, record)?;
+    let max = env.dag.output_limit();
+    match std::fs::metadata(stdout) {
+        Ok(m) if m.len() > max => Err(Error::OutputTooLarge { max }),
+        _ => Ok(()),
     }
-    Ok(0)
 }
 
 /// A process's or container's end as the step's result: Ok for exit 0, else the error
@@ -352,177 +413,6 @@ fn stderr_tail(stderr: &Path) -> Option<String> {
     (!tail.is_empty()).then(|| tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
-fn process_specs<S: ?Sized, E>(
-    env: &StepEnv<S, E>,
-    step: &Step,
-    stdout: &Path,
-    stderr: &Path,
-) -> Result<Vec<ProcessSpec>, Error> {
-    let shell = step.shell.clone().or_else(|| env.dag.shell.clone());
-    let (sh, sh_args) = shell
-        .map(|s| (s.program, s.args))
-        .unwrap_or_else(|| ("sh".into(), Vec::new()));
-    let vars = process_env(env, step, stdout, stderr);
-    let limits = Limits::of(env, step);
-    let base = |program: String, args: Vec<String>| ProcessSpec {
-        program,
-        args,
-        env: vars.clone(),
-        working_dir: working_dir(env, step),
-        stdout: stdout.to_path_buf(),
-        stderr: stderr.to_path_buf(),
-        timeout: limits.timeout,
-        stop_signal: limits.stop_signal,
-        grace: limits.grace,
-        mask: env.mask.clone(),
-    };
-    Ok(match &step.action {
-        Action::Commands { commands } => commands
-            .iter()
-            .map(|c| {
-                let command = env.scope.expand(c, false);
-                let default_shell = step.shell.is_none() && env.dag.shell.is_none();
-                if let Some((program, args)) =
-                    default_shell.then(|| direct(&command, &vars)).flatten()
-                {
-                    return base(program, args);
-                }
-                let mut args = sh_args.clone();
-                args.extend(["-c".to_string(), command]);
-                base(sh.clone(), args)
-            })
-            .collect(),
-        Action::Exec { program, args } => vec![base(
-            env.scope.expand(program, true),
-            args.iter().map(|a| env.scope.expand(a, true)).collect(),
-        )],
-        Action::Script { script, program } => {
-            let path = env
-                .attempt
-                .dir
-                .join(format!("{}.script", safe_name(&step.name)));
-            std::fs::write(&path, env.scope.expand(script, false)).map_err(Error::WriteScript)?;
-            let file = path.display().to_string();
-            match program {
-                Some(p) => {
-                    let mut words = p.split_whitespace().map(String::from);
-                    let prog = words.next().unwrap_or_else(|| "sh".into());
-                    vec![base(prog, words.chain([file]).collect())]
-                }
-                None if step.shell.is_none()
-                    && env.dag.shell.is_none()
-                    && script.starts_with("#!") =>
-                {
-                    let mut words = script.lines().next().unwrap_or_default()[2..]
-                        .split_whitespace()
-                        .map(String::from);
-                    let prog = words.next().unwrap_or_else(|| "sh".into());
-                    vec![base(prog, words.chain([file]).collect())]
-                }
-                None => vec![base(sh, sh_args.into_iter().chain([file]).collect())],
-            }
-        }
-        _ => Vec::new(),
-    })
-}
-
-/// A command with nothing for a shell to interpret (no quotes, variables, globs,
-/// redirections, operators or builtins) runs as argv directly: the same result without the
-/// cost of starting `sh` for every step. Anything else, or a program not on `PATH`, goes
-/// through the shell so that errors read exactly as the shell's.
-fn direct(command: &str, env: &[(String, String)]) -> Option<(String, Vec<String>)> {
-    const SPECIAL: &str = "$`\\\"'|&;<>(){}[]*?~#=!%\n\r";
-    const BUILTINS: &[&str] = &[
-        "cd", "export", "exit", "set", "unset", "source", ".", "eval", "exec", "alias", "read",
-        "shift", "trap", "ulimit", "umask", "wait", "local", "return", "break", "continue",
-        "readonly", "type", "hash", "command", "getopts", "times", "if", "then", "else", "fi",
-        "for", "while", "until", "do", "done", "case", "esac", "function", "time", "echo",
-        "printf",
-    ];
-    if command.contains(|c: char| SPECIAL.contains(c)) {
-        return None;
-    }
-    let mut words = command.split_whitespace();
-    let first = words.next()?;
-    if BUILTINS.contains(&first) {
-        return None;
-    }
-    let program = trellis_executor::find_program(first, env)?;
-    Some((
-        program.display().to_string(),
-        words.map(String::from).collect(),
-    ))
-}
-
-/// The step's working dir (its own, else the DAG's), expanded.
-pub(crate) fn working_dir<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Option<PathBuf> {
-    step.working_dir
-        .clone()
-        .or_else(|| env.dag.working_dir.clone())
-        .map(|d| PathBuf::from(env.scope.expand(&d, true)))
-}
-
-/// How long a step may run and how it is stopped.
-pub(crate) struct Limits {
-    pub timeout: Option<Duration>,
-    pub stop_signal: Signal,
-    /// Between the stop signal and the kill.
-    pub grace: Duration,
-}
-
-impl Limits {
-    pub(crate) fn of<S: ?Sized, E>(env: &StepEnv<S, E>, step: &Step) -> Limits {
-        Limits {
-            timeout: step.timeout_sec.filter(|t| *t > 0).map(Duration::from_secs),
-            stop_signal: step
-                .signal_on_stop
-                .as_deref()
-                .and_then(trellis_executor::parse_signal)
-                .unwrap_or(Signal::SIGTERM),
-            grace: Duration::from_secs(env.dag.max_clean_up_time_sec),
-        }
-    }
-}
-
-/// The variables a step sets for itself: the run's (params, `env:`, secrets), the
-/// step's own `env:` and its name — not this host's environment.
-pub(crate) fn step_env<S: ?Sized, E>(
-    env: &StepEnv<S, E>,
-    step: &Step,
-) -> indexmap::IndexMap<String, String> {
-    let mut vars: indexmap::IndexMap<String, String> = env.scope.all_vars().into_iter().collect();
-    let mut scope = env.scope.clone();
-    for (k, v) in &step.env {
-        let value = scope.expand(v, true);
-        scope.set_local(k, value.clone());
-        vars.insert(k.clone(), value);
-    }
-    vars.insert("DAG_RUN_STEP_NAME".into(), step.name.clone());
-    vars
-}
-
-/// A local process's environment: this host's (without `SECRET_VARS`), then the step's
-/// own variables and its log files.
-fn process_env<S: ?Sized, E>(
-    env: &StepEnv<S, E>,
-    step: &Step,
-    stdout: &Path,
-    stderr: &Path,
-) -> Vec<(String, String)> {
-    let mut vars: indexmap::IndexMap<String, String> =
-        env.engine.opts.base_env.iter().cloned().collect();
-    vars.extend(step_env(env, step));
-    vars.insert(
-        "DAG_RUN_STEP_STDOUT_FILE".into(),
-        stdout.display().to_string(),
-    );
-    vars.insert(
-        "DAG_RUN_STEP_STDERR_FILE".into(),
-        stderr.display().to_string(),
-    );
-    vars.into_iter().collect()
-}
-
 pub(crate) async fn check_conditions<S: Store + ?Sized + 'static, E: Executor + 'static>(
     ctx: &RunCtx<S, E>,
     conditions: &[Condition],
@@ -535,45 +425,37 @@ async fn check_conditions_env<S: Store + ?Sized + 'static, E: Executor + 'static
     conditions: &[Condition],
 ) -> Result<(), Error> {
     for c in conditions {
-        check_condition(env, c).await?;
+        check_condition(env, &env.scope, c, None).await?;
     }
     Ok(())
 }
 
-/// With `expected`, compares the expanded condition; without, runs it as a command.
+/// With `expected`, compares the expanded condition; without, runs it as a command (in
+/// `dir`, else the DAG's working directory) through the shell, without `-e` (Dagu).
 async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
     env: &StepEnv<S, E>,
+    scope: &Scope,
     c: &Condition,
+    dir: Option<&str>,
 ) -> Result<(), Error> {
     let held = match &c.expected {
         Some(expected) => {
             let subst = crate::subst::Subst {
                 exec: &*env.engine.exec,
                 base_env: &env.engine.opts.base_env,
-                scope: &env.scope,
+                scope,
                 dir: &env.attempt.dir,
                 cancel: &env.cancel,
             };
-            let got = subst.apply(&env.scope.expand(&c.condition, true)).await;
+            let got = subst.apply(&scope.expand(&c.condition, true)).await;
             // As Dagu: a variable may supply the `re:` itself (`expected: ${WANT}`).
             let want = match expected {
-                Pattern::Literal(t) => Pattern::parse(&env.scope.expand(t, true)),
-                regex => regex.map(|t| env.scope.expand(t, true)),
+                Pattern::Literal(t) => Pattern::parse(&scope.expand(t, true)),
+                regex => regex.map(|t| scope.expand(t, true)),
             };
             want.matches_exactly(&got)
         }
-        None => {
-            let dir = env.attempt.dir.join("conditions");
-            let _ = std::fs::create_dir_all(&dir);
-            let (out, err) = (dir.join("out"), dir.join("err"));
-            let probe = Step::command("precondition", c.condition.clone());
-            let specs = process_specs(env, &probe, &out, &err).unwrap_or_default();
-            let mut ok = true;
-            for spec in specs {
-                ok &= env.engine.exec.run(spec, env.cancel.clone()).await == Outcome::Exited(0);
-            }
-            ok
-        }
+        None => condition_command(env, scope, &c.condition, dir).await,
     };
     if held != c.negate {
         Ok(())
@@ -582,6 +464,32 @@ async fn check_condition<S: Store + ?Sized + 'static, E: Executor + 'static>(
             condition: c.condition.clone(),
         })
     }
+}
+
+/// Whether a condition, run as a command, exits 0.
+async fn condition_command<S: Store + ?Sized + 'static, E: Executor + 'static>(
+    env: &StepEnv<S, E>,
+    scope: &Scope,
+    condition: &str,
+    dir: Option<&str>,
+) -> bool {
+    let logs = env.attempt.dir.join("conditions");
+    let _ = std::fs::create_dir_all(&logs);
+    let (out, err) = (logs.join("out"), logs.join("err"));
+    let mut probe = Step::command("precondition", condition);
+    probe.working_dir = dir.map(String::from);
+    let launch = Launch {
+        scope,
+        stdout: &out,
+        stderr: &err,
+        errexit: false,
+    };
+    let specs = process_specs(env, &probe, &launch).unwrap_or_default();
+    let mut ok = true;
+    for spec in specs {
+        ok &= env.engine.exec.run(spec, env.cancel.clone()).await == Outcome::Exited(0);
+    }
+    ok
 }
 
 fn route<S: ?Sized, E>(

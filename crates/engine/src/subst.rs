@@ -81,6 +81,7 @@ impl<E: Executor> Subst<'_, E> {
             stop_signal: Signal::SIGTERM,
             grace: Duration::from_secs(5),
             mask: None,
+            tee: trellis_executor::Tee::default(),
         };
         let outcome = self.exec.run(spec, self.cancel.clone()).await;
         let text = std::fs::read_to_string(&stdout).ok();

@@ -21,6 +21,13 @@ pub(crate) trait Action: Send + Sync + 'static {
     /// Checks the step's `with:` at load time.
     fn check(&self, config: &serde_json::Value) -> Result<(), String>;
 
+    /// Whether a stopped action undoes something elsewhere (a remote process) and so is
+    /// given its grace period (and time to reach the host) before it is dropped; others
+    /// are dropped at once.
+    fn cleans_up(&self) -> bool {
+        false
+    }
+
     /// Does the work. `cancel` fires on stop or timeout: an action with something to
     /// undo elsewhere (a remote process) does it and returns; others are dropped after
     /// the grace period.
@@ -147,14 +154,25 @@ impl<A: Action> StepExecutor for InProcess<A> {
             let Some(task) = self.tasks().remove(&handle.id) else {
                 return Outcome::Lost("the runner that ran this step is gone".into());
             };
-            follow(task, req, cancel).await
+            let grace = if self.action.cleans_up() {
+                // The grace period on the host, plus a connection to say so.
+                req.grace + std::time::Duration::from_secs(30)
+            } else {
+                std::time::Duration::ZERO
+            };
+            follow(task, req, cancel, grace).await
         })
     }
 }
 
 /// Awaits a task to its end, its timeout or a stop; a stopped action has the grace
 /// period to undo what it started, then it is dropped.
-async fn follow(mut task: Task, req: &StepRequest, cancel: CancellationToken) -> Outcome {
+async fn follow(
+    mut task: Task,
+    req: &StepRequest,
+    cancel: CancellationToken,
+    grace: std::time::Duration,
+) -> Outcome {
     let deadline = async {
         match req.timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -167,10 +185,7 @@ async fn follow(mut task: Task, req: &StepRequest, cancel: CancellationToken) ->
         _ = cancel.cancelled() => Outcome::Cancelled,
     };
     task.cancel.cancel();
-    if tokio::time::timeout(req.grace, &mut task.join)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, &mut task.join).await.is_err() {
         task.join.abort();
     }
     ended

@@ -64,9 +64,16 @@ type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
 
 /// Compiles `code` with the standard library and the `$name`s of `args`.
 fn compile(code: &str, args: &[String]) -> Result<Filter, String> {
-    let defs = jaq_core::defs()
-        .chain(jaq_std::defs())
-        .chain(jaq_json::defs());
+    // jq's standard library, parsed once per process (parsing it is most of a small
+    // filter's cost); each compile takes a copy.
+    static DEFS: std::sync::LazyLock<Vec<jaq_core::load::parse::Def<&'static str>>> =
+        std::sync::LazyLock::new(|| {
+            jaq_core::defs()
+                .chain(jaq_std::defs())
+                .chain(jaq_json::defs())
+                .collect()
+        });
+    let defs = DEFS.iter().cloned();
     let funs = jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs());
@@ -191,11 +198,7 @@ fn filter(req: &StepRequest, out: &mut Output) -> Result<(), String> {
     let text = input_text(req, &config, script)?;
     let names: Vec<String> = config.args.keys().cloned().collect();
     let filter = compile(&code, &names)?;
-    let args: Vec<Val> = config
-        .args
-        .values()
-        .map(to_val)
-        .collect::<Result<_, _>>()?;
+    let args: Vec<Val> = config.args.values().map(to_val).collect::<Result<_, _>>()?;
     let pp = jaq_json::write::Pp {
         indent: Some("  ".to_string()),
         sep_space: true,

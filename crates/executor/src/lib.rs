@@ -27,13 +27,18 @@ mod jq;
 mod kube_config;
 mod kube_follow;
 mod kubernetes;
+pub mod mail;
 mod mask;
 mod seam;
+mod sftp;
 mod slurm;
 mod slurm_config;
 mod spawn;
+mod ssh;
+mod ssh_conn;
 mod state;
 mod state_store;
+mod wait;
 
 pub use docker::Docker;
 pub use kubernetes::Kubernetes;
@@ -44,6 +49,7 @@ pub use seam::{
     set_defaults,
 };
 pub use slurm::Slurm;
+pub use state::set_state_store;
 
 /// What to run and where its output goes.
 #[derive(Clone, Debug)]
@@ -63,6 +69,22 @@ pub struct ProcessSpec {
     pub grace: Duration,
     /// Secret values to hide in the output (`None`: written straight to the log files).
     pub mask: Option<std::sync::Arc<Mask>>,
+    /// Files that receive a copy of the output as well as the logs (a step's `stdout:`).
+    pub tee: Tee,
+}
+
+/// Files a process's streams are copied to besides its log files, appended to (created
+/// with mode 0600, as Dagu does; their directory must exist).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tee {
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+}
+
+impl Tee {
+    pub fn is_empty(&self) -> bool {
+        self.stdout.is_none() && self.stderr.is_none()
+    }
 }
 
 /// A command line split into words as a shell would, without running one (quotes and
@@ -122,7 +144,7 @@ impl Executor for Local {
     async fn run(&self, mut spec: ProcessSpec, cancel: CancellationToken) -> Outcome {
         let (files, copiers) = match outputs(&spec) {
             Ok(opened) => opened,
-            Err(e) => return Outcome::SpawnFailed(format!("cannot open log file: {e}")),
+            Err(e) => return Outcome::SpawnFailed(format!("cannot open output file: {e}")),
         };
         let program = resolve(&spec.program, &spec.env);
         let prepared = spawn::Prepared::new(
@@ -141,6 +163,10 @@ impl Executor for Local {
         };
         let outcome = match spawned {
             Ok(child) => supervise(child, &spec, cancel).await,
+            // A working directory that cannot be entered says so; the program never ran.
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<spawn::BadWorkingDir>()) => {
+                Outcome::SpawnFailed(e.to_string())
+            }
             Err(e) => Outcome::SpawnFailed(format!("{}: {e}", spec.program)),
         };
         if let Some(copiers) = copiers {
@@ -181,22 +207,41 @@ async fn supervise(
     stopped
 }
 
-/// Where the child writes: the log files themselves, or, when secrets must be masked,
-/// pipes whose copiers mask what passes into the files.
+/// Where the child writes: the log files themselves, or, when secrets must be masked or a
+/// stream is also copied to a file of the step's, pipes whose copiers write (masked) into
+/// the files. Only such steps pay for the copy.
 fn outputs(spec: &ProcessSpec) -> std::io::Result<((File, File), Option<Copiers>)> {
     let (stdout, stderr) = (append(&spec.stdout)?, append(&spec.stderr)?);
-    let Some(mask) = spec.mask.clone().filter(|m| !m.is_empty()) else {
+    let mask = spec.mask.clone().filter(|m| !m.is_empty());
+    if mask.is_none() && spec.tee.is_empty() {
         return Ok(((stdout, stderr), None));
-    };
+    }
+    let mask = mask.unwrap_or_default();
+    let out_files = [Some(stdout), tee_file(spec.tee.stdout.as_deref())?];
+    let err_files = [Some(stderr), tee_file(spec.tee.stderr.as_deref())?];
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
-    let copy = |read, file| {
+    let copy = |read, files: [Option<File>; 2]| {
         let mask = mask.clone();
         let from = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
-        Ok::<_, std::io::Error>(tokio::spawn(async move { mask.copy(from, file).await }))
+        let files: Vec<File> = files.into_iter().flatten().collect();
+        Ok::<_, std::io::Error>(tokio::spawn(async move { mask.copy(from, files).await }))
     };
-    let tasks = vec![copy(out_read, stdout)?, copy(err_read, stderr)?];
+    let tasks = vec![copy(out_read, out_files)?, copy(err_read, err_files)?];
     Ok(((out_write.into(), err_write.into()), Some(Copiers(tasks))))
+}
+
+/// A `stdout:`/`stderr:` file, opened as Dagu opens it; the error names the file.
+fn tee_file(path: Option<&Path>) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = path else { return Ok(None) };
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// The tasks masking a step's output.
@@ -302,6 +347,7 @@ mod tests {
             stop_signal: Signal::SIGTERM,
             grace: Duration::from_millis(200),
             mask: None,
+            tee: Tee::default(),
         }
     }
 
@@ -351,6 +397,34 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(!alive(), "sleep {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn tee_files_get_a_masked_copy_of_each_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("copy.out"), "before\n").unwrap();
+        let mut s = spec(d, "echo out hunter2; echo err >&2");
+        s.tee = Tee {
+            stdout: Some(d.join("copy.out")),
+            stderr: Some(d.join("copy.err")),
+        };
+        s.mask = Some(std::sync::Arc::new(Mask::new(["hunter2".to_string()])));
+        assert_eq!(
+            Local.run(s, CancellationToken::new()).await,
+            Outcome::Exited(0)
+        );
+        let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
+        assert_eq!(read("out"), "out *****\n");
+        assert_eq!(read("copy.out"), "before\nout *****\n", "appended to");
+        assert_eq!(read("err"), "err\n");
+        assert_eq!(read("copy.err"), "err\n");
+        let mut missing = spec(d, "echo hi");
+        missing.tee.stdout = Some(d.join("no/such/dir/copy"));
+        match Local.run(missing, CancellationToken::new()).await {
+            Outcome::SpawnFailed(m) => assert!(m.contains("no/such/dir/copy"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! Masking secret values in a step's output before it reaches its log file. Only a step
-//! of a DAG with secrets pays for it: its output goes through a pipe and this copier
-//! instead of straight into the file.
+//! of a DAG with secrets (or with a `stdout:`/`stderr:` file) pays for it: its output goes
+//! through a pipe and this copier instead of straight into the file.
 
 use std::fs::File;
 use std::io::Write;
@@ -42,6 +42,9 @@ impl Mask {
     /// Masks `data` up to where a value could still be cut off by the next read (all of
     /// it when `last`); returns the output and how many input bytes it covers.
     fn redact(&self, data: &[u8], last: bool) -> (Vec<u8>, usize) {
+        if self.values.is_empty() {
+            return (data.to_vec(), data.len());
+        }
         let longest = self.values.first().map_or(0, Vec::len);
         let limit = if last {
             data.len()
@@ -65,11 +68,12 @@ impl Mask {
         (out, i)
     }
 
-    /// Copies `from` to `to`, masked, until every writer of the pipe has closed it.
+    /// Copies `from` into each file of `to` (a log, and the step's own `stdout:` file),
+    /// masked, until every writer of the pipe has closed it.
     pub(crate) async fn copy(
         &self,
         mut from: tokio::net::unix::pipe::Receiver,
-        mut to: File,
+        mut to: Vec<File>,
     ) -> std::io::Result<()> {
         let mut pending = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -77,7 +81,9 @@ impl Mask {
             let n = from.read(&mut buf).await?;
             pending.extend_from_slice(&buf[..n]);
             let (out, used) = self.redact(&pending, n == 0);
-            to.write_all(&out)?;
+            for file in &mut to {
+                file.write_all(&out)?;
+            }
             pending.drain(..used);
             if n == 0 {
                 return Ok(());

@@ -209,7 +209,7 @@ pub fn check_step(kind: &str, config: &serde_json::Value) -> Option<Result<(), S
 }
 
 /// For the loader (`trellis_spec::set_dag_option_check`): the DAG-level options the
-/// executors read (`container:`, `registry_auths:`, and `kubernetes:` / `slurm:`, laid
+/// executors read (`container:`, `registry_auths:`, and `kubernetes:` / `slurm:` / `ssh:`, laid
 /// under each such step's `with:`); `None` for any other key.
 pub fn check_dag_option(key: &str, value: &serde_json::Value) -> Option<Result<(), String>> {
     match key {
@@ -217,6 +217,9 @@ pub fn check_dag_option(key: &str, value: &serde_json::Value) -> Option<Result<(
         "registry_auths" => Some(crate::docker_auth::parse(Some(value)).map(|_| ())),
         "kubernetes" => Some(crate::kube_config::Config::parse_defaults(value).map(|_| ())),
         "slurm" => Some(crate::slurm_config::Config::parse(value).map(|_| ())),
+        "ssh" => Some(crate::ssh::check_defaults(value)),
+        "smtp" => Some(crate::mail::Smtp::parse(value).map(|_| ())),
+        "mail_on" | "error_mail" | "info_mail" => Some(crate::mail::check_notice(key, value)),
         _ => None,
     }
 }
@@ -303,15 +306,15 @@ impl Registry {
         let kubernetes: Arc<dyn StepExecutor> = Arc::new(crate::kubernetes::Kubernetes::default());
         registry.add_as("kubernetes", kubernetes.clone());
         registry.add_as("k8s", kubernetes);
-        registry.add_as(
-            "http",
-            Arc::new(crate::inproc::InProcess::new(crate::http::Http)),
-        );
-        registry.add_as("jq", Arc::new(crate::inproc::InProcess::new(crate::jq::Jq)));
-        registry.add_as(
-            "state",
-            Arc::new(crate::inproc::InProcess::new(crate::state::State)),
-        );
+        // In-process actions, each under its step type.
+        registry.add_action(crate::http::Http);
+        registry.add_action(crate::jq::Jq);
+        registry.add_action(crate::state::State);
+        registry.add_action(crate::ssh::Ssh);
+        registry.add_action(crate::sftp::Sftp);
+        registry.add_action(crate::mail::MailStep);
+        registry.add_action(crate::wait::Wait);
+        registry.add_action(crate::wait::Log);
         registry.defaults = DEFAULTS.get().cloned().unwrap_or_default();
         registry
     }
@@ -336,6 +339,11 @@ impl Registry {
             Some(defaults) => lay_over(defaults, with),
             None => with,
         }
+    }
+
+    fn add_action<A: crate::inproc::Action>(&mut self, action: A) {
+        let kind = action.kind();
+        self.add_as(kind, Arc::new(crate::inproc::InProcess::new(action)));
     }
 
     pub fn add_as(&mut self, kind: &'static str, executor: Arc<dyn StepExecutor>) {

@@ -180,6 +180,22 @@ pub(crate) async fn spawn(prepared: Prepared) -> io::Result<Child> {
 
 type Spawned = io::Result<(i32, Option<OwnedFd>)>;
 
+/// The child could not enter its working directory: the error names the directory, since
+/// the program was never reached.
+#[derive(Debug)]
+pub(crate) struct BadWorkingDir {
+    dir: String,
+    error: io::Error,
+}
+
+impl std::fmt::Display for BadWorkingDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "working directory {}: {}", self.dir, self.error)
+    }
+}
+
+impl std::error::Error for BadWorkingDir {}
+
 struct Request {
     prepared: Prepared,
     reply: tokio::sync::oneshot::Sender<Spawned>,
@@ -227,6 +243,8 @@ struct ChildArgs {
     parent: libc::pid_t,
     /// Set by the child when it fails before or at `execve`.
     errno: AtomicI32,
+    /// Set by the child when what failed was entering its working directory.
+    in_cwd: std::sync::atomic::AtomicBool,
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const c_char> {
@@ -244,6 +262,7 @@ fn start(p: &Prepared, null: &File, stack: &mut [u8]) -> Spawned {
         fds: [null.as_raw_fd(), p.stdout.as_raw_fd(), p.stderr.as_raw_fd()],
         parent: std::process::id() as libc::pid_t,
         errno: AtomicI32::new(0),
+        in_cwd: std::sync::atomic::AtomicBool::new(false),
     };
     // The stack grows down on every Linux target Trellis builds for; 16-byte aligned.
     let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
@@ -266,7 +285,7 @@ fn start(p: &Prepared, null: &File, stack: &mut [u8]) -> Spawned {
     if errno != 0 {
         // SAFETY: collects the child that failed to exec.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(io::Error::from_raw_os_error(errno));
+        return Err(child_error(errno, args.in_cwd.load(Ordering::SeqCst), p));
     }
     // SAFETY: a plain system call; the child is ours and not yet collected, so its pid
     // cannot be reused before this.
@@ -274,6 +293,19 @@ fn start(p: &Prepared, null: &File, stack: &mut [u8]) -> Spawned {
     // SAFETY: a new descriptor that nothing else owns.
     let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as c_int) });
     Ok((pid, pidfd))
+}
+
+/// Why the child never ran its program; when the working directory was the cause, an
+/// error that names it.
+fn child_error(errno: c_int, in_cwd: bool, p: &Prepared) -> io::Error {
+    let error = io::Error::from_raw_os_error(errno);
+    match p.cwd.as_deref().filter(|_| in_cwd) {
+        Some(dir) => {
+            let dir = dir.to_string_lossy().into_owned();
+            io::Error::new(error.kind(), BadWorkingDir { dir, error })
+        }
+        None => error,
+    }
 }
 
 /// The child, between `clone` and `execve`: system calls only (it shares the parent's
@@ -299,6 +331,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             }
         }
         if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            a.in_cwd.store(true, Ordering::SeqCst);
             return fail(a);
         }
         if libc::prctl(
@@ -398,6 +431,7 @@ mod tests {
             stop_signal: nix::sys::signal::Signal::SIGTERM,
             grace: Duration::from_millis(200),
             mask: None,
+            tee: crate::Tee::default(),
         }
     }
 
@@ -435,8 +469,17 @@ mod tests {
         }
         let mut bad_dir = spec(d, "/bin/true", &[], "/bin");
         bad_dir.working_dir = Some(d.join("missing"));
-        let got = Local.run(bad_dir, CancellationToken::new()).await;
-        assert!(matches!(got, Outcome::SpawnFailed(_)), "{got:?}");
+        match Local.run(bad_dir, CancellationToken::new()).await {
+            // The directory is what is wrong, not the program.
+            Outcome::SpawnFailed(m) => assert_eq!(
+                m,
+                format!(
+                    "working directory {}: No such file or directory (os error 2)",
+                    d.join("missing").display()
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

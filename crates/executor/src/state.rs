@@ -1,11 +1,14 @@
 //! `state.*` steps (Dagu's `state.get`, `state.set`, `state.delete`, `state.list`,
 //! `state.diff`): small JSON values kept between runs, with versions for optimistic
-//! concurrency, in [`crate::state_store`] under the state dir (`paths.dag_state_dir`,
-//! exported by the CLI as `TRELLIS_DAG_STATE_DIR`; else `$TRELLIS_DATA_DIR/dag-state`).
+//! concurrency, in [`crate::state_store`]: files under the state dir
+//! (`paths.dag_state_dir`, exported by the CLI as `TRELLIS_DAG_STATE_DIR`; else
+//! `$TRELLIS_DATA_DIR/dag-state`), or, once [`set_state_store`] is called (the CLI does
+//! when its store is a database), the store's named values, so processes on machines
+//! that share only the database share state.
 //! Each step prints one JSON line, Dagu's shape, which `output:` captures for later steps.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -188,6 +191,24 @@ pub(crate) fn state_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "no state dir: set `paths.dag_state_dir` (TRELLIS_DAG_STATE_DIR)".into())
 }
 
+/// Where this process keeps state values instead of the state dir, once set.
+static SHARED: OnceLock<Arc<dyn trellis_storage_api::State>> = OnceLock::new();
+
+/// Keeps the values of `state.*` steps in `store`'s named values (a store that machines
+/// share: a database) instead of files under the state dir. From `main`, once; a later
+/// call changes nothing.
+pub fn set_state_store(store: Arc<dyn trellis_storage_api::State>) {
+    let _ = SHARED.set(store);
+}
+
+/// The store of this process's state values.
+fn open() -> Result<Store, String> {
+    match SHARED.get() {
+        Some(shared) => Ok(Store::shared(shared.clone())),
+        None => Ok(Store::files(state_dir()?)),
+    }
+}
+
 pub(crate) struct State;
 
 impl Action for State {
@@ -281,7 +302,7 @@ fn operate(req: &StepRequest) -> Result<Value, String> {
     if let Some(ns) = &config.namespace {
         check_namespace(ns)?;
     }
-    let store = Store::new(state_dir()?);
+    let store = open()?;
     let (scope, namespace) = place(req, &config);
     let at = Ref {
         scope,
@@ -326,7 +347,9 @@ fn get(store: &Store, at: &Ref, config: &Config) -> Result<Value, String> {
             at.key, at.scope, at.namespace
         )),
         None => {
-            let mut answer = json!({"key": at.key, "found": false});
+            // Version 0 is what `expected_version` says for "not there yet", so a read
+            // can feed a create (Dagu leaves the version out here).
+            let mut answer = json!({"key": at.key, "found": false, "version": 0});
             if let Some(default) = &config.default {
                 answer["value"] = default.clone();
             }

@@ -80,12 +80,11 @@ fn workflow_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Loads one file, summarising its first error as `file:line:col: message`.
 pub fn load(path: &Path) -> Result<Dag, Error> {
-    let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    trellis_spec::load_str(&name, &text)
+    trellis_spec::load_file_str(path, &text)
         .map(|l| l.dag)
         .map_err(|problems| {
             let count = problems.iter().filter(|p| !p.warning).count();

@@ -10,7 +10,7 @@ use crate::graph::{self, StepMeta};
 use crate::params::decode_params;
 use crate::schedule::decode_schedule;
 use crate::step::{Defaults, StepCx, decode_condition_list, decode_step, decode_steps};
-use crate::yaml::{Node, Value};
+use crate::yaml::{Node, Span, Value};
 
 /// Decodes one document. `default_name` names the DAG when it has no `name` (the file stem
 /// for the first document); later documents must name themselves.
@@ -89,7 +89,21 @@ pub fn decode_dag(cx: &mut Cx, doc: &Node, default_name: Option<&str>) -> Option
             // Without the executors' check (this crate alone), what they read loads.
             let checked = match crate::dag_option_check() {
                 Some(check) => check(key, &value),
-                None if matches!(key, "container" | "registry_auths") => Some(Ok(())),
+                None if matches!(
+                    key,
+                    "container"
+                        | "registry_auths"
+                        | "kubernetes"
+                        | "slurm"
+                        | "ssh"
+                        | "smtp"
+                        | "mail_on"
+                        | "error_mail"
+                        | "info_mail"
+                ) =>
+                {
+                    Some(Ok(()))
+                }
                 None => None,
             };
             match checked {
@@ -223,23 +237,38 @@ fn resolve_type(cx: &mut Cx, obj: &Obj, dag: &Dag, metas: &[StepMeta]) -> DagTyp
     match obj.choice(cx, "type", &["chain", "graph"]).as_deref() {
         Some("graph") => DagType::Graph,
         Some(_) => {
-            if let Some(meta) = metas.iter().find(|m| !m.depends.is_empty()) {
-                let key = obj.key("type").map_or(obj.span, |k| k.span);
-                cx.push(
-                    Problem::error(
-                        Code::Conflict,
-                        meta.depends[0].1,
-                        "`depends` is not allowed in a `type: chain` DAG",
-                    )
-                    .related(key, "the DAG is declared a chain here")
-                    .help("use `type: graph`, or drop `depends` and rely on step order"),
-                );
+            let key = obj.key("type").map_or(obj.span, |k| k.span);
+            for meta in metas {
+                chain_depends_warning(cx, meta, key);
             }
             DagType::Chain
         }
         None if inferred => DagType::Graph,
         None => DagType::Chain,
     }
+}
+
+/// `depends` in a `type: chain` DAG: Dagu 2 rejects it, Dagu 1.17–1.21 ran it with the
+/// step's own `depends` in place of the edge to the step before (see `graph::chain_edges`).
+fn chain_depends_warning(cx: &mut Cx, meta: &StepMeta, type_key: Span) {
+    let Some(span) = meta.explicit else { return };
+    let at = meta.depends.first().map_or(span, |(_, s)| *s);
+    let waits = if meta.depends.is_empty() {
+        "this step waits for no other step"
+    } else {
+        "this step waits only for the steps it lists"
+    };
+    cx.push(
+        Problem::warning(
+            Code::LegacyKey,
+            at,
+            format!(
+                "`depends` in a `type: chain` DAG is Dagu 1 syntax: {waits}, not for the step before it"
+            ),
+        )
+        .related(type_key, "the DAG is declared a chain here")
+        .help("Dagu 2 rejects this file: use `type: graph` and list every dependency"),
+    );
 }
 
 fn decode_handlers(cx: &mut Cx, node: &Node, scx: &StepCx) -> Handlers {

@@ -815,4 +815,5 @@ pub const STEP_TYPES: &[&str] = &[
     "noop",
     "slurm",
     "state",
+    "wait",
 ];

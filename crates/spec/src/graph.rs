@@ -17,6 +17,9 @@ pub struct StepMeta {
     pub name_span: Span,
     /// `depends` entries as written.
     pub depends: Vec<(String, Span)>,
+    /// Where `depends` is given (even as `[]`): in a chain, such a step does not also
+    /// wait for the step before it (Dagu 1.x).
+    pub explicit: Option<Span>,
     /// Index of the top-level `steps` item (a nested list shares one index).
     pub group: usize,
 }
@@ -99,7 +102,9 @@ fn unknown_step(dag: &Dag, name: &str, span: Span, what: &str) -> Problem {
     }
 }
 
-/// In a chain, every step of a top-level item depends on every step of the item before.
+/// In a chain, every step of a top-level item depends on every step of the item before,
+/// unless it gives its own `depends`: Dagu 1.17–1.21 let those replace the implicit edge
+/// (and `depends: []` opt out of it); the step after still chains to it.
 fn chain_edges(metas: &[StepMeta], edges: &mut Vec<(usize, usize)>) {
     let mut previous: Vec<usize> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
@@ -111,7 +116,9 @@ fn chain_edges(metas: &[StepMeta], edges: &mut Vec<(usize, usize)>) {
             }
             group = Some(meta.group);
         }
-        edges.extend(previous.iter().map(|&p| (p, i)));
+        if meta.explicit.is_none() {
+            edges.extend(previous.iter().map(|&p| (p, i)));
+        }
         current.push(i);
     }
 }

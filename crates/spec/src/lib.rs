@@ -132,6 +132,49 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, Vec<Problem>> {
     }
 }
 
+/// [`load_str`] for the text of the file at `path`: a relative DAG `working_dir` is then
+/// taken against the file's directory, as Dagu does, and stored absolute, so the run (or a
+/// worker given the DAG) finds it wherever it starts. One that starts with `~` or `$` is
+/// left for the run to expand.
+pub fn load_file_str(path: &Path, text: &str) -> Result<Loaded, Vec<Problem>> {
+    let mut loaded = load_str(&path.display().to_string(), text)?;
+    let dir = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(dir) = dir {
+        anchor_working_dir(&mut loaded.dag, &dir);
+        for local in &mut loaded.dag.local_dags {
+            anchor_working_dir(local, &dir);
+        }
+    }
+    Ok(loaded)
+}
+
+fn anchor_working_dir(dag: &mut Dag, dir: &Path) {
+    let Some(wd) = dag.working_dir.as_deref() else {
+        return;
+    };
+    if !(wd.starts_with('/') || wd.starts_with('~') || wd.starts_with('$')) {
+        dag.working_dir = Some(clean(&dir.join(wd)).display().to_string());
+    }
+}
+
+/// `path` with `.` and `..` resolved lexically, as Go's `filepath.Join` does.
+fn clean(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn decode_documents(
     cx: &mut Cx,
     first: &yaml::Node,

@@ -191,6 +191,7 @@ pub fn decode_step(
         span: node.span,
         name_span: span,
         depends: Vec::new(),
+        explicit: None,
         group: 0,
     };
     if let Some(text) = node.as_str() {
@@ -263,12 +264,16 @@ pub fn decode_step(
     scx.defaults.apply(&mut step, &obj);
     // A misspelt `command` or an unknown `type` already has its own error; "nothing to run"
     // would only repeat it.
-    if cx.problems[before..].iter().all(|p| p.warning) {
+    // `type: noop` (Dagu's `action: noop`) says so on purpose.
+    let noop = obj.get("type").and_then(Node::as_str) == Some("noop");
+    if !noop && cx.problems[before..].iter().all(|p| p.warning) {
         check_nothing_to_run(cx, &step, name_span);
     }
     let mut meta = meta(name_span);
     if let Some(dep) = obj.get("depends") {
         meta.depends = depends(cx, dep);
+        // `depends:` with no value is no list at all (Go reads it as nil).
+        meta.explicit = (!dep.is_null()).then_some(dep.span);
     }
     Some((step, meta))
 }
@@ -400,7 +405,7 @@ fn runnable(cx: &mut Cx, kind: &str, config: &serde_json::Value, node: &Node, wi
             node.span,
             format!("step type `{kind}` cannot run in this version of trellis: its executor is not built yet"),
         )
-        .help("the steps that run: shell commands, scripts and exec, call (dag, subworkflow, parallel), router, noop, docker (container), slurm and kubernetes (k8s)"),
+        .help("the steps that run: shell commands, scripts and exec, call (dag, subworkflow, parallel), router, noop, docker (container), slurm, kubernetes (k8s), ssh, sftp, http, jq, mail, state, wait and log"),
     };
     cx.push(problem);
     false

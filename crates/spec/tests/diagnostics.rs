@@ -76,10 +76,6 @@ const EXPECTED: &[(&str, &[Located])] = &[
     ("bad_log_output.yaml", &[("spec::bad-enum", 6, 17)]),
     ("bad_overlap_policy.yaml", &[("spec::bad-enum", 4, 17)]),
     (
-        "conflict_chain_depends.yaml",
-        &[("spec::conflicting-fields", 10, 15)],
-    ),
-    (
         "conflict_dir_working_dir.yaml",
         &[("spec::conflicting-fields", 5, 5)],
     ),

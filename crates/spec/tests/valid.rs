@@ -350,3 +350,86 @@ steps:
     assert_eq!(step(&dag.steps, "short").timeout_sec, Some(60));
     assert_eq!(long.depends, ["short"]);
 }
+
+/// A Dagu 1.x file (1.17–1.21): `type: chain` with `depends` on some steps. Dagu 2 rejects
+/// it; Dagu 1.x ran it, a step's own `depends` replacing the edge to the step before it.
+const V1_CHAIN_WITH_DEPENDS: &str = "\
+name: pipeline
+type: chain
+steps:
+  - name: fetch
+    command: ./fetch.sh
+  - name: parse
+    command: ./parse.sh
+  - name: store
+    command: ./store.sh
+    depends: [fetch]
+  - name: report
+    command: ./report.sh
+  - name: standalone
+    command: ./standalone.sh
+    depends: []
+  - name: last
+    command: ./last.sh
+";
+
+#[test]
+fn v1_chain_with_depends_loads_as_dagu_1_ran_it_with_a_warning() {
+    let loaded = load("pipeline.yaml", V1_CHAIN_WITH_DEPENDS);
+    let dag = &loaded.dag;
+    assert_eq!(dag.dag_type, DagType::Chain);
+    assert!(step(&dag.steps, "fetch").depends.is_empty());
+    assert_eq!(step(&dag.steps, "parse").depends, ["fetch"]);
+    assert_eq!(
+        step(&dag.steps, "store").depends,
+        ["fetch"],
+        "explicit depends replace the implicit edge to `parse`"
+    );
+    assert_eq!(step(&dag.steps, "report").depends, ["store"]);
+    assert!(
+        step(&dag.steps, "standalone").depends.is_empty(),
+        "`depends: []` opts out of the chain"
+    );
+    assert_eq!(step(&dag.steps, "last").depends, ["standalone"]);
+    let warnings: Vec<(Code, usize)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.code, w.line_col(V1_CHAIN_WITH_DEPENDS).0))
+        .collect();
+    assert_eq!(warnings, [(Code::LegacyKey, 10), (Code::LegacyKey, 15)]);
+    assert!(loaded.warnings.iter().all(|w| w.warning));
+    assert!(
+        loaded.warnings[0].message.contains("Dagu 1"),
+        "{}",
+        loaded.warnings[0].message
+    );
+}
+
+#[test]
+fn a_relative_working_dir_is_anchored_at_the_dag_file() {
+    let text =
+        "working_dir: out/data\nsteps:\n  - name: a\n    command: pwd\n    working_dir: sub\n";
+    let file = std::path::Path::new("/srv/dags/job.yaml");
+    let dag = trellis_spec::load_file_str(file, text).expect("loads").dag;
+    assert_eq!(dag.working_dir.as_deref(), Some("/srv/dags/out/data"));
+    assert_eq!(
+        dag.steps[0].working_dir.as_deref(),
+        Some("sub"),
+        "a step's relative dir is taken against the DAG's at run time"
+    );
+    for kept in ["/abs/dir", "~/work", "$HOME/x", "${ROOT}/y"] {
+        let text = format!("working_dir: {kept}\nsteps:\n  - pwd\n");
+        let dag = trellis_spec::load_file_str(file, &text).expect("loads").dag;
+        assert_eq!(dag.working_dir.as_deref(), Some(kept), "{kept}");
+    }
+    let relative_file = std::path::Path::new("job.yaml");
+    let dag = trellis_spec::load_file_str(relative_file, "working_dir: w\nsteps:\n  - pwd\n")
+        .expect("loads")
+        .dag;
+    let cwd = std::env::current_dir().expect("cwd");
+    assert_eq!(
+        dag.working_dir.as_deref(),
+        Some(cwd.join("w").to_str().expect("utf-8")),
+        "a file named relatively is anchored at the current directory"
+    );
+}

@@ -401,6 +401,118 @@ pub fn named_values(store: &dyn Backend, other: &dyn Backend) {
     assert!(other.values(scope::STOP).unwrap().is_empty());
 }
 
+/// Compare-and-swap on named values: a swap happens only when the value is exactly the
+/// one expected (trailing spaces count), creates only what is absent, deletes only what
+/// it expects, and carries large values; names list by prefix, taken literally.
+pub fn swapped_values(store: &dyn Backend, other: &dyn Backend) {
+    use crate::state::scope::DAG_STATE as S;
+    let name = "dag/etl.v2/rules/cursor~1";
+    assert!(store.swap(S, name, None, Some("v1")).unwrap(), "creates");
+    assert!(
+        !other.swap(S, name, None, Some("other")).unwrap(),
+        "creates only what is absent"
+    );
+    assert_eq!(other.get(S, name).unwrap().as_deref(), Some("v1"));
+    assert!(!other.swap(S, name, Some("v0"), Some("v2")).unwrap());
+    assert!(
+        !other.swap(S, name, Some("v1 "), Some("v2")).unwrap(),
+        "a trailing space is another value"
+    );
+    assert!(other.swap(S, name, Some("v1"), Some("v2")).unwrap());
+    assert!(
+        !store.swap(S, name, Some("v1"), Some("v3")).unwrap(),
+        "a stale expectation"
+    );
+    assert!(
+        store.swap(S, name, Some("v2"), Some("v2")).unwrap(),
+        "the same value again"
+    );
+    assert_eq!(store.get(S, name).unwrap().as_deref(), Some("v2"));
+    store.put(S, "spaced", Some("x ")).unwrap();
+    assert!(!store.swap(S, "spaced", Some("x"), None).unwrap());
+    assert!(store.swap(S, "spaced", Some("x "), None).unwrap());
+    assert!(!other.swap(S, name, Some("v1"), None).unwrap());
+    assert!(!other.swap(S, name, None, None).unwrap(), "present");
+    assert!(other.swap(S, name, Some("v2"), None).unwrap(), "deletes");
+    assert_eq!(store.get(S, name).unwrap(), None);
+    assert!(!store.swap(S, name, Some("v2"), None).unwrap(), "gone");
+    assert!(
+        store.swap(S, name, None, None).unwrap(),
+        "absent as expected"
+    );
+
+    // A value as large as a `state.*` entry may be (1 MiB of JSON and its fields).
+    let big = format!("{{\"value\":\"{}\"}}", "x".repeat(1 << 20));
+    let bigger = big.replace('x', "y");
+    assert!(store.swap(S, "big", None, Some(&big)).unwrap());
+    assert!(other.swap(S, "big", Some(&big), Some(&bigger)).unwrap());
+    assert!(!store.swap(S, "big", Some(&big), None).unwrap());
+    assert_eq!(
+        store.get(S, "big").unwrap().as_deref(),
+        Some(bigger.as_str())
+    );
+    assert!(store.swap(S, "big", Some(&bigger), None).unwrap());
+
+    for name in ["a/1", "a/2", "ab", "a_b", "axb", "a%c", "b/a/1", "a/"] {
+        assert!(store.swap(S, name, None, Some(name)).unwrap());
+    }
+    let listed = |prefix: &str| -> Vec<String> {
+        let values = other.values_with_prefix(S, prefix).unwrap();
+        for (name, value) in &values {
+            assert_eq!(name, value);
+        }
+        values.into_iter().map(|(n, _)| n).collect()
+    };
+    assert_eq!(listed("a/"), ["a/", "a/1", "a/2"]);
+    assert_eq!(listed("a_"), ["a_b"], "`_` is no wildcard");
+    assert_eq!(listed("a%"), ["a%c"], "`%` is no wildcard");
+    assert_eq!(listed("b"), ["b/a/1"]);
+    assert!(listed("c").is_empty());
+    assert_eq!(listed("").len(), 8);
+    assert!(
+        other
+            .values_with_prefix(crate::state::scope::STOP, "a")
+            .unwrap()
+            .is_empty(),
+        "another scope"
+    );
+}
+
+/// Writers on two handles (two processes) increment one counter by read-then-swap: no
+/// update is lost.
+pub fn racing_swaps_lose_no_update(store: Shared, other: Shared) {
+    use crate::state::scope::DAG_STATE as S;
+    let (writers, each) = (4, 25);
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = if w % 2 == 0 {
+                store.clone()
+            } else {
+                other.clone()
+            };
+            std::thread::spawn(move || {
+                let mut done = 0;
+                while done < each {
+                    let old = store.get(S, "counter").unwrap();
+                    let n: u64 = old.as_deref().map_or(0, |v| v.parse().unwrap());
+                    let new = (n + 1).to_string();
+                    if store
+                        .swap(S, "counter", old.as_deref(), Some(&new))
+                        .unwrap()
+                    {
+                        done += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = (writers * each).to_string();
+    assert_eq!(store.get(S, "counter").unwrap(), Some(total));
+}
+
 pub fn coordinators_lease_and_shared_values(store: &dyn Backend, other: &dyn Backend) {
     use crate::state::{COORDINATOR, scope};
     let first = store
@@ -459,6 +571,8 @@ macro_rules! conformance_tests {
             leader: |s, o| one_leader_and_fenced_writes(&*s, &*o);
             values: |s, o| named_values(&*s, &*o);
             coordinator_lease: |s, o| coordinators_lease_and_shared_values(&*s, &*o);
+            swaps: |s, o| swapped_values(&*s, &*o);
+            racing_swaps: |s, o| racing_swaps_lose_no_update(s, o);
         );
     };
     (@each $open:expr, $($name:ident: |$s:ident, $o:ident| $body:expr;)*) => {

@@ -484,6 +484,36 @@ impl State for MemStore {
         };
         Ok(())
     }
+
+    fn swap(
+        &self,
+        scope: &str,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        let key = (scope.to_string(), name.to_string());
+        let mut inner = self.lock();
+        if inner.values.get(&key).map(String::as_str) != expected {
+            return Ok(false);
+        }
+        match new {
+            Some(v) => inner.values.insert(key, v.to_string()),
+            None => inner.values.remove(&key),
+        };
+        Ok(true)
+    }
+
+    fn values_with_prefix(&self, scope: &str, prefix: &str) -> Result<Vec<(String, String)>> {
+        let inner = self.lock();
+        let from = (scope.to_string(), prefix.to_string());
+        Ok(inner
+            .values
+            .range(from..)
+            .take_while(|((s, n), _)| s == scope && n.starts_with(prefix))
+            .map(|((_, n), v)| (n.clone(), v.clone()))
+            .collect())
+    }
 }
 
 impl Backend for MemStore {

@@ -1,7 +1,9 @@
 //! Small shared state beside the runs: the scheduler's lead (a lease with a fencing token
 //! that grows with every holder), schedule ticks claimed once, and named values (suspended
 //! DAGs, the leader's heartbeat). Every backend keeps it where it keeps runs, so processes
-//! that share a store share this too.
+//! that share a store share this too. Named values can be compared and swapped
+//! ([`State::swap`]), so writers on several machines can update one without losing an
+//! update.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,10 @@ pub mod scope {
     /// `name` = `<dag>~<run id>`: a request to stop a run a scheduler on another machine
     /// executes (a database store).
     pub const STOP: &str = "stop";
+    /// `name` = `<scope>/<namespace>/<key>`: a value of a `state.*` step (its JSON entry:
+    /// value, version, hash, times, writer), kept here when the store is shared by
+    /// machines; neither scope nor namespace holds a `/`.
+    pub const DAG_STATE: &str = "dag_state";
 }
 
 pub trait State: Send + Sync {
@@ -95,4 +101,24 @@ pub trait State: Send + Sync {
     fn get(&self, scope: &str, name: &str) -> Result<Option<String>>;
     /// Sets a value; `None` removes it.
     fn put(&self, scope: &str, name: &str, value: Option<&str>) -> Result<()>;
+    /// Compare-and-swap: sets the value to `new` (`None` removes it) only if it is
+    /// `expected` now, byte for byte (`None`: there is none); `Ok(true)` when it did.
+    /// Atomic against every other swap on the store, from this process or another
+    /// machine sharing it, so a read-then-swap loop never loses an update. A call
+    /// retried after its answer was lost (a connection that broke) may say `false`
+    /// though its write took effect: a caller that must know reads the value again.
+    fn swap(
+        &self,
+        scope: &str,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool>;
+    /// The values of a scope whose names start with `prefix`, by name. Backends that can
+    /// should find them without reading the rest of the scope.
+    fn values_with_prefix(&self, scope: &str, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut values = self.values(scope)?;
+        values.retain(|(name, _)| name.starts_with(prefix));
+        Ok(values)
+    }
 }

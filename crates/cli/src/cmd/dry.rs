@@ -12,7 +12,7 @@ use crate::report;
 pub fn run(args: &DryArgs) -> anyhow::Result<ExitCode> {
     let name = args.file.display().to_string();
     let text = super::read(&args.file)?;
-    let dag = match trellis_spec::load_str(&name, &text) {
+    let dag = match trellis_spec::load_file_str(&args.file, &text) {
         Ok(loaded) => loaded.dag,
         Err(problems) => {
             eprint!("{}", report::problems(&name, &text, &problems));

@@ -78,6 +78,7 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
         ("TRELLIS_LOG_DIR", paths.log_dir),
         ("TRELLIS_SERVICE_REGISTRY_DIR", paths.service_registry_dir),
         ("TRELLIS_DAG_STATE_DIR", paths.dag_state_dir),
+        ("TRELLIS_DAGS_DIR", paths.dags_dir),
     ] {
         if let Some(value) = value
             && std::env::var_os(var).is_none()
@@ -91,6 +92,16 @@ fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
     }
     export_state_dir();
     Ok(())
+}
+
+/// Whether the dags dir (`TRELLIS_DAGS_DIR`, set from the config, else
+/// `$TRELLIS_HOME/dags`) holds a DAG file named `name`.
+pub fn dag_in_dags_dir(name: &str) -> bool {
+    let dir = std::env::var_os("TRELLIS_DAGS_DIR")
+        .map_or_else(|| run::home().join("dags"), std::path::PathBuf::from);
+    ["yaml", "yml"]
+        .iter()
+        .any(|ext| dir.join(format!("{name}.{ext}")).is_file())
 }
 
 /// `TRELLIS_DAG_STATE_DIR` for the `state.*` steps: `paths.dag_state_dir` (exported
@@ -116,7 +127,13 @@ pub fn open_store() -> anyhow::Result<trellis_store::Shared> {
     let patience =
         std::time::Duration::from_secs(PATIENCE.load(std::sync::atomic::Ordering::Relaxed));
     let store = trellis_store::open_with(&run::home(), database_url().as_deref(), patience)?;
-    Ok(STORE.get_or_init(|| store).clone())
+    let store = STORE.get_or_init(|| store).clone();
+    // Processes sharing a database may share nothing else: `state.*` values live there
+    // too. A file store keeps them in the state dir (Dagu's layout).
+    if store.spans_machines() {
+        trellis_executor::set_state_store(store.clone());
+    }
+    Ok(store)
 }
 
 /// The config file's `storage` database, once read.

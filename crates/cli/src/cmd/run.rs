@@ -31,7 +31,7 @@ pub fn home() -> PathBuf {
 pub fn load(path: &Path) -> anyhow::Result<Option<Dag>> {
     let name = path.display().to_string();
     let text = super::read(path)?;
-    match trellis_spec::load_str(&name, &text) {
+    match trellis_spec::load_file_str(path, &text) {
         Ok(loaded) => Ok(Some(loaded.dag)),
         Err(problems) => {
             eprint!("{}", report::problems(&name, &text, &problems));

@@ -4,7 +4,8 @@
 //!   whose fencing token grows with every new leader;
 //! - a tick is a file `scheduler/ticks/<dag>/<stamp>` created with `O_EXCL`;
 //! - a named value is a file `<scope>/<name>`; suspended DAGs keep Dagu-era
-//!   `suspend/<dag>.suspended` flags.
+//!   `suspend/<dag>.suspended` flags. Swaps of a scope's values hold an exclusive lock
+//!   on `state/.locks/<scope>.lock` while they compare and replace (by rename).
 
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
@@ -135,6 +136,58 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// The values of a scope whose names `keep` accepts (only those files are read).
+    fn values_where(
+        &self,
+        scope: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, String)>> {
+        let dir = self.data.join("state").join(safe_name(scope));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Gone meanwhile, or a write in progress (`.tmp`): skip it.
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            let Some(name) = decode_name(&name) else {
+                continue; // not written by `put`
+            };
+            if !keep(&name) {
+                continue;
+            }
+            if let Ok(value) = fs::read_to_string(entry.path()) {
+                out.push((name, value));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Holds the swap lock of a scope until the file is dropped.
+    fn swap_lock(&self, scope: &str) -> Result<fs::File> {
+        let dir = self.data.join("state").join(".locks");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{}.lock", safe_name(scope)));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        file.lock().map_err(io(&path))?;
+        Ok(file)
+    }
+}
+
 impl State for FileStore {
     fn acquire_lease(&self, name: &str, holder: &str) -> Result<Option<Lead>> {
         let (lock_path, info_path) = self.lease_paths(name);
@@ -197,30 +250,11 @@ impl State for FileStore {
     }
 
     fn values(&self, scope: &str) -> Result<Vec<(String, String)>> {
-        let dir = self.data.join("state").join(safe_name(scope));
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            // Gone meanwhile, or a write in progress (`.tmp`): skip it.
-            if name.ends_with(".tmp") {
-                continue;
-            }
-            let Some(name) = decode_name(&name) else {
-                continue; // not written by `put`
-            };
-            if let Ok(value) = fs::read_to_string(entry.path()) {
-                out.push((name, value));
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.values_where(scope, |_| true)
+    }
+
+    fn values_with_prefix(&self, scope: &str, prefix: &str) -> Result<Vec<(String, String)>> {
+        self.values_where(scope, |name| name.starts_with(prefix))
     }
 
     fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool> {
@@ -286,6 +320,23 @@ impl State for FileStore {
             fs::create_dir_all(dir).map_err(io(dir))?;
         }
         write_atomic(&path, value.as_bytes())
+    }
+
+    fn swap(
+        &self,
+        scope: &str,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        let _lock = self.swap_lock(scope)?;
+        if self.get(scope, name)?.as_deref() != expected {
+            return Ok(false);
+        }
+        match (expected, new) {
+            (None, None) => Ok(true),
+            _ => self.put(scope, name, new).map(|()| true),
+        }
     }
 }
 

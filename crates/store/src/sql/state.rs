@@ -1,6 +1,7 @@
 //! The lead, ticks and named values in SQL. The lease is timed by the database's clock;
 //! every leader write checks the fencing token in the same transaction, so a leader that
-//! stalled past its lease cannot write after another has taken over.
+//! stalled past its lease cannot write after another has taken over. A swap of a named
+//! value is one conditional statement whose count of rows says whether it happened.
 
 use std::sync::Arc;
 
@@ -241,6 +242,32 @@ impl SqlStore {
     }
 }
 
+/// The longest scope and name MariaDB/MySQL keep (`VARCHAR(255)`): longer ones are refused
+/// rather than cut (`INSERT IGNORE` would cut them, silently).
+const MYSQL_NAME_CHARS: usize = 255;
+
+/// `prefix` as a `LIKE` pattern (escape `!`) matching the names that start with it.
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn pairs(rows: Vec<Vec<Val>>) -> Vec<(String, String)> {
+    rows.into_iter()
+        .map(|r| {
+            let mut r = r.into_iter().map(|v| v.into_text().unwrap_or_default());
+            (r.next().unwrap_or_default(), r.next().unwrap_or_default())
+        })
+        .collect()
+}
+
 fn first(rows: Vec<Vec<Val>>) -> Option<Val> {
     rows.into_iter().next().and_then(|r| r.into_iter().next())
 }
@@ -309,13 +336,18 @@ impl State for SqlStore {
     fn values(&self, scope: &str) -> Result<Vec<(String, String)>> {
         let sql = "SELECT name, value FROM kv WHERE scope = ? ORDER BY name";
         let rows = self.query(sql, vec![scope.into()], &[K::Text, K::Text])?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let mut r = r.into_iter().map(|v| v.into_text().unwrap_or_default());
-                (r.next().unwrap_or_default(), r.next().unwrap_or_default())
-            })
-            .collect())
+        Ok(pairs(rows))
+    }
+
+    fn values_with_prefix(&self, scope: &str, prefix: &str) -> Result<Vec<(String, String)>> {
+        let sql = "SELECT name, value FROM kv WHERE scope = ? AND name LIKE ? ESCAPE '!'";
+        let args = vec![scope.into(), like_prefix(prefix).into()];
+        let mut values = pairs(self.query(sql, args, &[K::Text, K::Text])?);
+        // By name as Rust orders it (the server's collation may order otherwise), and
+        // only what truly starts with the prefix, whatever the collation thinks equal.
+        values.retain(|(name, _)| name.starts_with(prefix));
+        values.sort();
+        Ok(values)
     }
 
     fn claim_tick(&self, lead: u64, dag: &str, at: &str) -> Result<bool> {
@@ -367,5 +399,68 @@ impl State for SqlStore {
         };
         self.execute(sql, vec![scope.into(), name.into(), value.into()])
             .map(drop)
+    }
+
+    fn swap(
+        &self,
+        scope: &str,
+        name: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        // `value = ?` alone ignores trailing spaces under MariaDB's PAD SPACE collations:
+        // equal byte lengths make it exact.
+        let (sql, args): (&'static str, Vec<Arg>) = match (expected, new) {
+            (None, None) => return Ok(self.get(scope, name)?.is_none()),
+            (None, Some(new)) => {
+                let too_long = [scope, name]
+                    .iter()
+                    .any(|n| n.chars().count() > MYSQL_NAME_CHARS);
+                if self.dialect() == Dialect::Mysql && too_long {
+                    return Err(Error::Db {
+                        transient: false,
+                        message: format!(
+                            "value name `{scope}`/`{name}` is longer than {MYSQL_NAME_CHARS} \
+                             characters"
+                        ),
+                    });
+                }
+                let sql = match self.dialect() {
+                    Dialect::Postgres => {
+                        "INSERT INTO kv (scope, name, value, updated_ms) \
+                         VALUES (?, ?, ?, {now}) ON CONFLICT (scope, name) DO NOTHING"
+                    }
+                    Dialect::Mysql => {
+                        "INSERT IGNORE INTO kv (scope, name, value, updated_ms) \
+                         VALUES (?, ?, ?, {now})"
+                    }
+                };
+                (sql, vec![scope.into(), name.into(), new.into()])
+            }
+            (Some(old), Some(new)) => (
+                "UPDATE kv SET value = ?, updated_ms = {now} WHERE scope = ? AND name = ? \
+                 AND value = ? AND OCTET_LENGTH(value) = ?",
+                vec![
+                    new.into(),
+                    scope.into(),
+                    name.into(),
+                    old.into(),
+                    Arg::Int(old.len() as i64),
+                ],
+            ),
+            (Some(old), None) => (
+                "DELETE FROM kv WHERE scope = ? AND name = ? AND value = ? \
+                 AND OCTET_LENGTH(value) = ?",
+                vec![
+                    scope.into(),
+                    name.into(),
+                    old.into(),
+                    Arg::Int(old.len() as i64),
+                ],
+            ),
+        };
+        // Rows matched, not only changed, on MariaDB too (sqlx asks for FOUND_ROWS), so
+        // swapping a value for itself counts.
+        Ok(self.execute(sql, args)? == 1)
     }
 }
