@@ -128,3 +128,32 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn a_sub_dags_root_dag_state_is_kept_under_the_top_level_dag() {
+    let (home, dir) = (
+        tempfile::tempdir().expect("home"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let dag = "name: parent\nsteps:\n  - action: dag.run\n    with: {dag: child}\n  - action: state.get\n    with: {key: seen, scope: root_dag, required: true}\n---\nname: child\nsteps:\n  - action: state.set\n    with: {key: seen, value: yes, scope: root_dag}\n  - action: state.set\n    with: {key: own, value: 1}\n";
+    std::fs::write(dir.path().join("parent.yaml"), dag).expect("write");
+    let (code, run) = start(home.path(), dir.path(), "parent.yaml");
+    assert_eq!(code, 0, "the parent reads what its child wrote: {run}");
+    let state = home.path().join("data/dag-state/v1");
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(
+        state
+            .join("root_dag")
+            .join(hex("parent"))
+            .join(format!("{}.json", hex("seen")))
+            .is_file()
+    );
+    // `scope: dag` (the default) is the child's own DAG.
+    assert!(
+        state
+            .join("dag")
+            .join(hex("child"))
+            .join(format!("{}.json", hex("own")))
+            .is_file()
+    );
+}

@@ -38,8 +38,14 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
         .as_ref()
         .map_or(1, |p| p.max_concurrent as usize);
     let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    // The top-level run's DAG, for `state.*` steps of `scope: root_dag` in the child.
+    let root = env
+        .scope
+        .var("TRELLIS_ROOT_DAG")
+        .unwrap_or_else(|| env.dag.name.clone());
     let mut tasks = Vec::new();
     for (params, item) in items {
+        let root = root.clone();
         let (engine, child, locals, parent, cancel, sem) = (
             env.engine.clone(),
             child.clone(),
@@ -59,11 +65,10 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
             let _permit = sem.acquire_owned().await;
             let values = trellis_spec::resolve_params(&child, Some(&params), &[])
                 .map_err(Error::SubDagParams)?;
-            let env = if item.is_empty() {
-                Vec::new()
-            } else {
-                vec![("ITEM".to_string(), item)]
-            };
+            let mut env = vec![("TRELLIS_ROOT_DAG".to_string(), root.clone())];
+            if !item.is_empty() {
+                env.push(("ITEM".to_string(), item));
+            }
             let run_id = crate::new_run_id();
             if let Some(selector) = &selector {
                 return on_worker(

@@ -270,15 +270,12 @@ fn place(req: &StepRequest, config: &Config) -> (String, String) {
     let namespace = match (scope.as_str(), given) {
         (_, Some(ns)) => ns.to_string(),
         ("global", None) => "_".to_string(),
-        ("root_dag", None) => {
-            let root = label(req, "trellis.root_dag");
-            if root.is_empty() {
-                label(req, "trellis.dag")
-            } else {
-                root
-            }
-            .to_string()
-        }
+        // A sub-DAG's run carries its top-level run's DAG (set by the engine's call).
+        ("root_dag", None) => req
+            .env
+            .iter()
+            .find(|(k, _)| k == "TRELLIS_ROOT_DAG")
+            .map_or_else(|| label(req, "trellis.dag").to_string(), |(_, v)| v.clone()),
         _ => label(req, "trellis.dag").to_string(),
     };
     (scope, namespace)
