@@ -1065,3 +1065,42 @@ steps:
     );
     s.stop_all();
 }
+
+/// `action: dag.enqueue` queues a run of a sub-DAG of the same file (with its params, in
+/// the named queue) without waiting for it; a scheduler then starts it from the
+/// definition stored with the run.
+#[test]
+fn a_dag_enqueue_step_queues_a_run_a_scheduler_then_starts() {
+    let env = Env::new();
+    let file = env.write_dag(
+        "parent.yaml",
+        "name: parent\nsteps:\n  - id: later\n    action: dag.enqueue\n    with: {dag: nightly-child, params: {WHO: ada}, queue: batch}\n    output: QUEUED\n---\nname: nightly-child\nparams:\n  - WHO: nobody\nsteps:\n  - run: echo \"child greets ${WHO}\"\n",
+    );
+    env.ok(&["start", "-q", file.to_str().expect("utf-8")]);
+    let parent = env.history("parent");
+    let output: Value = serde_json::from_str(
+        parent[0]["outputs"]["QUEUED"]
+            .as_str()
+            .expect("the step's output"),
+    )
+    .expect("JSON");
+    let id = output["run_ids"][0].as_str().expect("a run id").to_string();
+    let queued = env.status("nightly-child", &id).expect("the queued run");
+    assert_eq!(
+        status_of(&queued),
+        "queued",
+        "not run by the step: {queued:#}"
+    );
+    assert!(
+        env.queued_items()
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/batch/")),
+        "in the named queue: {:?}",
+        env.queued_items()
+    );
+    let mut s = Schedulers::new(&env);
+    s.start(None);
+    let run = env.wait_final("nightly-child", &id, &s, Duration::from_secs(20));
+    assert_eq!(status_of(&run), "succeeded", "{run:#}");
+    assert_eq!(run["params"], serde_json::json!(["WHO=ada"]));
+}

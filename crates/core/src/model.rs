@@ -312,6 +312,17 @@ pub struct Call {
     /// Params as written (`"K=V K2=V2"`, or a map rendered to that form).
     pub params: String,
     pub parallel: Option<Parallel>,
+    /// Put the child run in a queue for a scheduler and do not wait for it (Dagu's
+    /// `dag.enqueue`), instead of running it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueue: Option<Enqueue>,
+}
+
+/// Where an enqueued child run goes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Enqueue {
+    /// The queue; default the child DAG's own `queue`, else its name.
+    pub queue: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

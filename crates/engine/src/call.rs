@@ -33,6 +33,9 @@ pub(crate) async fn call<S: Store + ?Sized + 'static, E: Executor + 'static>(
         None => vec![(env.scope.expand(&call.params, true), String::new())],
         Some(p) => parallel_items(env, &p.items, &call.params)?,
     };
+    if let Some(to) = &call.enqueue {
+        return enqueue(env, &child, items, to, stdout, record);
+    }
     let limit = call
         .parallel
         .as_ref()
@@ -257,6 +260,58 @@ fn parallel_items<S: ?Sized, E>(
             (own, text)
         })
         .collect())
+}
+
+/// `dag.enqueue`: one queued run per item, not waited for; their ids are the step's
+/// stdout (one per line) and its children.
+fn enqueue<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    child: &trellis_core::Dag,
+    items: Vec<(String, String)>,
+    to: &trellis_core::Enqueue,
+    stdout: &Path,
+    record: &mut StepRecord,
+) -> Result<i32, Error> {
+    let Some(queue) = &env.engine.opts.enqueue else {
+        return Err(Error::SpawnFailed(
+            "dag.enqueue: this process has no queue to put runs in (runs started by `trellis start`, the server and the scheduler do)".into(),
+        ));
+    };
+    let name = to.queue.as_deref().map(|q| env.scope.expand(q, true));
+    let mut ids = Vec::new();
+    for (params, item) in items {
+        let params = if item.is_empty() {
+            params
+        } else {
+            format!("{params} ITEM={}", shell_word(&item))
+        };
+        let id = crate::blocking_section(|| queue.0.enqueue(child, &params, name.as_deref()))
+            .map_err(|e| Error::SpawnFailed(format!("dag.enqueue of `{}`: {e}", child.name)))?;
+        ids.push(id);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stdout)
+        .map_err(|e| Error::SpawnFailed(format!("cannot write the step's log: {e}")))?;
+    for id in &ids {
+        let _ = writeln!(file, "{id}");
+    }
+    // Not `children`: an enqueued run is a run of its own, not nested under this one.
+    record.output = Some(serde_json::json!({"name": child.name, "run_ids": ids}).to_string());
+    Ok(0)
+}
+
+/// `value` as one `K=V` word: quoted when it holds spaces or quotes.
+fn shell_word(value: &str) -> String {
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+    {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        value.to_string()
+    }
 }
 
 fn find_dag<S: ?Sized, E>(env: &StepEnv<S, E>, name: &str) -> Option<trellis_core::Dag> {

@@ -36,7 +36,7 @@ use trellis_store::{Attempt, Entry, Store};
 pub use error::Error;
 pub use expand::{Scope, StepVars};
 pub use journal::{blocking_section, failed_writes};
-pub use remote::{Remote, RemoteChild, RemoteError, RemoteHandle};
+pub use remote::{EnqueueHandle, Enqueuer, Remote, RemoteChild, RemoteError, RemoteHandle};
 
 use crate::journal::Journal;
 use crate::links::{Links, step_limit};
@@ -53,6 +53,9 @@ pub struct Options {
     pub worker_id: Option<String>,
     /// Where `call` steps with a label `worker_selector` send their child runs.
     pub remote: Option<RemoteHandle>,
+    /// Where `dag.enqueue` steps put their runs (a store with queues); without it they
+    /// fail with the reason.
+    pub enqueue: Option<EnqueueHandle>,
     /// Executors of step types other than the local shell (`docker`), by type.
     pub executors: trellis_executor::Registry,
 }

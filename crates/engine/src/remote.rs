@@ -72,3 +72,21 @@ pub(crate) async fn run_child<S: Store + ?Sized>(
         }
     }
 }
+
+/// Puts runs in a scheduler's queue (Dagu's `dag.enqueue`): given by whoever builds the
+/// engine over a store with queues; the engine never waits for what it enqueues.
+pub trait Enqueuer: Send + Sync {
+    /// Queues a run of `dag` with `params` (`K=V ...`) in `queue` (else the DAG's own);
+    /// the new run's id, or why it could not be queued.
+    fn enqueue(&self, dag: &Dag, params: &str, queue: Option<&str>) -> Result<String, RemoteError>;
+}
+
+/// An [`Enqueuer`] in the engine's options.
+#[derive(Clone)]
+pub struct EnqueueHandle(pub Arc<dyn Enqueuer>);
+
+impl std::fmt::Debug for EnqueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnqueueHandle")
+    }
+}

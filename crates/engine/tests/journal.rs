@@ -82,6 +82,7 @@ async fn run_on(may_wait: bool) -> (RunRecord, Option<RunRecord>, tempfile::Temp
         base_env: trellis_engine::inherited_env(),
         worker_id: None,
         remote: None,
+        enqueue: None,
         ..Options::default()
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), opts);

@@ -48,6 +48,7 @@ impl Runs {
             base_env: trellis_engine::inherited_env(),
             worker_id: None,
             remote: run.remote,
+            enqueue: Some(crate::queueing::enqueuer(self.store.clone())),
             executors: trellis_executor::Registry::builtin(),
         };
         let engine = Engine::new(store, Arc::new(Local), opts);

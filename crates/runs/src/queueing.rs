@@ -103,3 +103,32 @@ pub fn scheduled_run_id(at: jiff::Timestamp) -> String {
 pub fn stamp(t: jiff::Timestamp) -> String {
     t.strftime("%Y%m%dT%H%M%SZ").to_string()
 }
+
+/// Puts `dag.enqueue` steps' runs in the queues of `store` (what `trellis enqueue` does),
+/// for the engines of `trellis start`, the server and the scheduler.
+pub struct StoreEnqueuer(pub trellis_store::Shared);
+
+impl trellis_engine::Enqueuer for StoreEnqueuer {
+    fn enqueue(
+        &self,
+        dag: &Dag,
+        params: &str,
+        queue: Option<&str>,
+    ) -> std::result::Result<String, trellis_engine::RemoteError> {
+        let run_id = trellis_engine::new_run_id();
+        // No file: a scheduler starts the run from the definition stored with it (a
+        // sub-DAG of another file has no file of its own), unless the dags dir has the DAG.
+        let mut req = Enqueue::new(dag, Path::new(""), run_id.clone());
+        req.params = (!params.trim().is_empty()).then(|| params.to_string());
+        req.queue = queue.map(String::from);
+        match enqueue(&*self.0, req)? {
+            Outcome::Queued => Ok(run_id),
+            other => Err(format!("not queued: {other:?}").into()),
+        }
+    }
+}
+
+/// The engine's handle on [`StoreEnqueuer`].
+pub fn enqueuer(store: trellis_store::Shared) -> trellis_engine::EnqueueHandle {
+    trellis_engine::EnqueueHandle(std::sync::Arc::new(StoreEnqueuer(store)))
+}

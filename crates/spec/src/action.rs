@@ -36,6 +36,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("wait.file", "wait"),
     ("wait.http", "wait"),
     ("dag.run", "dag"),
+    ("dag.enqueue", "dag_enqueue"),
     ("router.route", "router"),
     ("exec", "exec"),
     ("noop", "noop"),
@@ -57,7 +58,6 @@ const NOT_BUILT: &[&str] = &[
     "outputs.",
     "template.",
     "human.",
-    "dag.enqueue",
 ];
 
 /// Whether `name` is the name of a DAG Trellis can call (`run: <dag>` of Dagu 1.x):
@@ -351,7 +351,7 @@ fn action_step(cx: &mut Cx, action: &Node, with: Option<&Node>) -> Option<Vec<(N
             w.push((key("operation", span), text(op, span)));
             typed(w)
         }
-        "dag.run" => return dag_action(cx, with_span, &entries),
+        "dag.run" | "dag.enqueue" => return dag_action(cx, name, span, with_span, &entries),
         "router.route" => {
             need(cx, "value")?;
             need(cx, "routes")?;
@@ -378,19 +378,34 @@ fn action_step(cx: &mut Cx, action: &Node, with: Option<&Node>) -> Option<Vec<(N
     })
 }
 
-/// `dag.run`: `call:` and `params:`.
-fn dag_action(cx: &mut Cx, with_span: Span, entries: &[(Node, Node)]) -> Option<Vec<(Node, Node)>> {
+/// `dag.run` / `dag.enqueue`: `call:` and `params:`; an enqueue is `type: dag_enqueue`
+/// with its queue under `with:`.
+fn dag_action(
+    cx: &mut Cx,
+    name: &str,
+    span: Span,
+    with_span: Span,
+    entries: &[(Node, Node)],
+) -> Option<Vec<(Node, Node)>> {
+    let enqueue = name == "dag.enqueue";
     let mut out = Vec::new();
+    let mut queue = Vec::new();
     for (k, v) in entries {
         match k.as_str() {
             Some("dag") => out.push((key("call", k.span), v.clone())),
             Some("params") => out.push((k.clone(), v.clone())),
+            Some("queue") if enqueue => queue.push((k.clone(), v.clone())),
             other => {
+                let takes = if enqueue {
+                    "dag, params, queue"
+                } else {
+                    "dag, params"
+                };
                 cx.push(Problem::error(
                     Code::UnknownKey,
                     k.span,
                     format!(
-                        "action `dag.run` has no input `{}` (it takes dag, params)",
+                        "action `{name}` has no input `{}` (it takes {takes})",
                         other.unwrap_or("")
                     ),
                 ));
@@ -403,11 +418,19 @@ fn dag_action(cx: &mut Cx, with_span: Span, entries: &[(Node, Node)]) -> Option<
             Problem::error(
                 Code::MissingField,
                 with_span,
-                "action `dag.run` needs `dag` under `with:`",
+                format!("action `{name}` needs `dag` under `with:`"),
             )
             .label("these inputs"),
         );
         return None;
+    }
+    if enqueue {
+        out.push((key("type", span), text("dag_enqueue", span)));
+        let with = Node {
+            value: Value::Map(queue),
+            span: with_span,
+        };
+        out.push((key("with", with_span), with));
     }
     Some(out)
 }

@@ -816,4 +816,5 @@ pub const STEP_TYPES: &[&str] = &[
     "slurm",
     "state",
     "wait",
+    "dag_enqueue",
 ];

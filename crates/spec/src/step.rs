@@ -351,7 +351,14 @@ fn executor(cx: &mut Cx, obj: &Obj) -> Option<ExecutorConfig> {
     };
     if matches!(
         kind.as_str(),
-        "command" | "shell" | "router" | "dag" | "subworkflow" | "parallel" | "noop"
+        "command"
+            | "shell"
+            | "router"
+            | "dag"
+            | "subworkflow"
+            | "parallel"
+            | "noop"
+            | "dag_enqueue"
     ) {
         return None;
     }
@@ -488,7 +495,9 @@ fn action(cx: &mut Cx, obj: &Obj, executor: Option<&ExecutorConfig>, span: Span)
 fn call(cx: &mut Cx, obj: &Obj, kind: &str) -> Option<Call> {
     let dag = match obj.string(cx, "call") {
         Some(dag) => dag,
-        None if matches!(kind, "dag" | "subworkflow" | "parallel") => obj.string(cx, "command")?,
+        None if matches!(kind, "dag" | "subworkflow" | "parallel" | "dag_enqueue") => {
+            obj.string(cx, "command")?
+        }
         None => return None,
     };
     let params = match obj.get("params") {
@@ -499,10 +508,18 @@ fn call(cx: &mut Cx, obj: &Obj, kind: &str) -> Option<Call> {
         None => String::new(),
     };
     let parallel = obj.get("parallel").and_then(|n| decode_parallel(cx, n));
+    // `type: dag_enqueue` (Dagu's `action: dag.enqueue`): `with: {queue}` names the queue.
+    let enqueue = (kind == "dag_enqueue").then(|| trellis_core::Enqueue {
+        queue: obj
+            .get("with")
+            .and_then(|w| w.get("queue"))
+            .and_then(Node::scalar_text),
+    });
     Some(Call {
         dag,
         params,
         parallel,
+        enqueue,
     })
 }
 

@@ -152,6 +152,8 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), crate
                 key: opts.dial.key.clone(),
             }))
         }),
+        // A worker's runs are handed to it; queues are the scheduler's, not its own.
+        enqueue: None,
         executors: trellis_executor::Registry::builtin(),
     };
     let relay = Arc::new(Relay::new(store.clone(), shared_nothing));

@@ -116,6 +116,7 @@ pub async fn run<C: Clock + 'static>(
         base_env: trellis_engine::inherited_env(),
         worker_id: None,
         remote: Some(opts.handoff.remote()),
+        enqueue: Some(trellis_runs::queueing::enqueuer(store.clone())),
         executors: trellis_executor::Registry::builtin(),
     };
     let engine = Engine::new(store.clone(), Arc::new(Local), engine_opts);
