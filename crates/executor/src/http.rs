@@ -98,10 +98,8 @@ impl Action for Http {
         _cancel: CancellationToken,
     ) -> BoxFuture<'static, Outcome> {
         Box::pin(async move {
-            match request(&req, &mut out).await {
-                Ok(()) => Outcome::Exited(0),
-                Err(why) => out.fail(why),
-            }
+            let done = request(&req, &mut out).await;
+            out.end(done)
         })
     }
 }

@@ -82,6 +82,14 @@ impl Output {
         self.stderr.write_all(&data)
     }
 
+    /// The outcome of an action that either did its work or says why not.
+    pub(crate) fn end(&mut self, done: Result<(), String>) -> Outcome {
+        match done {
+            Ok(()) => Outcome::Exited(0),
+            Err(why) => self.fail(why),
+        }
+    }
+
     /// Writes `why` to stderr and returns the failed outcome carrying it.
     pub(crate) fn fail(&mut self, why: impl Into<String>) -> Outcome {
         let why = why.into();

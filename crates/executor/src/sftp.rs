@@ -64,10 +64,8 @@ impl Action for Sftp {
         _cancel: CancellationToken,
     ) -> BoxFuture<'static, Outcome> {
         Box::pin(async move {
-            match copy(&req, &mut out).await {
-                Ok(()) => Outcome::Exited(0),
-                Err(why) => out.fail(why),
-            }
+            let done = copy(&req, &mut out).await;
+            out.end(done)
         })
     }
 }

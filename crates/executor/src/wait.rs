@@ -108,10 +108,8 @@ impl Action for Wait {
         _cancel: CancellationToken,
     ) -> BoxFuture<'static, Outcome> {
         Box::pin(async move {
-            match wait(&req).await {
-                Ok(()) => Outcome::Exited(0),
-                Err(why) => out.fail(why),
-            }
+            let done = wait(&req).await;
+            out.end(done)
         })
     }
 }
