@@ -306,7 +306,7 @@ fn enqueue<S: ?Sized, E>(
 fn shell_word(value: &str) -> String {
     if value
         .chars()
-        .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+        .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\'))
     {
         format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
     } else {

@@ -181,14 +181,8 @@ fn request<S: ?Sized, E>(
     let limits = crate::process::Limits::of(env, step);
     // `${...}` only: `$VAR` in `with:` stays for the container's shell.
     let own = crate::output::expand_json(env, &config.config, false);
-    let mut own = dag_defaults(env, &config.kind, own);
-    // Only the step's own working dir applies on a remote host (the DAG's is local).
-    if let (Some(dir), serde_json::Value::Object(map)) = (&step.working_dir, &mut own)
-        && matches!(config.kind.as_str(), "ssh")
-        && !map.contains_key("working_dir")
-    {
-        map.insert("working_dir".into(), env.scope.expand(dir, false).into());
-    }
+    let own = remote_step(env, step, &config.kind, own);
+    let own = dag_defaults(env, &config.kind, own);
     let mut config = env.engine.opts.executors.with_defaults(&config.kind, own);
     crate::run_container::with_registry_auths(&env.dag, &env.scope, &mut config);
     StepRequest {
@@ -214,6 +208,38 @@ fn request<S: ?Sized, E>(
     }
 }
 
+/// An ssh step's own `working_dir` and `env` (the DAG's stay local, and no other variable
+/// of the run — a secret — reaches the host unless the step names it), under `with:`.
+fn remote_step<S: ?Sized, E>(
+    env: &StepEnv<S, E>,
+    step: &Step,
+    kind: &str,
+    mut own: serde_json::Value,
+) -> serde_json::Value {
+    if kind != "ssh" {
+        return own;
+    }
+    if own.is_null() {
+        own = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let serde_json::Value::Object(map) = &mut own else {
+        return own;
+    };
+    if let (Some(dir), false) = (&step.working_dir, map.contains_key("working_dir")) {
+        map.insert("working_dir".into(), env.scope.expand(dir, false).into());
+    }
+    let scope = crate::process::step_scope(env, step);
+    let vars: serde_json::Map<String, serde_json::Value> = step
+        .env
+        .iter()
+        .map(|(k, _)| (k.clone(), scope.var(k).unwrap_or_default().into()))
+        .collect();
+    if !vars.is_empty() && !map.contains_key("env") {
+        map.insert("env".into(), serde_json::Value::Object(vars));
+    }
+    own
+}
+
 /// A step's `with:` over the DAG's defaults for its executor (`kubernetes:`, `slurm:`).
 fn dag_defaults<S: ?Sized, E>(
     env: &StepEnv<S, E>,
@@ -235,7 +261,20 @@ fn dag_defaults<S: ?Sized, E>(
             trellis_executor::lay_over(&serde_json::json!({ "smtp": smtp }), own)
         }
         Some(defaults) if matches!(section, "kubernetes" | "slurm" | "ssh") => {
-            let defaults = crate::output::expand_json(env, defaults, false);
+            let mut defaults = crate::output::expand_json(env, defaults, false);
+            // An sftp step takes the connection, not the shell or the command.
+            if let (true, serde_json::Value::Object(map)) = (canonical == "sftp", &mut defaults) {
+                for key in [
+                    "shell",
+                    "shell_args",
+                    "shellArgs",
+                    "working_dir",
+                    "command",
+                    "env",
+                ] {
+                    map.remove(key);
+                }
+            }
             trellis_executor::lay_over(&defaults, own)
         }
         _ => own,

@@ -262,7 +262,11 @@ fn resolve(req: &StepRequest, path: &str) -> std::path::PathBuf {
 /// Writes the body to `path` (replaced whole, by rename); the path written.
 fn save(req: &StepRequest, path: &str, body: &[u8]) -> Result<String, String> {
     let path = resolve(req, path);
-    let tmp = path.with_extension("trellis-tmp");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.trellis-tmp.{}", std::process::id()));
     std::fs::write(&tmp, body)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -132,13 +132,26 @@ impl Action for Jq {
         self: Arc<Self>,
         req: StepRequest,
         mut out: Output,
-        _cancel: CancellationToken,
+        cancel: CancellationToken,
     ) -> BoxFuture<'static, Outcome> {
         Box::pin(async move {
+            // A stop or timeout reaches the filter between two results (a filter that
+            // never ends, `repeat(1)`, must not outlive its step).
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let watcher = {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                })
+            };
             // jaq runs synchronously; a large input must not hold up the runtime.
-            let done =
-                tokio::task::spawn_blocking(move || filter(&req, &mut out).map_err(|e| (e, out)));
-            match done.await {
+            let done = tokio::task::spawn_blocking(move || {
+                filter(&req, &mut out, &stop).map_err(|e| (e, out))
+            });
+            let done = done.await;
+            watcher.abort();
+            match done {
                 Ok(Ok(())) => Outcome::Exited(0),
                 Ok(Err((why, mut out))) => out.fail(why),
                 Err(e) => Outcome::Failed {
@@ -192,7 +205,14 @@ fn input_text(
     }
 }
 
-fn filter(req: &StepRequest, out: &mut Output) -> Result<(), String> {
+/// The most a filter may print before it is stopped (its output is held until it ends).
+const MAX_PRINTED: usize = 64 << 20;
+
+fn filter(
+    req: &StepRequest,
+    out: &mut Output,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
     let config = parse(&req.config)?;
     let (code, script) = program(req, &config)?;
     let text = input_text(req, &config, script)?;
@@ -211,6 +231,15 @@ fn filter(req: &StepRequest, out: &mut Output) -> Result<(), String> {
         for value in filter.id.run((ctx, input)).map(unwrap_valr) {
             let value = value.map_err(|e| format!("jq: error: {e}"))?;
             print(&mut printed, &pp, &value, config.raw).map_err(|e| e.to_string())?;
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("jq stopped".into());
+            }
+            if printed.len() > MAX_PRINTED {
+                return Err(format!(
+                    "jq printed more than {} MiB: stopped",
+                    MAX_PRINTED >> 20
+                ));
+            }
         }
     }
     out.out(&printed)

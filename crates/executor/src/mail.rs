@@ -90,10 +90,16 @@ impl Smtp {
         let params = params
             .build_rustls()
             .map_err(|e| format!("smtp TLS: {e}"))?;
+        // A password never crosses the network in clear: with credentials, STARTTLS is
+        // required unless the server is this machine or `tls: none` says otherwise (Go's
+        // PlainAuth, which Dagu uses, refuses the same).
+        let guarded = self.username.as_deref().is_some_and(|u| !u.is_empty())
+            && !matches!(host, "localhost" | "127.0.0.1" | "::1");
         let tls = match (self.tls.as_deref(), port) {
             (Some("none"), _) => Tls::None,
             (Some("tls"), _) | (None | Some("auto"), 465) => Tls::Wrapper(params),
             (Some("starttls"), _) => Tls::Required(params),
+            _ if guarded => Tls::Required(params),
             _ => Tls::Opportunistic(params),
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)

@@ -91,6 +91,17 @@ fn size(path: &Path) -> u64 {
 
 /// sftp's batch-file quoting: double quotes, with `\\` and `"` escaped. Glob characters
 /// need nothing more: sftp takes them literally inside quotes (`put`, `get` and `rm` glob).
+/// Refuses a path with a control character: a newline would end the batch line, and the
+/// next one would be sftp's own command (`!cmd` runs a local shell).
+fn plain(path: &str) -> Result<(), String> {
+    match path.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the path {path:?} holds a control character ({c:?})"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn q(path: &str) -> String {
     format!("\"{}\"", path.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -119,7 +130,18 @@ fn upload_batch(src: &Path, dst: &str) -> Result<String, String> {
     let mut text = parents(dst);
     let mut todo = vec![(src.to_path_buf(), dst.to_string())];
     while let Some((local, remote)) = todo.pop() {
+        plain(&local.display().to_string())?;
+        plain(&remote)?;
+        // A symlink is copied as what it points to, but a linked directory is not walked
+        // (a link to a parent would make the walk endless).
         let meta = std::fs::metadata(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+        let linked = std::fs::symlink_metadata(&local).is_ok_and(|m| m.file_type().is_symlink());
+        if meta.is_dir() && linked {
+            return Err(format!(
+                "{} is a link to a directory: give the directory itself",
+                local.display()
+            ));
+        }
         if meta.is_dir() {
             text.push_str(&format!("-mkdir {}\n", q(&remote)));
             let entries =
@@ -147,6 +169,8 @@ async fn copy(req: &StepRequest, out: &mut Output) -> Result<(), String> {
         config.source.clone().unwrap_or_default(),
         config.destination.clone().unwrap_or_default(),
     );
+    plain(&src)?;
+    plain(&dst)?;
     let line = if upload {
         let path = local(req, &src);
         if !path.exists() {
@@ -190,7 +214,7 @@ fn into_dir(dst: &str, src: &Path) -> String {
 async fn run_batch(conn: &Conn, text: &str) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("sftp");
     cmd.args(conn.options("-P")?)
-        .args(["-q", "-b", "-"])
+        .args(["-q", "-b", "-", "--"])
         .arg(conn.destination()?)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -42,7 +42,14 @@ pub(crate) const CONN_KEYS: &[&str] = &[
     "timeout",
     "bastion",
 ];
-const KEYS: &[&str] = &["shell", "shell_args", "shellArgs", "command", "working_dir"];
+const KEYS: &[&str] = &[
+    "shell",
+    "shell_args",
+    "shellArgs",
+    "command",
+    "working_dir",
+    "env",
+];
 
 /// The step's `with:`.
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +64,10 @@ struct Config {
     command: Option<String>,
     /// The remote working directory: the step's own `working_dir` (the DAG's is local).
     working_dir: Option<String>,
+    /// Variables exported on the host: the step's own `env` (never the rest of the run's,
+    /// which may hold secrets the host should not see).
+    #[serde(default)]
+    env: serde_json::Map<String, serde_json::Value>,
 }
 
 fn parse(value: &serde_json::Value) -> Result<Config, String> {
@@ -159,11 +170,17 @@ fn script(req: &StepRequest, config: &Config) -> Result<String, String> {
     if let Some(dir) = &config.working_dir {
         text.push_str(&format!("cd {} || exit 1\n", quote(dir)));
     }
-    for (key, value) in &req.env {
-        if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            text.push_str(&format!("export {key}={}\n", quote(value)));
+    for (key, value) in &config.env {
+        if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("env: `{key}` is not a variable name"));
         }
+        let value = value
+            .as_str()
+            .map_or_else(|| value.to_string(), String::from);
+        text.push_str(&format!("export {key}={}\n", quote(&value)));
     }
+    // As Dagu's remote script: the first failing command ends it.
+    text.push_str("set -e\n");
     text.push_str(&format!("{body}\n}}\n__trellis_step\n"));
     Ok(text)
 }
@@ -172,8 +189,8 @@ fn command(config: &Config) -> Result<(Command, Option<crate::ssh_conn::Askpass>
     let mut cmd = Command::new("ssh");
     cmd.args(config.conn.options("-p")?)
         .arg("-T")
-        .arg(config.conn.destination()?)
         .arg("--")
+        .arg(config.conn.destination()?)
         .arg(
             shell(config)?
                 .iter()

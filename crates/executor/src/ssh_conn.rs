@@ -124,8 +124,15 @@ impl Conn {
     /// The destination (`user@host`) for ssh's command line.
     pub(crate) fn destination(&self) -> Result<String, String> {
         let host = self.host()?;
-        if host.starts_with('-') {
+        if host.starts_with('-') || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(format!("host: `{host}` is not a host name"));
+        }
+        if let Some(user) = self.user.as_deref()
+            && (user.starts_with('-')
+                || user.contains(['@', ' '])
+                || user.chars().any(char::is_control))
+        {
+            return Err(format!("user: `{user}` is not a user name"));
         }
         Ok(match self.user.as_deref().filter(|u| !u.is_empty()) {
             Some(user) => format!("{user}@{host}"),

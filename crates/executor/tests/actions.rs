@@ -617,3 +617,17 @@ async fn state_writers_racing_on_one_key_never_lose_an_update() {
     assert_eq!(got["value"], json!(writers * each));
     assert_eq!(got["version"], json!(writers * each));
 }
+
+/// A filter that never ends is stopped by the step's timeout.
+#[tokio::test]
+async fn jq_a_filter_that_never_ends_is_stopped_by_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut req = request(
+        dir.path(),
+        Work::Default,
+        json!({"filter": "repeat(1)", "data": "0"}),
+    );
+    req.timeout = Some(Duration::from_millis(300));
+    let (outcome, _, _) = run("jq", &req).await;
+    assert_eq!(outcome, Outcome::TimedOut);
+}

@@ -167,20 +167,24 @@ async fn a_successful_command_exits_zero() {
 async fn the_steps_env_is_exported_remotely() {
     let Some(sshd) = sshd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
+    // The engine puts the step's own `env` under `with: env`; the rest of the run's
+    // variables (a secret among them) never reach the host.
     let mut req = request(
         dir.path(),
-        line(r#"printf '%s|%s\n' "$GREETING" "$TRICKY"; sh -c 'echo "child sees $GREETING"'"#),
-        with(&sshd, json!({})),
+        line(
+            r#"printf '%s|%s|%s\n' "$GREETING" "$TRICKY" "${DB_PASSWORD:-unset}"; sh -c 'echo "child sees $GREETING"'"#,
+        ),
+        with(
+            &sshd,
+            json!({"env": {"GREETING": "hello world", "TRICKY": "it's $HOME `id`"}}),
+        ),
     );
-    req.env = vec![
-        ("GREETING".into(), "hello world".into()),
-        ("TRICKY".into(), "it's $HOME `id`".into()),
-    ];
+    req.env = vec![("DB_PASSWORD".into(), "s3cret".into())];
     let (outcome, stdout, stderr) = run("ssh", &req).await;
     assert_eq!(outcome, Outcome::Exited(0), "stderr: {stderr}");
     assert_eq!(
         stdout,
-        "hello world|it's $HOME `id`\nchild sees hello world\n"
+        "hello world|it's $HOME `id`|unset\nchild sees hello world\n"
     );
 }
 
@@ -662,4 +666,41 @@ async fn sftp_fails_clearly_on_a_missing_source() {
         reason.contains(&gone.display().to_string()) && reason.contains("not found"),
         "{reason}"
     );
+}
+
+/// A path with a newline would end sftp's batch line, and `!cmd` on the next would run a
+/// local shell: such a path is refused, and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_refuses_a_path_that_would_split_its_batch() {
+    let Some(sshd) = sshd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("injected");
+    std::fs::write(dir.path().join("a.txt"), "a").expect("write");
+    let destination = format!("/tmp/x\n!touch {}\n-x/a.txt", marker.display());
+    let req = request(
+        dir.path(),
+        Work::Default,
+        with(
+            &sshd,
+            json!({"source": "a.txt", "destination": destination, "direction": "upload"}),
+        ),
+    );
+    let (outcome, _, stderr) = run("sftp", &req).await;
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    assert!(stderr.contains("control character"), "{stderr}");
+    assert!(!marker.exists(), "no local command ran");
+}
+
+/// A user name that reads as an ssh option (`-oProxyCommand=...`) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_reads_as_an_option_is_refused() {
+    let Some(sshd) = sshd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("injected");
+    let user = format!("-oProxyCommand=touch {}", marker.display());
+    let req = request(dir.path(), line("true"), with(&sshd, json!({"user": user})));
+    let (outcome, _, stderr) = run("ssh", &req).await;
+    assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    assert!(stderr.contains("is not a user name"), "{stderr}");
+    assert!(!marker.exists(), "no local command ran");
 }
