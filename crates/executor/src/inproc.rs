@@ -39,12 +39,18 @@ pub(crate) trait Action: Send + Sync + 'static {
     ) -> BoxFuture<'static, Outcome>;
 }
 
-/// A step's stdout and stderr log files, written through the run's secret mask.
+/// A step's stdout and stderr log files, written through the run's secret mask. With a
+/// mask, what could be the start of a secret is held back until the next write (or the
+/// end) shows it is not, so a secret written in pieces — a PEM key a remote command prints
+/// line by line — is still hidden whole, as the local executor's copier does.
 pub(crate) struct Output {
-    stdout: std::fs::File,
-    stderr: std::fs::File,
+    files: [std::fs::File; 2],
     mask: Option<Arc<crate::Mask>>,
+    pending: [Vec<u8>; 2],
 }
+
+const OUT: usize = 0;
+const ERR: usize = 1;
 
 impl Output {
     fn open(req: &StepRequest) -> std::io::Result<Output> {
@@ -55,31 +61,31 @@ impl Output {
                 .open(p)
         };
         Ok(Output {
-            stdout: open(&req.stdout)?,
-            stderr: open(&req.stderr)?,
-            mask: req.mask.clone(),
+            files: [open(&req.stdout)?, open(&req.stderr)?],
+            mask: req.mask.clone().filter(|m| !m.is_empty()),
+            pending: [Vec::new(), Vec::new()],
         })
     }
 
-    fn masked<'a>(&self, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        match &self.mask {
-            Some(mask) if !mask.is_empty() => {
-                std::borrow::Cow::Owned(mask.apply(&String::from_utf8_lossy(data)).into_bytes())
-            }
-            _ => std::borrow::Cow::Borrowed(data),
-        }
+    fn write(&mut self, stream: usize, data: &[u8]) -> std::io::Result<()> {
+        let Some(mask) = &self.mask else {
+            return self.files[stream].write_all(data);
+        };
+        let pending = &mut self.pending[stream];
+        pending.extend_from_slice(data);
+        let (masked, used) = mask.redact(pending, false);
+        pending.drain(..used);
+        self.files[stream].write_all(&masked)
     }
 
     /// Appends to the step's stdout (its output, when the step has `output:`).
     pub(crate) fn out(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let data = self.masked(data);
-        self.stdout.write_all(&data)
+        self.write(OUT, data)
     }
 
     /// Appends to the step's stderr (what the step's error shows).
     pub(crate) fn err(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let data = self.masked(data);
-        self.stderr.write_all(&data)
+        self.write(ERR, data)
     }
 
     /// The outcome of an action that either did its work or says why not.
@@ -94,9 +100,25 @@ impl Output {
     pub(crate) fn fail(&mut self, why: impl Into<String>) -> Outcome {
         let why = why.into();
         let _ = self.err(format!("{why}\n").as_bytes());
+        let reason = match &self.mask {
+            Some(mask) => mask.apply(&why),
+            None => why,
+        };
         Outcome::Failed {
             code: Some(1),
-            reason: String::from_utf8_lossy(&self.masked(why.as_bytes())).into_owned(),
+            reason,
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        let Some(mask) = &self.mask else { return };
+        for stream in [OUT, ERR] {
+            if !self.pending[stream].is_empty() {
+                let (masked, _) = mask.redact(&self.pending[stream], true);
+                let _ = self.files[stream].write_all(&masked);
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ impl Mask {
 
     /// Masks `data` up to where a value could still be cut off by the next read (all of
     /// it when `last`); returns the output and how many input bytes it covers.
-    fn redact(&self, data: &[u8], last: bool) -> (Vec<u8>, usize) {
+    pub(crate) fn redact(&self, data: &[u8], last: bool) -> (Vec<u8>, usize) {
         if self.values.is_empty() {
             return (data.to_vec(), data.len());
         }

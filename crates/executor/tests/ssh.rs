@@ -704,3 +704,23 @@ async fn a_user_that_reads_as_an_option_is_refused() {
     assert!(stderr.contains("is not a user name"), "{stderr}");
     assert!(!marker.exists(), "no local command ran");
 }
+
+/// A secret of several lines (a key file) printed by a remote command, line by line, is
+/// hidden whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_of_several_lines_is_masked_whole() {
+    let Some(sshd) = sshd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "-----BEGIN KEY-----\nAAAAsecretBBBB\n-----END KEY-----";
+    let mut req = request(
+        dir.path(),
+        line(
+            "echo before; echo '-----BEGIN KEY-----'; echo AAAAsecretBBBB; echo '-----END KEY-----'; echo after",
+        ),
+        with(&sshd, json!({})),
+    );
+    req.mask = Some(Arc::new(Mask::new([secret.to_string()])));
+    let (outcome, stdout, stderr) = run("ssh", &req).await;
+    assert_eq!(outcome, Outcome::Exited(0), "stderr: {stderr}");
+    assert_eq!(stdout, "before\n*****\nafter\n");
+}
