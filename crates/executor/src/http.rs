@@ -251,17 +251,9 @@ fn one_space(doc: &serde_json::Value) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn resolve(req: &StepRequest, path: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(path);
-    match &req.working_dir {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    }
-}
-
 /// Writes the body to `path` (replaced whole, by rename); the path written.
 fn save(req: &StepRequest, path: &str, body: &[u8]) -> Result<String, String> {
-    let path = resolve(req, path);
+    let path = req.resolve(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -279,7 +271,7 @@ async fn multipart(req: &StepRequest, config: &Config) -> Result<reqwest::multip
         form = form.text(key.clone(), text(value));
     }
     for (field, path) in &config.files {
-        let path = resolve(req, &text(path));
+        let path = req.resolve(&text(path));
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| format!("files: cannot read {}: {e}", path.display()))?;

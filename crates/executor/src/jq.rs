@@ -184,11 +184,7 @@ fn input_text(
     script: Option<String>,
 ) -> Result<String, String> {
     let read = |path: &str| {
-        let path = std::path::Path::new(path);
-        let path = match &req.working_dir {
-            Some(dir) if path.is_relative() => dir.join(path),
-            _ => path.to_path_buf(),
-        };
+        let path = req.resolve(path);
         std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
     match (&config.data, &config.input) {

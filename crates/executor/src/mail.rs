@@ -8,7 +8,7 @@
 //! refuses those). As in Dagu, the message is sent as HTML (line breaks kept) unless it
 //! already is an HTML document.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,7 +203,7 @@ impl Mail {
             .body(html(&self.message));
         let mut parts = MultiPart::mixed().singlepart(body);
         for path in &self.attachments {
-            let path = resolve(base, path);
+            let path = crate::seam::under(base, path);
             let bytes =
                 std::fs::read(&path).map_err(|e| format!("attachment {}: {e}", path.display()))?;
             let name = path
@@ -258,14 +258,6 @@ fn describe(error: &dyn std::error::Error) -> String {
         );
     }
     text
-}
-
-fn resolve(base: Option<&Path>, path: &str) -> PathBuf {
-    let path = Path::new(path);
-    match base {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    }
 }
 
 /// The run's notifications: `mail_on: {failure, success}`, and the mail sent for each

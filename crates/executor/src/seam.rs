@@ -87,7 +87,21 @@ impl std::fmt::Debug for StepRequest {
 /// See [`StepRequest::record`].
 pub type Recorder = Arc<dyn Fn(Handle) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// `path` against `base` when it is relative (and there is a base), else as given.
+pub(crate) fn under(base: Option<&std::path::Path>, path: &str) -> PathBuf {
+    let path = std::path::Path::new(path);
+    match base {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
 impl StepRequest {
+    /// A path the step names, relative paths against its working dir.
+    pub(crate) fn resolve(&self, path: &str) -> PathBuf {
+        under(self.working_dir.as_deref(), path)
+    }
+
     /// Records `handle` through [`StepRequest::record`], when there is a recorder.
     pub async fn record(&self, handle: &Handle) {
         if let Some(record) = &self.record {

@@ -6,7 +6,7 @@
 //! directory's tree is merged into the destination. A download makes its local parents.
 //! Each copy prints Dagu's line: `Uploaded <src> (<n> bytes) to <dst>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -67,14 +67,6 @@ impl Action for Sftp {
             let done = copy(&req, &mut out).await;
             out.end(done)
         })
-    }
-}
-
-fn local(req: &StepRequest, path: &str) -> PathBuf {
-    let path = Path::new(path);
-    match &req.working_dir {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
     }
 }
 
@@ -172,7 +164,7 @@ async fn copy(req: &StepRequest, out: &mut Output) -> Result<(), String> {
     plain(&src)?;
     plain(&dst)?;
     let line = if upload {
-        let path = local(req, &src);
+        let path = req.resolve(&src);
         if !path.exists() {
             return Err(format!("source {} does not exist", path.display()));
         }
@@ -184,7 +176,7 @@ async fn copy(req: &StepRequest, out: &mut Output) -> Result<(), String> {
             size(&path)
         )
     } else {
-        let path = local(req, &dst);
+        let path = req.resolve(&dst);
         // sftp makes no local directories; Dagu's download makes the parents.
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)

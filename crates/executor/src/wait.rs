@@ -152,11 +152,8 @@ async fn until(text: &str) -> Result<(), String> {
 }
 
 async fn file(req: &StepRequest, config: &Config, poll: Duration) -> Result<(), String> {
-    let path = std::path::Path::new(config.path.as_deref().unwrap_or(""));
-    let path = match &req.working_dir {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    };
+    let path = config.path.as_deref().unwrap_or("");
+    let path = req.resolve(path);
     let want = config.state.as_deref() != Some("missing");
     while tokio::fs::try_exists(&path).await.unwrap_or(false) != want {
         tokio::time::sleep(poll).await;
