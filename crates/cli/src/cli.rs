@@ -104,6 +104,47 @@ pub enum Command {
     /// Copy the file store (runs, queued items, suspended DAGs) into the configured
     /// database; safe to repeat, and checks every run arrived.
     Migrate(MigrateArgs),
+    /// The Daggy daemon: daggyd's REST API and config file (also run as `daggyd`).
+    ///
+    /// Listens on 127.0.0.1:2503 with the forking executor and the OStream logger on
+    /// stdout when given nothing; `--config FILE` reads daggyd's JSON config.
+    Daggyd(DaggydArgs),
+}
+
+/// `daggyd`, the second name of this binary: the same flags as `trellis daggyd`.
+#[derive(Debug, Parser)]
+#[command(name = "daggyd", version, about = "The Daggy daemon (Trellis)", long_about = None)]
+pub struct DaggydCommand {
+    #[command(flatten)]
+    pub args: DaggydArgs,
+    #[arg(long, value_enum, env = "TRELLIS_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaggydArgs {
+    /// daggyd's JSON config file (web-threads, dag-threads, port, ip, logger, executor).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Daemonize: detach, write the pid file, log to the log file; refused while another
+    /// daemon holds the pid file.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemonize: bool,
+    /// The pid file (default with -d: $TRELLIS_HOME/data/daggyd.pid); held locked while
+    /// the daemon runs, so a second one refuses to start.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Where a daemonized daggyd logs (default: $TRELLIS_HOME/data/daggyd.log).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Trellis's own config file, for `auth:`, `paths:` and the database (default:
+    /// $TRELLIS_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub trellis_config: Option<PathBuf>,
+    /// Allow a non-loopback `ip` with authentication off. Anyone who can reach the port
+    /// can then run commands on this machine.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 impl Command {

@@ -18,9 +18,21 @@ fn main() -> ExitCode {
     trellis_spec::set_dag_option_check(trellis_executor::check_dag_option);
     // Dagu 1.x's `run: <dag>` calls a DAG of the dags dir.
     trellis_spec::set_dag_exists(cmd::dag_in_dags_dir);
+    // Installed (or linked) as `daggyd`, the binary is the Daggy daemon.
+    let name = std::env::args_os().next().map(std::path::PathBuf::from);
+    if name.as_deref().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("daggyd")) {
+        let daggyd = cli::DaggydCommand::parse();
+        init_logging(daggyd.log_format);
+        return finish(cmd::daggyd(&daggyd.args));
+    }
     let args = cli::Args::parse();
     init_logging(args.log_format);
-    match cmd::run(args) {
+    finish(cmd::run(args))
+}
+
+/// The exit code of a command's outcome; an error is printed first.
+fn finish(outcome: anyhow::Result<ExitCode>) -> ExitCode {
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", report::chain(&err));

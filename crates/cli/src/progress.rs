@@ -190,4 +190,8 @@ impl Store for Progress {
     fn remove(&self, dag: &str, run_id: &str) -> trellis_store::Result<()> {
         self.inner.remove(dag, run_id)
     }
+
+    fn history(&self, dag: &str, run_id: &str) -> trellis_store::Result<Vec<(String, Entry)>> {
+        self.inner.history(dag, run_id)
+    }
 }

@@ -1,7 +1,7 @@
 //! `type: slurm` steps against a real single-node Slurm (munged, slurmctld, slurmd) that the
 //! tests start once in a temp dir (`trellis_testdb::slurm`): the executor conformance
-//! suite, a DAG of slurm steps (resources, env, exit codes, logs, Slurm's own refusals) and
-//! a `kill -9` of the runner mid-job, reattached by job id. Skipped only where Slurm is not
+//! suite, a DAG of slurm steps (resources, env, exit codes, logs, Slurm's own refusals), a
+//! `kill -9` of the runner mid-job, reattached by job id, and a Daggy spec's Slurm task. Skipped only where Slurm is not
 //! installed; CI installs it (scripts/test), so nothing skips there.
 
 mod support;
@@ -37,6 +37,7 @@ fn slurm_steps_end_to_end() {
     slurm_steps_run_as_jobs_with_logs_exit_codes_and_slurms_refusals(&slurm);
     a_killed_runner_leaves_its_job_and_the_next_one_reattaches(&slurm);
     a_local_dag_runs_on_slurm_by_configuration_alone(&slurm);
+    a_daggy_task_with_slurm_details_runs_as_a_job_and_keeps_its_logdir(&slurm);
 }
 
 struct SlurmPrograms<'a> {
@@ -268,4 +269,66 @@ fn a_local_dag_runs_on_slurm_by_configuration_alone(slurm: &Slurm) {
         said.contains("executors.") && said.contains("`colour`"),
         "{said}"
     );
+}
+
+/// daggyr's Slurm task details (its executor test's, the token included): the task runs as
+/// a Slurm job with the resources asked, its output files stay in `logdir` (and reach the
+/// step's logs), and the token is in no record of the run.
+fn a_daggy_task_with_slurm_details_runs_as_a_job_and_keeps_its_logdir(slurm: &Slurm) {
+    let env = Env::new();
+    let logdir = env.path("joblogs");
+    let spec = json!({"tasks": {"test_task": {"details": {
+        "command": ["/bin/sh", "-c", "echo hello $MYVAR cpus=$SLURM_CPUS_PER_TASK; echo oops >&2"],
+        "user": "USERNAME",
+        "jwt_token": "TOKEN_FROM_scontrol_token",
+        "environment": {"MYVAR": "fancy_pants"},
+        "logdir": logdir.display().to_string(),
+        "min_cpus": 1, "min_memory_mb": 200, "min_tmp_disk_mb": 0, "priority": 1,
+        "time_limit_seconds": 3600
+    }}}});
+    let file = env.dags().join("daggy-slurm.json");
+    std::fs::write(&file, spec.to_string()).expect("spec");
+    let out = env
+        .trellis()
+        .arg("start")
+        .arg(&file)
+        .envs(slurm.env())
+        .output()
+        .expect("run");
+    let said = String::from_utf8_lossy(&out.stderr);
+    let run = support::status(&env, "daggy-slurm", "").expect("status");
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{said}");
+    let task = step(&run, "test_task");
+    assert!(
+        task["handle"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("slurm:"),
+        "{task:#}"
+    );
+    let files = |ext: &str| -> Vec<String> {
+        let entries = std::fs::read_dir(&logdir).expect("logdir");
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(
+        files("stdout"),
+        ["hello fancy_pants cpus=1\n"],
+        "kept in logdir"
+    );
+    assert_eq!(files("stderr"), ["oops\n"]);
+    let log = env
+        .trellis()
+        .args(["logs", "daggy-slurm", "--step", "test_task"])
+        .output()
+        .expect("logs");
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "hello fancy_pants cpus=1\n"
+    );
+    let records = support::files_holding(env.home.path(), "TOKEN_FROM_scontrol_token");
+    assert!(records.is_empty(), "the token is kept in {records:?}");
 }

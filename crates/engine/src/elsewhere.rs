@@ -92,9 +92,11 @@ pub(crate) async fn run<S: Store + ?Sized + 'static, E: Executor + 'static>(
                 .map_err(|e| Error::SpawnFailed(e.0))?,
         };
         record.handle = Some(handle.clone());
-        let _ = env
-            .started
-            .send((env_index(record, env), handle.clone(), None));
+        let _ = env.started.send(crate::Started::Handle(
+            env_index(record, env),
+            handle.clone(),
+            None,
+        ));
         let outcome = executor.wait(&handle, &req, env.cancel.clone()).await;
         // Kept on the record, which shows where the step ran; the next command starts anew.
         judge(outcome, step, stderr, record)?;
@@ -116,7 +118,7 @@ fn recorder<S: ?Sized, E>(
     let started = env.started.clone();
     Some(std::sync::Arc::new(move |handle| {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = started.send((index, handle, Some(tx)));
+        let sent = started.send(crate::Started::Handle(index, handle, Some(tx)));
         Box::pin(async move {
             if sent.is_ok() {
                 let _ = rx.await;
@@ -126,7 +128,7 @@ fn recorder<S: ?Sized, E>(
 }
 
 /// The step's index in the run, for the run loop (handlers have none it records).
-fn env_index<S: ?Sized, E>(record: &StepRecord, env: &StepEnv<S, E>) -> usize {
+pub(crate) fn env_index<S: ?Sized, E>(record: &StepRecord, env: &StepEnv<S, E>) -> usize {
     env.dag
         .steps
         .iter()

@@ -364,12 +364,19 @@ impl<S: Store + ?Sized + 'static, E: Executor + 'static> RunCtx<S, E> {
                 tokio::select! {
                     // Before any step's end: a step says where it runs before it ends.
                     biased;
-                    Some((i, handle, written)) = self.started.1.recv() => {
-                        self.record_handle(run, i, handle);
-                        if let Some(written) = written {
-                            self.journal.flush_then(written);
+                    Some(said) = self.started.1.recv() => match said {
+                        Started::Handle(i, handle, written) => {
+                            self.record_handle(run, i, handle);
+                            if let Some(written) = written {
+                                self.journal.flush_then(written);
+                            }
                         }
-                    }
+                        Started::Try(i, record) if i < run.steps.len() => {
+                            run.steps[i] = *record;
+                            self.save_step(run, i);
+                        }
+                        Started::Try(..) => {}
+                    },
                     done = rx.recv() => break done,
                 }
             };
@@ -575,13 +582,19 @@ pub(crate) struct StepEnv<S: ?Sized, E> {
     run_container: Option<Arc<trellis_core::ExecutorConfig>>,
 }
 
-/// A step (by index) started where it runs, and how to find it again; the sender, when
-/// given, hears once the handle is written.
-type Started = (
-    usize,
-    trellis_executor::Handle,
-    Option<tokio::sync::oneshot::Sender<()>>,
-);
+/// What a running step tells the run loop before it ends.
+pub(crate) enum Started {
+    /// The step (by index) started where it runs, and how to find it again; the sender,
+    /// when given, hears once the handle is written.
+    Handle(
+        usize,
+        trellis_executor::Handle,
+        Option<tokio::sync::oneshot::Sender<()>>,
+    ),
+    /// A try of the step ended and another follows (`Retrying`), or began (`Running`,
+    /// its count raised): recorded, so every try shows in the run's history.
+    Try(usize, Box<StepRecord>),
+}
 type StartedTx = mpsc::UnboundedSender<Started>;
 
 enum Ready {

@@ -254,8 +254,10 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
             if record.retry_count >= retry.limit || !retriable || env.cancel.is_cancelled() {
                 break;
             }
+            tell_try(env, record, Status::Retrying, error);
             wait(env, intervals.next_secs()).await;
             record.retry_count += 1;
+            tell_try(env, record, Status::Running, error);
             result = run_once(env, step, &launch, record).await;
         }
     }
@@ -264,6 +266,27 @@ async fn run_with_policies<S: Store + ?Sized + 'static, E: Executor + 'static>(
         Some(repeat) => repeat_step(env, step, repeat, &launch, record, result).await,
         None => result,
     }
+}
+
+/// Tells the run loop a try ended (`Retrying`, with why) or the next began (`Running`).
+fn tell_try<S: ?Sized, E>(env: &StepEnv<S, E>, record: &StepRecord, status: Status, error: &Error) {
+    let index = crate::elsewhere::env_index(record, env);
+    if index == usize::MAX {
+        return; // a handler: the run loop no longer listens
+    }
+    let mut now_record = record.clone();
+    now_record.status = status;
+    if status == Status::Retrying {
+        now_record.finished_at = Some(now());
+        now_record.error = Some(error.to_string());
+    } else {
+        // This try's start; the step's own record keeps its first.
+        now_record.started_at = Some(now());
+        (now_record.finished_at, now_record.error) = (None, None);
+    }
+    let _ = env
+        .started
+        .send(crate::Started::Try(index, Box::new(now_record)));
 }
 
 /// Runs the step again while its repeat_policy says so. Each check comes after a run and

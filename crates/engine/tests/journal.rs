@@ -63,6 +63,9 @@ impl Store for Refusing {
     fn remove(&self, dag: &str, run_id: &str) -> Result<()> {
         self.inner.remove(dag, run_id)
     }
+    fn history(&self, dag: &str, run_id: &str) -> Result<Vec<(String, Entry)>> {
+        self.inner.history(dag, run_id)
+    }
 }
 
 async fn run_on(may_wait: bool) -> (RunRecord, Option<RunRecord>, tempfile::TempDir) {

@@ -32,7 +32,7 @@ mod mask;
 mod seam;
 mod sftp;
 mod slurm;
-mod slurm_config;
+pub mod slurm_config;
 mod spawn;
 mod ssh;
 mod ssh_conn;
@@ -138,6 +138,35 @@ pub struct Local;
 
 fn append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Local processes, at most as many at once as `slots` has permits, across every run
+/// that shares it (daggyd's `ForkingTaskExecutor` `threads`). A step waits for a permit
+/// before it starts; one stopped while it waits never starts.
+#[derive(Clone, Debug)]
+pub struct Bounded {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Bounded {
+    pub fn new(slots: usize) -> Bounded {
+        Bounded {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
+        }
+    }
+}
+
+impl Executor for Bounded {
+    async fn run(&self, spec: ProcessSpec, cancel: CancellationToken) -> Outcome {
+        let permit = tokio::select! {
+            permit = self.slots.acquire() => permit,
+            () = cancel.cancelled() => return Outcome::Cancelled,
+        };
+        let Ok(_permit) = permit else {
+            return Outcome::SpawnFailed("the executor is shutting down".into());
+        };
+        Local.run(spec, cancel).await
+    }
 }
 
 impl Executor for Local {

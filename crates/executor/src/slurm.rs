@@ -3,7 +3,8 @@
 //! inherits, never in a file). The job id is the handle and the job name the request's
 //! deterministic name, so a runner that died before recording the id finds the job by name
 //! (`squeue --states=all`). The job writes its output into spool files beside the step's
-//! logs (`<step>.slurm.out`/`.err`), copied into the logs while it runs; state and exit
+//! logs (`<step>.slurm.out`/`.err`), or with `log_dir` into `<log_dir>/<job name>.stdout`/
+//! `.stderr` (kept: never removed), copied into the logs while it runs; state and exit
 //! code come from `scontrol show job` (a cluster without `slurmdbd` has no plain `sacct`).
 //! Stop and timeout send the stop signal to the whole job (`scancel --signal --full`),
 //! then `scancel` once the grace period is over.
@@ -38,7 +39,7 @@ impl StepExecutor for Slurm {
     fn start<'a>(&'a self, req: &'a StepRequest) -> BoxFuture<'a, Result<Handle, StartError>> {
         Box::pin(async move {
             let config = Config::parse(&req.config).map_err(StartError)?;
-            let spool = Spool::of(req);
+            let spool = Spool::fresh(req, &config);
             let script = script(req, &config)?;
             spool
                 .reset(&script)
@@ -122,8 +123,9 @@ async fn follow(id: &str, req: &StepRequest, cancel: CancellationToken) -> Outco
             } else {
                 &job.stderr
             }),
+            kept: true,
         },
-        _ => Spool::of(req),
+        _ => Spool::of(req, &Config::parse(&req.config).unwrap_or_default()),
     };
     let mut copier = Copier::new(req, &spool);
     let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -352,33 +354,80 @@ fn script(req: &StepRequest, config: &Config) -> Result<String, StartError> {
     Ok(format!("#!{shell}\n{body}\n"))
 }
 
-/// The job's script and output files, beside the step's logs.
+/// The job's script (beside the step's logs) and output files (there too, or in the
+/// `log_dir` of the step's `with:`).
 struct Spool {
     script: PathBuf,
     out: PathBuf,
     err: PathBuf,
+    /// The output files are in the user's `log_dir`: theirs to keep, never removed.
+    kept: bool,
 }
 
 impl Spool {
-    fn of(req: &StepRequest) -> Spool {
+    /// The `n`-th job of the request's name: in `log_dir`, `<job name>.stdout` for the
+    /// first, `<job name>.<n>.stdout` after it.
+    fn at(req: &StepRequest, config: &Config, n: u32) -> Spool {
         let with = |path: &Path, ext: &str| {
             let mut name = path.file_name().unwrap_or_default().to_os_string();
             name.push(ext);
             path.with_file_name(name)
         };
+        let script = with(&req.stdout, ".slurm.sh");
+        let Some(dir) = &config.log_dir else {
+            return Spool {
+                script,
+                out: with(&req.stdout, ".slurm"),
+                err: with(&req.stderr, ".slurm"),
+                kept: false,
+            };
+        };
+        let stem = match n {
+            0 => crate::seam::external_name(&req.name),
+            n => format!("{}.{n}", crate::seam::external_name(&req.name)),
+        };
         Spool {
-            script: with(&req.stdout, ".slurm.sh"),
-            out: with(&req.stdout, ".slurm"),
-            err: with(&req.stderr, ".slurm"),
+            script,
+            out: Path::new(dir).join(format!("{stem}.stdout")),
+            err: Path::new(dir).join(format!("{stem}.stderr")),
+            kept: true,
         }
     }
 
-    /// A new job: its script written, the output of an earlier one gone.
+    /// For a new job. In `log_dir`, the first name no file has yet: the job of a retried
+    /// run has the name of the earlier one, whose files must stay as they are.
+    fn fresh(req: &StepRequest, config: &Config) -> Spool {
+        (0..u32::MAX)
+            .map(|n| Spool::at(req, config, n))
+            .find(|s| !s.kept || !(s.out.exists() || s.err.exists()))
+            .unwrap_or_else(|| Spool::at(req, config, 0))
+    }
+
+    /// Where the request's job wrote, when Slurm no longer says: in `log_dir`, the last
+    /// of the names [`Spool::fresh`] gives out.
+    fn of(req: &StepRequest, config: &Config) -> Spool {
+        let used = |s: &Spool| s.out.exists() || s.err.exists();
+        let mut n = 0;
+        while config.log_dir.is_some() && used(&Spool::at(req, config, n + 1)) {
+            n += 1;
+        }
+        Spool::at(req, config, n)
+    }
+
+    /// A new job: its script written, and beside the logs the output of an earlier job
+    /// gone (in `log_dir`, [`Spool::fresh`] chose names no file has; the dir is made, as
+    /// Slurm does not make it and the job's output would be lost).
     fn reset(&self, script: &str) -> std::io::Result<()> {
-        for path in [&self.out, &self.err] {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        if self.kept {
+            if let Some(dir) = self.out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+        } else {
+            for path in [&self.out, &self.err] {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
         }
         std::fs::write(&self.script, script)
@@ -432,5 +481,69 @@ fn copy_from(from: &Path, to: &Path, offset: &mut u64, req: &StepRequest) -> std
             log.write_all(mask.apply(&String::from_utf8_lossy(&fresh)).as_bytes())
         }
         _ => log.write_all(&fresh),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(logs: &Path, config: serde_json::Value) -> StepRequest {
+        StepRequest {
+            name: "trellis-d-1-s-0-0".into(),
+            work: Work::Line("true".into()),
+            env: Vec::new(),
+            working_dir: None,
+            config,
+            stdout: logs.join("s.out"),
+            stderr: logs.join("s.err"),
+            timeout: None,
+            stop_signal: nix::sys::signal::Signal::SIGTERM,
+            grace: Duration::from_secs(1),
+            mask: None,
+            labels: Default::default(),
+            record: None,
+        }
+    }
+
+    #[test]
+    fn log_dir_files_are_named_after_the_job_and_never_removed_or_reused() {
+        let logs = tempfile::tempdir().expect("tempdir");
+        let kept = logs.path().join("kept");
+        let req = request(logs.path(), json!({"log_dir": kept.display().to_string()}));
+        let config = Config::parse(&req.config).expect("config");
+        let first = Spool::fresh(&req, &config);
+        assert_eq!(first.out, kept.join("trellis-d-1-s-0-0.stdout"));
+        assert_eq!(first.err, kept.join("trellis-d-1-s-0-0.stderr"));
+        first.reset("#!/bin/sh\n").expect("reset makes the dir");
+        std::fs::write(&first.out, "earlier run").expect("write");
+        // A retried run's job has the same name: its files are left as they are.
+        let second = Spool::fresh(&req, &config);
+        assert_eq!(second.out, kept.join("trellis-d-1-s-0-0.1.stdout"));
+        second.reset("#!/bin/sh\n").expect("reset");
+        assert_eq!(
+            std::fs::read_to_string(&first.out).ok().as_deref(),
+            Some("earlier run")
+        );
+        assert_eq!(
+            Spool::of(&req, &config).out,
+            first.out,
+            "the last one written"
+        );
+        std::fs::write(&second.err, "").expect("write");
+        assert_eq!(Spool::of(&req, &config).out, second.out);
+        assert_eq!(second.script, logs.path().join("s.out.slurm.sh"));
+    }
+
+    #[test]
+    fn without_log_dir_the_spool_is_beside_the_logs_and_reset() {
+        let logs = tempfile::tempdir().expect("tempdir");
+        let req = request(logs.path(), serde_json::Value::Null);
+        let spool = Spool::fresh(&req, &Config::default());
+        assert_eq!(spool.out, logs.path().join("s.out.slurm"));
+        std::fs::write(&spool.out, "old job").expect("write");
+        spool.reset("#!/bin/sh\n").expect("reset");
+        assert!(!spool.out.exists(), "an earlier job's spool is removed");
     }
 }

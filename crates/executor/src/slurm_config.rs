@@ -14,6 +14,10 @@ pub struct Config {
     pub working_dir: Option<String>,
     /// The interpreter of a command line (default `/bin/sh`).
     pub shell: Option<String>,
+    /// Where the job writes its output files (`<job name>.stdout` / `.stderr`), for whom
+    /// wants them kept (Daggy's `logdir`); default: spool files beside the step's logs.
+    /// Absolute: the job's node and trellis must both find it, and on the same filesystem.
+    pub log_dir: Option<String>,
 }
 
 /// `with:` key → `sbatch` option.
@@ -32,7 +36,7 @@ const RESOURCES: &[(&str, &str)] = &[
     ("reservation", "--reservation"),
 ];
 
-const OTHER: &[&str] = &["sbatch_args", "env", "working_dir", "shell"];
+const OTHER: &[&str] = &["sbatch_args", "env", "working_dir", "shell", "log_dir"];
 
 impl Config {
     pub fn parse(value: &Value) -> Result<Config, String> {
@@ -54,6 +58,7 @@ impl Config {
                 "env" => config.env = env(value)?,
                 "working_dir" => config.working_dir = Some(scalar(value, &key)?),
                 "shell" => config.shell = Some(scalar(value, &key)?),
+                "log_dir" => config.log_dir = Some(log_dir(value)?),
                 other => {
                     let known: Vec<&str> = RESOURCES
                         .iter()
@@ -101,6 +106,18 @@ fn scalar(value: &Value, key: &str) -> Result<String, String> {
         Value::Number(n) => Ok(n.to_string()),
         _ => Err(format!("slurm: `{key}` must be a string or a number")),
     }
+}
+
+/// An absolute directory: a relative one would be read against the job's working dir on
+/// the node, and against trellis's own elsewhere.
+fn log_dir(value: &Value) -> Result<String, String> {
+    let dir = scalar(value, "log_dir")?;
+    if !dir.starts_with('/') {
+        return Err(format!(
+            "slurm: `log_dir: {dir}` must be an absolute path (on a filesystem the job's node shares)"
+        ));
+    }
+    Ok(dir)
 }
 
 fn args(value: &Value) -> Result<Vec<String>, String> {
@@ -165,5 +182,18 @@ mod tests {
                 .contains("`colour`")
         );
         assert!(Config::parse(&json!({"sbatch_args": ["--output=x"]})).is_err());
+    }
+
+    #[test]
+    fn log_dir_must_be_absolute() {
+        let c = Config::parse(&json!({"log_dir": "/shared/logs"})).expect("valid");
+        assert_eq!(c.log_dir.as_deref(), Some("/shared/logs"));
+        let err = Config::parse(&json!({"log-dir": "logs"})).unwrap_err();
+        assert!(err.contains("absolute"), "{err}");
+        assert!(
+            Config::parse(&json!({"colour": 1}))
+                .unwrap_err()
+                .contains("log_dir")
+        );
     }
 }

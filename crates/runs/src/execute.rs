@@ -11,7 +11,7 @@ use trellis_core::Dag;
 use trellis_core::params::ParamValue;
 use trellis_core::status::RunRecord;
 use trellis_engine::{Engine, Options, RemoteHandle, Retry, RunRequest};
-use trellis_executor::Local;
+use trellis_executor::{Executor, Local};
 use trellis_store::Store;
 
 use crate::{Error, Result, Runs};
@@ -43,6 +43,18 @@ impl Runs {
         run: Execute,
         cancel: CancellationToken,
     ) -> Result<RunRecord> {
+        self.execute_with(store, Arc::new(Local), run, cancel).await
+    }
+
+    /// [`Runs::execute`] with the executor of command steps given: a daemon bounding the
+    /// processes of all its runs together (daggyd's `threads`) passes a bounded one.
+    pub async fn execute_with<S: Store + ?Sized + 'static, E: Executor + 'static>(
+        &self,
+        store: Arc<S>,
+        exec: Arc<E>,
+        run: Execute,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord> {
         let opts = Options {
             dags_dir: run.dags_dir,
             base_env: trellis_engine::inherited_env(),
@@ -51,7 +63,7 @@ impl Runs {
             enqueue: Some(crate::queueing::enqueuer(self.store.clone())),
             executors: trellis_executor::Registry::builtin(),
         };
-        let engine = Engine::new(store, Arc::new(Local), opts);
+        let engine = Engine::new(store, exec, opts);
         let (this, name, id, token) = (
             self.clone(),
             run.dag.name.clone(),

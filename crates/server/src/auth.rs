@@ -332,6 +332,28 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Option<Principal> {
     app.check_session(session)
 }
 
+/// Who a request is, by its bearer token or basic credentials alone (no sessions): for
+/// daemons that share this server's auth settings but not its state (daggyd).
+pub fn authenticate_headers(settings: &Settings, headers: &HeaderMap) -> Option<Principal> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())?;
+    if let Some(token) = auth.strip_prefix("Bearer ") {
+        let token = token.trim();
+        return match_token(&settings.tokens, token).or_else(|| {
+            let path = settings.tokens_file.as_ref()?;
+            match_token(&read_tokens(path), token)
+        });
+    }
+    let basic = auth.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(basic.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    check_user(&settings.users, user, password)
+}
+
 pub const SESSION_COOKIE: &str = "trellis_session";
 
 pub fn check_user(users: &[UserEntry], user: &str, password: &str) -> Option<Principal> {

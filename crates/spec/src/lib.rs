@@ -12,6 +12,7 @@ mod daggy;
 mod decode;
 pub mod diag;
 mod error;
+pub use daggy::PARAMETERS_KEY as DAGGY_PARAMETERS;
 pub use daggy::generated_steps;
 pub use error::Error;
 mod fields;

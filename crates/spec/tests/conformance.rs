@@ -79,4 +79,20 @@ fn daggy_corpus_loads_or_is_rejected_as_documented() {
     assert!(messages("daggyr__ssh__job.json").contains("`tasks` must be a mapping"));
     let expansion = load("daggyr__test_expansion.json").unwrap().dag;
     assert_eq!(expansion.steps.len(), 10, "1 + (3 + 2) + (2 + 2) vertices");
+    // Executor details are acted on or warned about, never dropped in silence.
+    let agent = load("daggyr__agent__job.json").unwrap();
+    assert!(
+        agent
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("`resources`"))
+    );
+    let slurm = load("daggyr__slurm_task_details.json").unwrap();
+    assert_eq!(slurm.dag.steps[0].executor_kind(), "slurm");
+    assert_eq!(slurm.warnings.len(), 2, "`user` and `jwt_token`");
+    let kept = serde_json::to_string(&slurm.dag).unwrap();
+    assert!(
+        !kept.contains("TOKEN_FROM_scontrol_token"),
+        "the token is never kept"
+    );
 }

@@ -264,6 +264,91 @@ pub fn attempts_children_and_definitions(store: &dyn Backend) {
     assert!(store.remove("etl", "r1").is_err());
 }
 
+/// An entry in a few words, for comparing histories (entries have no `PartialEq`).
+fn summary(entry: &Entry) -> String {
+    match entry {
+        Entry::Snapshot(run) => format!("snapshot {}", run.status),
+        Entry::Step { index, step } => format!("step {index} {} {}", step.name, step.status),
+        Entry::Handler { name, step } => format!("handler {name} {}", step.status),
+    }
+}
+
+/// Appends a step entry: step `index` of [`record`]'s steps now has `status`.
+fn step(store: &dyn Backend, attempt: &crate::Attempt, index: usize, status: Status) {
+    let name = ["a", "b"][index];
+    let step = StepRecord {
+        name: name.into(),
+        status,
+        ..Default::default()
+    };
+    store.append(attempt, &Entry::Step { index, step }).unwrap();
+}
+
+/// A run's history is every entry of every attempt, oldest attempt first, each as
+/// written and tagged with its attempt; other runs and child runs stay out of it.
+pub fn history_keeps_every_entry_of_every_attempt(store: &dyn Backend) {
+    let first = start(store, "etl", "r1", Status::Running);
+    step(store, &first, 0, Status::Running);
+    step(store, &first, 0, Status::Failed);
+    let rec = record("etl", "r1", &first.attempt_id, Status::Failed);
+    store
+        .append(&first, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    let child = store.create_attempt("sub", "c1", Some(&first)).unwrap();
+    let rec = record("sub", "c1", &child.attempt_id, Status::Succeeded);
+    store
+        .append(&child, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    start(store, "etl", "other", Status::Queued);
+    // The file store orders a run's attempts by their names, which start with the
+    // millisecond each was made in: two made within one millisecond may sort either way.
+    // A real retry comes long after the attempt before it; this one must not come sooner.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+
+    let second = store.retry_attempt("etl", "r1").unwrap();
+    let rec = record("etl", "r1", &second.attempt_id, Status::Running);
+    store
+        .append(&second, &Entry::Snapshot(Box::new(rec)))
+        .unwrap();
+    step(store, &second, 0, Status::Succeeded);
+    let handler = StepRecord {
+        name: "on_exit".into(),
+        status: Status::Succeeded,
+        ..Default::default()
+    };
+    let entry = Entry::Handler {
+        name: "on_exit".into(),
+        step: handler,
+    };
+    store.append(&second, &entry).unwrap();
+    step(store, &second, 1, Status::Succeeded);
+
+    let got: Vec<(String, String)> = store
+        .history("etl", "r1")
+        .unwrap()
+        .iter()
+        .map(|(attempt, entry)| (attempt.clone(), summary(entry)))
+        .collect();
+    let (a, b) = (first.attempt_id.to_string(), second.attempt_id.to_string());
+    let expected = [
+        (&a, "snapshot running"),
+        (&a, "step 0 a running"),
+        (&a, "step 0 a failed"),
+        (&a, "snapshot failed"),
+        (&b, "snapshot running"),
+        (&b, "step 0 a succeeded"),
+        (&b, "handler on_exit succeeded"),
+        (&b, "step 1 b succeeded"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(id, s)| (id.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(store.history("etl", "nope").unwrap().is_empty());
+    assert!(store.history("none", "r1").unwrap().is_empty());
+}
+
 pub fn queues_keep_order_and_give_each_item_once(store: &dyn Backend) {
     store.enqueue(&item("q", "low", 0)).unwrap();
     store.enqueue(&item("q", "high", 5)).unwrap();
@@ -566,6 +651,7 @@ macro_rules! conformance_tests {
             pages: |s, o| newest_first_and_pages(&*s);
             watchers: |s, o| watchers_and_counts_follow_runs(&s);
             attempts: |s, o| attempts_children_and_definitions(&*s);
+            history: |s, o| history_keeps_every_entry_of_every_attempt(&*s);
             queues: |s, o| queues_keep_order_and_give_each_item_once(&*s);
             racing_takers: |s, o| concurrent_takers_take_each_item_once(s);
             leader: |s, o| one_leader_and_fenced_writes(&*s, &*o);

@@ -119,6 +119,22 @@ pub trait Store: Send + Sync {
     /// Deletes a run with its attempts and logs.
     fn remove(&self, dag: &str, run_id: &str) -> Result<()>;
 
+    /// Every entry written for the run, attempt by attempt (oldest attempt first), each in
+    /// the order it was written, with the id of the attempt it belongs to. A torn last line
+    /// (files) is left out as `find` leaves it out. Empty when there is no such run.
+    ///
+    /// The folded record says where a run ended; this says how it got there (every state
+    /// change, every try of every step), for a front end showing a run's history. Child
+    /// runs are not included. Backends keep the log and override this; the default knows
+    /// only the folded record, so it gives the latest attempt's record as one snapshot.
+    fn history(&self, dag: &str, run_id: &str) -> Result<Vec<(String, Entry)>> {
+        Ok(self
+            .find(dag, run_id)?
+            .map(|run| (run.attempt_id.to_string(), Entry::Snapshot(Box::new(run))))
+            .into_iter()
+            .collect())
+    }
+
     /// A page of top-level runs of one DAG (or of every DAG), newest first: the runs
     /// `offset..offset + limit` among those `keep` accepts. Backends should read only the
     /// runs the page needs; this default reads every run.

@@ -13,10 +13,12 @@ use trellis_core::status::RunRecord;
 use crate::state::{Lead, LeaseInfo, SCHEDULER, State};
 use crate::{Attempt, Backend, Entry, Error, Queue, QueueItem, Result, Store, check_name};
 
-/// One attempt: where its files go, its folded record and its definition.
+/// One attempt: where its files go, its folded record, the entries it was folded from
+/// (for [`Store::history`]) and its definition.
 struct Slot {
     attempt: Attempt,
     record: Option<RunRecord>,
+    entries: Vec<Entry>,
     definition: Option<Dag>,
 }
 
@@ -137,6 +139,7 @@ impl Store for MemStore {
         run.attempts.push(Slot {
             attempt: attempt.clone(),
             record: None,
+            entries: Vec::new(),
             definition: None,
         });
         Ok(attempt)
@@ -146,6 +149,7 @@ impl Store for MemStore {
         let mut inner = self.lock();
         let slot = slot_of(&mut inner, attempt)
             .ok_or_else(|| missing(format!("attempt {}", attempt.attempt_id)))?;
+        slot.entries.push(entry.clone());
         entry.clone().apply(&mut slot.record);
         Ok(())
     }
@@ -181,6 +185,7 @@ impl Store for MemStore {
             run.attempts.push(Slot {
                 attempt: attempt.clone(),
                 record: None,
+                entries: Vec::new(),
                 definition: None,
             });
         }
@@ -195,6 +200,24 @@ impl Store for MemStore {
         Ok(run
             .and_then(|r| r.attempts.last())
             .map(|s| s.attempt.clone()))
+    }
+
+    fn history(&self, dag: &str, run_id: &str) -> Result<Vec<(String, Entry)>> {
+        check_name(dag)?;
+        check_name(run_id)?;
+        let inner = self.lock();
+        let Some(run) = inner.runs.get(&(dag.to_string(), run_id.to_string())) else {
+            return Ok(Vec::new());
+        };
+        // Attempts are kept oldest first, and each one's entries as they were appended.
+        Ok(run
+            .attempts
+            .iter()
+            .flat_map(|s| {
+                let id = s.attempt.attempt_id.as_str();
+                s.entries.iter().map(move |e| (id.to_string(), e.clone()))
+            })
+            .collect())
     }
 
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()> {

@@ -94,12 +94,7 @@ impl FileStore {
     /// The record of the latest attempt that has one: an attempt whose process was
     /// killed before it wrote anything must not hide the run.
     fn read_latest_attempt(run_dir: &Path) -> Result<Option<RunRecord>> {
-        let attempts = sorted_children(run_dir)?;
-        let attempts = attempts.into_iter().rev().filter(|a| {
-            a.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("attempt_"))
-        });
-        for dir in attempts {
+        for dir in attempt_dirs(run_dir)?.into_iter().rev() {
             if let Some(record) = read_log(&dir.join("status.jsonl"))? {
                 return Ok(Some(record));
             }
@@ -124,20 +119,50 @@ fn sorted_children(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Folds a status log; a line that does not parse (a torn write) ends the read.
 pub fn read_log(path: &Path) -> Result<Option<RunRecord>> {
+    let mut state = None;
+    each_entry(path, |entry| entry.apply(&mut state))?;
+    Ok(state)
+}
+
+/// Hands each entry of a status log to `take`, in the order written, one line at a time
+/// (a log is never read whole: a run's snapshots may be megabytes each). A line that does not parse (a torn write)
+/// ends the read; a missing log has no entries. The one reader of status logs, so a
+/// run's history leaves out exactly what its folded record leaves out.
+fn each_entry(path: &Path, mut take: impl FnMut(Entry)) -> Result<()> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(path)(e)),
     };
-    let mut state = None;
     for line in BufReader::new(file).lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str::<Entry>(&line) {
-            Ok(entry) => entry.apply(&mut state),
+            Ok(entry) => take(entry),
             Err(_) => break,
         }
     }
-    Ok(state)
+    Ok(())
+}
+
+/// The attempt directories of a run, oldest first: an attempt's name starts with the
+/// time it was created, to the millisecond (`attempt_<ts>_<id>`), so name order is
+/// creation order.
+fn attempt_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = sorted_children(run_dir)?;
+    dirs.retain(|a| {
+        a.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("attempt_"))
+    });
+    Ok(dirs)
+}
+
+/// The attempt id an attempt directory's name ends with (`attempt_<ts>_<id>`).
+fn attempt_id_of(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    name.as_deref()
+        .and_then(|n| n.rsplit('_').next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl Store for FileStore {
@@ -271,18 +296,10 @@ impl Store for FileStore {
         let Some(run_dir) = self.run_dir(dag, run_id)? else {
             return Ok(None);
         };
-        let Some(dir) = sorted_children(&run_dir)?.into_iter().rfind(|a| {
-            a.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("attempt_"))
-        }) else {
+        let Some(dir) = attempt_dirs(&run_dir)?.pop() else {
             return Ok(None);
         };
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-        let attempt_id = name
-            .as_deref()
-            .and_then(|n| n.rsplit('_').next())
-            .unwrap_or_default()
-            .to_string();
+        let attempt_id = attempt_id_of(&dir);
         let log_dir = self
             .logs
             .join(safe_name(dag))
@@ -295,6 +312,22 @@ impl Store for FileStore {
             attempt_id: attempt_id.into(),
             root_run_id: run_id.to_string().into(),
         }))
+    }
+
+    /// The lines of each attempt's `status.jsonl`, attempts in the order of their
+    /// directories (creation order), read as `find` reads them.
+    fn history(&self, dag: &str, run_id: &str) -> Result<Vec<(String, Entry)>> {
+        let Some(run_dir) = self.run_dir(dag, run_id)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for dir in attempt_dirs(&run_dir)? {
+            let id = attempt_id_of(&dir);
+            each_entry(&dir.join("status.jsonl"), |entry| {
+                out.push((id.clone(), entry));
+            })?;
+        }
+        Ok(out)
     }
 
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()> {
@@ -552,6 +585,13 @@ mod tests {
         f.write_all(br#"{"kind":"step","index":0,"st"#).unwrap();
         let got = store.latest("etl").unwrap().unwrap();
         assert_eq!(got.steps[0].status, Status::Succeeded);
+        let history = store.history("etl", "r1").unwrap();
+        assert_eq!(
+            history.len(),
+            2,
+            "the torn line is left out of the history too"
+        );
+        assert!(history.iter().all(|(id, _)| *id == attempt.attempt_id));
         assert_eq!(store.find("etl", "r1").unwrap().unwrap().run_id, "r1");
         assert!(store.find("etl", "nope").unwrap().is_none());
     }

@@ -13,6 +13,7 @@
 
 pub mod kube;
 pub mod podman;
+pub mod redis;
 pub mod slurm;
 pub mod smtp;
 pub mod sshd;

@@ -1,6 +1,7 @@
 //! One module per command; each returns the process exit code.
 
 mod cluster;
+mod daggyd;
 mod dry;
 mod manage;
 mod migrate;
@@ -16,6 +17,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::{Args, Command};
+
+pub use daggyd::run as daggyd;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     apply_paths(args.command.setup())?;
@@ -44,6 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Dags(a) => schedule::dags(&a),
         Command::Backfill(a) => schedule::backfill(&a),
         Command::Migrate(a) => migrate::migrate(&a),
+        Command::Daggyd(a) => daggyd::run(&a),
         Command::Schema => {
             let schema = trellis_spec::schema::dag_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -56,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// as `TRELLIS_DATA_DIR`, `TRELLIS_LOG_DIR` and `TRELLIS_SERVICE_REGISTRY_DIR` (unless
 /// already set), so every crate and every child process (runs started by the server)
 /// agrees on where state lives.
-fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
+pub(crate) fn apply_paths(setup: Option<&crate::cli::Setup>) -> anyhow::Result<()> {
     let path = setup
         .and_then(|s| s.config.clone())
         .or_else(|| std::env::var_os("TRELLIS_CONFIG").map(std::path::PathBuf::from));

@@ -181,6 +181,10 @@ impl Store for Relay {
     fn remove(&self, dag: &str, run_id: &str) -> trellis_store::Result<()> {
         self.inner.remove(dag, run_id)
     }
+
+    fn history(&self, dag: &str, run_id: &str) -> trellis_store::Result<Vec<(String, Entry)>> {
+        self.inner.history(dag, run_id)
+    }
 }
 
 /// The step log files of an attempt: (file stem = step, stream, path).

@@ -44,6 +44,16 @@ fn fold(rows: Rows) -> Result<Vec<RunRecord>> {
     Ok(out.into_iter().filter_map(|(_, r)| r).collect())
 }
 
+/// One `(attempt_id, entry)` row of a run's history. An entry that does not parse is
+/// left out, as [`fold`] skips it when reading the run's record.
+fn history_entry(row: Vec<Val>) -> Option<(String, Entry)> {
+    let mut row = row.into_iter();
+    let attempt_id = row.next().and_then(Val::into_text)?;
+    let json = row.next().and_then(Val::into_text)?;
+    let entry = serde_json::from_str::<Entry>(&json).ok()?;
+    Some((attempt_id, entry))
+}
+
 fn not_found(dag: &str, run_id: &str) -> Error {
     Error::Io {
         path: PathBuf::from(format!("{dag}/{run_id}")),
@@ -422,6 +432,25 @@ impl Store for SqlStore {
                 run_id: run_id.to_string().into(),
             }
         }))
+    }
+
+    /// The events of the run's top-level attempts, in the order the rows were inserted:
+    /// attempts by id (creation order, as `latest_attempt` takes the last), each one's
+    /// events by id (append order).
+    fn history(&self, dag: &str, run_id: &str) -> Result<Vec<(String, Entry)>> {
+        crate::check_name(run_id)?;
+        let args = Arc::new(vec![Arg::from(dag), Arg::from(run_id)]);
+        let rows = self.run(move |db| {
+            let args = args.clone();
+            async move {
+                let sql = "SELECT a.attempt_id, e.entry FROM attempts a \
+                           JOIN events e ON e.attempt = a.id \
+                           WHERE a.dag = ? AND a.run_id = ? AND a.parent_attempt IS NULL \
+                           ORDER BY a.id, e.id";
+                db.fetch(sql, &args, &[K::Text, K::Text]).await
+            }
+        })?;
+        Ok(rows.into_iter().filter_map(history_entry).collect())
     }
 
     fn save_definition(&self, attempt: &Attempt, dag: &Dag) -> Result<()> {
