@@ -153,6 +153,15 @@ fn the_repo_specs_run_and_the_broken_ones_are_refused_with_their_reason() {
         d.ended(d.submit(&spec(&env, "resources.json")))["state"],
         "Completed"
     );
+    // Read but not acted on: valid, with a warning saying so.
+    let (status, checked) = d.post("/v1/dagrun/validate", &spec(&env, "resources.json"));
+    assert_eq!((status, &checked["valid"]), (200, &json!(true)));
+    assert!(
+        checked["warnings"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resources")),
+        "{checked}"
+    );
     for (name, reason) in [
         ("bad_children_in_details.json", "inside `details`"),
         ("bad_list_form.json", "obsolete"),
@@ -534,4 +543,18 @@ fn the_redis_keys_start_with_their_prefix(port: u16) {
             .all(|k| k.starts_with("alpha:") || k.starts_with("beta:")),
         "{keys}"
     );
+}
+
+#[test]
+fn the_noop_executor_completes_every_task_without_running_it() {
+    let env = Env::new();
+    let d = daggyd(&env, json!({"executor": {"name": "NoopTaskExecutor"}}));
+    let marker = env.path("ran");
+    let spec = json!({"tasks": {
+        "a": {"details": {"command": ["/usr/bin/touch", marker]}, "children": ["b"]},
+        "b": {"details": {"command": ["/bin/false"]}},
+    }});
+    let run = d.ended(d.submit(&spec.to_string()));
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert!(!marker.exists(), "a dry run runs nothing");
 }

@@ -38,6 +38,7 @@ fn slurm_steps_end_to_end() {
     a_killed_runner_leaves_its_job_and_the_next_one_reattaches(&slurm);
     a_local_dag_runs_on_slurm_by_configuration_alone(&slurm);
     a_daggy_task_with_slurm_details_runs_as_a_job_and_keeps_its_logdir(&slurm);
+    daggyd_with_the_slurm_executor_reattaches_its_jobs_after_a_kill_9(&slurm);
 }
 
 struct SlurmPrograms<'a> {
@@ -331,4 +332,95 @@ fn a_daggy_task_with_slurm_details_runs_as_a_job_and_keeps_its_logdir(slurm: &Sl
     );
     let records = support::files_holding(env.home.path(), "TOKEN_FROM_scontrol_token");
     assert!(records.is_empty(), "the token is kept in {records:?}");
+}
+
+/// `trellis daggyd` with `SlurmTaskExecutor`: every task is a job; a `kill -9` of the
+/// daemon leaves the running job alone, and the restarted daemon reattaches to it by its
+/// recorded job id (the job runs once) and finishes the run.
+fn daggyd_with_the_slurm_executor_reattaches_its_jobs_after_a_kill_9(slurm: &Slurm) {
+    let env = Env::new();
+    let w = env.work.path().display().to_string();
+    let config = json!({"port": 0, "executor": {"name": "SlurmTaskExecutor", "config": {"partition": "debug"}}});
+    std::fs::write(env.path("daggyd.json"), config.to_string()).expect("config");
+    let conf = slurm.env()[0].1.display().to_string();
+    let start = || {
+        let args = ["daggyd", "--config", &format!("{w}/daggyd.json")];
+        support::Proc::spawn_with(
+            &env,
+            &args,
+            "daggyd listening on ",
+            &[("SLURM_CONF", &conf)],
+        )
+    };
+    let mut daemon = start();
+    let url = |p: &support::Proc| {
+        p.ready_line
+            .split("on ")
+            .nth(1)
+            .expect("addr")
+            .trim()
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let spec = json!({"tasks": {
+        "first": {"details": {"command": ["/bin/sh", "-c", "echo job $SLURM_JOB_ID"]}, "children": ["wait"]},
+        "wait": {"details": {"command": ["/bin/sh", "-c", format!("echo ran >> {w}/wait.count; while [ ! -e {w}/go ]; do sleep 0.2; done")], "min_cpus": 1}},
+    }});
+    let base = url(&daemon);
+    let client = support::client();
+    let posted: Value = client
+        .post(format!("{base}/v1/dagrun"))
+        .body(spec.to_string())
+        .send()
+        .expect("post")
+        .json()
+        .expect("json");
+    let run = posted["runID"].as_u64().expect("runID");
+    let state = |base: &str, task: &str| -> Value {
+        client
+            .get(format!("{base}/v1/dagrun/{run}/task/{task}"))
+            .send()
+            .expect("get")
+            .json()
+            .expect("json")
+    };
+    support::wait_for(60, "the wait job to run", || {
+        (state(&base, "wait")["state"] == "Running").then_some(())
+    });
+    // The job id is on the record before the job is let go.
+    support::wait_for(30, "the job's handle", || {
+        let run = support::status(&env, "daggy", &format!("daggy-{run}"))?;
+        step(&run, "wait")["handle"]
+            .as_str()
+            .filter(|h| h.starts_with("slurm:"))
+            .map(str::to_string)
+    });
+    daemon.kill9();
+    std::fs::write(env.path("go"), "").expect("flag");
+    let daemon = start();
+    let base = url(&daemon);
+    let full: Value = support::wait_for(120, "the run to end", || {
+        let full: Value = client
+            .get(format!("{base}/v1/dagrun/{run}"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        ["Completed", "Errored", "Killed"]
+            .contains(&full["state"].as_str()?)
+            .then_some(full)
+    });
+    assert_eq!(full["state"], "Completed", "{full:#}");
+    assert!(
+        full["taskAttempts"]["first"][0]["output"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("job "),
+        "{full:#}"
+    );
+    let count = std::fs::read_to_string(env.path("wait.count")).expect("count");
+    assert_eq!(
+        count, "ran\n",
+        "the job was reattached, not submitted again"
+    );
 }

@@ -177,8 +177,11 @@ async fn submit_r(AxState(d): AxState<App>, bytes: Result<Bytes, BytesRejection>
 
 async fn validate(AxState(d): AxState<App>, bytes: Result<Bytes, BytesRejection>) -> Answer {
     let text = body(bytes)?;
-    d.validate(&text).map_err(invalid)?;
-    Ok(Json(json!({"valid": true})).into_response())
+    let prepared = d.validate(&text).map_err(invalid)?;
+    if prepared.warnings.is_empty() {
+        return Ok(Json(json!({"valid": true})).into_response());
+    }
+    Ok(Json(json!({"valid": true, "warnings": prepared.warnings})).into_response())
 }
 
 /// A run id from the path: Daggy's ids are whole numbers.

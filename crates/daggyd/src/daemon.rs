@@ -86,7 +86,15 @@ impl Daemon {
 
     /// Accepts a spec: records the run (queued) and starts it when a slot frees; its id.
     pub async fn submit(self: &Arc<Self>, prepared: Prepared) -> Result<u64, Error> {
-        let Prepared { dag, tags, spec } = prepared;
+        let Prepared {
+            dag,
+            tags,
+            spec,
+            warnings,
+        } = prepared;
+        for w in &warnings {
+            tracing::warn!("daggyd: {}:{}: {}", w.line, w.column, w.message);
+        }
         let run = self.book.allocate().await?;
         let entry = Entry {
             run,

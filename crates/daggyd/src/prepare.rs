@@ -34,6 +34,8 @@ pub struct Prepared {
     pub dag: Dag,
     pub tags: indexmap::IndexMap<String, String>,
     pub spec: Value,
+    /// What the spec says that Trellis reads but does not act on (e.g. `jwt_token`).
+    pub warnings: Vec<Problem>,
 }
 
 /// Loads `text` (a Daggy run spec) and fits it to `executor`; every problem, or the DAG.
@@ -70,12 +72,26 @@ pub fn prepare(
             })
             .collect::<Vec<_>>()
     })?;
+    let warnings = loaded
+        .warnings
+        .iter()
+        .map(|p| {
+            let (line, column) = p.line_col(text);
+            Problem {
+                message: p.message.clone(),
+                line,
+                column,
+                help: p.help.clone(),
+            }
+        })
+        .collect();
     let mut dag = loaded.dag;
     fit(&mut dag, executor).map_err(|m| m.into_iter().map(Problem::whole).collect::<Vec<_>>())?;
     Ok(Prepared {
         tags: dag.labels.clone(),
         dag,
         spec,
+        warnings,
     })
 }
 
