@@ -558,3 +558,19 @@ fn the_noop_executor_completes_every_task_without_running_it() {
     assert_eq!(run["state"], "Completed", "{run}");
     assert!(!marker.exists(), "a dry run runs nothing");
 }
+
+#[test]
+fn a_client_script_written_for_daggyd_runs_unchanged() {
+    let env = Env::new();
+    let d = daggyd(&env, json!({}));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new(root.join("examples/daggy/daggyd-client.sh"))
+        .arg(root.join("examples/daggy/etl_run.json"))
+        .env("DAGGYD", &d.url)
+        .output()
+        .expect("run the client script");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("run 0 Completed"), "{said}");
+    assert!(said.contains("extract.DAY:2026-01-02.REGION:us Completed"), "{said}");
+}

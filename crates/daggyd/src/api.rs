@@ -62,7 +62,13 @@ impl From<Refused> for ApiError {
 
 type Answer = Result<Response, ApiError>;
 
-pub fn router(daemon: App, auth: Arc<auth::Settings>, web_threads: usize) -> Router {
+/// Who may call: the auth settings, and whether the daemon listens on loopback only.
+pub struct Guard {
+    pub settings: auth::Settings,
+    pub loopback_only: bool,
+}
+
+pub fn router(daemon: App, guard: Arc<Guard>, web_threads: usize) -> Router {
     let limit = Arc::new(Semaphore::new(web_threads));
     Router::new()
         .route("/ready", get(ready))
@@ -84,7 +90,7 @@ pub fn router(daemon: App, auth: Arc<auth::Settings>, web_threads: usize) -> Rou
         .route("/api/v1/runs/{run}/tasks/{task}", get(task))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(auth, authorize))
+        .layer(axum::middleware::from_fn_with_state(guard, authorize))
         .layer(axum::middleware::from_fn_with_state(limit, bounded))
         .with_state(daemon)
 }
@@ -102,11 +108,22 @@ async fn bounded(
 }
 
 /// With auth on, reading needs a viewer and changing needs an operator; `/ready` is open.
-async fn authorize(
-    AxState(settings): AxState<Arc<auth::Settings>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn authorize(AxState(guard): AxState<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let settings = &guard.settings;
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    // A page on another site must not drive the daemon through a browser: Daggy's API has
+    // no auth, and a posted spec runs commands. Scripts (curl) send no such headers.
+    if changes && auth::cross_site(request.headers()) {
+        return ApiError::new(StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    if !settings.enabled() && guard.loopback_only && !auth::loopback_host(request.headers()) {
+        // Auth off means loopback only: a name pointed at 127.0.0.1 (DNS rebinding) is refused.
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "with authentication off, daggyd answers only to localhost names",
+        )
+        .into_response();
+    }
     if !settings.enabled() || request.uri().path() == "/ready" {
         return next.run(request).await;
     }
@@ -114,7 +131,7 @@ async fn authorize(
         Method::GET | Method::HEAD => Role::Viewer,
         _ => Role::Operator,
     };
-    match auth::authenticate_headers(&settings, request.headers()) {
+    match auth::authenticate_headers(settings, request.headers()) {
         None => ApiError::new(StatusCode::UNAUTHORIZED, "authentication required").into_response(),
         Some(who) if who.role < needed => ApiError::new(
             StatusCode::FORBIDDEN,

@@ -113,7 +113,11 @@ pub async fn serve(
     }
     let listener = tokio::net::TcpListener::bind((config.ip, config.port)).await?;
     let addr = listener.local_addr()?;
-    let app = api::router(daemon.clone(), Arc::new(opts.auth), config.web_threads);
+    let guard = api::Guard {
+        settings: opts.auth,
+        loopback_only: config.ip.is_loopback(),
+    };
+    let app = api::router(daemon.clone(), Arc::new(guard), config.web_threads);
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }

@@ -279,7 +279,7 @@ pub async fn middleware(
 }
 
 /// The Host header names this machine's loopback (or is absent, as in HTTP/1.0).
-fn loopback_host(headers: &HeaderMap) -> bool {
+pub fn loopback_host(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -294,7 +294,8 @@ fn loopback_host(headers: &HeaderMap) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn cross_site(headers: &HeaderMap) -> bool {
+/// A request a browser sent from another site (by `Sec-Fetch-Site`, else `Origin` vs `Host`).
+pub fn cross_site(headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         return site == "cross-site";
     }
