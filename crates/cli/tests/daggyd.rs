@@ -146,6 +146,11 @@ fn the_repo_specs_run_and_the_broken_ones_are_refused_with_their_reason() {
         retried["taskAttempts"]["flaky"].as_array().map(Vec::len),
         Some(3)
     );
+    // Daggy C++'s spellings are Daggy's own, not legacy ones: no warning.
+    assert_eq!(
+        d.post("/v1/dagrun/validate", &spec(&env, "cpp_job.json")),
+        (200, json!({"valid": true}))
+    );
     let cpp = d.ended(d.submit(&spec(&env, "cpp_job.json")));
     assert_eq!(cpp["state"], "Completed", "{cpp}");
     assert!(env.path("touched").exists());
@@ -570,7 +575,14 @@ fn a_client_script_written_for_daggyd_runs_unchanged() {
         .output()
         .expect("run the client script");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(said.contains("run 0 Completed"), "{said}");
-    assert!(said.contains("extract.DAY:2026-01-02.REGION:us Completed"), "{said}");
+    assert!(
+        said.contains("extract.DAY:2026-01-02.REGION:us Completed"),
+        "{said}"
+    );
 }

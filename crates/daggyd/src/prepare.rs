@@ -49,7 +49,9 @@ pub fn prepare(
         vec![Problem {
             message: format!("the body is not JSON: {e}"),
             line: e.line(),
-            column: e.column(),
+            // serde_json says column 0 when the text ends at the start of a line (an empty
+            // body, or `{` and a newline); the problem is 1-based.
+            column: e.column().max(1),
             help: None,
         }]
     })?;
@@ -145,5 +147,25 @@ fn fit(dag: &mut Dag, executor: &Executor) -> Result<(), Vec<String>> {
         Ok(())
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> (usize, usize) {
+        let Err(problems) = prepare(text, "daggy", &Executor::Noop) else {
+            panic!("{text:?} was accepted");
+        };
+        (problems[0].line, problems[0].column)
+    }
+
+    #[test]
+    fn a_body_cut_short_at_a_line_start_is_column_1() {
+        // Found by the daggyd_body fuzz target: serde_json says column 0 here.
+        assert_eq!(at(""), (1, 1));
+        assert_eq!(at("{\n"), (2, 1));
+        assert_eq!(at("{\"tasks\": {\n  \"a\": }"), (2, 8));
     }
 }

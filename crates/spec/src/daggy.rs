@@ -228,6 +228,8 @@ pub fn decode_run(cx: &mut Cx, doc: &Node, default_name: &str) -> Option<Dag> {
     check_edges(cx, &obj, &tasks);
     dag.steps = expand_all(&tasks, &run_params);
     order(cx, &obj, &mut dag.steps);
+    // `maxRetries` and `max_retries` are both Daggy's (C++ and DaggyR): neither is legacy.
+    cx.problems.retain(|p| !matches!(p.code, Code::LegacyKey));
     // Kept for generator tasks, whose output is expanded with the run's parameters.
     let params = serde_json::to_value(&run_params).unwrap_or_default();
     dag.executor_defaults.insert(PARAMETERS_KEY.into(), params);
