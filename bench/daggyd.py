@@ -7,7 +7,8 @@ relative to the repository root). Build it first:
 
     cargo build --release && python3 bench/daggyd.py
 
-It starts `trellis daggyd --config FILE` with a fresh TRELLIS_HOME and the config
+It starts `trellis daggyd --config FILE` with a fresh TRELLIS_HOME (under --home-dir, else
+the temporary directory) and the config
 
     {"executor": {"name": "ForkingTaskExecutor", "config": {"threads": T}}, "port": 0,
      "logger": {"name": "OStreamLogger", "config": {"file": "<tmp>/events"}}}
@@ -15,7 +16,9 @@ It starts `trellis daggyd --config FILE` with a fresh TRELLIS_HOME and the confi
 (T = --threads, default 10), waits for `daggyd listening on http://ADDR/` on its stderr,
 then:
 
-  1. idle memory: VmRSS / VmHWM from /proc/PID/status, 1 s after it listens.
+  1. idle memory: VmRSS / VmHWM / RssAnon / RssFile from /proc/PID/status, 1 s after it
+     listens. The binary is dropped from the page cache before the start (--warm: and
+     read back whole; see `page_cache`: RssFile depends on how the binary sits there).
   2. fan-out: `POST /v1/dagrun` of a spec of N independent tasks (--tasks, default 1000),
      each `["/bin/true"]` (--command changes it; a JSON list). The time runs from the
      POST until the run's `Completed` line appears in the OStream events file (read
@@ -24,14 +27,20 @@ then:
      `xargs -P T -n 1` running the same command N times (the task index is appended as
      an argument, which `true` and `sh -c` ignore). --reps runs of each (default 5);
      medians. The daemon's CPU time per run is read from /proc/PID/stat.
-  3. submit latency: S small specs (--specs, default 200; 3 tasks in a chain) posted by
-     C client threads at once (--clients, default 20), one urllib request each (a new
-     connection per request, as most clients do). p50 / p90 / p99 / max of the POST's
-     round trip, then the time until all S runs are `Completed`.
+  3. submit latency: the same C client threads (--clients, default 20) first make S
+     `GET /ready` requests (the clients' own floor: Python threads, a new connection per
+     request), then post S small specs (--specs, default 200; 3 tasks in a chain), one
+     urllib request each. p50 / p90 / p99 / max of the round trip, then the time until
+     all S runs are `Completed`.
   4. memory again after the fan-out runs and after the submit burst (once every run
      ended, then 2 s of quiet).
 
-Targets: fan-out ≤ 1.2× xargs; submit p99 < 50 ms; idle RSS ≤ 15 MiB.
+Targets: fan-out <= 1.2x xargs; submit p99 < 50 ms; idle RSS <= 15 MiB.
+
+--noop configures NoopTaskExecutor instead (tasks succeed without running), to see the
+API and store path without the processes. On this machine's ext4 (no journal), creating
+files is much slower for ~30 s after many files were deleted anywhere on the filesystem
+(`recently_deleted` in the kernel); --home-dir /dev/shm takes the disk out.
 
 It prints markdown tables with PASS/MISS lines and exits 0 once it has run (it is a
 benchmark, not a test); 2 when it cannot run at all.
@@ -67,13 +76,13 @@ IDLE_RSS_TARGET_MIB = 15.0
 class Daemon:
     """`trellis daggyd` on a fresh home; its stderr is drained by a thread."""
 
-    def __init__(self, binary: Path, work: Path, home: Path, threads: int) -> None:
+    def __init__(self, binary: Path, work: Path, home: Path, threads: int, executor: str = "ForkingTaskExecutor") -> None:
         self.events = work / "events"
         config = work / "daggyd.json"
         config.write_text(
             json.dumps(
                 {
-                    "executor": {"name": "ForkingTaskExecutor", "config": {"threads": threads}},
+                    "executor": {"name": executor, "config": {"threads": threads} if executor == "ForkingTaskExecutor" else {}},
                     "port": 0,
                     "logger": {"name": "OStreamLogger", "config": {"file": str(self.events)}},
                 }
@@ -124,15 +133,15 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
-    def mem(self) -> tuple[float, float]:
-        """(VmRSS, VmHWM) in MiB."""
+    def mem(self) -> tuple[float, float, float, float]:
+        """(VmRSS, VmHWM, RssAnon, RssFile) in MiB."""
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
 
         def field(name: str) -> float:
             m = re.search(rf"^{name}:\s+(\d+) kB", text, re.M)
             return int(m.group(1)) / 1024 if m else float("nan")
 
-        return field("VmRSS"), field("VmHWM")
+        return field("VmRSS"), field("VmHWM"), field("RssAnon"), field("RssFile")
 
     def cpu(self) -> float:
         """User + system CPU seconds of the daemon itself (not its reaped children)."""
@@ -226,16 +235,55 @@ def loadavg() -> str:
 # --- main ---------------------------------------------------------------------------------
 
 
+def page_cache(binary: Path, warm: bool) -> None:
+    """Drops the binary from the page cache (as `echo 3 > drop_caches` would), then
+    (warm) reads it back whole.
+
+    A process's RssFile counts the pages of its binary it has mapped, and a page fault
+    maps the cached neighbours of the page too (fault-around, whole folios where the cache
+    holds large ones), so the daemon's idle VmRSS depends on how its 56 MB binary sits in
+    the page cache. Dropping it first takes out what ran before; it does not make the
+    figure steady: between starts of the same binary RssFile measured 11.4-15.0 MiB
+    (mostly 11.4-11.9) while RssAnon stayed at 1.4 MiB. The table shows both."""
+    fd = os.open(binary, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages (a binary just written) are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if warm:
+            while os.read(fd, 1 << 20):
+                pass
+    finally:
+        os.close(fd)
+
+
+def burst(n: int, clients: int, one) -> tuple[list[float], float]:
+    """Calls `one(i)` for i < n from `clients` threads; its results and the wall time."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        out = list(pool.map(one, range(n)))
+    return out, time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="trellis binary (default: %(default)s)")
     ap.add_argument("--tasks", type=int, default=1000, help="tasks of the fan-out spec (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=10, help="ForkingTaskExecutor threads and xargs -P (default: %(default)s)")
-    ap.add_argument("--reps", type=int, default=5, help="fan-out runs, and xargs runs (default: %(default)s)")
-    ap.add_argument("--specs", type=int, default=200, help="small specs posted in the burst (default: %(default)s)")
+    ap.add_argument("--reps", type=int, default=5, help="fan-out runs, and xargs runs; 0 skips the fan-out (default: %(default)s)")
+    ap.add_argument("--specs", type=int, default=200, help="small specs posted in the burst; 0 skips it (default: %(default)s)")
     ap.add_argument("--clients", type=int, default=20, help="client threads posting them (default: %(default)s)")
     ap.add_argument("--command", default='["/bin/true"]', help="each task's command, a JSON list (default: %(default)s)")
     ap.add_argument("--home-dir", type=Path, help="where the TRELLIS_HOME goes (default: the temporary work dir); e.g. /dev/shm")
+    ap.add_argument(
+        "--warm",
+        action="store_true",
+        help="after dropping the binary from the page cache, read it back whole before the daemon starts (default: let its start page it in; see page_cache)",
+    )
+    ap.add_argument(
+        "--noop",
+        action="store_true",
+        help="configure NoopTaskExecutor instead (tasks succeed without running): the API and store path alone, for diagnosis",
+    )
     ap.add_argument("--json", type=Path, help="also write the raw samples here")
     args = ap.parse_args()
 
@@ -253,20 +301,23 @@ def main() -> int:
 
     print(f"binary: {binary}", file=sys.stderr)
     print(f"load before: {loadavg()}", file=sys.stderr)
-    samples: dict = {"fanout_s": [], "xargs_s": [], "post_big_ms": [], "daemon_cpu_s": [], "submit_ms": []}
+    samples: dict = {"fanout_s": [], "xargs_s": [], "post_big_ms": [], "daemon_cpu_s": [], "submit_ms": [], "ready_ms": []}
+    mem: list[tuple[str, tuple[float, float, float, float]]] = []
     with tempfile.TemporaryDirectory(prefix="trellis-daggyd-bench-") as tmp:
         work = Path(tmp)
         home_root = args.home_dir or work
         home_root.mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix="daggyd-home-", dir=home_root))
-        daemon = Daemon(binary, work, home, args.threads)
+        page_cache(binary, warm=args.warm)
+        daemon = Daemon(binary, work, home, args.threads, "NoopTaskExecutor" if args.noop else "ForkingTaskExecutor")
         try:
             time.sleep(1.0)
-            idle = daemon.mem()
-            print(f"idle: VmRSS {idle[0]:.1f} MiB, VmHWM {idle[1]:.1f} MiB", file=sys.stderr)
+            mem.append((f"idle, 1 s after start (binary {'read whole into' if args.warm else 'paged in by the start'})", daemon.mem()))
+            print(f"idle: {mem[-1][1]}", file=sys.stderr)
 
             # -- fan-out against xargs, interleaved --
             big = fanout_spec(args.tasks, command)
+            run = None
             for r in range(args.reps):
                 x = xargs_once(work, args.tasks, args.threads, command)
                 samples["xargs_s"].append(x)
@@ -274,8 +325,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 run = daemon.post(big)
                 t1 = time.perf_counter()
-                ended = daemon.wait_ended({run}, timeout=600)
-                state, t2 = ended[run]
+                state, t2 = daemon.wait_ended({run}, timeout=600)[run]
                 cpu = daemon.cpu() - c0
                 if state != "Completed":
                     raise SystemExit(f"fan-out run {run} ended {state}")
@@ -288,34 +338,44 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-            # One look through the API that the last run is whole.
-            shown = daemon.get(f"/v1/dagrun/{run}")
-            states = shown.get("taskStates", {})
-            done = sum(1 for s in states.values() if s == "Completed")
-            if shown.get("state") != "Completed" or done != args.tasks:
-                print(f"warning: GET /v1/dagrun/{run}: state {shown.get('state')}, {done}/{args.tasks} tasks Completed", file=sys.stderr)
-            time.sleep(2.0)
-            after_fanout = daemon.mem()
+            if run is not None:
+                # One look through the API that the last run is whole.
+                shown = daemon.get(f"/v1/dagrun/{run}")
+                done = sum(1 for s in shown.get("taskStates", {}).values() if s == "Completed")
+                if shown.get("state") != "Completed" or done != args.tasks:
+                    print(f"warning: GET /v1/dagrun/{run}: state {shown.get('state')}, {done}/{args.tasks} tasks Completed", file=sys.stderr)
+                time.sleep(2.0)
+                mem.append((f"after the {args.reps} fan-out runs (2 s quiet)", daemon.mem()))
 
-            # -- submit burst --
-            specs = [small_spec(i, command) for i in range(args.specs)]
-
-            def submit(spec: bytes) -> tuple[int, float]:
+            # -- the clients' own floor: the same threads asking GET /ready --
+            def ready(_: int) -> float:
                 t = time.perf_counter()
-                run = daemon.post(spec)
-                return run, (time.perf_counter() - t) * 1000
+                with urllib.request.urlopen(daemon.url + "/ready", timeout=60) as resp:
+                    resp.read()
+                return (time.perf_counter() - t) * 1000
 
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.clients) as pool:
-                results = list(pool.map(submit, specs))
-            t_posted = time.perf_counter()
-            ended = daemon.wait_ended({r for r, _ in results}, timeout=600)
-            t_drained = max(t for _, t in ended.values())
-            bad = [r for r, (s, _) in ended.items() if s != "Completed"]
-            lat = [ms for _, ms in results]
-            samples["submit_ms"] = lat
-            time.sleep(2.0)
-            after_burst = daemon.mem()
+            if args.specs:
+                samples["ready_ms"], _ = burst(args.specs, args.clients, ready)
+
+                # -- submit burst --
+                specs = [small_spec(i, command) for i in range(args.specs)]
+
+                def submit(i: int) -> tuple[int, float]:
+                    t = time.perf_counter()
+                    run = daemon.post(specs[i])
+                    return run, (time.perf_counter() - t) * 1000
+
+                c0 = daemon.cpu()
+                t0 = time.perf_counter()
+                results, posted = burst(args.specs, args.clients, submit)
+                cpu_posting = daemon.cpu() - c0
+                ended = daemon.wait_ended({r for r, _ in results}, timeout=600)
+                cpu_burst = daemon.cpu() - c0
+                drained = max(t for _, t in ended.values()) - t0
+                bad = [r for r, (s, _) in ended.items() if s != "Completed"]
+                samples["submit_ms"] = [ms for _, ms in results]
+                time.sleep(2.0)
+                mem.append(("after the submit burst (2 s quiet)", daemon.mem()))
             cpu_total = daemon.cpu()
         finally:
             daemon.stop()
@@ -323,63 +383,69 @@ def main() -> int:
     print(f"load after: {loadavg()}", file=sys.stderr)
 
     # -- report --
-    fan, xa = statistics.median(samples["fanout_s"]), statistics.median(samples["xargs_s"])
-    ratio = fan / xa
-    print(f"{os.cpu_count()} CPUs; ForkingTaskExecutor threads {args.threads}; task command {json.dumps(command)}")
+    executor = "NoopTaskExecutor (tasks do not run)" if args.noop else f"ForkingTaskExecutor threads {args.threads}"
+    print(f"{os.cpu_count()} CPUs; {executor}; task command {json.dumps(command)}; TRELLIS_HOME under {args.home_dir or tempfile.gettempdir()}")
     print()
-    print(f"Fan-out: {args.tasks} independent tasks, {args.reps} runs each, interleaved; medians (min).")
-    print()
-    print("| | wall | per task | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| `xargs -P {args.threads}` | {xa * 1e3:.0f} ms ({min(samples['xargs_s']) * 1e3:.0f}) | {xa / args.tasks * 1e3:.3f} ms | 1.00× |")
-    print(
-        f"| daggyd: POST → run `Completed` | {fan * 1e3:.0f} ms ({min(samples['fanout_s']) * 1e3:.0f})"
-        f" | {fan / args.tasks * 1e3:.3f} ms | {ratio:.2f}× |"
-    )
-    print(
-        f"| of which the POST (validate, record queued) | {statistics.median(samples['post_big_ms']):.0f} ms"
-        f" ({min(samples['post_big_ms']):.0f}) | | |"
-    )
-    print(f"| daemon CPU per run (user+sys, without its children) | {statistics.median(samples['daemon_cpu_s']):.2f} s | | |")
-    print()
-    print(f"Submit: {args.specs} specs of 3 tasks posted by {args.clients} client threads (a connection per request).")
-    print()
-    print("| | p50 | p90 | p99 | max |")
+    verdicts: list[tuple[bool, str]] = []
+    if args.reps:
+        fan, xa = statistics.median(samples["fanout_s"]), statistics.median(samples["xargs_s"])
+        ratio = fan / xa
+        print(f"Fan-out: {args.tasks} independent tasks, {args.reps} runs each, interleaved; medians (min).")
+        print()
+        print("| | wall | per task | ratio |")
+        print("|---|---:|---:|---:|")
+        print(f"| `xargs -P {args.threads} -n 1` | {xa * 1e3:.0f} ms ({min(samples['xargs_s']) * 1e3:.0f}) | {xa / args.tasks * 1e3:.3f} ms | 1.00× |")
+        print(
+            f"| daggyd: POST → run `Completed` | {fan * 1e3:.0f} ms ({min(samples['fanout_s']) * 1e3:.0f})"
+            f" | {fan / args.tasks * 1e3:.3f} ms | {ratio:.2f}× |"
+        )
+        print(
+            f"| of which the POST (validate, record queued) | {statistics.median(samples['post_big_ms']):.0f} ms"
+            f" ({min(samples['post_big_ms']):.0f}) | | |"
+        )
+        print(f"| daemon CPU per run (user+sys, without its children) | {statistics.median(samples['daemon_cpu_s']):.2f} s | | |")
+        print()
+        verdicts.append(
+            (
+                ratio <= FANOUT_RATIO_TARGET,
+                f"fan-out ≤ {FANOUT_RATIO_TARGET}× xargs: {fan * 1e3:.0f} ms vs {FANOUT_RATIO_TARGET} × {xa * 1e3:.0f} ms"
+                f" = {FANOUT_RATIO_TARGET * xa * 1e3:.0f} ms ({ratio:.2f}×)",
+            )
+        )
+    if args.specs:
+        lat, rdy = samples["submit_ms"], samples["ready_ms"]
+        print(f"Submit: {args.specs} specs of 3 tasks (a chain) posted by {args.clients} client threads, a connection per request.")
+        print()
+        print("| | p50 | p90 | p99 | max |")
+        print("|---|---:|---:|---:|---:|")
+        for name, xs in ((f"`GET /ready`, {args.specs} by the same clients (their own floor)", rdy), ("`POST /v1/dagrun` round trip", lat)):
+            print(
+                f"| {name} | {percentile(xs, 50):.1f} ms | {percentile(xs, 90):.1f} ms"
+                f" | {percentile(xs, 99):.1f} ms | {max(xs):.1f} ms |"
+            )
+        print()
+        print(
+            f"All {args.specs} posted in {posted * 1e3:.0f} ms ({args.specs / posted:.0f}/s; daemon CPU {cpu_posting:.2f} s);"
+            f" all ended {drained * 1e3:.0f} ms after the first POST (daemon CPU {cpu_burst:.2f} s)"
+            + (f"; {len(bad)} not Completed: {sorted(bad)[:10]}" if bad else "; every one Completed")
+            + "."
+        )
+        print()
+        p99 = percentile(lat, 99)
+        verdicts.append((p99 < P99_TARGET_MS, f"submit p99 < {P99_TARGET_MS:.0f} ms: {p99:.1f} ms"))
+    print("| memory | VmRSS | VmHWM | RssAnon | RssFile |")
     print("|---|---:|---:|---:|---:|")
-    print(
-        f"| `POST /v1/dagrun` round trip | {percentile(lat, 50):.1f} ms | {percentile(lat, 90):.1f} ms"
-        f" | {percentile(lat, 99):.1f} ms | {max(lat):.1f} ms |"
-    )
-    print()
-    print(
-        f"All {args.specs} posted in {(t_posted - t0) * 1e3:.0f} ms ({args.specs / (t_posted - t0):.0f}/s);"
-        f" all ended {(t_drained - t0) * 1e3:.0f} ms after the first POST"
-        + (f"; {len(bad)} not Completed: {sorted(bad)[:10]}" if bad else "; every one Completed")
-        + "."
-    )
-    print()
-    print("| memory | VmRSS | VmHWM |")
-    print("|---|---:|---:|")
-    print(f"| idle, 1 s after start | {idle[0]:.1f} MiB | {idle[1]:.1f} MiB |")
-    print(f"| after the {args.reps} fan-out runs (2 s quiet) | {after_fanout[0]:.1f} MiB | {after_fanout[1]:.1f} MiB |")
-    print(f"| after the submit burst (2 s quiet) | {after_burst[0]:.1f} MiB | {after_burst[1]:.1f} MiB |")
+    for name, (rss, hwm, anon, file) in mem:
+        print(f"| {name} | {rss:.1f} MiB | {hwm:.1f} MiB | {anon:.1f} MiB | {file:.1f} MiB |")
     print()
     print(f"daemon CPU over the whole benchmark: {cpu_total:.2f} s")
     print()
-
-    def verdict(ok: bool, text: str) -> None:
+    idle = mem[0][1][0]
+    verdicts.append((idle <= IDLE_RSS_TARGET_MIB, f"idle RSS ≤ {IDLE_RSS_TARGET_MIB:.0f} MiB: {idle:.1f} MiB"))
+    for ok, text in verdicts:
         print(f"{'PASS' if ok else 'MISS'}: {text}")
-
-    verdict(
-        ratio <= FANOUT_RATIO_TARGET,
-        f"fan-out ≤ {FANOUT_RATIO_TARGET}× xargs: {fan * 1e3:.0f} ms vs {FANOUT_RATIO_TARGET} × {xa * 1e3:.0f} ms"
-        f" = {FANOUT_RATIO_TARGET * xa * 1e3:.0f} ms ({ratio:.2f}×)",
-    )
-    p99 = percentile(lat, 99)
-    verdict(p99 < P99_TARGET_MS, f"submit p99 < {P99_TARGET_MS:.0f} ms: {p99:.1f} ms")
-    verdict(idle[0] <= IDLE_RSS_TARGET_MIB, f"idle RSS ≤ {IDLE_RSS_TARGET_MIB:.0f} MiB: {idle[0]:.1f} MiB")
     if args.json:
-        samples.update(idle=idle, after_fanout=after_fanout, after_burst=after_burst)
+        samples["memory"] = mem
         args.json.write_text(json.dumps(samples, indent=2))
     return 0
 

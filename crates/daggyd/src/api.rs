@@ -382,26 +382,28 @@ async fn tasks_r(AxState(d): AxState<App>, Path(run): Path<String>) -> Answer {
     Ok(Json(items).into_response())
 }
 
-async fn task(AxState(d): AxState<App>, Path((run, name)): Path<(String, String)>) -> Answer {
-    let (run, s) = shown(&d, &run).await?;
-    let tasks = s.tasks();
-    let t = tasks.get(&name).ok_or_else(|| {
+/// A task of a run, or a 404 naming both.
+async fn task_of(
+    d: &App,
+    run: &str,
+    name: &str,
+) -> Result<(Shown, crate::record::RememberedTask), ApiError> {
+    let (run, s) = shown(d, run).await?;
+    let task = s.tasks().get(name).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("run {run} has no task `{name}`"),
         )
     })?;
-    Ok(Json(task_record(&s, &name, t)).into_response())
+    Ok((s, task))
+}
+
+async fn task(AxState(d): AxState<App>, Path((run, name)): Path<(String, String)>) -> Answer {
+    let (s, t) = task_of(&d, &run, &name).await?;
+    Ok(Json(task_record(&s, &name, &t)).into_response())
 }
 
 async fn task_state(AxState(d): AxState<App>, Path((run, name)): Path<(String, String)>) -> Answer {
-    let (run, s) = shown(&d, &run).await?;
-    let tasks = s.tasks();
-    let t = tasks.get(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("run {run} has no task `{name}`"),
-        )
-    })?;
+    let (_, t) = task_of(&d, &run, &name).await?;
     Ok(Json(json!({"task_id": name, "state": t.state.unwrap_or(State::Queued)})).into_response())
 }

@@ -17,7 +17,13 @@ const SCOPE: &str = "daggyd";
 
 #[derive(Clone)]
 pub enum Book {
-    Store { store: Shared, prefix: String },
+    Store {
+        store: Shared,
+        prefix: String,
+        /// One allocation at a time in this process: concurrent submits would otherwise
+        /// lose each other's compare-and-swap and retry, each retry a locked, synced write.
+        turn: Arc<tokio::sync::Mutex<()>>,
+    },
     Redis(Arc<RedisLogger>),
 }
 
@@ -30,6 +36,15 @@ pub struct Entry {
 }
 
 impl Book {
+    /// Ids kept in the Trellis store, under `prefix`.
+    pub fn in_store(store: Shared, prefix: &str) -> Book {
+        Book::Store {
+            store,
+            prefix: prefix.to_string(),
+            turn: Arc::default(),
+        }
+    }
+
     pub fn prefix(&self) -> &str {
         match self {
             Book::Store { prefix, .. } => prefix,
@@ -46,7 +61,12 @@ impl Book {
     pub async fn allocate(&self) -> Result<u64, Error> {
         match self {
             Book::Redis(r) => Ok(r.next_id().await?),
-            Book::Store { store, prefix } => {
+            Book::Store {
+                store,
+                prefix,
+                turn,
+            } => {
+                let _turn = turn.lock().await;
                 let (store, name) = (store.clone(), format!("{prefix}.next"));
                 blocking(move || next(&store, &name)).await
             }
@@ -55,7 +75,7 @@ impl Book {
 
     /// Remembers where run `run` lives; Redis learns it from the `Created` event.
     pub async fn bind(&self, entry: &Entry) -> Result<(), Error> {
-        let Book::Store { store, prefix } = self else {
+        let Book::Store { store, prefix, .. } = self else {
             return Ok(());
         };
         let (store, name) = (store.clone(), key(prefix, entry.run));
@@ -66,7 +86,7 @@ impl Book {
     pub async fn lookup(&self, run: u64) -> Result<Option<Entry>, Error> {
         match self {
             Book::Redis(r) => Ok(r.run(run).await?.map(|m| entry(&m))),
-            Book::Store { store, prefix } => {
+            Book::Store { store, prefix, .. } => {
                 let (store, name) = (store.clone(), key(prefix, run));
                 let dag = blocking(move || Ok(store.get(SCOPE, &name)?)).await?;
                 Ok(dag.map(|dag| Entry {
@@ -82,7 +102,7 @@ impl Book {
     pub async fn list(&self) -> Result<Vec<Entry>, Error> {
         match self {
             Book::Redis(r) => Ok(r.runs().await?.iter().map(entry).collect()),
-            Book::Store { store, prefix } => {
+            Book::Store { store, prefix, .. } => {
                 let (store, start) = (store.clone(), format!("{prefix}.run."));
                 let values = blocking(move || Ok(store.values_with_prefix(SCOPE, &start)?)).await?;
                 let mut entries: Vec<Entry> = values

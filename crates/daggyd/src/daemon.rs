@@ -237,15 +237,7 @@ impl Daemon {
                 "run {run} is active; kill it before retrying"
             )));
         }
-        let (store, e) = (self.store.clone(), entry.clone());
-        let found = blocking(move || {
-            Ok((
-                store.find(&e.dag, &e.run_id)?,
-                store.definition(&e.dag, &e.run_id)?,
-            ))
-        })
-        .await?;
-        let (Some(previous), Some(dag)) = found else {
+        let (Some(previous), Some(dag)) = self.stored(&entry).await? else {
             return Err(Refused::Conflict(format!(
                 "run {run} has no record to retry from"
             )));
@@ -267,6 +259,19 @@ impl Daemon {
         };
         self.launch(entry, dag, Some(retry));
         Ok(())
+    }
+
+    /// The run's raw record (a dead runner's run still reads as running) and definition.
+    pub(crate) async fn stored(
+        &self,
+        entry: &Entry,
+    ) -> Result<(Option<RunRecord>, Option<Dag>), Error> {
+        let (store, e) = (self.store.clone(), entry.clone());
+        blocking(move || {
+            let run = store.find(&e.dag, &e.run_id)?;
+            Ok((run, store.definition(&e.dag, &e.run_id)?))
+        })
+        .await
     }
 
     /// Waits for the runs this process drives (after shutdown stopped the rest).

@@ -89,10 +89,7 @@ pub async fn serve(
         config::Logger::Redis { prefix, host, port } => book::Book::Redis(Arc::new(
             redis::RedisLogger::connect(host, *port, prefix).await?,
         )),
-        config::Logger::OStream { .. } => book::Book::Store {
-            store: opts.store.clone(),
-            prefix: "daggy".into(),
-        },
+        config::Logger::OStream { .. } => book::Book::in_store(opts.store.clone(), "daggy"),
     };
     let file = match &config.logger {
         config::Logger::OStream { file } => file.clone(),

@@ -19,6 +19,17 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A loader's problem, placed in the posted text.
+    fn at(p: &trellis_spec::diag::Problem, text: &str) -> Problem {
+        let (line, column) = p.line_col(text);
+        Problem {
+            message: p.message.clone(),
+            line,
+            column,
+            help: p.help.clone(),
+        }
+    }
+
     fn whole(message: impl Into<String>) -> Problem {
         Problem {
             message: message.into(),
@@ -63,29 +74,13 @@ pub fn prepare(
     let loaded = trellis_spec::load_str(&format!("{default_name}.json"), text).map_err(|ps| {
         ps.iter()
             .filter(|p| !p.warning)
-            .map(|p| {
-                let (line, column) = p.line_col(text);
-                Problem {
-                    message: p.message.clone(),
-                    line,
-                    column,
-                    help: p.help.clone(),
-                }
-            })
+            .map(|p| Problem::at(p, text))
             .collect::<Vec<_>>()
     })?;
     let warnings = loaded
         .warnings
         .iter()
-        .map(|p| {
-            let (line, column) = p.line_col(text);
-            Problem {
-                message: p.message.clone(),
-                line,
-                column,
-                help: p.help.clone(),
-            }
-        })
+        .map(|p| Problem::at(p, text))
         .collect();
     let mut dag = loaded.dag;
     fit(&mut dag, executor).map_err(|m| m.into_iter().map(Problem::whole).collect::<Vec<_>>())?;

@@ -23,15 +23,7 @@ impl Daemon {
     pub async fn recover(self: &Arc<Self>) -> Result<usize, Error> {
         let mut resumed = 0;
         for entry in self.book.list().await? {
-            let (store, e) = (self.store.clone(), entry.clone());
-            let found = blocking(move || {
-                Ok((
-                    store.find(&e.dag, &e.run_id)?,
-                    store.definition(&e.dag, &e.run_id)?,
-                ))
-            })
-            .await?;
-            let (Some(run), Some(dag)) = found else {
+            let (Some(run), Some(dag)) = self.stored(&entry).await? else {
                 continue;
             };
             if self.resume(entry, run, dag).await? {
