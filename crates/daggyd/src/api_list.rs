@@ -32,7 +32,7 @@ impl Daemon {
                 run: entry.run,
                 dag: entry.dag.clone(),
                 tags,
-                state: State::of(run.status),
+                state: self.seen_state(entry.run, &run),
                 started: started.unwrap_or_default(),
                 updated: last.map(|s| s.0.to_string()).unwrap_or_default(),
                 task_counts: counts,

@@ -37,6 +37,9 @@ pub struct Daemon {
     dag_slots: Arc<Semaphore>,
     /// Runs this process holds (waiting for a slot or running), to kill them here.
     active: Mutex<HashMap<u64, CancellationToken>>,
+    /// Runs launched whose new attempt has not written its first record yet: until it
+    /// has, the store still shows the last attempt (ended, or dead), which they are not.
+    pub(crate) pending: crate::observe::Pending,
     tracker: TaskTracker,
 }
 
@@ -75,6 +78,7 @@ impl Daemon {
             bounded,
             dag_slots: Arc::new(Semaphore::new(dag_threads)),
             active: Mutex::new(HashMap::new()),
+            pending: Default::default(),
             tracker: TaskTracker::new(),
         })
     }
@@ -130,6 +134,9 @@ impl Daemon {
         if let Ok(mut active) = self.active.lock() {
             active.insert(entry.run, cancel.clone());
         }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(entry.run);
+        }
         let this = self.clone();
         self.tracker.spawn(async move {
             let slot = tokio::select! {
@@ -144,6 +151,9 @@ impl Daemon {
             if let Ok(mut active) = this.active.lock() {
                 active.remove(&entry.run);
             }
+            if let Ok(mut pending) = this.pending.lock() {
+                pending.remove(&entry.run);
+            }
         });
     }
 
@@ -155,7 +165,8 @@ impl Daemon {
         cancel: CancellationToken,
     ) {
         let attempts = self.book.redis().is_some();
-        let store = Observed::new(self.store.clone(), entry.run, self.sink.clone(), attempts);
+        let store = Observed::new(self.store.clone(), entry.run, self.sink.clone(), attempts)
+            .clearing(self.pending.clone());
         let run = Execute {
             dag: Arc::new(dag),
             params: Vec::new(),

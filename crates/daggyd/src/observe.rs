@@ -16,19 +16,33 @@ use crate::sink::Sink;
 /// How much of a try's stdout and stderr an attempt keeps.
 const KEEP: u64 = 1 << 20;
 
+/// Daggy run ids whose new attempt has not written its first record yet.
+pub type Pending = Arc<Mutex<std::collections::HashSet<u64>>>;
+
 pub struct Observed {
     inner: Shared,
+    run: u64,
     sink: Sink,
     tracker: Mutex<Tracker>,
+    /// Cleared of this run at its first write.
+    pending: Option<Pending>,
 }
 
 impl Observed {
-    pub fn new(inner: Shared, run: u64, sink: Sink, attempts: bool) -> Arc<Observed> {
-        Arc::new(Observed {
+    pub fn new(inner: Shared, run: u64, sink: Sink, attempts: bool) -> Observed {
+        Observed {
             inner,
+            run,
             sink,
             tracker: Mutex::new(Tracker::new(run, attempts)),
-        })
+            pending: None,
+        }
+    }
+
+    /// Takes the run out of `pending` once its attempt has written a record.
+    pub fn clearing(mut self, pending: Pending) -> Arc<Observed> {
+        self.pending = Some(pending);
+        Arc::new(self)
     }
 }
 
@@ -195,6 +209,11 @@ impl Store for Observed {
 
     fn append(&self, attempt: &Attempt, entry: &Entry) -> trellis_store::Result<()> {
         self.inner.append(attempt, entry)?;
+        if let Some(pending) = &self.pending
+            && let Ok(mut pending) = pending.lock()
+        {
+            pending.remove(&self.run);
+        }
         // After the write: the logger never tells of a change the store lacks.
         let mut events = Vec::new();
         if let Ok(mut tracker) = self.tracker.lock() {

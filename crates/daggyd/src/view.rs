@@ -43,7 +43,7 @@ impl Daemon {
         let mut story = replay(&entry, &history);
         // The state of a run whose runner died without a word is the store's verdict.
         if let Some(record) = self.record(&entry).await? {
-            let now = State::of(record.status);
+            let now = self.seen_state(run, &record);
             if story.state != Some(now) {
                 let at = record.finished_at.map(|s| s.0);
                 story.apply(crate::record::Event::Run {
@@ -56,6 +56,19 @@ impl Daemon {
             story.tags = dag.labels.clone();
         }
         Ok(Some(shown(story, dag)))
+    }
+}
+
+impl Daemon {
+    /// The state a user sees: a run this process launched (to start, resume or retry)
+    /// whose new attempt has not written yet is `Queued`, whatever its last attempt,
+    /// ended or dead, says.
+    pub(crate) fn seen_state(&self, run: u64, record: &trellis_core::status::RunRecord) -> State {
+        let state = State::of(record.status);
+        if state.is_final() && self.pending.lock().is_ok_and(|p| p.contains(&run)) {
+            return State::Queued;
+        }
+        state
     }
 }
 
